@@ -1,1 +1,28 @@
+//! The sesame protocol: key schedule, port sequences, the payload datagram and the sans-IO
+//! knock tracker.
+//!
+//! This crate does no I/O and never reads the clock: every function that depends on time takes
+//! `now` as a [`UnixMillis`] parameter, so time windows and replay rules can be tested on a
+//! virtual clock. `docs/PROTOCOL.md` specifies every byte.
 #![forbid(unsafe_code)]
+
+mod kdf;
+mod params;
+mod payload;
+mod sequence;
+mod service;
+mod time;
+
+pub use kdf::{ClientKeys, KeysError};
+pub use params::{KnockParams, KnockProtocol, MAX_LENGTH, ParamsError, PayloadMode};
+pub use payload::{
+    ADDRESS_LEN, DATAGRAM_LEN, EPHEMERAL_LEN, FLAGS_V1_KNOWN, MAC_LEN, MAX_SERVICES,
+    PLAINTEXT_LEN, PROTOCOL_VERSION, Opener, RANDOM_LEN, RejectReason, Request, TAG_LEN,
+    build_payload, decode_plaintext, encode_plaintext,
+};
+pub use sequence::{Knock, Sequence, SequenceError, derive_sequence};
+pub use service::{Proto, Service, ServiceParseError};
+pub use time::{TimeWindow, UnixMillis};
+
+#[cfg(fuzzing)]
+pub mod fuzzing;

@@ -1,0 +1,461 @@
+//! The payload datagram (PROTOCOL.md, "Payload datagram").
+//!
+//! ```text
+//! datagram  = E_pub (32) || ciphertext (72 + 16) || mac (16)          = 136 bytes
+//! plaintext = version (1) || flags (1) || timestamp_ms (8) || random (16)
+//!             || count (1) || services (8 x 3) || family (1) || address (16) || zero (4)
+//! ```
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
+use ring::hmac;
+use sesame_keys::{PrivateKey, PublicKey};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::kdf::{ClientKeys, hkdf_sha256};
+use crate::service::{Proto, Service};
+use crate::time::{TimeWindow, UnixMillis};
+
+/// Protocol version carried inside the plaintext and bound into the AEAD key.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Length of the ephemeral public key at the start of the datagram.
+pub const EPHEMERAL_LEN: usize = 32;
+/// Length of the random field of the plaintext.
+pub const RANDOM_LEN: usize = 16;
+/// Most services one payload can ask for.
+pub const MAX_SERVICES: usize = 8;
+/// Length of the address field of the plaintext.
+pub const ADDRESS_LEN: usize = 16;
+/// Length of the plaintext.
+pub const PLAINTEXT_LEN: usize = 72;
+/// Length of the Poly1305 tag.
+pub const TAG_LEN: usize = 16;
+/// Length of the truncated HMAC-SHA256 gate at the end of the datagram.
+pub const MAC_LEN: usize = 16;
+/// Length of the ciphertext (plaintext and tag).
+pub const CIPHERTEXT_LEN: usize = PLAINTEXT_LEN + TAG_LEN;
+/// Length of every payload datagram.
+pub const DATAGRAM_LEN: usize = EPHEMERAL_LEN + CIPHERTEXT_LEN + MAC_LEN;
+/// Flag bits defined by version 1 (none): any other bit set is refused.
+pub const FLAGS_V1_KNOWN: u8 = 0;
+
+const OFF_VERSION: usize = 0;
+const OFF_FLAGS: usize = 1;
+const OFF_TIMESTAMP: usize = 2;
+const OFF_RANDOM: usize = 10;
+const OFF_COUNT: usize = 26;
+const OFF_SERVICES: usize = 27;
+const SERVICE_LEN: usize = 3;
+const OFF_FAMILY: usize = OFF_SERVICES + MAX_SERVICES * SERVICE_LEN; // 51
+const OFF_ADDRESS: usize = OFF_FAMILY + 1; // 52
+const OFF_PADDING: usize = OFF_ADDRESS + ADDRESS_LEN; // 68
+
+const FAMILY_NONE: u8 = 0;
+const FAMILY_V4: u8 = 4;
+const FAMILY_V6: u8 = 6;
+
+pub(crate) const LABEL_MAC: &[u8] = b"sesame v1 mac";
+pub(crate) const LABEL_AEAD: &[u8] = b"sesame v1 aead";
+
+const _: () = assert!(OFF_PADDING + 4 == PLAINTEXT_LEN);
+const _: () = assert!(DATAGRAM_LEN == 136);
+
+/// What a payload asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// When the client built the payload (its clock, with any configured offset).
+    pub timestamp: UnixMillis,
+    /// 16 random bytes: two payloads never encrypt the same plaintext.
+    pub random: [u8; RANDOM_LEN],
+    /// Services to open (at most [`MAX_SERVICES`]); empty means every service the client
+    /// is allowed.
+    pub services: Vec<Service>,
+    /// Address to open; `None` means the packet's source address.
+    pub address: Option<IpAddr>,
+    /// Flag bits; version 1 defines none.
+    pub flags: u8,
+}
+
+/// Why a payload datagram was refused (by [`Opener::open`] or [`decode_plaintext`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RejectReason {
+    /// The datagram is shorter than [`DATAGRAM_LEN`].
+    #[error("truncated payload ({len} bytes, expected {DATAGRAM_LEN})")]
+    Truncated {
+        /// Bytes received.
+        len: usize,
+    },
+    /// The datagram is longer than [`DATAGRAM_LEN`].
+    #[error("oversized payload ({len} bytes, expected {DATAGRAM_LEN})")]
+    TooLong {
+        /// Bytes received.
+        len: usize,
+    },
+    /// The datagram's time step is outside the skew window around now (stale or future
+    /// timestamp).
+    #[error("stale timestamp: step {counter} is {offset_steps:+} steps from now")]
+    Stale {
+        /// The counter the datagram was tried with.
+        counter: u64,
+        /// Its distance from the current counter, in steps.
+        offset_steps: i64,
+    },
+    /// The cheap MAC gate failed: not this client, not this step, or damaged.
+    #[error("bad mac")]
+    BadMac,
+    /// The ephemeral key is a low-order point.
+    #[error("bad ephemeral key (non-contributory)")]
+    BadEphemeral,
+    /// The AEAD tag did not verify.
+    #[error("bad aead tag")]
+    BadAead,
+    /// The plaintext's version byte is not one this implementation speaks.
+    #[error("unsupported protocol version {0}")]
+    BadVersion(u8),
+    /// A plaintext field is out of its allowed values.
+    #[error("malformed payload field: {0}")]
+    Malformed(&'static str),
+    /// The timestamp does not fall in the time step the datagram was sent for.
+    #[error("timestamp does not match the knock's time step")]
+    CounterMismatch,
+}
+
+impl RejectReason {
+    /// A short, stable identifier for logs and metrics (`bad_mac`, `stale`, ...).
+    pub const fn code(&self) -> &'static str {
+        match self {
+            RejectReason::Truncated { .. } => "truncated",
+            RejectReason::TooLong { .. } => "too_long",
+            RejectReason::Stale { .. } => "stale",
+            RejectReason::BadMac => "bad_mac",
+            RejectReason::BadEphemeral => "bad_ephemeral",
+            RejectReason::BadAead => "bad_aead",
+            RejectReason::BadVersion(_) => "bad_version",
+            RejectReason::Malformed(_) => "malformed",
+            RejectReason::CounterMismatch => "counter_mismatch",
+        }
+    }
+}
+
+/// Why a payload could not be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// More than [`MAX_SERVICES`] services were requested.
+    #[error("at most {MAX_SERVICES} services fit in one payload, {0} requested")]
+    TooManyServices(usize),
+    /// Flag bits that version 1 does not define were set.
+    #[error("unknown flag bits {0:#04x}")]
+    UnknownFlags(u8),
+    /// A service has port 0.
+    #[error("port 0 cannot be requested")]
+    PortZero,
+    /// The server public key is a low-order point.
+    #[error("server public key is a low-order point")]
+    BadServerKey,
+}
+
+/// Encodes the plaintext of a payload.
+pub fn encode_plaintext(req: &Request) -> Result<[u8; PLAINTEXT_LEN], BuildError> {
+    if req.services.len() > MAX_SERVICES {
+        return Err(BuildError::TooManyServices(req.services.len()));
+    }
+    if req.flags & !FLAGS_V1_KNOWN != 0 {
+        return Err(BuildError::UnknownFlags(req.flags));
+    }
+    let mut out = [0u8; PLAINTEXT_LEN];
+    out[OFF_VERSION] = PROTOCOL_VERSION;
+    out[OFF_FLAGS] = req.flags;
+    out[OFF_TIMESTAMP..OFF_RANDOM].copy_from_slice(&req.timestamp.0.to_be_bytes());
+    out[OFF_RANDOM..OFF_COUNT].copy_from_slice(&req.random);
+    out[OFF_COUNT] = req.services.len() as u8;
+    for (i, s) in req.services.iter().enumerate() {
+        if s.port == 0 {
+            return Err(BuildError::PortZero);
+        }
+        let o = OFF_SERVICES + i * SERVICE_LEN;
+        out[o] = s.proto.number();
+        out[o + 1..o + 3].copy_from_slice(&s.port.to_be_bytes());
+    }
+    match req.address {
+        None => out[OFF_FAMILY] = FAMILY_NONE,
+        Some(IpAddr::V4(a)) => {
+            out[OFF_FAMILY] = FAMILY_V4;
+            out[OFF_ADDRESS..OFF_ADDRESS + 4].copy_from_slice(&a.octets());
+        }
+        Some(IpAddr::V6(a)) => {
+            out[OFF_FAMILY] = FAMILY_V6;
+            out[OFF_ADDRESS..OFF_PADDING].copy_from_slice(&a.octets());
+        }
+    }
+    Ok(out)
+}
+
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
+/// Decodes a plaintext. Strict: every reserved or unused byte must be zero. Never panics.
+pub fn decode_plaintext(pt: &[u8]) -> Result<Request, RejectReason> {
+    if pt.len() < PLAINTEXT_LEN {
+        return Err(RejectReason::Truncated { len: pt.len() });
+    }
+    if pt.len() > PLAINTEXT_LEN {
+        return Err(RejectReason::TooLong { len: pt.len() });
+    }
+    if pt[OFF_VERSION] != PROTOCOL_VERSION {
+        return Err(RejectReason::BadVersion(pt[OFF_VERSION]));
+    }
+    let flags = pt[OFF_FLAGS];
+    if flags & !FLAGS_V1_KNOWN != 0 {
+        return Err(RejectReason::Malformed("flags"));
+    }
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&pt[OFF_TIMESTAMP..OFF_RANDOM]);
+    let mut random = [0u8; RANDOM_LEN];
+    random.copy_from_slice(&pt[OFF_RANDOM..OFF_COUNT]);
+    let count = usize::from(pt[OFF_COUNT]);
+    if count > MAX_SERVICES {
+        return Err(RejectReason::Malformed("service count"));
+    }
+    let mut services = Vec::with_capacity(count);
+    for (i, entry) in pt[OFF_SERVICES..OFF_FAMILY]
+        .chunks_exact(SERVICE_LEN)
+        .enumerate()
+    {
+        if i >= count {
+            if !all_zero(entry) {
+                return Err(RejectReason::Malformed("unused service entry"));
+            }
+            continue;
+        }
+        let proto = Proto::from_number(entry[0]).ok_or(RejectReason::Malformed("service protocol"))?;
+        let port = u16::from_be_bytes([entry[1], entry[2]]);
+        if port == 0 {
+            return Err(RejectReason::Malformed("service port"));
+        }
+        services.push(Service { proto, port });
+    }
+    let addr = &pt[OFF_ADDRESS..OFF_PADDING];
+    let address = match pt[OFF_FAMILY] {
+        FAMILY_NONE if all_zero(addr) => None,
+        FAMILY_V4 if all_zero(&addr[4..]) => {
+            Some(IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])))
+        }
+        FAMILY_V6 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(addr);
+            Some(IpAddr::V6(Ipv6Addr::from(a)))
+        }
+        FAMILY_NONE | FAMILY_V4 => return Err(RejectReason::Malformed("address padding")),
+        _ => return Err(RejectReason::Malformed("address family")),
+    };
+    if !all_zero(&pt[OFF_PADDING..]) {
+        return Err(RejectReason::Malformed("padding"));
+    }
+    Ok(Request {
+        timestamp: UnixMillis(u64::from_be_bytes(ts)),
+        random,
+        services,
+        address,
+        flags,
+    })
+}
+
+/// The AEAD key of one datagram: HKDF(salt = k_pay, ikm = X25519(e, S),
+/// info = "sesame v1 aead" || version || counter || E_pub).
+fn aead_key(
+    keys: &ClientKeys,
+    dh: &[u8; 32],
+    counter: u64,
+    eph: &PublicKey,
+) -> Zeroizing<[u8; 32]> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    hkdf_sha256(
+        &keys.payload[..],
+        dh,
+        &[
+            LABEL_AEAD,
+            &[PROTOCOL_VERSION],
+            &counter.to_be_bytes(),
+            eph.as_bytes(),
+        ],
+        &mut key[..],
+    );
+    key
+}
+
+/// Additional data of the AEAD: version || counter || E_pub.
+fn aead_aad(counter: u64, eph: &PublicKey) -> [u8; 41] {
+    let mut aad = [0u8; 41];
+    aad[0] = PROTOCOL_VERSION;
+    aad[1..9].copy_from_slice(&counter.to_be_bytes());
+    aad[9..].copy_from_slice(eph.as_bytes());
+    aad
+}
+
+/// The gate: HMAC-SHA256(k_mac, "sesame v1 mac" || counter || E_pub || ciphertext), first 16
+/// bytes.
+fn gate_mac(keys: &ClientKeys, counter: u64, covered: &[u8]) -> [u8; MAC_LEN] {
+    let mut ctx = hmac::Context::with_key(&keys.mac);
+    ctx.update(LABEL_MAC);
+    ctx.update(&counter.to_be_bytes());
+    ctx.update(covered);
+    let tag = ctx.sign();
+    let mut out = [0u8; MAC_LEN];
+    out.copy_from_slice(&tag.as_ref()[..MAC_LEN]);
+    out
+}
+
+const NONCE: [u8; 12] = [0u8; 12];
+
+/// Builds the payload datagram for `request` at `counter`, with the given ephemeral key (a
+/// fresh [`PrivateKey::generate`] for every datagram; fixed only in test vectors).
+pub fn build_payload(
+    keys: &ClientKeys,
+    counter: u64,
+    request: &Request,
+    ephemeral: &PrivateKey,
+) -> Result<[u8; DATAGRAM_LEN], BuildError> {
+    let mut plaintext = Zeroizing::new(encode_plaintext(request)?);
+    let eph = ephemeral.public_key();
+    let dh = ephemeral
+        .diffie_hellman(keys.server_public())
+        .map_err(|_| BuildError::BadServerKey)?;
+    let key = aead_key(keys, dh.expose_bytes(), counter, &eph);
+    let cipher = ChaCha20Poly1305::new((&*key).into());
+    // Encrypting into a buffer of the right size cannot fail.
+    #[allow(clippy::expect_used)]
+    let tag = cipher
+        .encrypt_in_place_detached(
+            &NONCE.into(),
+            &aead_aad(counter, &eph),
+            &mut plaintext[..],
+        )
+        .expect("ChaCha20-Poly1305 encryption of 72 bytes");
+    let mut out = [0u8; DATAGRAM_LEN];
+    out[..EPHEMERAL_LEN].copy_from_slice(eph.as_bytes());
+    out[EPHEMERAL_LEN..EPHEMERAL_LEN + PLAINTEXT_LEN].copy_from_slice(&plaintext[..]);
+    out[EPHEMERAL_LEN + PLAINTEXT_LEN..DATAGRAM_LEN - MAC_LEN].copy_from_slice(tag.as_slice());
+    let mac = gate_mac(keys, counter, &out[..DATAGRAM_LEN - MAC_LEN]);
+    out[DATAGRAM_LEN - MAC_LEN..].copy_from_slice(&mac);
+    Ok(out)
+}
+
+/// The server side: opens payload datagrams with the server's private key.
+pub struct Opener {
+    server_key: PrivateKey,
+    window: TimeWindow,
+}
+
+impl fmt::Debug for Opener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Opener")
+            .field("server_public", &self.server_key.public_key())
+            .field("window", &self.window)
+            .finish()
+    }
+}
+
+impl Opener {
+    /// An opener for the server key, accepting counters within `window` of now.
+    pub fn new(server_key: PrivateKey, window: TimeWindow) -> Self {
+        Opener { server_key, window }
+    }
+
+    /// The acceptance window.
+    pub fn window(&self) -> TimeWindow {
+        self.window
+    }
+
+    /// The length and window checks and the MAC gate: everything that is checked before any
+    /// X25519 work. Constant time in the MAC comparison.
+    pub fn check_gate(
+        &self,
+        now: UnixMillis,
+        keys: &ClientKeys,
+        counter: u64,
+        datagram: &[u8],
+    ) -> Result<(), RejectReason> {
+        if datagram.len() < DATAGRAM_LEN {
+            return Err(RejectReason::Truncated {
+                len: datagram.len(),
+            });
+        }
+        if datagram.len() > DATAGRAM_LEN {
+            return Err(RejectReason::TooLong {
+                len: datagram.len(),
+            });
+        }
+        if !self.window.contains(now, counter) {
+            let current = now.counter(self.window.step_seconds);
+            return Err(RejectReason::Stale {
+                counter,
+                offset_steps: (counter as i128 - current as i128)
+                    .clamp(i64::MIN as i128, i64::MAX as i128) as i64,
+            });
+        }
+        let expected = gate_mac(keys, counter, &datagram[..DATAGRAM_LEN - MAC_LEN]);
+        if bool::from(expected.ct_eq(&datagram[DATAGRAM_LEN - MAC_LEN..])) {
+            Ok(())
+        } else {
+            Err(RejectReason::BadMac)
+        }
+    }
+
+    /// Opens a payload datagram sent by the client of `keys` for `counter`: the gate first,
+    /// then X25519, the AEAD, the plaintext codec and the timestamp/step check.
+    ///
+    /// Replay protection (a timestamp strictly greater than the last accepted one) is the
+    /// caller's job: it needs persistent state.
+    pub fn open(
+        &self,
+        now: UnixMillis,
+        keys: &ClientKeys,
+        counter: u64,
+        datagram: &[u8],
+    ) -> Result<Request, RejectReason> {
+        self.check_gate(now, keys, counter, datagram)?;
+        let mut eph = [0u8; EPHEMERAL_LEN];
+        eph.copy_from_slice(&datagram[..EPHEMERAL_LEN]);
+        let eph = PublicKey::from_bytes(eph);
+        let dh = self
+            .server_key
+            .diffie_hellman(&eph)
+            .map_err(|_| RejectReason::BadEphemeral)?;
+        let key = aead_key(keys, dh.expose_bytes(), counter, &eph);
+        let cipher = ChaCha20Poly1305::new((&*key).into());
+        let mut buf = Zeroizing::new([0u8; PLAINTEXT_LEN]);
+        buf.copy_from_slice(&datagram[EPHEMERAL_LEN..EPHEMERAL_LEN + PLAINTEXT_LEN]);
+        let tag = &datagram[EPHEMERAL_LEN + PLAINTEXT_LEN..DATAGRAM_LEN - MAC_LEN];
+        cipher
+            .decrypt_in_place_detached(
+                &NONCE.into(),
+                &aead_aad(counter, &eph),
+                &mut buf[..],
+                tag.into(),
+            )
+            .map_err(|_| RejectReason::BadAead)?;
+        let request = decode_plaintext(&buf[..])?;
+        check_timestamp(&request, counter, self.window.step_seconds)?;
+        Ok(request)
+    }
+}
+
+/// The timestamp must fall inside the time step the datagram was built for.
+pub(crate) fn check_timestamp(
+    request: &Request,
+    counter: u64,
+    step_seconds: u32,
+) -> Result<(), RejectReason> {
+    if request.timestamp.counter(step_seconds) != counter {
+        return Err(RejectReason::CounterMismatch);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,285 @@
+use super::*;
+use proptest::prelude::*;
+
+const STEP: u32 = 30;
+
+fn setup() -> (PrivateKey, PrivateKey, ClientKeys, ClientKeys) {
+    let c = PrivateKey::from_bytes([0x11; 32]);
+    let s = PrivateKey::from_bytes([0x22; 32]);
+    let ck = ClientKeys::for_client(&c, &s.public_key(), None).unwrap();
+    let sk = ClientKeys::for_server(&s, &c.public_key(), None).unwrap();
+    (c, s, ck, sk)
+}
+
+fn request(now: UnixMillis) -> Request {
+    Request {
+        timestamp: now,
+        random: [9; RANDOM_LEN],
+        services: vec![Service::new(Proto::Tcp, 22), Service::new(Proto::Udp, 51820)],
+        address: Some("198.18.0.7".parse().unwrap()),
+        flags: 0,
+    }
+}
+
+fn window() -> TimeWindow {
+    TimeWindow {
+        step_seconds: STEP,
+        skew_steps: 1,
+    }
+}
+
+#[test]
+fn round_trip() {
+    let (_, s, ck, sk) = setup();
+    let now = UnixMillis(1_764_000_000_123);
+    let counter = now.counter(STEP);
+    let req = request(now);
+    let dgram = build_payload(&ck, counter, &req, &PrivateKey::generate()).unwrap();
+    assert_eq!(dgram.len(), DATAGRAM_LEN);
+    let opener = Opener::new(s, window());
+    assert_eq!(opener.open(now, &sk, counter, &dgram).unwrap(), req);
+    // The neighbouring steps are inside the window.
+    assert!(opener.open(now.plus_millis(30_000), &sk, counter, &dgram).is_ok());
+    // Two steps later it is stale.
+    assert_eq!(
+        opener.open(now.plus_millis(60_000), &sk, counter, &dgram),
+        Err(RejectReason::Stale {
+            counter,
+            offset_steps: -2
+        })
+    );
+    // Tried with the wrong counter, the gate refuses it.
+    assert_eq!(
+        opener.open(now, &sk, counter + 1, &dgram),
+        Err(RejectReason::BadMac)
+    );
+}
+
+#[test]
+fn other_clients_and_servers_are_refused() {
+    let (_, s, ck, _) = setup();
+    let now = UnixMillis(1_764_000_000_000);
+    let counter = now.counter(STEP);
+    let dgram = build_payload(&ck, counter, &request(now), &PrivateKey::generate()).unwrap();
+    let other = PrivateKey::generate();
+    let other_keys = ClientKeys::for_server(&s, &other.public_key(), None).unwrap();
+    let opener = Opener::new(s, window());
+    assert_eq!(
+        opener.open(now, &other_keys, counter, &dgram),
+        Err(RejectReason::BadMac)
+    );
+    // Right client keys but wrong server private key: the gate passes (keys are per client),
+    // the AEAD fails because X25519(e, S) differs.
+    let (_, _, _, sk) = setup();
+    let wrong_server = Opener::new(PrivateKey::generate(), window());
+    assert_eq!(
+        wrong_server.open(now, &sk, counter, &dgram),
+        Err(RejectReason::BadAead)
+    );
+}
+
+#[test]
+fn psk_changes_everything() {
+    let (c, s, _, _) = setup();
+    let psk = sesame_keys::PresharedKey::from_bytes([5; 32]);
+    let ck = ClientKeys::for_client(&c, &s.public_key(), Some(&psk)).unwrap();
+    let sk_nopsk = ClientKeys::for_server(&s, &c.public_key(), None).unwrap();
+    let sk = ClientKeys::for_server(&s, &c.public_key(), Some(&psk)).unwrap();
+    let now = UnixMillis(1_764_000_000_000);
+    let counter = now.counter(STEP);
+    let dgram = build_payload(&ck, counter, &request(now), &PrivateKey::generate()).unwrap();
+    let opener = Opener::new(s, window());
+    assert_eq!(
+        opener.open(now, &sk_nopsk, counter, &dgram),
+        Err(RejectReason::BadMac)
+    );
+    assert!(opener.open(now, &sk, counter, &dgram).is_ok());
+}
+
+#[test]
+fn lengths_are_checked_first() {
+    let (_, s, _, sk) = setup();
+    let opener = Opener::new(s, window());
+    let now = UnixMillis(1_764_000_000_000);
+    let c = now.counter(STEP);
+    assert_eq!(
+        opener.open(now, &sk, c, &[0; 135]),
+        Err(RejectReason::Truncated { len: 135 })
+    );
+    assert_eq!(
+        opener.open(now, &sk, c, &[0; 137]),
+        Err(RejectReason::TooLong { len: 137 })
+    );
+    assert_eq!(opener.open(now, &sk, c, &[]), Err(RejectReason::Truncated { len: 0 }));
+}
+
+#[test]
+fn timestamp_must_match_the_step() {
+    let (_, s, ck, sk) = setup();
+    let now = UnixMillis(1_764_000_000_000);
+    let counter = now.counter(STEP);
+    // Built for `counter` but stamped a step later.
+    let req = request(now.plus_millis(30_000));
+    let dgram = build_payload(&ck, counter, &req, &PrivateKey::generate()).unwrap();
+    let opener = Opener::new(s, window());
+    assert_eq!(
+        opener.open(now, &sk, counter, &dgram),
+        Err(RejectReason::CounterMismatch)
+    );
+}
+
+#[test]
+fn codec_is_strict() {
+    let req = request(UnixMillis(5));
+    let pt = encode_plaintext(&req).unwrap();
+    assert_eq!(decode_plaintext(&pt).unwrap(), req);
+    let mut bad = pt;
+    bad[OFF_VERSION] = 2;
+    assert_eq!(decode_plaintext(&bad), Err(RejectReason::BadVersion(2)));
+    let mut bad = pt;
+    bad[OFF_FLAGS] = 1;
+    assert_eq!(decode_plaintext(&bad), Err(RejectReason::Malformed("flags")));
+    let mut bad = pt;
+    bad[OFF_COUNT] = 9;
+    assert_eq!(decode_plaintext(&bad), Err(RejectReason::Malformed("service count")));
+    let mut bad = pt;
+    bad[OFF_SERVICES + 2 * SERVICE_LEN + 2] = 1; // beyond the 2 used entries
+    assert_eq!(
+        decode_plaintext(&bad),
+        Err(RejectReason::Malformed("unused service entry"))
+    );
+    let mut bad = pt;
+    bad[OFF_SERVICES] = 1; // ICMP is not a service
+    assert_eq!(decode_plaintext(&bad), Err(RejectReason::Malformed("service protocol")));
+    let mut bad = pt;
+    bad[OFF_SERVICES + 1] = 0;
+    bad[OFF_SERVICES + 2] = 0;
+    assert_eq!(decode_plaintext(&bad), Err(RejectReason::Malformed("service port")));
+    let mut bad = pt;
+    bad[OFF_ADDRESS + 5] = 1; // IPv4 uses 4 bytes
+    assert_eq!(decode_plaintext(&bad), Err(RejectReason::Malformed("address padding")));
+    let mut bad = pt;
+    bad[OFF_FAMILY] = 5;
+    assert_eq!(decode_plaintext(&bad), Err(RejectReason::Malformed("address family")));
+    let mut bad = pt;
+    bad[PLAINTEXT_LEN - 1] = 1;
+    assert_eq!(decode_plaintext(&bad), Err(RejectReason::Malformed("padding")));
+    let too_many = Request {
+        services: vec![Service::new(Proto::Tcp, 1); 9],
+        ..req.clone()
+    };
+    assert_eq!(encode_plaintext(&too_many), Err(BuildError::TooManyServices(9)));
+}
+
+#[test]
+fn every_datagram_has_the_same_size() {
+    let (_, _, ck, _) = setup();
+    let minimal = Request {
+        timestamp: UnixMillis(0),
+        random: [0; 16],
+        services: vec![],
+        address: None,
+        flags: 0,
+    };
+    let maximal = Request {
+        timestamp: UnixMillis(u64::MAX),
+        random: [0xff; 16],
+        services: vec![Service::new(Proto::Udp, 65535); MAX_SERVICES],
+        address: Some("2001:db8::ffff:1".parse().unwrap()),
+        flags: 0,
+    };
+    let e = PrivateKey::generate();
+    assert_eq!(
+        build_payload(&ck, 0, &minimal, &e).unwrap().len(),
+        build_payload(&ck, 0, &maximal, &e).unwrap().len()
+    );
+}
+
+fn arb_service() -> impl Strategy<Value = Service> {
+    (prop_oneof![Just(Proto::Tcp), Just(Proto::Udp)], 1u16..).prop_map(|(p, port)| Service::new(p, port))
+}
+
+fn arb_address() -> impl Strategy<Value = Option<IpAddr>> {
+    prop_oneof![
+        Just(None),
+        any::<[u8; 4]>().prop_map(|a| Some(IpAddr::from(a))),
+        any::<[u8; 16]>().prop_map(|a| Some(IpAddr::from(a))),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Build then open gives back the request, for arbitrary keys, times and requests.
+    #[test]
+    fn build_open_round_trip(
+        client in any::<[u8; 32]>(),
+        server in any::<[u8; 32]>(),
+        eph in any::<[u8; 32]>(),
+        psk in proptest::option::of(any::<[u8; 32]>()),
+        now_ms in 0u64..4_000_000_000_000,
+        step in 1u32..=3600,
+        skew in 0u32..4,
+        services in proptest::collection::vec(arb_service(), 0..=MAX_SERVICES),
+        address in arb_address(),
+        random in any::<[u8; 16]>(),
+    ) {
+        let c = PrivateKey::from_bytes(client);
+        let s = PrivateKey::from_bytes(server);
+        let psk = psk.map(sesame_keys::PresharedKey::from_bytes);
+        let ck = ClientKeys::for_client(&c, &s.public_key(), psk.as_ref()).unwrap();
+        let sk = ClientKeys::for_server(&s, &c.public_key(), psk.as_ref()).unwrap();
+        let now = UnixMillis(now_ms);
+        let counter = now.counter(step);
+        let req = Request { timestamp: now, random, services, address, flags: 0 };
+        let dgram = build_payload(&ck, counter, &req, &PrivateKey::from_bytes(eph)).unwrap();
+        let opener = Opener::new(s, TimeWindow { step_seconds: step, skew_steps: skew });
+        prop_assert_eq!(opener.open(now, &sk, counter, &dgram).unwrap(), req);
+    }
+
+    /// Flipping any single bit of a valid datagram makes it fail.
+    #[test]
+    fn any_bit_flip_is_rejected(bit in 0usize..DATAGRAM_LEN * 8) {
+        let (_, s, ck, sk) = setup();
+        let now = UnixMillis(1_764_000_000_000);
+        let counter = now.counter(STEP);
+        let mut dgram = build_payload(&ck, counter, &request(now), &PrivateKey::from_bytes([3; 32])).unwrap();
+        dgram[bit / 8] ^= 1 << (bit % 8);
+        let opener = Opener::new(s, window());
+        prop_assert_eq!(opener.open(now, &sk, counter, &dgram), Err(RejectReason::BadMac));
+    }
+
+    /// A counter outside the window is rejected, before any key is used.
+    #[test]
+    fn counter_outside_window_is_rejected(delta in 2u64..1_000_000, later in any::<bool>()) {
+        let (_, s, ck, sk) = setup();
+        let now = UnixMillis(1_764_000_000_000);
+        let current = now.counter(STEP);
+        let counter = if later { current + delta } else { current - delta };
+        let ts = UnixMillis(counter * u64::from(STEP) * 1000);
+        let dgram = build_payload(&ck, counter, &request(ts), &PrivateKey::generate()).unwrap();
+        let opener = Opener::new(s, window());
+        let rejected = matches!(
+            opener.open(now, &sk, counter, &dgram),
+            Err(RejectReason::Stale { .. })
+        );
+        prop_assert!(rejected);
+    }
+
+    /// Decoding arbitrary bytes never panics, and whatever decodes re-encodes identically.
+    #[test]
+    fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
+        if let Ok(req) = decode_plaintext(&bytes) {
+            prop_assert_eq!(&encode_plaintext(&req).unwrap()[..], &bytes[..]);
+        }
+    }
+
+    /// Opening arbitrary bytes never panics.
+    #[test]
+    fn open_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let (_, s, _, sk) = setup();
+        let opener = Opener::new(s, window());
+        let now = UnixMillis(1_764_000_000_000);
+        prop_assert!(opener.open(now, &sk, now.counter(STEP), &bytes).is_err());
+    }
+}
