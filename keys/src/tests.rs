@@ -45,7 +45,8 @@ fn rfc7748_section_5_2_scalar_mult() {
 #[test]
 fn wireguard_text_form_known_pair() {
     // The RFC 7748 Alice pair in WireGuard's base64 text form.
-    let private = PrivateKey::from_base64("dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=\n").unwrap();
+    let private =
+        PrivateKey::from_base64("dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=\n").unwrap();
     assert_eq!(
         private.public_key().to_base64(),
         "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
@@ -93,7 +94,10 @@ fn strict_parsing() {
         Err(KeyError::LeadingWhitespace)
     );
     assert_eq!(PublicKey::from_base64(""), Err(KeyError::Empty));
-    assert_eq!(PublicKey::from_base64("  \n"), Err(KeyError::LeadingWhitespace));
+    assert_eq!(
+        PublicKey::from_base64("  \n"),
+        Err(KeyError::LeadingWhitespace)
+    );
     assert_eq!(
         PublicKey::from_base64(&good[..43]),
         Err(KeyError::WrongLength { found: 43 })

@@ -16,9 +16,9 @@ mod time;
 pub use kdf::{ClientKeys, KeysError};
 pub use params::{KnockParams, KnockProtocol, MAX_LENGTH, ParamsError, PayloadMode};
 pub use payload::{
-    ADDRESS_LEN, DATAGRAM_LEN, EPHEMERAL_LEN, FLAGS_V1_KNOWN, MAC_LEN, MAX_SERVICES,
-    PLAINTEXT_LEN, PROTOCOL_VERSION, Opener, RANDOM_LEN, RejectReason, Request, TAG_LEN,
-    build_payload, decode_plaintext, encode_plaintext,
+    ADDRESS_LEN, DATAGRAM_LEN, EPHEMERAL_LEN, FLAGS_V1_KNOWN, MAC_LEN, MAX_SERVICES, Opener,
+    PLAINTEXT_LEN, PROTOCOL_VERSION, RANDOM_LEN, RejectReason, Request, TAG_LEN, build_payload,
+    decode_plaintext, encode_plaintext,
 };
 pub use sequence::{Knock, Sequence, SequenceError, derive_sequence};
 pub use service::{Proto, Service, ServiceParseError};
@@ -26,3 +26,6 @@ pub use time::{TimeWindow, UnixMillis};
 
 #[cfg(fuzzing)]
 pub mod fuzzing;
+
+#[cfg(test)]
+mod vectors;

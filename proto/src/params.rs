@@ -214,7 +214,13 @@ mod tests {
             Err(ParamsError::RangeTooSmall { .. })
         ));
         assert!(matches!(
-            KnockParams::new(30, 3, (10000, 10009), &[10000, 10001, 10002], KnockProtocol::Udp),
+            KnockParams::new(
+                30,
+                3,
+                (10000, 10009),
+                &[10000, 10001, 10002],
+                KnockProtocol::Udp
+            ),
             Err(ParamsError::RangeTooSmall { available: 7, .. })
         ));
         assert_eq!(
@@ -237,8 +243,8 @@ mod tests {
             KnockParams::new(30, 3, (100, 65536), &[], KnockProtocol::Udp),
             Err(ParamsError::Range(100, 65536))
         );
-        let p = KnockParams::new(30, 0, (1, 65535), &[22, 22, 443, 1], KnockProtocol::Mixed)
-            .unwrap();
+        let p =
+            KnockParams::new(30, 0, (1, 65535), &[22, 22, 443, 1], KnockProtocol::Mixed).unwrap();
         assert_eq!(p.exclude_ports(), &[1, 22, 443]);
         assert!(!p.in_range(22) && p.in_range(23));
     }

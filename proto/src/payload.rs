@@ -232,7 +232,8 @@ pub fn decode_plaintext(pt: &[u8]) -> Result<Request, RejectReason> {
             }
             continue;
         }
-        let proto = Proto::from_number(entry[0]).ok_or(RejectReason::Malformed("service protocol"))?;
+        let proto =
+            Proto::from_number(entry[0]).ok_or(RejectReason::Malformed("service protocol"))?;
         let port = u16::from_be_bytes([entry[1], entry[2]]);
         if port == 0 {
             return Err(RejectReason::Malformed("service port"));
@@ -242,9 +243,9 @@ pub fn decode_plaintext(pt: &[u8]) -> Result<Request, RejectReason> {
     let addr = &pt[OFF_ADDRESS..OFF_PADDING];
     let address = match pt[OFF_FAMILY] {
         FAMILY_NONE if all_zero(addr) => None,
-        FAMILY_V4 if all_zero(&addr[4..]) => {
-            Some(IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])))
-        }
+        FAMILY_V4 if all_zero(&addr[4..]) => Some(IpAddr::V4(Ipv4Addr::new(
+            addr[0], addr[1], addr[2], addr[3],
+        ))),
         FAMILY_V6 => {
             let mut a = [0u8; 16];
             a.copy_from_slice(addr);
@@ -320,29 +321,41 @@ pub fn build_payload(
     request: &Request,
     ephemeral: &PrivateKey,
 ) -> Result<[u8; DATAGRAM_LEN], BuildError> {
-    let mut plaintext = Zeroizing::new(encode_plaintext(request)?);
+    let plaintext = Zeroizing::new(encode_plaintext(request)?);
+    seal(keys, counter, &plaintext, ephemeral)
+}
+
+/// Encrypts an encoded plaintext and appends the gate MAC.
+pub(crate) fn seal(
+    keys: &ClientKeys,
+    counter: u64,
+    plaintext: &[u8; PLAINTEXT_LEN],
+    ephemeral: &PrivateKey,
+) -> Result<[u8; DATAGRAM_LEN], BuildError> {
     let eph = ephemeral.public_key();
     let dh = ephemeral
         .diffie_hellman(keys.server_public())
         .map_err(|_| BuildError::BadServerKey)?;
     let key = aead_key(keys, dh.expose_bytes(), counter, &eph);
     let cipher = ChaCha20Poly1305::new((&*key).into());
+    let mut out = [0u8; DATAGRAM_LEN];
+    out[..EPHEMERAL_LEN].copy_from_slice(eph.as_bytes());
+    let body = &mut out[EPHEMERAL_LEN..EPHEMERAL_LEN + PLAINTEXT_LEN];
+    body.copy_from_slice(plaintext);
     // Encrypting into a buffer of the right size cannot fail.
     #[allow(clippy::expect_used)]
     let tag = cipher
-        .encrypt_in_place_detached(
-            &NONCE.into(),
-            &aead_aad(counter, &eph),
-            &mut plaintext[..],
-        )
+        .encrypt_in_place_detached(&NONCE.into(), &aead_aad(counter, &eph), body)
         .expect("ChaCha20-Poly1305 encryption of 72 bytes");
-    let mut out = [0u8; DATAGRAM_LEN];
-    out[..EPHEMERAL_LEN].copy_from_slice(eph.as_bytes());
-    out[EPHEMERAL_LEN..EPHEMERAL_LEN + PLAINTEXT_LEN].copy_from_slice(&plaintext[..]);
     out[EPHEMERAL_LEN + PLAINTEXT_LEN..DATAGRAM_LEN - MAC_LEN].copy_from_slice(tag.as_slice());
-    let mac = gate_mac(keys, counter, &out[..DATAGRAM_LEN - MAC_LEN]);
-    out[DATAGRAM_LEN - MAC_LEN..].copy_from_slice(&mac);
+    remac(keys, counter, &mut out);
     Ok(out)
+}
+
+/// Recomputes the gate MAC of a datagram in place.
+pub(crate) fn remac(keys: &ClientKeys, counter: u64, datagram: &mut [u8; DATAGRAM_LEN]) {
+    let mac = gate_mac(keys, counter, &datagram[..DATAGRAM_LEN - MAC_LEN]);
+    datagram[DATAGRAM_LEN - MAC_LEN..].copy_from_slice(&mac);
 }
 
 /// The server side: opens payload datagrams with the server's private key.

@@ -137,9 +137,14 @@ mod tests {
     #[test]
     fn ports_are_in_range_distinct_and_not_excluded() {
         let k = keys();
-        let params =
-            KnockParams::new(30, 16, (1000, 1100), &[1000, 1050, 1099], KnockProtocol::Mixed)
-                .unwrap();
+        let params = KnockParams::new(
+            30,
+            16,
+            (1000, 1100),
+            &[1000, 1050, 1099],
+            KnockProtocol::Mixed,
+        )
+        .unwrap();
         for counter in 0..500 {
             let s = derive_sequence(&k, &params, counter).unwrap();
             let mut all: Vec<u16> = s.knocks.iter().map(|k| k.port).collect();

@@ -120,8 +120,17 @@ mod tests {
             Service::new(Proto::Udp, 65535)
         );
         for bad in [
-            "", "tcp", "tcp/", "tcp/0", "tcp/65536", "sctp/1", "TCP/22", "tcp/+22", "tcp/ 22",
-            "tcp/22/", "/22",
+            "",
+            "tcp",
+            "tcp/",
+            "tcp/0",
+            "tcp/65536",
+            "sctp/1",
+            "TCP/22",
+            "tcp/+22",
+            "tcp/ 22",
+            "tcp/22/",
+            "/22",
         ] {
             assert!(bad.parse::<Service>().is_err(), "{bad}");
         }

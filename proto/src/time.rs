@@ -24,7 +24,11 @@ impl UnixMillis {
     /// `step_seconds` must not be zero ([`crate::KnockParams::validate`] guarantees it); a zero
     /// step is treated as one second rather than dividing by zero.
     pub const fn counter(self, step_seconds: u32) -> u64 {
-        let step = if step_seconds == 0 { 1 } else { step_seconds as u64 };
+        let step = if step_seconds == 0 {
+            1
+        } else {
+            step_seconds as u64
+        };
         self.as_secs() / step
     }
 

@@ -15,7 +15,10 @@ fn request(now: UnixMillis) -> Request {
     Request {
         timestamp: now,
         random: [9; RANDOM_LEN],
-        services: vec![Service::new(Proto::Tcp, 22), Service::new(Proto::Udp, 51820)],
+        services: vec![
+            Service::new(Proto::Tcp, 22),
+            Service::new(Proto::Udp, 51820),
+        ],
         address: Some("198.18.0.7".parse().unwrap()),
         flags: 0,
     }
@@ -39,7 +42,11 @@ fn round_trip() {
     let opener = Opener::new(s, window());
     assert_eq!(opener.open(now, &sk, counter, &dgram).unwrap(), req);
     // The neighbouring steps are inside the window.
-    assert!(opener.open(now.plus_millis(30_000), &sk, counter, &dgram).is_ok());
+    assert!(
+        opener
+            .open(now.plus_millis(30_000), &sk, counter, &dgram)
+            .is_ok()
+    );
     // Two steps later it is stale.
     assert_eq!(
         opener.open(now.plus_millis(60_000), &sk, counter, &dgram),
@@ -110,7 +117,10 @@ fn lengths_are_checked_first() {
         opener.open(now, &sk, c, &[0; 137]),
         Err(RejectReason::TooLong { len: 137 })
     );
-    assert_eq!(opener.open(now, &sk, c, &[]), Err(RejectReason::Truncated { len: 0 }));
+    assert_eq!(
+        opener.open(now, &sk, c, &[]),
+        Err(RejectReason::Truncated { len: 0 })
+    );
 }
 
 #[test]
@@ -138,10 +148,16 @@ fn codec_is_strict() {
     assert_eq!(decode_plaintext(&bad), Err(RejectReason::BadVersion(2)));
     let mut bad = pt;
     bad[OFF_FLAGS] = 1;
-    assert_eq!(decode_plaintext(&bad), Err(RejectReason::Malformed("flags")));
+    assert_eq!(
+        decode_plaintext(&bad),
+        Err(RejectReason::Malformed("flags"))
+    );
     let mut bad = pt;
     bad[OFF_COUNT] = 9;
-    assert_eq!(decode_plaintext(&bad), Err(RejectReason::Malformed("service count")));
+    assert_eq!(
+        decode_plaintext(&bad),
+        Err(RejectReason::Malformed("service count"))
+    );
     let mut bad = pt;
     bad[OFF_SERVICES + 2 * SERVICE_LEN + 2] = 1; // beyond the 2 used entries
     assert_eq!(
@@ -150,25 +166,43 @@ fn codec_is_strict() {
     );
     let mut bad = pt;
     bad[OFF_SERVICES] = 1; // ICMP is not a service
-    assert_eq!(decode_plaintext(&bad), Err(RejectReason::Malformed("service protocol")));
+    assert_eq!(
+        decode_plaintext(&bad),
+        Err(RejectReason::Malformed("service protocol"))
+    );
     let mut bad = pt;
     bad[OFF_SERVICES + 1] = 0;
     bad[OFF_SERVICES + 2] = 0;
-    assert_eq!(decode_plaintext(&bad), Err(RejectReason::Malformed("service port")));
+    assert_eq!(
+        decode_plaintext(&bad),
+        Err(RejectReason::Malformed("service port"))
+    );
     let mut bad = pt;
     bad[OFF_ADDRESS + 5] = 1; // IPv4 uses 4 bytes
-    assert_eq!(decode_plaintext(&bad), Err(RejectReason::Malformed("address padding")));
+    assert_eq!(
+        decode_plaintext(&bad),
+        Err(RejectReason::Malformed("address padding"))
+    );
     let mut bad = pt;
     bad[OFF_FAMILY] = 5;
-    assert_eq!(decode_plaintext(&bad), Err(RejectReason::Malformed("address family")));
+    assert_eq!(
+        decode_plaintext(&bad),
+        Err(RejectReason::Malformed("address family"))
+    );
     let mut bad = pt;
     bad[PLAINTEXT_LEN - 1] = 1;
-    assert_eq!(decode_plaintext(&bad), Err(RejectReason::Malformed("padding")));
+    assert_eq!(
+        decode_plaintext(&bad),
+        Err(RejectReason::Malformed("padding"))
+    );
     let too_many = Request {
         services: vec![Service::new(Proto::Tcp, 1); 9],
         ..req.clone()
     };
-    assert_eq!(encode_plaintext(&too_many), Err(BuildError::TooManyServices(9)));
+    assert_eq!(
+        encode_plaintext(&too_many),
+        Err(BuildError::TooManyServices(9))
+    );
 }
 
 #[test]
@@ -196,7 +230,8 @@ fn every_datagram_has_the_same_size() {
 }
 
 fn arb_service() -> impl Strategy<Value = Service> {
-    (prop_oneof![Just(Proto::Tcp), Just(Proto::Udp)], 1u16..).prop_map(|(p, port)| Service::new(p, port))
+    (prop_oneof![Just(Proto::Tcp), Just(Proto::Udp)], 1u16..)
+        .prop_map(|(p, port)| Service::new(p, port))
 }
 
 fn arb_address() -> impl Strategy<Value = Option<IpAddr>> {
