@@ -1,1 +1,4 @@
-fn main() {}
+//! The `sesame` client binary.
+fn main() -> std::process::ExitCode {
+    sesame_client::main()
+}

@@ -9,6 +9,7 @@
 mod kdf;
 mod params;
 mod payload;
+mod profile;
 mod sequence;
 mod service;
 mod time;
@@ -19,6 +20,10 @@ pub use payload::{
     ADDRESS_LEN, DATAGRAM_LEN, EPHEMERAL_LEN, FLAGS_V1_KNOWN, MAC_LEN, MAX_SERVICES, Opener,
     PLAINTEXT_LEN, PROTOCOL_VERSION, RANDOM_LEN, RejectReason, Request, TAG_LEN, build_payload,
     decode_plaintext, encode_plaintext,
+};
+pub use profile::{
+    ConfigError, DEFAULT_LENGTH, DEFAULT_PORT_RANGE, DEFAULT_STEP_SECONDS, Profile, line_of,
+    parse_services, toml_string,
 };
 pub use sequence::{Knock, Sequence, SequenceError, derive_sequence};
 pub use service::{Proto, Service, ServiceParseError};

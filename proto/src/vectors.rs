@@ -67,8 +67,14 @@ fn merge(mut a: Value, b: Value) -> Value {
     a
 }
 
+/// A sequence vector: keys, time, step, length, range, exclusions, protocol.
+type SeqCase = (Case, u64, u32, u8, (u16, u16), Vec<u16>, KnockProtocol);
+
+/// A named change to a valid plaintext.
+type Tweak = (&'static str, Box<dyn Fn(&mut [u8; PLAINTEXT_LEN])>);
+
 fn sequences() -> Value {
-    let cases: Vec<(Case, u64, u32, u8, (u16, u16), Vec<u16>, KnockProtocol)> = vec![
+    let cases: Vec<SeqCase> = vec![
         (
             Case {
                 name: "default-udp",
@@ -496,7 +502,7 @@ fn fail_payloads() -> Value {
             "bad_version",
         );
     }
-    let malformed: Vec<(&str, Box<dyn Fn(&mut [u8; PLAINTEXT_LEN])>)> = vec![
+    let malformed: Vec<Tweak> = vec![
         ("flags", Box::new(|pt| pt[1] = 0x01)),
         ("count", Box::new(|pt| pt[26] = 9)),
         ("unused-service", Box::new(|pt| pt[27 + 3 * 7 + 2] = 1)),

@@ -1,0 +1,430 @@
+//! Client profiles: the TOML file that describes one server to the `sesame` client, and the
+//! one-line error type shared by every TOML file sesame reads.
+//!
+//! ```toml
+//! host = "server.example.com"
+//! server_public_key = "base64..."
+//! private_key_file = "~/.config/sesame/laptop.key"
+//! # psk_file = "~/.config/sesame/laptop.psk"
+//! step_seconds = 30
+//! length = 3
+//! port_range = [10000, 32767]
+//! exclude_ports = []
+//! protocol = "udp"        # udp | tcp | mixed
+//! payload = "required"    # required | optional | none
+//! open = ["tcp/22"]
+//! ```
+
+use std::fmt;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use sesame_keys::PublicKey;
+use toml::Spanned;
+
+use crate::params::{KnockParams, KnockProtocol, PayloadMode};
+use crate::payload::MAX_SERVICES;
+use crate::service::Service;
+
+/// Default `step_seconds`.
+pub const DEFAULT_STEP_SECONDS: u32 = 30;
+/// Default `length`.
+pub const DEFAULT_LENGTH: u8 = 3;
+/// Default `port_range`.
+pub const DEFAULT_PORT_RANGE: (u16, u16) = (10000, 32767);
+
+/// A one-line error about a TOML file: where (line, key) and why. The caller adds the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The key (dotted path) the error is about, when known.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    /// An error about `key`, located by `span` in `text`.
+    pub fn at(
+        text: &str,
+        span: Option<Range<usize>>,
+        key: &str,
+        message: impl fmt::Display,
+    ) -> Self {
+        ConfigError {
+            line: span.map(|s| line_of(text, s.start)),
+            key: Some(key.to_owned()),
+            message: one_line(&message.to_string()),
+        }
+    }
+
+    /// Converts a TOML parse or type error into one line.
+    pub fn from_toml(text: &str, err: &toml::de::Error) -> Self {
+        let line = err.span().map(|s| line_of(text, s.start));
+        ConfigError {
+            line,
+            key: line.and_then(|l| key_at_line(text, l)),
+            message: one_line(err.message()),
+        }
+    }
+}
+
+/// The 1-based line of a byte offset.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The dotted key assigned on a 1-based line (`section.key`), if that line is `key = ...`.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let is_bare = |k: &str| {
+        !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    let mut section = String::new();
+    for (i, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if i + 1 == line {
+            let key = l.split_once('=')?.0.trim();
+            if !is_bare(key) {
+                return None;
+            }
+            return Some(if section.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{section}.{key}")
+            });
+        }
+        if let Some(h) = l.strip_prefix('[') {
+            let h = h.trim_start_matches('[');
+            if let Some(end) = h.find(']') {
+                section = h[..end].trim().to_owned();
+            }
+        }
+    }
+    None
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A validated client profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Profile {
+    /// Server host name or address.
+    pub host: String,
+    /// The server's X25519 public key.
+    pub server_public_key: PublicKey,
+    /// Path of the client's private key (may start with `~/`; relative paths are relative to
+    /// the profile file).
+    pub private_key_file: PathBuf,
+    /// Path of the pre-shared key, if the server uses one for this client.
+    pub psk_file: Option<PathBuf>,
+    /// Knock parameters.
+    pub params: KnockParams,
+    /// Payload mode.
+    pub payload: PayloadMode,
+    /// Services to ask for by default.
+    pub open: Vec<Service>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    host: Spanned<String>,
+    server_public_key: Spanned<String>,
+    private_key_file: Spanned<String>,
+    #[serde(default)]
+    psk_file: Option<Spanned<String>>,
+    #[serde(default = "default_step")]
+    step_seconds: Spanned<u32>,
+    #[serde(default = "default_length")]
+    length: Spanned<u64>,
+    #[serde(default = "default_range")]
+    port_range: Spanned<[u64; 2]>,
+    #[serde(default)]
+    exclude_ports: Vec<u16>,
+    #[serde(default)]
+    protocol: KnockProtocol,
+    #[serde(default)]
+    payload: PayloadMode,
+    #[serde(default = "default_open")]
+    open: Spanned<Vec<String>>,
+}
+
+fn default_step() -> Spanned<u32> {
+    Spanned::new(0..0, DEFAULT_STEP_SECONDS)
+}
+fn default_length() -> Spanned<u64> {
+    Spanned::new(0..0, u64::from(DEFAULT_LENGTH))
+}
+fn default_open() -> Spanned<Vec<String>> {
+    Spanned::new(0..0, Vec::new())
+}
+fn default_range() -> Spanned<[u64; 2]> {
+    Spanned::new(
+        0..0,
+        [
+            u64::from(DEFAULT_PORT_RANGE.0),
+            u64::from(DEFAULT_PORT_RANGE.1),
+        ],
+    )
+}
+
+fn span_of<T>(s: &Spanned<T>) -> Option<Range<usize>> {
+    let r = s.span();
+    (r != (0..0)).then_some(r)
+}
+
+/// Parses a list of `proto/port` services, at most [`MAX_SERVICES`].
+pub fn parse_services(items: &[String]) -> Result<Vec<Service>, String> {
+    if items.len() > MAX_SERVICES {
+        return Err(format!(
+            "at most {MAX_SERVICES} services fit in one payload, found {}",
+            items.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let s: Service = item
+            .parse()
+            .map_err(|e: crate::ServiceParseError| e.to_string())?;
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+impl Profile {
+    /// Parses and validates a profile. Never panics; errors are one line.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawProfile = toml::from_str(text).map_err(|e| ConfigError::from_toml(text, &e))?;
+        if raw.host.get_ref().trim().is_empty() {
+            return Err(ConfigError::at(
+                text,
+                span_of(&raw.host),
+                "host",
+                "must not be empty",
+            ));
+        }
+        let server_public_key =
+            PublicKey::from_base64(raw.server_public_key.get_ref()).map_err(|e| {
+                ConfigError::at(
+                    text,
+                    span_of(&raw.server_public_key),
+                    "server_public_key",
+                    e,
+                )
+            })?;
+        if raw.private_key_file.get_ref().is_empty() {
+            return Err(ConfigError::at(
+                text,
+                span_of(&raw.private_key_file),
+                "private_key_file",
+                "must not be empty",
+            ));
+        }
+        let psk_file = match &raw.psk_file {
+            Some(p) if p.get_ref().is_empty() => {
+                return Err(ConfigError::at(
+                    text,
+                    span_of(p),
+                    "psk_file",
+                    "must not be empty",
+                ));
+            }
+            Some(p) => Some(PathBuf::from(p.get_ref())),
+            None => None,
+        };
+        let range = raw.port_range.get_ref();
+        let params = KnockParams::new(
+            *raw.step_seconds.get_ref(),
+            *raw.length.get_ref(),
+            (range[0], range[1]),
+            &raw.exclude_ports,
+            raw.protocol,
+        )
+        .map_err(|e| {
+            let (key, span) = match e {
+                crate::ParamsError::Step(_) => ("step_seconds", span_of(&raw.step_seconds)),
+                crate::ParamsError::Length(_) => ("length", span_of(&raw.length)),
+                _ => ("port_range", span_of(&raw.port_range)),
+            };
+            ConfigError::at(text, span, key, e)
+        })?;
+        let open = parse_services(raw.open.get_ref())
+            .map_err(|e| ConfigError::at(text, span_of(&raw.open), "open", e))?;
+        Ok(Profile {
+            host: raw.host.into_inner(),
+            server_public_key,
+            private_key_file: PathBuf::from(raw.private_key_file.into_inner()),
+            psk_file,
+            params,
+            payload: raw.payload,
+            open,
+        })
+    }
+
+    /// The profile as TOML, with comments; [`Profile::parse`] reads it back unchanged.
+    pub fn to_toml(&self) -> String {
+        let quote = |s: &str| toml_string(s);
+        let list = |items: Vec<String>| format!("[{}]", items.join(", "));
+        let mut out = String::new();
+        out.push_str(&format!("host = {}\n", quote(&self.host)));
+        out.push_str(&format!(
+            "server_public_key = {}\n",
+            quote(&self.server_public_key.to_base64())
+        ));
+        out.push_str(&format!(
+            "private_key_file = {}\n",
+            quote(&self.private_key_file.to_string_lossy())
+        ));
+        match &self.psk_file {
+            Some(p) => out.push_str(&format!("psk_file = {}\n", quote(&p.to_string_lossy()))),
+            None => out.push_str("# psk_file = \"...\"  (only if the server gave you a PSK)\n"),
+        }
+        let p = &self.params;
+        out.push_str(&format!("step_seconds = {}\n", p.step_seconds));
+        out.push_str(&format!("length = {}\n", p.length));
+        out.push_str(&format!("port_range = [{}, {}]\n", p.port_lo, p.port_hi));
+        out.push_str(&format!(
+            "exclude_ports = {}\n",
+            list(p.exclude_ports().iter().map(u16::to_string).collect())
+        ));
+        out.push_str(&format!("protocol = \"{}\"\n", p.protocol));
+        out.push_str(&format!("payload = \"{}\"\n", self.payload));
+        out.push_str(&format!(
+            "open = {}\n",
+            list(self.open.iter().map(|s| format!("\"{s}\"")).collect())
+        ));
+        out
+    }
+}
+
+/// A TOML basic string with the necessary escapes.
+pub fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
+
+    fn full() -> String {
+        format!(
+            r#"host = "198.18.0.1"
+server_public_key = "{KEY}"
+private_key_file = "client.key"
+psk_file = "client.psk"
+step_seconds = 30
+length = 3
+port_range = [10000, 32767]
+exclude_ports = [22, 10022]
+protocol = "mixed"
+payload = "optional"
+open = ["tcp/22", "udp/51820"]
+"#
+        )
+    }
+
+    #[test]
+    fn parses_every_key() {
+        let p = Profile::parse(&full()).unwrap();
+        assert_eq!(p.host, "198.18.0.1");
+        assert_eq!(p.server_public_key.to_base64(), KEY);
+        assert_eq!(p.psk_file, Some(PathBuf::from("client.psk")));
+        assert_eq!(p.params.protocol, KnockProtocol::Mixed);
+        assert_eq!(p.params.exclude_ports(), &[10022]);
+        assert_eq!(p.payload, PayloadMode::Optional);
+        assert_eq!(p.open.len(), 2);
+        assert_eq!(Profile::parse(&p.to_toml()).unwrap(), p);
+    }
+
+    #[test]
+    fn defaults() {
+        let p = Profile::parse(&format!(
+            "host = \"h\"\nserver_public_key = \"{KEY}\"\nprivate_key_file = \"k\"\n"
+        ))
+        .unwrap();
+        assert_eq!(p.params.step_seconds, 30);
+        assert_eq!(p.params.length, 3);
+        assert_eq!((p.params.port_lo, p.params.port_hi), DEFAULT_PORT_RANGE);
+        assert_eq!(p.payload, PayloadMode::Required);
+        assert!(p.open.is_empty());
+        assert_eq!(Profile::parse(&p.to_toml()).unwrap(), p);
+    }
+
+    #[test]
+    fn errors_are_one_line_and_name_the_key() {
+        let cases = [
+            (full().replace("mixed", "sctp"), "line 9", "protocol"),
+            (full().replace(KEY, "short"), "line 2", "server_public_key"),
+            (
+                full().replace("[10000, 32767]", "[10000, 10003]"),
+                "line 7",
+                "port_range",
+            ),
+            (full().replace("\"tcp/22\"", "\"tcp/0\""), "line 11", "open"),
+            (
+                full().replace("length = 3", "length = 99"),
+                "line 6",
+                "length",
+            ),
+            (full() + "colour = \"blue\"\n", "line 12", "colour"),
+            (full().replace("host = \"198.18.0.1\"\n", ""), "", "host"),
+            ("host = ".to_owned(), "line 1", ""),
+        ];
+        for (text, line, key) in cases {
+            let msg = Profile::parse(&text).unwrap_err().to_string();
+            assert!(msg.contains(line), "{msg}");
+            assert!(msg.contains(key), "{msg}");
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+    }
+
+    #[test]
+    fn toml_strings_escape() {
+        let s = "a\"b\\c\nd\u{1}";
+        let parsed: toml::Value = toml::from_str(&format!("x = {}", toml_string(s))).unwrap();
+        assert_eq!(parsed["x"].as_str().unwrap(), s);
+    }
+}
