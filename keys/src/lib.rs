@@ -114,12 +114,15 @@ impl KeyFileError {
     }
 }
 
+/// The characters allowed after a key: ASCII space, TAB, LF and CR (PROTOCOL.md section 2.1).
+pub const TRAILING_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+
 /// Decodes 32 bytes from strict WireGuard-style base64.
 fn decode_key(text: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyError> {
     if text.starts_with(char::is_whitespace) {
         return Err(KeyError::LeadingWhitespace);
     }
-    let text = text.trim_end();
+    let text = text.trim_end_matches(TRAILING_WHITESPACE);
     if text.is_empty() {
         return Err(KeyError::Empty);
     }

@@ -52,10 +52,33 @@ pub fn derive_sequence(
     params: &KnockParams,
     counter: u64,
 ) -> Result<Sequence, SequenceError> {
+    derive_sequence_traced(keys, params, counter, &mut PortTrace::default())
+}
+
+/// How hard rejection sampling had to work for a sequence (used to prove that the test vectors
+/// exercise every branch).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PortTrace {
+    /// Highest block index any position needed.
+    pub max_block: u8,
+    /// Highest candidate index (0..=7) within a block that was accepted.
+    pub max_candidate: u8,
+    /// Candidates rejected because `v >= limit`.
+    pub limit_rejections: u32,
+    /// Candidates rejected because the port was excluded or already used.
+    pub port_rejections: u32,
+}
+
+pub(crate) fn derive_sequence_traced(
+    keys: &ClientKeys,
+    params: &KnockParams,
+    counter: u64,
+    trace: &mut PortTrace,
+) -> Result<Sequence, SequenceError> {
     let mut ports: Vec<u16> = Vec::with_capacity(usize::from(params.length) + 1);
     let mut knocks = Vec::with_capacity(usize::from(params.length));
     for position in 0..=params.length {
-        let port = derive_port(&keys.seq, params, counter, position, &ports)?;
+        let port = derive_port(&keys.seq, params, counter, position, &ports, trace)?;
         ports.push(port);
         if position < params.length {
             knocks.push(Knock {
@@ -78,6 +101,7 @@ fn derive_port(
     counter: u64,
     position: u8,
     used: &[u16],
+    trace: &mut PortTrace,
 ) -> Result<u16, SequenceError> {
     let n = params.range_size() as u64;
     // Largest multiple of n that fits in 2^32: candidates at or above it are rejected so that
@@ -90,15 +114,19 @@ fn derive_port(
         ctx.update(&counter_be);
         ctx.update(&[position, block_index as u8]);
         let block = ctx.sign();
-        for chunk in block.as_ref().chunks_exact(4) {
+        for (candidate, chunk) in block.as_ref().chunks_exact(4).enumerate() {
             let v = u64::from(u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]));
             if v >= limit {
+                trace.limit_rejections += 1;
                 continue;
             }
             let port = (u64::from(params.port_lo) + v % n) as u16;
             if params.is_excluded(port) || used.contains(&port) {
+                trace.port_rejections += 1;
                 continue;
             }
+            trace.max_block = trace.max_block.max(block_index as u8);
+            trace.max_candidate = trace.max_candidate.max(candidate as u8);
             return Ok(port);
         }
     }

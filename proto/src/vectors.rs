@@ -12,9 +12,10 @@ use serde_json::{Value, json};
 use sesame_keys::{PresharedKey, PrivateKey};
 
 use crate::payload::{PLAINTEXT_LEN, remac, seal};
+use crate::sequence::{PortTrace, derive_sequence_traced};
 use crate::{
     ClientKeys, DATAGRAM_LEN, KnockParams, KnockProtocol, Proto, Request, Service, UnixMillis,
-    build_payload, derive_sequence, encode_plaintext,
+    build_payload, encode_plaintext,
 };
 
 fn hex(bytes: &[u8]) -> String {
@@ -163,6 +164,40 @@ fn sequences() -> Value {
             KnockProtocol::Udp,
         ),
     ];
+    // Cases chosen (with the Python reference) so that rejection sampling takes every branch:
+    // a port accepted at the 8th candidate of a block, a position that needs a second block,
+    // and a candidate rejected by `v >= limit` (n = 65175 rejects about 1 draw in 5,000).
+    let at = |counter: u64, step: u32| counter * u64::from(step) * 1000 + 1234;
+    let cases = cases.into_iter().chain([
+        (
+            Case { name: "candidate-8", client: key(8), server: key(9), psk: None },
+            at(58_800_345, 30),
+            30,
+            16,
+            (50000, 50035),
+            vec![],
+            KnockProtocol::Mixed,
+        ),
+        (
+            Case { name: "second-block", client: key(8), server: key(9), psk: None },
+            at(58_800_124, 30),
+            30,
+            16,
+            (50000, 50035),
+            vec![],
+            KnockProtocol::Mixed,
+        ),
+        (
+            Case { name: "limit-rejection", client: key(10), server: key(11), psk: None },
+            at(49_972, 86400),
+            86400,
+            16,
+            (100, 65274),
+            vec![],
+            KnockProtocol::Udp,
+        ),
+    ]);
+    let mut trace = PortTrace::default();
     let mut out = Vec::new();
     for (case, now_ms, step, length, range, excl, protocol) in cases {
         let params = KnockParams::new(
@@ -175,7 +210,7 @@ fn sequences() -> Value {
         .unwrap();
         let now = UnixMillis(now_ms);
         let counter = now.counter(step);
-        let seq = derive_sequence(&case.client_keys(), &params, counter).unwrap();
+        let seq = derive_sequence_traced(&case.client_keys(), &params, counter, &mut trace).unwrap();
         out.push(merge(
             json!({ "name": case.name }),
             merge(
@@ -198,6 +233,10 @@ fn sequences() -> Value {
             ),
         ));
     }
+    assert_eq!(trace.max_candidate, 7, "no vector accepts the 8th candidate: {trace:?}");
+    assert!(trace.max_block >= 1, "no vector needs a second block: {trace:?}");
+    assert!(trace.limit_rejections >= 1, "no vector rejects v >= limit: {trace:?}");
+    assert!(trace.port_rejections >= 1, "no vector skips a used or excluded port: {trace:?}");
     json!({
         "description": "Port sequences: keys, PSK, time and parameters give the counter, the knocks and the payload port (PROTOCOL.md sections 3-5).",
         "vectors": out,
@@ -534,6 +573,35 @@ fn fail_payloads() -> Value {
         );
     }
     {
+        let keys2 = base2.case.client_keys();
+        let counter2 = base2.request.timestamp.counter(base2.step);
+        let mut pt = encode_plaintext(&base2.request).unwrap();
+        pt[52 + 4] = 1;
+        let d = seal(&keys2, counter2, &pt, &base2.eph).unwrap();
+        push(
+            "malformed-ipv4-address-padding",
+            "family 4 with a non-zero byte after the 4 address bytes",
+            base2,
+            counter2,
+            base2.request.timestamp.0 + 250,
+            &d,
+            "malformed",
+        );
+        let mut pt = encode_plaintext(&base2.request).unwrap();
+        pt[0] = 7;
+        pt[1] = 0x80;
+        let d = seal(&keys2, counter2, &pt, &base2.eph).unwrap();
+        push(
+            "version-checked-first",
+            "version 7 and an unknown flag: the version is checked first",
+            base2,
+            counter2,
+            base2.request.timestamp.0 + 250,
+            &d,
+            "bad_version",
+        );
+    }
+    {
         let mut req = base.request.clone();
         req.timestamp = req.timestamp.plus_millis(30_000);
         let d = build_payload(&keys, counter, &req, &base.eph).unwrap();
@@ -580,6 +648,9 @@ fn fail_keys() -> Value {
             {"text": "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmoA", "why": "no padding: 33 bytes"},
             {"text": "hSDwCYkwp1R0i33ctD73Wg2/ g0mOBr066SpjqqbTmo=", "why": "inner space"},
             {"text": "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066Spjqqb====", "why": "bad padding"},
+            {"text": "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=\u{0b}", "why": "trailing vertical tab (only space, TAB, LF, CR may follow)"},
+            {"text": "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=\u{a0}", "why": "trailing no-break space (only ASCII whitespace may follow)"},
+            {"text": "\u{a0}hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=", "why": "leading no-break space"},
         ],
         "good_text": [
             {"text": "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=", "hex": "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"},

@@ -151,9 +151,8 @@ def clamp(k: bytes) -> bytes:
 B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _B64_VALUE = {c: i for i, c in enumerate(B64_ALPHABET)}
 
-# "Trailing whitespace" is not defined further by the spec. ASSUMPTION: the ASCII whitespace
-# characters space, TAB, LF, VT, FF, CR. The vectors only exercise " \t\r\n".
-TRAILING_WHITESPACE = " \t\n\x0b\x0c\r"
+# PROTOCOL.md section 2.1: only ASCII space, TAB, LF and CR may follow a key.
+TRAILING_WHITESPACE = " \t\n\r"
 
 
 def parse_key(text: str | bytes) -> bytes:
