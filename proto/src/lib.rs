@@ -6,6 +6,8 @@
 //! virtual clock. `docs/PROTOCOL.md` specifies every byte.
 #![forbid(unsafe_code)]
 
+#[doc(hidden)]
+pub mod fuzz_targets;
 mod kdf;
 mod params;
 mod payload;
@@ -13,13 +15,15 @@ mod profile;
 mod sequence;
 mod service;
 mod time;
+mod tracker;
 
+pub use ipnet::IpNet;
 pub use kdf::{ClientKeys, KeysError};
 pub use params::{KnockParams, KnockProtocol, MAX_LENGTH, ParamsError, PayloadMode};
 pub use payload::{
-    ADDRESS_LEN, DATAGRAM_LEN, EPHEMERAL_LEN, FLAGS_V1_KNOWN, MAC_LEN, MAX_SERVICES, Opener,
-    PLAINTEXT_LEN, PROTOCOL_VERSION, RANDOM_LEN, RejectReason, Request, TAG_LEN, build_payload,
-    decode_plaintext, encode_plaintext,
+    ADDRESS_LEN, BuildError, DATAGRAM_LEN, EPHEMERAL_LEN, FLAGS_V1_KNOWN, MAC_LEN, MAX_SERVICES,
+    Opener, PLAINTEXT_LEN, PROTOCOL_VERSION, RANDOM_LEN, RejectReason, Request, TAG_LEN,
+    build_payload, check_len, decode_plaintext, encode_plaintext,
 };
 pub use profile::{
     ConfigError, DEFAULT_LENGTH, DEFAULT_PORT_RANGE, DEFAULT_STEP_SECONDS, Profile, line_of,
@@ -28,6 +32,10 @@ pub use profile::{
 pub use sequence::{Knock, Sequence, SequenceError, derive_sequence};
 pub use service::{Proto, Service, ServiceParseError};
 pub use time::{TimeWindow, UnixMillis};
+pub use tracker::{
+    ClientEntry, ClientId, Event, Grant, Outcome, Policy, Reason, ReplayState, Stats, StepTable,
+    Tracker, TrackerConfig, canonical_ip,
+};
 
 #[cfg(fuzzing)]
 pub mod fuzzing;

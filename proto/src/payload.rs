@@ -393,16 +393,7 @@ impl Opener {
         counter: u64,
         datagram: &[u8],
     ) -> Result<(), RejectReason> {
-        if datagram.len() < DATAGRAM_LEN {
-            return Err(RejectReason::Truncated {
-                len: datagram.len(),
-            });
-        }
-        if datagram.len() > DATAGRAM_LEN {
-            return Err(RejectReason::TooLong {
-                len: datagram.len(),
-            });
-        }
+        check_len(datagram)?;
         if !self.window.contains(now, counter) {
             let current = now.counter(self.window.step_seconds);
             return Err(RejectReason::Stale {
@@ -432,6 +423,18 @@ impl Opener {
         datagram: &[u8],
     ) -> Result<Request, RejectReason> {
         self.check_gate(now, keys, counter, datagram)?;
+        self.open_after_gate(keys, counter, datagram)
+    }
+
+    /// The steps after the gate (X25519, AEAD, decoding, step check), for a datagram that
+    /// passed [`Opener::check_gate`] with the same keys and counter.
+    pub fn open_after_gate(
+        &self,
+        keys: &ClientKeys,
+        counter: u64,
+        datagram: &[u8],
+    ) -> Result<Request, RejectReason> {
+        check_len(datagram)?;
         let mut eph = [0u8; EPHEMERAL_LEN];
         eph.copy_from_slice(&datagram[..EPHEMERAL_LEN]);
         let eph = PublicKey::from_bytes(eph);
@@ -455,6 +458,15 @@ impl Opener {
         let request = decode_plaintext(&buf[..])?;
         check_timestamp(&request, counter, self.window.step_seconds)?;
         Ok(request)
+    }
+}
+
+/// A payload datagram is exactly [`DATAGRAM_LEN`] bytes.
+pub fn check_len(datagram: &[u8]) -> Result<(), RejectReason> {
+    match datagram.len() {
+        DATAGRAM_LEN => Ok(()),
+        len if len < DATAGRAM_LEN => Err(RejectReason::Truncated { len }),
+        len => Err(RejectReason::TooLong { len }),
     }
 }
 

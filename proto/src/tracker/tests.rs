@@ -1,0 +1,711 @@
+//! Tracker tests on a virtual clock.
+
+use super::*;
+use crate::params::KnockProtocol;
+use crate::payload::build_payload;
+use crate::sequence::Sequence;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+const STEP: u32 = 30;
+const T0: UnixMillis = UnixMillis(1_764_000_000_000);
+
+struct World {
+    server: PrivateKey,
+    clients: Vec<PrivateKey>,
+    tracker: Tracker,
+    events: Vec<Event>,
+}
+
+fn params(length: u64, protocol: KnockProtocol) -> KnockParams {
+    KnockParams::new(STEP, length, (10000, 19999), &[10022], protocol).unwrap()
+}
+
+fn config(length: u64, protocol: KnockProtocol, payload: PayloadMode) -> TrackerConfig {
+    TrackerConfig {
+        params: params(length, protocol),
+        skew_steps: 1,
+        timeout_ms: 5000,
+        payload,
+        max_sources: 1024,
+        max_candidates: 8,
+    }
+}
+
+fn tcp22() -> Service {
+    Service::new(Proto::Tcp, 22)
+}
+
+fn world_with(config: TrackerConfig, n: usize, policy: impl Fn(usize) -> Policy) -> World {
+    let server = PrivateKey::from_bytes([0x42; 32]);
+    let clients: Vec<PrivateKey> = (0..n)
+        .map(|i| {
+            let mut b = [0u8; 32];
+            b[8..16].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            PrivateKey::from_bytes(b)
+        })
+        .collect();
+    let entries = clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ClientEntry {
+            name: format!("client{i}"),
+            keys: ClientKeys::for_server(&server, &c.public_key(), None).unwrap(),
+            policy: policy(i),
+        })
+        .collect();
+    let tracker = Tracker::new(config, server.clone(), entries, Vec::new(), T0).unwrap();
+    World {
+        server,
+        clients,
+        tracker,
+        events: Vec::new(),
+    }
+}
+
+fn default_policy(_: usize) -> Policy {
+    Policy {
+        allow: vec![tcp22(), Service::new(Proto::Udp, 51820)],
+        ..Policy::default()
+    }
+}
+
+fn world(mode: PayloadMode, n: usize) -> World {
+    world_with(config(3, KnockProtocol::Udp, mode), n, default_policy)
+}
+
+fn v4(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, 0, last))
+}
+
+impl World {
+    fn client_keys(&self, i: usize) -> ClientKeys {
+        ClientKeys::for_client(&self.clients[i], &self.server.public_key(), None).unwrap()
+    }
+
+    fn sequence(&self, i: usize, counter: u64) -> Sequence {
+        derive_sequence(&self.client_keys(i), &self.tracker.config.params, counter).unwrap()
+    }
+
+    fn payload(&self, i: usize, at: UnixMillis, request: Request) -> Vec<u8> {
+        let counter = at.counter(STEP);
+        build_payload(
+            &self.client_keys(i),
+            counter,
+            &request,
+            &PrivateKey::generate(),
+        )
+        .unwrap()
+        .to_vec()
+    }
+
+    fn request(at: UnixMillis) -> Request {
+        Request {
+            timestamp: at,
+            random: [1; 16],
+            services: vec![tcp22()],
+            address: None,
+            flags: 0,
+        }
+    }
+
+    fn send(
+        &mut self,
+        now: UnixMillis,
+        src: IpAddr,
+        proto: Proto,
+        port: u16,
+        d: Option<&[u8]>,
+    ) -> Outcome {
+        let out = self
+            .tracker
+            .packet(now, src, proto, port, d, &mut self.events);
+        self.tracker.assert_invariants();
+        out
+    }
+
+    /// Sends client `i`'s knocks for the step of `at`, in `order`, then its payload.
+    fn knock(
+        &mut self,
+        i: usize,
+        at: UnixMillis,
+        src: IpAddr,
+        order: &[usize],
+        payload: Option<Request>,
+    ) {
+        let seq = self.sequence(i, at.counter(STEP));
+        for &k in order {
+            let knock = seq.knocks[k];
+            self.send(at, src, knock.proto, knock.port, None);
+        }
+        if let Some(req) = payload {
+            let d = self.payload(i, at, req);
+            self.send(at, src, Proto::Udp, seq.payload_port, Some(&d));
+        }
+    }
+
+    /// Takes the grants out of the events (leaving the rest).
+    fn grants(&mut self) -> Vec<Grant> {
+        let (grants, rest): (Vec<Event>, Vec<Event>) = self
+            .events
+            .drain(..)
+            .partition(|e| matches!(e, Event::Granted(_)));
+        self.events = rest;
+        grants
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Granted(g) => Some(g),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Takes the rejection reasons out of the events (leaving the rest).
+    fn rejections(&mut self) -> Vec<Reason> {
+        let (rejected, rest): (Vec<Event>, Vec<Event>) = self
+            .events
+            .drain(..)
+            .partition(|e| matches!(e, Event::Rejected { .. }));
+        self.events = rest;
+        rejected
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Rejected { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn required_mode_opens_after_sequence_and_payload() {
+    let mut w = world(PayloadMode::Required, 3);
+    let src = v4(2);
+    w.knock(1, T0, src, &[0, 1, 2], None);
+    assert!(w.grants().is_empty(), "no grant without the payload");
+    let d = w.payload(1, T0, World::request(T0));
+    let port = w.sequence(1, T0.counter(STEP)).payload_port;
+    assert_eq!(
+        w.send(T0, src, Proto::Udp, port, Some(&d)),
+        Outcome::Payload
+    );
+    let grants = w.grants();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0].client, ClientId(1));
+    assert_eq!(grants[0].address, src);
+    assert_eq!(grants[0].services, vec![tcp22()]);
+    assert_eq!(w.tracker.replay_states()[1].last_timestamp, Some(T0));
+    assert_eq!(w.tracker.stats().x25519, 1);
+}
+
+#[test]
+fn payload_alone_or_knocks_alone_do_not_open_in_required_mode() {
+    let mut w = world(PayloadMode::Required, 2);
+    let seq = w.sequence(0, T0.counter(STEP));
+    let d = w.payload(0, T0, World::request(T0));
+    w.send(T0, v4(2), Proto::Udp, seq.payload_port, Some(&d));
+    assert!(w.grants().is_empty());
+    assert_eq!(w.tracker.stats().x25519, 0, "no X25519 before the sequence");
+    // Two of three knocks, then the payload.
+    w.knock(0, T0, v4(3), &[0, 2], Some(World::request(T0)));
+    assert!(w.grants().is_empty());
+    assert_eq!(w.tracker.stats().x25519, 0);
+}
+
+#[test]
+fn out_of_order_and_duplicate_knocks_are_tolerated() {
+    let mut w = world(PayloadMode::Required, 4);
+    for (n, order) in [
+        vec![2, 1, 0],
+        vec![0, 0, 1, 1, 2, 2],
+        vec![1, 0, 1, 2, 0],
+        vec![2, 2, 2, 0, 1],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let at = T0.plus_millis(n as u64 * 100);
+        w.knock(2, at, v4(10 + n as u8), &order, Some(World::request(at)));
+        assert_eq!(w.grants().len(), 1, "order {order:?}");
+    }
+}
+
+#[test]
+fn payload_overtaking_the_last_knock_still_opens() {
+    let mut w = world(PayloadMode::Required, 2);
+    let seq = w.sequence(0, T0.counter(STEP));
+    let d = w.payload(0, T0, World::request(T0));
+    let src = v4(2);
+    w.send(T0, src, Proto::Udp, seq.knocks[0].port, None);
+    w.send(T0, src, Proto::Udp, seq.knocks[1].port, None);
+    w.send(T0, src, Proto::Udp, seq.payload_port, Some(&d));
+    assert!(w.grants().is_empty());
+    w.send(T0, src, Proto::Udp, seq.knocks[2].port, None);
+    assert_eq!(w.grants().len(), 1);
+}
+
+#[test]
+fn late_duplicate_knock_before_payload_is_tolerated() {
+    let mut w = world(PayloadMode::Required, 2);
+    let seq = w.sequence(0, T0.counter(STEP));
+    let src = v4(2);
+    w.knock(0, T0, src, &[0, 1, 2, 2, 1], None);
+    let d = w.payload(0, T0, World::request(T0));
+    w.send(T0, src, Proto::Udp, seq.payload_port, Some(&d));
+    assert_eq!(w.grants().len(), 1);
+}
+
+#[test]
+fn knocks_must_arrive_within_the_timeout() {
+    let mut w = world(PayloadMode::None, 1);
+    let seq = w.sequence(0, T0.counter(STEP));
+    let src = v4(2);
+    w.send(T0, src, Proto::Udp, seq.knocks[0].port, None);
+    w.send(
+        T0.plus_millis(3000),
+        src,
+        Proto::Udp,
+        seq.knocks[1].port,
+        None,
+    );
+    w.send(
+        T0.plus_millis(5001),
+        src,
+        Proto::Udp,
+        seq.knocks[2].port,
+        None,
+    );
+    assert!(w.grants().is_empty());
+    // Within the timeout it works (the counter is still the same step).
+    let t = T0.plus_millis(6000);
+    w.knock(0, t, src, &[0, 1], None);
+    w.send(
+        t.plus_millis(4999),
+        src,
+        Proto::Udp,
+        seq.knocks[2].port,
+        None,
+    );
+    assert_eq!(w.grants().len(), 1);
+}
+
+#[test]
+fn payload_must_arrive_within_the_timeout() {
+    let mut w = world(PayloadMode::Required, 1);
+    let seq = w.sequence(0, T0.counter(STEP));
+    let src = v4(2);
+    w.knock(0, T0, src, &[0, 1, 2], None);
+    let late = T0.plus_millis(5001);
+    let d = w.payload(0, late, World::request(late));
+    w.send(late, src, Proto::Udp, seq.payload_port, Some(&d));
+    assert!(w.grants().is_empty());
+}
+
+#[test]
+fn replayed_payload_is_refused() {
+    let mut w = world(PayloadMode::Required, 1);
+    let seq = w.sequence(0, T0.counter(STEP));
+    let d = w.payload(0, T0, World::request(T0));
+    let src = v4(2);
+    w.knock(0, T0, src, &[0, 1, 2], None);
+    w.send(T0, src, Proto::Udp, seq.payload_port, Some(&d));
+    assert_eq!(w.grants().len(), 1);
+    // The recorded knock and payload, sent again from the same and another source.
+    for replayer in [src, v4(66)] {
+        let later = T0.plus_millis(1000);
+        for k in &seq.knocks {
+            w.send(later, replayer, k.proto, k.port, None);
+        }
+        w.send(later, replayer, Proto::Udp, seq.payload_port, Some(&d));
+        assert!(w.grants().is_empty());
+        assert!(w.rejections().contains(&Reason::Replay));
+    }
+    // A fresh payload (newer timestamp) from the client works.
+    let t = T0.plus_millis(2000);
+    w.knock(0, t, src, &[0, 1, 2], Some(World::request(t)));
+    assert_eq!(w.grants().len(), 1);
+}
+
+#[test]
+fn replay_state_survives_a_restart() {
+    let mut w = world(PayloadMode::Required, 1);
+    let seq = w.sequence(0, T0.counter(STEP));
+    let d = w.payload(0, T0, World::request(T0));
+    w.knock(0, T0, v4(2), &[0, 1, 2], None);
+    w.send(T0, v4(2), Proto::Udp, seq.payload_port, Some(&d));
+    assert_eq!(w.grants().len(), 1);
+    let saved = w.tracker.replay_states().to_vec();
+    // "Restart": a new tracker with the saved replay state.
+    let entries = vec![ClientEntry {
+        name: "c".into(),
+        keys: ClientKeys::for_server(&w.server, &w.clients[0].public_key(), None).unwrap(),
+        policy: default_policy(0),
+    }];
+    w.tracker = Tracker::new(
+        config(3, KnockProtocol::Udp, PayloadMode::Required),
+        w.server.clone(),
+        entries,
+        saved,
+        T0,
+    )
+    .unwrap();
+    let t = T0.plus_millis(500);
+    for k in &seq.knocks {
+        w.send(t, v4(2), k.proto, k.port, None);
+    }
+    w.send(t, v4(2), Proto::Udp, seq.payload_port, Some(&d));
+    assert!(w.grants().is_empty());
+    assert_eq!(w.rejections(), vec![Reason::Replay]);
+}
+
+#[test]
+fn sequence_only_modes_need_a_newer_counter() {
+    for mode in [PayloadMode::None, PayloadMode::Optional] {
+        let mut w = world(mode, 1);
+        w.knock(0, T0, v4(2), &[0, 1, 2], None);
+        let g = w.grants();
+        assert_eq!(g.len(), 1, "{mode}");
+        assert_eq!(g[0].services, default_policy(0).allow);
+        assert_eq!(g[0].address, v4(2));
+        // The same step again (a replay of the knocks) is refused.
+        w.knock(0, T0.plus_millis(100), v4(3), &[0, 1, 2], None);
+        assert!(w.grants().is_empty());
+        assert_eq!(w.rejections(), vec![Reason::Replay]);
+        // The next step works.
+        let t = T0.plus_millis(u64::from(STEP) * 1000);
+        w.tracker.advance(t).unwrap();
+        w.knock(0, t, v4(2), &[0, 1, 2], None);
+        assert_eq!(w.grants().len(), 1);
+    }
+}
+
+#[test]
+fn optional_mode_payload_can_name_another_address_and_a_subset() {
+    let mut w = world_with(
+        config(3, KnockProtocol::Udp, PayloadMode::Optional),
+        1,
+        |_| Policy {
+            allow: vec![tcp22(), Service::new(Proto::Tcp, 443)],
+            allow_other_ip: true,
+            ..Policy::default()
+        },
+    );
+    let other = v4(99);
+    let req = Request {
+        address: Some(other),
+        services: vec![Service::new(Proto::Tcp, 443)],
+        ..World::request(T0)
+    };
+    w.knock(0, T0, v4(2), &[0, 1, 2], Some(req));
+    let g = w.grants();
+    assert_eq!(g.len(), 2, "{g:?}");
+    assert_eq!((g[0].address, g[0].services.len()), (v4(2), 2));
+    assert_eq!(g[1].address, other);
+    assert_eq!(g[1].services, vec![Service::new(Proto::Tcp, 443)]);
+}
+
+#[test]
+fn policy_is_enforced() {
+    let policy = |i: usize| Policy {
+        allow: vec![tcp22()],
+        sources: if i == 1 {
+            vec!["198.18.1.0/24".parse().unwrap()]
+        } else {
+            vec![]
+        },
+        allow_other_ip: false,
+        expires: (i == 2).then_some(T0),
+    };
+    let mut w = world_with(
+        config(3, KnockProtocol::Udp, PayloadMode::Required),
+        3,
+        policy,
+    );
+    let cases: Vec<(usize, IpAddr, Request, Reason)> = vec![
+        (1, v4(2), World::request(T0), Reason::SourceNotAllowed),
+        (2, v4(2), World::request(T0), Reason::Expired),
+        (
+            0,
+            v4(2),
+            Request {
+                address: Some(v4(3)),
+                ..World::request(T0)
+            },
+            Reason::OtherIpNotAllowed(v4(3)),
+        ),
+        (
+            0,
+            v4(2),
+            Request {
+                services: vec![Service::new(Proto::Tcp, 23)],
+                ..World::request(T0)
+            },
+            Reason::ServiceNotAllowed(Service::new(Proto::Tcp, 23)),
+        ),
+        (
+            0,
+            v4(2),
+            Request {
+                address: Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                ..World::request(T0)
+            },
+            Reason::BadAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        ),
+    ];
+    for (i, (client, src, req, reason)) in cases.into_iter().enumerate() {
+        let at = T0.plus_millis(i as u64 * 10);
+        let req = Request {
+            timestamp: at,
+            ..req
+        };
+        w.knock(client, at, src, &[0, 1, 2], Some(req));
+        assert!(w.grants().is_empty(), "case {i}");
+        assert_eq!(w.rejections(), vec![reason], "case {i}");
+    }
+    // Client 1 from inside its prefix works.
+    w.knock(
+        1,
+        T0.plus_millis(100),
+        "198.18.1.7".parse().unwrap(),
+        &[0, 1, 2],
+        Some(World::request(T0.plus_millis(100))),
+    );
+    assert_eq!(w.grants().len(), 1);
+}
+
+#[test]
+fn full_scan_from_one_source_never_completes_and_others_still_knock() {
+    let mut w = world(PayloadMode::None, 50);
+    let scanner = v4(200);
+    let counter = T0.counter(STEP);
+    // A legitimate client knocks half-way through the scan, from another address.
+    let legit = w.sequence(7, counter);
+    for (i, port) in (10000u16..=19999).enumerate() {
+        w.send(T0, scanner, Proto::Udp, port, Some(&[0u8; 8]));
+        w.send(T0, scanner, Proto::Tcp, port, None);
+        if i == 5000 {
+            for k in &legit.knocks {
+                w.send(T0, v4(7), k.proto, k.port, None);
+            }
+        }
+    }
+    let grants = w.grants();
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(grants[0].source, v4(7));
+    assert!(
+        w.tracker.stats().resets > 300,
+        "{}",
+        w.tracker.stats().resets
+    );
+    // A scan in random order, repeated, does not complete either.
+    let mut x = 12345u32;
+    for _ in 0..50_000 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        let port = 10000 + (x >> 8) as u16 % 10000;
+        w.send(T0, scanner, Proto::Udp, port, None);
+    }
+    assert!(w.grants().is_empty());
+}
+
+#[test]
+fn a_scan_does_not_burn_the_sequence_for_the_client() {
+    // The scanner hits the client's exact ports (e.g. it observed them), but not from the
+    // client's address: the client still completes its own knock.
+    let mut w = world(PayloadMode::Required, 1);
+    let seq = w.sequence(0, T0.counter(STEP));
+    for k in &seq.knocks {
+        w.send(T0, v4(66), k.proto, k.port, None);
+    }
+    w.knock(0, T0, v4(2), &[0, 1, 2], Some(World::request(T0)));
+    assert_eq!(w.grants().len(), 1);
+}
+
+#[test]
+fn wrong_transport_is_not_a_knock() {
+    let mut w = world_with(
+        config(3, KnockProtocol::Tcp, PayloadMode::None),
+        1,
+        default_policy,
+    );
+    let seq = w.sequence(0, T0.counter(STEP));
+    for k in &seq.knocks {
+        assert_eq!(k.proto, Proto::Tcp);
+        w.send(T0, v4(2), Proto::Udp, k.port, None);
+    }
+    assert!(w.grants().is_empty());
+    for k in &seq.knocks {
+        w.send(T0, v4(2), Proto::Tcp, k.port, None);
+    }
+    assert_eq!(w.grants().len(), 1);
+}
+
+#[test]
+fn mixed_protocol_sequences_open() {
+    let mut w = world_with(
+        config(6, KnockProtocol::Mixed, PayloadMode::Required),
+        5,
+        default_policy,
+    );
+    w.knock(3, T0, v4(2), &[5, 4, 3, 2, 1, 0], Some(World::request(T0)));
+    assert_eq!(w.grants().len(), 1);
+}
+
+#[test]
+fn skew_window_and_step_advance() {
+    let mut w = world(PayloadMode::None, 1);
+    let counter = T0.counter(STEP);
+    // A client one step ahead or behind is accepted.
+    for (i, c) in [counter - 1, counter + 1].into_iter().enumerate() {
+        let seq = w.sequence(0, c);
+        let _ = i;
+        for k in &seq.knocks {
+            w.send(T0, v4(2), k.proto, k.port, None);
+        }
+    }
+    // The first grant is for counter-1, the second for counter+1 (newer counter).
+    assert_eq!(w.grants().len(), 2);
+    // Two steps off is outside the window.
+    let seq = w.sequence(0, counter + 2);
+    for k in &seq.knocks {
+        w.send(T0, v4(3), k.proto, k.port, None);
+    }
+    assert!(w.grants().is_empty());
+    // ... until the clock reaches it.
+    let t = T0.plus_millis(2 * u64::from(STEP) * 1000);
+    w.tracker.advance(t).unwrap();
+    for k in &seq.knocks {
+        w.send(t, v4(3), k.proto, k.port, None);
+    }
+    assert_eq!(w.grants().len(), 1);
+    // Tables never pile up.
+    assert!(w.tracker.tables.len() <= 4);
+}
+
+#[test]
+fn single_packet_mode() {
+    let mut w = world_with(
+        config(0, KnockProtocol::Udp, PayloadMode::Required),
+        20,
+        default_policy,
+    );
+    let counter = T0.counter(STEP);
+    let seq = w.sequence(4, counter);
+    assert!(seq.knocks.is_empty());
+    let d = w.payload(4, T0, World::request(T0));
+    assert_eq!(
+        w.send(T0, v4(2), Proto::Udp, seq.payload_port, Some(&d)),
+        Outcome::Payload
+    );
+    let g = w.grants();
+    assert_eq!(g.len(), 1);
+    assert_eq!(g[0].client, ClientId(4));
+    // Garbage of the right size at the port is stopped by the gate: no X25519.
+    let before = w.tracker.stats().x25519;
+    for i in 0..100u8 {
+        let garbage = [i; DATAGRAM_LEN];
+        w.send(T0, v4(3), Proto::Udp, seq.payload_port, Some(&garbage));
+    }
+    assert_eq!(w.tracker.stats().x25519, before);
+    assert_eq!(w.rejections().len(), 100);
+    assert!(
+        w.tracker.tracked_sources() == 0,
+        "single-packet mode keeps no per-source state"
+    );
+    // The same payload again is a replay.
+    w.send(T0, v4(2), Proto::Udp, seq.payload_port, Some(&d));
+    assert_eq!(w.rejections(), vec![Reason::Replay]);
+}
+
+#[test]
+fn garbage_after_a_completed_sequence_costs_no_x25519() {
+    let mut w = world(PayloadMode::Required, 3);
+    let seq = w.sequence(0, T0.counter(STEP));
+    w.knock(0, T0, v4(2), &[0, 1, 2], None);
+    w.send(
+        T0,
+        v4(2),
+        Proto::Udp,
+        seq.payload_port,
+        Some(&[7u8; DATAGRAM_LEN]),
+    );
+    assert_eq!(w.rejections(), vec![Reason::Payload(RejectReason::BadMac)]);
+    assert_eq!(w.tracker.stats().x25519, 0);
+}
+
+#[test]
+fn state_is_bounded_under_a_spoofed_flood() {
+    let mut cfg = config(3, KnockProtocol::Udp, PayloadMode::Required);
+    cfg.max_sources = 256;
+    let mut w = world_with(cfg, 200, default_policy);
+    let mut x = 7u64;
+    for i in 0..200_000u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let src = IpAddr::V6(Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0,
+            0,
+            0,
+            0,
+            (x >> 16) as u16,
+            x as u16,
+        ));
+        let port = 10000 + (x >> 32) as u16 % 10000;
+        let d = [0u8; DATAGRAM_LEN];
+        w.send(
+            T0,
+            src,
+            Proto::Udp,
+            port,
+            if i % 2 == 0 { Some(&d) } else { None },
+        );
+        // A legitimate client knocks now and then, and always gets in.
+        if i % 50_000 == 25_000 {
+            let at = T0.plus_millis(i / 1000);
+            w.knock(9, at, v4(9), &[0, 1, 2], Some(World::request(at)));
+            let g = w.grants();
+            assert_eq!(
+                g.len(),
+                1,
+                "legitimate knock during the flood at packet {i}"
+            );
+        }
+        w.events.clear();
+    }
+    assert!(w.tracker.tracked_sources() <= 256);
+    assert!(w.tracker.stats().sources_evicted > 0);
+    assert_eq!(w.tracker.stats().x25519, 4);
+}
+
+#[test]
+fn mapped_ipv4_is_the_same_source() {
+    let mut w = world(PayloadMode::None, 1);
+    let seq = w.sequence(0, T0.counter(STEP));
+    let mapped: IpAddr = "::ffff:198.18.0.2".parse().unwrap();
+    w.send(T0, mapped, Proto::Udp, seq.knocks[0].port, None);
+    w.send(T0, v4(2), Proto::Udp, seq.knocks[1].port, None);
+    w.send(T0, mapped, Proto::Udp, seq.knocks[2].port, None);
+    let g = w.grants();
+    assert_eq!(g.len(), 1);
+    assert_eq!(g[0].source, v4(2));
+}
+
+#[test]
+fn excluded_and_out_of_range_ports_are_ignored() {
+    let mut w = world(PayloadMode::None, 1);
+    let seq = w.sequence(0, T0.counter(STEP));
+    w.send(T0, v4(2), Proto::Udp, seq.knocks[0].port, None);
+    assert_eq!(w.send(T0, v4(2), Proto::Tcp, 22, None), Outcome::OutOfRange);
+    assert_eq!(
+        w.send(T0, v4(2), Proto::Udp, 10022, None),
+        Outcome::OutOfRange
+    );
+    w.send(T0, v4(2), Proto::Udp, seq.knocks[1].port, None);
+    w.send(T0, v4(2), Proto::Udp, seq.knocks[2].port, None);
+    assert_eq!(
+        w.grants().len(),
+        1,
+        "traffic outside the range does not reset progress"
+    );
+}
