@@ -27,7 +27,7 @@ pub use payload::{
 };
 pub use profile::{
     ConfigError, DEFAULT_LENGTH, DEFAULT_PORT_RANGE, DEFAULT_STEP_SECONDS, Profile, line_of,
-    parse_services, toml_string,
+    parse_services, parse_services_unbounded, toml_string,
 };
 pub use sequence::{Knock, Sequence, SequenceError, derive_sequence};
 pub use service::{Proto, Service, ServiceParseError};

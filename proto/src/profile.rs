@@ -198,7 +198,7 @@ fn span_of<T>(s: &Spanned<T>) -> Option<Range<usize>> {
     (r != (0..0)).then_some(r)
 }
 
-/// Parses a list of `proto/port` services, at most [`MAX_SERVICES`].
+/// Parses a list of `proto/port` services, at most [`MAX_SERVICES`] (what fits in a payload).
 pub fn parse_services(items: &[String]) -> Result<Vec<Service>, String> {
     if items.len() > MAX_SERVICES {
         return Err(format!(
@@ -206,6 +206,11 @@ pub fn parse_services(items: &[String]) -> Result<Vec<Service>, String> {
             items.len()
         ));
     }
+    parse_services_unbounded(items)
+}
+
+/// Parses a list of `proto/port` services of any length, dropping duplicates.
+pub fn parse_services_unbounded(items: &[String]) -> Result<Vec<Service>, String> {
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let s: Service = item

@@ -1,1 +1,4 @@
-fn main() {}
+//! The `sesamed` daemon binary.
+fn main() -> std::process::ExitCode {
+    sesame_server::main()
+}

@@ -1,0 +1,649 @@
+//! `sesamed.toml`: parsing and validation with one-line errors naming the file and the key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sesame_keys::{PresharedKey, PrivateKey, PublicKey};
+use sesame_proto::{
+    ConfigError, DEFAULT_LENGTH, DEFAULT_PORT_RANGE, DEFAULT_STEP_SECONDS, IpNet, KnockParams,
+    KnockProtocol, ParamsError, PayloadMode, Service, UnixMillis,
+};
+use toml::Spanned;
+
+/// Default configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/sesame/sesamed.toml";
+
+/// A configuration error: the file and a one-line description (line, key, why).
+#[derive(Debug)]
+pub struct ConfigFileError {
+    /// The configuration file.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub error: ConfigError,
+}
+
+impl fmt::Display for ConfigFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.error)
+    }
+}
+
+impl std::error::Error for ConfigFileError {}
+
+/// Which firewall backend grants access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// sesamed's own nftables table with kernel-expiring set elements.
+    #[default]
+    Nftables,
+    /// `open_command` / `close_command` hooks.
+    Command,
+    /// Log the grant only.
+    Log,
+}
+
+/// Which interfaces to capture on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Interfaces {
+    /// Every interface (one socket).
+    Any,
+    /// These interfaces (one socket each).
+    Named(Vec<String>),
+}
+
+/// The `[knock]` section.
+#[derive(Clone, Debug)]
+pub struct KnockConfig {
+    /// Parameters shared with clients.
+    pub params: KnockParams,
+    /// Steps accepted on either side of now.
+    pub skew_steps: u32,
+    /// Time allowed for a whole knock, in milliseconds.
+    pub timeout_ms: u64,
+    /// Payload mode.
+    pub payload: PayloadMode,
+}
+
+/// The `[firewall]` section.
+#[derive(Clone, Debug)]
+pub struct FirewallConfig {
+    /// The backend.
+    pub backend: Backend,
+    /// Name of the nftables table (family `inet`).
+    pub table: String,
+    /// The `nft` program.
+    pub nft: PathBuf,
+    /// Services hidden until a knock.
+    pub protect: Vec<Service>,
+    /// How long a grant lasts.
+    pub lease_seconds: u32,
+    /// argv run for a grant (command backend).
+    pub open_command: Vec<String>,
+    /// argv run when a lease ends (command backend; may be empty).
+    pub close_command: Vec<String>,
+    /// Time limit for a hook command, in milliseconds.
+    pub command_timeout_ms: u64,
+}
+
+/// A `[[client]]`.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Name for logs, placeholders and export.
+    pub name: String,
+    /// The client's public key.
+    pub public_key: PublicKey,
+    /// Its pre-shared key file, if any.
+    pub psk_file: Option<PathBuf>,
+    /// Services it may open.
+    pub allow: Vec<Service>,
+    /// Prefixes it may knock from (empty: any).
+    pub source: Vec<IpNet>,
+    /// Whether it may ask to open another address.
+    pub allow_other_ip: bool,
+    /// When it stops being accepted.
+    pub expires: Option<UnixMillis>,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The server's private key file.
+    pub private_key_file: PathBuf,
+    /// Where replay state lives.
+    pub state_dir: PathBuf,
+    /// Interfaces to capture on.
+    pub interfaces: Interfaces,
+    /// The control socket (status, reload).
+    pub control_socket: PathBuf,
+    /// `[knock]`.
+    pub knock: KnockConfig,
+    /// `[firewall]`.
+    pub firewall: FirewallConfig,
+    /// `[[client]]`s.
+    pub clients: Vec<ClientConfig>,
+}
+
+/// The secrets a configuration points at.
+pub struct Secrets {
+    /// The server's private key.
+    pub server_key: PrivateKey,
+    /// Per client (same order as `Config::clients`), its PSK if it has one.
+    pub psks: Vec<Option<PresharedKey>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    private_key_file: Spanned<String>,
+    #[serde(default = "default_state_dir")]
+    state_dir: String,
+    #[serde(default = "default_interfaces")]
+    interfaces: Spanned<Vec<String>>,
+    #[serde(default = "default_control_socket")]
+    control_socket: String,
+    #[serde(default)]
+    knock: RawKnock,
+    firewall: RawFirewall,
+    #[serde(default, rename = "client")]
+    clients: Vec<RawClient>,
+}
+
+fn default_state_dir() -> String {
+    "/var/lib/sesame".into()
+}
+fn default_interfaces() -> Spanned<Vec<String>> {
+    Spanned::new(0..0, vec!["any".into()])
+}
+fn default_control_socket() -> String {
+    "/run/sesame/sesamed.sock".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKnock {
+    #[serde(default = "default_step")]
+    step_seconds: Spanned<u32>,
+    #[serde(default = "default_skew")]
+    skew_steps: Spanned<u32>,
+    #[serde(default = "default_length")]
+    length: Spanned<u64>,
+    #[serde(default = "default_range")]
+    port_range: Spanned<[u64; 2]>,
+    #[serde(default)]
+    exclude_ports: Vec<u16>,
+    #[serde(default)]
+    protocol: KnockProtocol,
+    #[serde(default = "default_timeout")]
+    timeout_ms: Spanned<u64>,
+    #[serde(default)]
+    payload: PayloadMode,
+}
+
+impl Default for RawKnock {
+    fn default() -> Self {
+        RawKnock {
+            step_seconds: default_step(),
+            skew_steps: default_skew(),
+            length: default_length(),
+            port_range: default_range(),
+            exclude_ports: Vec::new(),
+            protocol: KnockProtocol::default(),
+            timeout_ms: default_timeout(),
+            payload: PayloadMode::default(),
+        }
+    }
+}
+
+fn default_step() -> Spanned<u32> {
+    Spanned::new(0..0, DEFAULT_STEP_SECONDS)
+}
+fn default_skew() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
+}
+fn default_length() -> Spanned<u64> {
+    Spanned::new(0..0, u64::from(DEFAULT_LENGTH))
+}
+fn default_range() -> Spanned<[u64; 2]> {
+    Spanned::new(
+        0..0,
+        [
+            u64::from(DEFAULT_PORT_RANGE.0),
+            u64::from(DEFAULT_PORT_RANGE.1),
+        ],
+    )
+}
+fn default_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 5000)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFirewall {
+    #[serde(default)]
+    backend: Backend,
+    #[serde(default = "default_table")]
+    table: Spanned<String>,
+    #[serde(default = "default_nft")]
+    nft: String,
+    protect: Spanned<Vec<String>>,
+    #[serde(default = "default_lease")]
+    lease_seconds: Spanned<u32>,
+    #[serde(default)]
+    open_command: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    close_command: Option<Spanned<Vec<String>>>,
+    #[serde(default = "default_command_timeout")]
+    command_timeout_ms: u64,
+}
+
+fn default_table() -> Spanned<String> {
+    Spanned::new(0..0, "sesame".into())
+}
+fn default_nft() -> String {
+    "nft".into()
+}
+fn default_lease() -> Spanned<u32> {
+    Spanned::new(0..0, 30)
+}
+fn default_command_timeout() -> u64 {
+    5000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: Spanned<String>,
+    public_key: Spanned<String>,
+    #[serde(default)]
+    psk_file: Option<String>,
+    #[serde(default)]
+    allow: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    source: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    allow_other_ip: bool,
+    #[serde(default)]
+    expires: Option<Spanned<toml::Value>>,
+}
+
+fn span_of<T>(s: &Spanned<T>) -> Option<Range<usize>> {
+    let r = s.span();
+    (r != (0..0)).then_some(r)
+}
+
+/// Names used in logs, hook arguments and file names: letters, digits, `.`, `_`, `-`.
+fn is_simple_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Parses an RFC 3339 time into milliseconds since the epoch.
+pub fn parse_rfc3339(s: &str) -> Result<UnixMillis, String> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("'{s}' is not an RFC 3339 time ({e})"))?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+        .map(UnixMillis)
+        .map_err(|_| format!("'{s}' is before 1970"))
+}
+
+impl Config {
+    /// Reads and validates a configuration file (secrets are not read; see
+    /// [`Config::load_secrets`]).
+    pub fn load(path: &Path) -> Result<Config, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigFileError {
+            path: path.to_path_buf(),
+            error: ConfigError {
+                line: None,
+                key: None,
+                message: e.to_string(),
+            },
+        })?;
+        Self::parse(&text, path).map_err(|error| ConfigFileError {
+            path: path.to_path_buf(),
+            error,
+        })
+    }
+
+    /// Parses and validates configuration text; relative paths are resolved against the
+    /// directory of `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::from_toml(text, &e))?;
+        let err = |span: Option<Range<usize>>, key: &str, msg: String| {
+            ConfigError::at(text, span, key, msg)
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &str| -> PathBuf {
+            let p = PathBuf::from(p);
+            if p.is_relative() { base.join(p) } else { p }
+        };
+
+        if raw.private_key_file.get_ref().is_empty() {
+            return Err(err(
+                span_of(&raw.private_key_file),
+                "private_key_file",
+                "must not be empty".into(),
+            ));
+        }
+        let interfaces = {
+            let list = raw.interfaces.get_ref();
+            if list.is_empty() {
+                return Err(err(
+                    span_of(&raw.interfaces),
+                    "interfaces",
+                    "must name at least one interface, or [\"any\"]".into(),
+                ));
+            }
+            if list.iter().any(|i| i == "any") {
+                if list.len() > 1 {
+                    return Err(err(
+                        span_of(&raw.interfaces),
+                        "interfaces",
+                        "\"any\" cannot be combined with interface names".into(),
+                    ));
+                }
+                Interfaces::Any
+            } else {
+                for name in list {
+                    if !is_simple_name(name, 15) {
+                        return Err(err(
+                            span_of(&raw.interfaces),
+                            "interfaces",
+                            format!("'{name}' is not an interface name"),
+                        ));
+                    }
+                }
+                Interfaces::Named(list.clone())
+            }
+        };
+
+        let k = &raw.knock;
+        let range = k.port_range.get_ref();
+        let params = KnockParams::new(
+            *k.step_seconds.get_ref(),
+            *k.length.get_ref(),
+            (range[0], range[1]),
+            &k.exclude_ports,
+            k.protocol,
+        )
+        .map_err(|e| {
+            let (key, span) = match e {
+                ParamsError::Step(_) => ("knock.step_seconds", span_of(&k.step_seconds)),
+                ParamsError::Length(_) => ("knock.length", span_of(&k.length)),
+                _ => ("knock.port_range", span_of(&k.port_range)),
+            };
+            err(span, key, e.to_string())
+        })?;
+        let skew_steps = *k.skew_steps.get_ref();
+        if skew_steps > 10 {
+            return Err(err(
+                span_of(&k.skew_steps),
+                "knock.skew_steps",
+                format!("must be at most 10, found {skew_steps}"),
+            ));
+        }
+        let timeout_ms = *k.timeout_ms.get_ref();
+        if !(1..=600_000).contains(&timeout_ms) {
+            return Err(err(
+                span_of(&k.timeout_ms),
+                "knock.timeout_ms",
+                format!("must be between 1 and 600000, found {timeout_ms}"),
+            ));
+        }
+
+        let fw = &raw.firewall;
+        if !is_simple_name(fw.table.get_ref(), 64) || fw.table.get_ref().contains('.') {
+            return Err(err(
+                span_of(&fw.table),
+                "firewall.table",
+                format!(
+                    "'{}' is not a valid table name (letters, digits, _ and -)",
+                    fw.table.get_ref()
+                ),
+            ));
+        }
+        let protect = sesame_proto::parse_services_unbounded(fw.protect.get_ref())
+            .map_err(|e| err(span_of(&fw.protect), "firewall.protect", e))?;
+        if protect.is_empty() {
+            return Err(err(
+                span_of(&fw.protect),
+                "firewall.protect",
+                "must list at least one service, e.g. [\"tcp/22\"]".into(),
+            ));
+        }
+        for s in &protect {
+            if params.in_range(s.port) {
+                return Err(err(
+                    span_of(&fw.protect),
+                    "firewall.protect",
+                    format!(
+                        "{s} is inside knock.port_range [{}, {}]; move the range or add {} to knock.exclude_ports",
+                        params.port_lo, params.port_hi, s.port
+                    ),
+                ));
+            }
+        }
+        let lease_seconds = *fw.lease_seconds.get_ref();
+        if !(1..=86_400 * 7).contains(&lease_seconds) {
+            return Err(err(
+                span_of(&fw.lease_seconds),
+                "firewall.lease_seconds",
+                format!("must be between 1 and 604800, found {lease_seconds}"),
+            ));
+        }
+        let argv = |v: &Option<Spanned<Vec<String>>>| {
+            v.as_ref().map(|s| s.get_ref().clone()).unwrap_or_default()
+        };
+        let open_command = argv(&fw.open_command);
+        let close_command = argv(&fw.close_command);
+        if fw.backend == Backend::Command && open_command.is_empty() {
+            return Err(err(
+                fw.open_command.as_ref().and_then(span_of),
+                "firewall.open_command",
+                "the command backend needs open_command = [\"/path/to/program\", \"{ip}\", ...]"
+                    .into(),
+            ));
+        }
+        for (key, cmd, v) in [
+            ("firewall.open_command", &open_command, &fw.open_command),
+            ("firewall.close_command", &close_command, &fw.close_command),
+        ] {
+            if let Some(prog) = cmd.first() {
+                if prog.is_empty() || prog.contains('{') {
+                    return Err(err(
+                        v.as_ref().and_then(span_of),
+                        key,
+                        "the first element must be a program path, not a placeholder".into(),
+                    ));
+                }
+            }
+        }
+
+        let mut clients = Vec::with_capacity(raw.clients.len());
+        let mut by_key: HashMap<PublicKey, String> = HashMap::new();
+        let mut by_name: HashMap<String, ()> = HashMap::new();
+        for c in &raw.clients {
+            let name = c.name.get_ref().clone();
+            if !is_simple_name(&name, 64) {
+                return Err(err(
+                    span_of(&c.name),
+                    "client.name",
+                    format!("'{name}' is not a valid name (letters, digits, ., _ and -)"),
+                ));
+            }
+            if by_name.insert(name.clone(), ()).is_some() {
+                return Err(err(
+                    span_of(&c.name),
+                    "client.name",
+                    format!("'{name}' is used by two clients"),
+                ));
+            }
+            let public_key = PublicKey::from_base64(c.public_key.get_ref()).map_err(|e| {
+                err(
+                    span_of(&c.public_key),
+                    "client.public_key",
+                    format!("client '{name}': {e}"),
+                )
+            })?;
+            if let Some(other) = by_key.insert(public_key, name.clone()) {
+                return Err(err(
+                    span_of(&c.public_key),
+                    "client.public_key",
+                    format!("clients '{other}' and '{name}' have the same public key"),
+                ));
+            }
+            let allow = match &c.allow {
+                Some(a) => {
+                    let list =
+                        sesame_proto::parse_services_unbounded(a.get_ref()).map_err(|e| {
+                            err(span_of(a), "client.allow", format!("client '{name}': {e}"))
+                        })?;
+                    for s in &list {
+                        if !protect.contains(s) {
+                            return Err(err(
+                                span_of(a),
+                                "client.allow",
+                                format!("client '{name}': {s} is not in firewall.protect"),
+                            ));
+                        }
+                    }
+                    list
+                }
+                None => protect.clone(),
+            };
+            let source = match &c.source {
+                Some(s) => {
+                    let mut out = Vec::new();
+                    for p in s.get_ref() {
+                        let net = p
+                            .parse::<IpNet>()
+                            .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
+                            .map_err(|_| err(span_of(s), "client.source", format!("client '{name}': '{p}' is not an address prefix like 198.18.0.0/15 or 2001:db8::/32")))?;
+                        out.push(net.trunc());
+                    }
+                    out
+                }
+                None => Vec::new(),
+            };
+            let expires = match &c.expires {
+                Some(v) => {
+                    let text = match v.get_ref() {
+                        toml::Value::String(s) => s.clone(),
+                        toml::Value::Datetime(d) => d.to_string(),
+                        other => other.to_string(),
+                    };
+                    Some(parse_rfc3339(&text).map_err(|e| {
+                        err(
+                            span_of(v),
+                            "client.expires",
+                            format!("client '{name}': {e}"),
+                        )
+                    })?)
+                }
+                None => None,
+            };
+            clients.push(ClientConfig {
+                name,
+                public_key,
+                psk_file: c.psk_file.as_deref().map(resolve),
+                allow,
+                source,
+                allow_other_ip: c.allow_other_ip,
+                expires,
+            });
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            private_key_file: resolve(raw.private_key_file.get_ref()),
+            state_dir: resolve(&raw.state_dir),
+            interfaces,
+            control_socket: resolve(&raw.control_socket),
+            knock: KnockConfig {
+                params,
+                skew_steps,
+                timeout_ms,
+                payload: k.payload,
+            },
+            firewall: FirewallConfig {
+                backend: fw.backend,
+                table: fw.table.get_ref().clone(),
+                nft: PathBuf::from(&fw.nft),
+                protect,
+                lease_seconds,
+                open_command,
+                close_command,
+                command_timeout_ms: fw.command_timeout_ms.clamp(100, 600_000),
+            },
+            clients,
+        })
+    }
+
+    /// Reads the server key and the clients' PSKs (refusing files that group or others can
+    /// read), and checks that every client key works with the server key.
+    pub fn load_secrets(&self) -> Result<Secrets, ConfigFileError> {
+        let fail = |key: &str, message: String| ConfigFileError {
+            path: self.path.clone(),
+            error: ConfigError {
+                line: None,
+                key: Some(key.to_owned()),
+                message,
+            },
+        };
+        let server_key = sesame_keys::read_private_key_file(&self.private_key_file)
+            .map_err(|e| fail("private_key_file", e.to_string()))?;
+        let mut psks = Vec::with_capacity(self.clients.len());
+        for c in &self.clients {
+            if server_key.diffie_hellman(&c.public_key).is_err() {
+                return Err(fail(
+                    "client.public_key",
+                    format!("client '{}': the key is a low-order point", c.name),
+                ));
+            }
+            psks.push(match &c.psk_file {
+                Some(p) => {
+                    Some(sesame_keys::read_psk_file(p).map_err(|e| {
+                        fail("client.psk_file", format!("client '{}': {e}", c.name))
+                    })?)
+                }
+                None => None,
+            });
+        }
+        Ok(Secrets { server_key, psks })
+    }
+
+    /// The client profile TOML for `name`, as `sesame open --profile` reads it.
+    pub fn export_profile(
+        &self,
+        name: &str,
+        host: &str,
+        server_public_key: PublicKey,
+    ) -> Option<String> {
+        let c = self.clients.iter().find(|c| c.name == name)?;
+        let profile = sesame_proto::Profile {
+            host: host.to_owned(),
+            server_public_key,
+            private_key_file: PathBuf::from(format!("~/.config/sesame/{name}.key")),
+            psk_file: c
+                .psk_file
+                .as_ref()
+                .map(|_| PathBuf::from(format!("~/.config/sesame/{name}.psk"))),
+            params: self.knock.params.clone(),
+            payload: self.knock.payload,
+            open: c
+                .allow
+                .iter()
+                .take(sesame_proto::MAX_SERVICES)
+                .copied()
+                .collect(),
+        };
+        Some(profile.to_toml())
+    }
+}

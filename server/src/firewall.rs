@@ -1,0 +1,535 @@
+//! Firewall backends: what a grant does.
+//!
+//! * [`Nftables`]: sesamed owns one table (`inet sesame` by default), applied atomically with
+//!   one `nft -f` transaction. Granted (address, protocol, port) triples live in sets whose
+//!   elements carry a kernel timeout, so access closes on time even if sesamed dies.
+//! * [`CommandHooks`]: `open_command` / `close_command` argv arrays (no shell) with
+//!   placeholders, run with a time limit.
+//! * [`LogOnly`]: logs the grant.
+
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use sesame_proto::{KnockParams, Proto, Service};
+use tokio::io::AsyncWriteExt;
+
+use crate::config::{Backend, Config};
+
+/// One lease: a service opened for an address on behalf of a client.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The client's name.
+    pub client: String,
+    /// The address allowed in.
+    pub address: IpAddr,
+    /// The service opened.
+    pub service: Service,
+    /// Length of the lease.
+    pub lease_seconds: u32,
+}
+
+/// Why a firewall action failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    /// The program could not be started (missing, not executable).
+    #[error("cannot run {program}: {source}", program = .program.display())]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The program ran and failed.
+    #[error("{program} failed ({status}): {stderr}", program = .program.display())]
+    Failed {
+        /// The program.
+        program: PathBuf,
+        /// Its exit status.
+        status: String,
+        /// The first lines of its error output.
+        stderr: String,
+    },
+    /// The program did not finish in time and was killed.
+    #[error("{program} did not finish within {ms} ms and was killed", program = .program.display())]
+    Timeout {
+        /// The program.
+        program: PathBuf,
+        /// The limit.
+        ms: u64,
+    },
+}
+
+/// What every backend does.
+pub trait Firewall {
+    /// Prepares the backend (creates the nftables table). Called once at start.
+    fn setup(&mut self) -> impl Future<Output = Result<(), FirewallError>>;
+    /// Opens `lease`. `refresh` is true when the same lease is already active: the backend
+    /// extends it instead of adding anything.
+    fn grant(
+        &mut self,
+        lease: &Lease,
+        refresh: bool,
+    ) -> impl Future<Output = Result<(), FirewallError>>;
+    /// Closes `lease` (its time is up, or its client was removed).
+    fn revoke(&mut self, lease: &Lease) -> impl Future<Output = Result<(), FirewallError>>;
+    /// Whether [`Firewall::revoke`] must be called when a lease ends (the kernel does it for
+    /// nftables).
+    fn needs_revoke(&self) -> bool;
+}
+
+/// Runs a program with a time limit, feeding `stdin`.
+async fn run_program(
+    argv: &[String],
+    stdin: Option<&str>,
+    timeout: Duration,
+) -> Result<(), FirewallError> {
+    let program = PathBuf::from(argv.first().map(String::as_str).unwrap_or(""));
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&argv[1..])
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| FirewallError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A program that exits early closes its stdin; its exit status tells the story.
+        let _ = pipe.write_all(text.as_bytes()).await;
+        drop(pipe);
+    }
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => Err(FirewallError::Timeout {
+            program,
+            ms: timeout.as_millis() as u64,
+        }),
+        Ok(Err(source)) => Err(FirewallError::Spawn { program, source }),
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stderr: Vec<&str> = stderr
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .take(3)
+                .collect();
+            Err(FirewallError::Failed {
+                program,
+                status: out.status.to_string(),
+                stderr: stderr.join(" | "),
+            })
+        }
+    }
+}
+
+/// The nftables backend.
+#[derive(Debug, Clone)]
+pub struct Nftables {
+    nft: PathBuf,
+    table: String,
+    protect: Vec<Service>,
+    port_lo: u16,
+    port_hi: u16,
+    exclude: Vec<u16>,
+}
+
+const SET_V4: &str = "granted4";
+const SET_V6: &str = "granted6";
+const CHAIN: &str = "gate";
+const NFT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Nftables {
+    /// A backend for table `inet <table>`.
+    pub fn new(nft: PathBuf, table: String, protect: Vec<Service>, params: &KnockParams) -> Self {
+        Nftables {
+            nft,
+            table,
+            protect,
+            port_lo: params.port_lo,
+            port_hi: params.port_hi,
+            exclude: params.exclude_ports().to_vec(),
+        }
+    }
+
+    /// The transaction that (re)creates the table. Existing granted elements are kept, so a
+    /// restart does not cut clients off; the chain is rebuilt from the configuration.
+    pub fn ruleset(&self) -> String {
+        let t = format!("inet {}", self.table);
+        let services = |list: &[Service]| {
+            list.iter()
+                .map(|s| format!("{} . {}", s.proto, s.port))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut out = String::new();
+        out.push_str(&format!("add table {t}\n"));
+        out.push_str(&format!(
+            "add set {t} {SET_V4} {{ type ipv4_addr . inet_proto . inet_service; flags timeout; }}\n"
+        ));
+        out.push_str(&format!(
+            "add set {t} {SET_V6} {{ type ipv6_addr . inet_proto . inet_service; flags timeout; }}\n"
+        ));
+        out.push_str(&format!(
+            "add chain {t} {CHAIN} {{ type filter hook input priority filter - 10; policy accept; }}\n"
+        ));
+        out.push_str(&format!("flush chain {t} {CHAIN}\n"));
+        out.push_str(&format!(
+            "add rule {t} {CHAIN} ct state established,related accept\n"
+        ));
+        out.push_str(&format!("add rule {t} {CHAIN} iif lo accept\n"));
+        out.push_str(&format!(
+            "add rule {t} {CHAIN} ip saddr . meta l4proto . th dport @{SET_V4} accept\n"
+        ));
+        out.push_str(&format!(
+            "add rule {t} {CHAIN} ip6 saddr . meta l4proto . th dport @{SET_V6} accept\n"
+        ));
+        out.push_str(&format!(
+            "add rule {t} {CHAIN} meta l4proto . th dport {{ {} }} drop\n",
+            services(&self.protect)
+        ));
+        let mut knock = format!(
+            "add rule {t} {CHAIN} meta l4proto {{ tcp, udp }} th dport {}-{}",
+            self.port_lo, self.port_hi
+        );
+        if !self.exclude.is_empty() {
+            let list: Vec<String> = self.exclude.iter().map(u16::to_string).collect();
+            knock.push_str(&format!(" th dport != {{ {} }}", list.join(", ")));
+        }
+        knock.push_str(" drop\n");
+        out.push_str(&knock);
+        out
+    }
+
+    fn element(&self, lease: &Lease) -> (String, &'static str, String) {
+        let set = if lease.address.is_ipv4() {
+            SET_V4
+        } else {
+            SET_V6
+        };
+        let proto = match lease.service.proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        };
+        (
+            format!("inet {}", self.table),
+            set,
+            format!("{} . {proto} . {}", lease.address, lease.service.port),
+        )
+    }
+
+    /// The transaction for a grant: add (no-op if present), delete, add with a fresh timeout,
+    /// so a re-knock refreshes the lease atomically.
+    pub fn grant_script(&self, lease: &Lease) -> String {
+        let (t, set, e) = self.element(lease);
+        let timeout = lease.lease_seconds;
+        format!(
+            "add element {t} {set} {{ {e} timeout {timeout}s }}\ndelete element {t} {set} {{ {e} }}\nadd element {t} {set} {{ {e} timeout {timeout}s }}\n"
+        )
+    }
+
+    async fn apply(&self, script: &str) -> Result<(), FirewallError> {
+        let argv = vec![
+            self.nft.to_string_lossy().into_owned(),
+            "-f".to_owned(),
+            "-".to_owned(),
+        ];
+        run_program(&argv, Some(script), NFT_TIMEOUT).await
+    }
+}
+
+impl Firewall for Nftables {
+    async fn setup(&mut self) -> Result<(), FirewallError> {
+        let script = self.ruleset();
+        match self.apply(&script).await {
+            Ok(()) => Ok(()),
+            Err(FirewallError::Failed { .. }) => {
+                // An incompatible table from another version: replace it whole.
+                let replace = format!(
+                    "add table inet {t}\ndelete table inet {t}\n{script}",
+                    t = self.table
+                );
+                self.apply(&replace).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn grant(&mut self, lease: &Lease, _refresh: bool) -> Result<(), FirewallError> {
+        self.apply(&self.grant_script(lease)).await
+    }
+
+    async fn revoke(&mut self, lease: &Lease) -> Result<(), FirewallError> {
+        let (t, set, e) = self.element(lease);
+        // Add first so the delete cannot fail on an element the kernel already expired.
+        let script = format!(
+            "add element {t} {set} {{ {e} timeout 1s }}\ndelete element {t} {set} {{ {e} }}\n"
+        );
+        self.apply(&script).await
+    }
+
+    fn needs_revoke(&self) -> bool {
+        false
+    }
+}
+
+/// The command backend.
+#[derive(Debug, Clone)]
+pub struct CommandHooks {
+    open: Vec<String>,
+    close: Vec<String>,
+    timeout: Duration,
+}
+
+impl CommandHooks {
+    /// Hooks from argv templates.
+    pub fn new(open: Vec<String>, close: Vec<String>, timeout: Duration) -> Self {
+        CommandHooks {
+            open,
+            close,
+            timeout,
+        }
+    }
+
+    /// Substitutes `{ip}`, `{proto}`, `{port}`, `{client}` and `{lease_seconds}` in every
+    /// argument. Values go into single arguments; nothing is ever parsed by a shell.
+    pub fn argv(template: &[String], lease: &Lease) -> Vec<String> {
+        template
+            .iter()
+            .map(|arg| {
+                arg.replace("{ip}", &lease.address.to_string())
+                    .replace("{proto}", lease.service.proto.as_str())
+                    .replace("{port}", &lease.service.port.to_string())
+                    .replace("{client}", &lease.client)
+                    .replace("{lease_seconds}", &lease.lease_seconds.to_string())
+            })
+            .collect()
+    }
+}
+
+impl Firewall for CommandHooks {
+    async fn setup(&mut self) -> Result<(), FirewallError> {
+        Ok(())
+    }
+
+    async fn grant(&mut self, lease: &Lease, refresh: bool) -> Result<(), FirewallError> {
+        if refresh {
+            // The lease is extended; running the hook again would only pile up rules.
+            return Ok(());
+        }
+        run_program(&Self::argv(&self.open, lease), None, self.timeout).await
+    }
+
+    async fn revoke(&mut self, lease: &Lease) -> Result<(), FirewallError> {
+        if self.close.is_empty() {
+            return Ok(());
+        }
+        run_program(&Self::argv(&self.close, lease), None, self.timeout).await
+    }
+
+    fn needs_revoke(&self) -> bool {
+        !self.close.is_empty()
+    }
+}
+
+/// The log-only backend.
+#[derive(Debug, Clone, Default)]
+pub struct LogOnly;
+
+impl Firewall for LogOnly {
+    async fn setup(&mut self) -> Result<(), FirewallError> {
+        tracing::warn!("firewall backend is \"log\": grants are logged, nothing is opened");
+        Ok(())
+    }
+    async fn grant(&mut self, lease: &Lease, refresh: bool) -> Result<(), FirewallError> {
+        tracing::info!(
+            client = %lease.client,
+            address = %lease.address,
+            service = %lease.service,
+            refresh,
+            "log backend: would open"
+        );
+        Ok(())
+    }
+    async fn revoke(&mut self, _lease: &Lease) -> Result<(), FirewallError> {
+        Ok(())
+    }
+    fn needs_revoke(&self) -> bool {
+        false
+    }
+}
+
+/// The backend chosen by `[firewall] backend`.
+#[derive(Debug, Clone)]
+pub enum AnyFirewall {
+    /// nftables.
+    Nftables(Nftables),
+    /// Command hooks.
+    Command(CommandHooks),
+    /// Log only.
+    Log(LogOnly),
+}
+
+impl AnyFirewall {
+    /// The backend a configuration asks for.
+    pub fn from_config(config: &Config) -> Self {
+        let fw = &config.firewall;
+        match fw.backend {
+            Backend::Nftables => AnyFirewall::Nftables(Nftables::new(
+                fw.nft.clone(),
+                fw.table.clone(),
+                fw.protect.clone(),
+                &config.knock.params,
+            )),
+            Backend::Command => AnyFirewall::Command(CommandHooks::new(
+                fw.open_command.clone(),
+                fw.close_command.clone(),
+                Duration::from_millis(fw.command_timeout_ms),
+            )),
+            Backend::Log => AnyFirewall::Log(LogOnly),
+        }
+    }
+}
+
+impl fmt::Display for AnyFirewall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AnyFirewall::Nftables(n) => write!(f, "nftables (table inet {})", n.table),
+            AnyFirewall::Command(_) => f.write_str("command"),
+            AnyFirewall::Log(_) => f.write_str("log"),
+        }
+    }
+}
+
+impl Firewall for AnyFirewall {
+    async fn setup(&mut self) -> Result<(), FirewallError> {
+        match self {
+            AnyFirewall::Nftables(b) => b.setup().await,
+            AnyFirewall::Command(b) => b.setup().await,
+            AnyFirewall::Log(b) => b.setup().await,
+        }
+    }
+    async fn grant(&mut self, lease: &Lease, refresh: bool) -> Result<(), FirewallError> {
+        match self {
+            AnyFirewall::Nftables(b) => b.grant(lease, refresh).await,
+            AnyFirewall::Command(b) => b.grant(lease, refresh).await,
+            AnyFirewall::Log(b) => b.grant(lease, refresh).await,
+        }
+    }
+    async fn revoke(&mut self, lease: &Lease) -> Result<(), FirewallError> {
+        match self {
+            AnyFirewall::Nftables(b) => b.revoke(lease).await,
+            AnyFirewall::Command(b) => b.revoke(lease).await,
+            AnyFirewall::Log(b) => b.revoke(lease).await,
+        }
+    }
+    fn needs_revoke(&self) -> bool {
+        match self {
+            AnyFirewall::Nftables(b) => b.needs_revoke(),
+            AnyFirewall::Command(b) => b.needs_revoke(),
+            AnyFirewall::Log(b) => b.needs_revoke(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sesame_proto::KnockProtocol;
+
+    fn lease(addr: &str) -> Lease {
+        Lease {
+            client: "laptop".into(),
+            address: addr.parse().unwrap(),
+            service: Service::new(Proto::Tcp, 22),
+            lease_seconds: 30,
+        }
+    }
+
+    #[test]
+    fn placeholders_are_substituted_into_single_arguments() {
+        let t: Vec<String> = [
+            "/bin/hook",
+            "{ip}",
+            "{proto}/{port}",
+            "{client}",
+            "--for={lease_seconds}s",
+            "{ip}; rm -rf /",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let argv = CommandHooks::argv(&t, &lease("2001:db8::2"));
+        assert_eq!(
+            argv,
+            vec![
+                "/bin/hook",
+                "2001:db8::2",
+                "tcp/22",
+                "laptop",
+                "--for=30s",
+                "2001:db8::2; rm -rf /"
+            ]
+        );
+    }
+
+    #[test]
+    fn ruleset_and_grant_scripts() {
+        let params = KnockParams::new(30, 3, (10000, 32767), &[10022], KnockProtocol::Udp).unwrap();
+        let nft = Nftables::new(
+            "nft".into(),
+            "sesame".into(),
+            vec![
+                Service::new(Proto::Tcp, 22),
+                Service::new(Proto::Udp, 51820),
+            ],
+            &params,
+        );
+        let r = nft.ruleset();
+        assert!(r.contains("add chain inet sesame gate { type filter hook input priority filter - 10; policy accept; }"), "{r}");
+        assert!(
+            r.contains("meta l4proto . th dport { tcp . 22, udp . 51820 } drop"),
+            "{r}"
+        );
+        assert!(
+            r.contains("th dport 10000-32767 th dport != { 10022 } drop"),
+            "{r}"
+        );
+        // The gate drops: accept rules for granted elements come before the drops.
+        assert!(r.find("@granted4 accept").unwrap() < r.find("udp . 51820 } drop").unwrap());
+        let g = nft.grant_script(&lease("198.18.0.2"));
+        assert_eq!(g.lines().count(), 3);
+        assert!(
+            g.contains("granted4 { 198.18.0.2 . tcp . 22 timeout 30s }"),
+            "{g}"
+        );
+        assert!(
+            nft.grant_script(&lease("2001:db8::2"))
+                .contains("granted6 { 2001:db8::2 . tcp . 22")
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn command_failures_and_timeouts_are_reported() {
+        let t = Duration::from_millis(300);
+        let ok = run_program(&["true".into()], None, t).await;
+        assert!(ok.is_ok());
+        let failed = run_program(&["false".into()], None, t).await.unwrap_err();
+        assert!(matches!(failed, FirewallError::Failed { .. }), "{failed}");
+        let missing = run_program(&["/nonexistent/hook".into()], None, t)
+            .await
+            .unwrap_err();
+        assert!(matches!(missing, FirewallError::Spawn { .. }), "{missing}");
+        let slow = run_program(&["sleep".into(), "5".into()], None, t)
+            .await
+            .unwrap_err();
+        assert!(matches!(slow, FirewallError::Timeout { .. }), "{slow}");
+    }
+}

@@ -1,0 +1,255 @@
+//! Tests of `sesamed check` and `sesamed export-client` as an admin runs them.
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use sesame_keys::PrivateKey;
+
+const SESAMED: &str = env!("CARGO_BIN_EXE_sesamed");
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Self {
+        let mut r = [0u8; 6];
+        sesame_keys::fill_random(&mut r);
+        let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
+        let d = std::env::temp_dir().join(format!("sesamed-cli-{tag}-{name}"));
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sesamed(args: &[&str]) -> Output {
+    Command::new(SESAMED).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A valid configuration with two clients; `edit` changes its text.
+fn setup(tag: &str, edit: impl Fn(String) -> String) -> (Dir, PathBuf, PrivateKey) {
+    let dir = Dir::new(tag);
+    let server = PrivateKey::generate();
+    sesame_keys::write_private_key_file(&dir.file("server.key"), &server).unwrap();
+    sesame_keys::write_secret_file(
+        &dir.file("phone.psk"),
+        &sesame_keys::PresharedKey::generate().to_base64(),
+    )
+    .unwrap();
+    let laptop = PrivateKey::generate().public_key();
+    let phone = PrivateKey::generate().public_key();
+    let text = format!(
+        r#"# sesamed test configuration
+private_key_file = "server.key"
+state_dir = "state"
+interfaces = ["any"]
+
+[knock]
+step_seconds = 30
+skew_steps = 1
+length = 3
+port_range = [10000, 32767]
+exclude_ports = [10022]
+protocol = "mixed"
+timeout_ms = 5000
+payload = "required"
+
+[firewall]
+backend = "nftables"
+protect = ["tcp/22", "udp/51820"]
+lease_seconds = 30
+
+[[client]]
+name = "laptop"
+public_key = "{laptop}"
+allow = ["tcp/22"]
+source = ["198.18.0.0/15", "2001:db8::/32"]
+
+[[client]]
+name = "phone"
+public_key = "{phone}"
+psk_file = "phone.psk"
+expires = "2030-01-01T00:00:00Z"
+"#
+    );
+    let path = dir.file("sesamed.toml");
+    std::fs::write(&path, edit(text)).unwrap();
+    (dir, path, server)
+}
+
+#[test]
+fn a_valid_configuration_checks_ok() {
+    let (_d, path, _) = setup("ok", |t| t);
+    let o = sesamed(&["check", "--config", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("2 clients"), "{out}");
+}
+
+/// What is wrong, how to make the configuration wrong, and what the error must say.
+type Case = (
+    &'static str,
+    Box<dyn Fn(String) -> String>,
+    &'static [&'static str],
+);
+
+#[test]
+fn validation_errors_exit_2_with_file_key_and_reason() {
+    let cases: Vec<Case> = vec![
+        (
+            "protected port inside the knock range",
+            Box::new(|t| {
+                t.replace(
+                    "protect = [\"tcp/22\", \"udp/51820\"]",
+                    "protect = [\"tcp/22\", \"tcp/12345\"]",
+                )
+            }),
+            &["firewall.protect", "tcp/12345", "inside knock.port_range"],
+        ),
+        (
+            "duplicate client keys",
+            Box::new(|t| {
+                let first = t.split("public_key = \"").nth(1).unwrap()[..44].to_owned();
+                let second = t.split("public_key = \"").nth(2).unwrap()[..44].to_owned();
+                t.replace(&second, &first)
+            }),
+            &[
+                "client.public_key",
+                "'laptop' and 'phone'",
+                "same public key",
+            ],
+        ),
+        (
+            "range smaller than the sequence needs",
+            Box::new(|t| t.replace("port_range = [10000, 32767]", "port_range = [10000, 10006]")),
+            &["knock.port_range", "usable ports"],
+        ),
+        (
+            "bad prefix",
+            Box::new(|t| t.replace("198.18.0.0/15", "198.18.0.0/33")),
+            &["client.source", "198.18.0.0/33"],
+        ),
+        (
+            "unknown key",
+            Box::new(|t| t.replace("lease_seconds = 30", "lease_secs = 30")),
+            &["firewall.lease_secs", "unknown field"],
+        ),
+        (
+            "bad key text",
+            Box::new(|t| t.replacen("public_key = \"", "public_key = \"x", 1)),
+            &["client.public_key", "laptop", "44 base64"],
+        ),
+        (
+            "allow outside protect",
+            Box::new(|t| t.replace("allow = [\"tcp/22\"]", "allow = [\"tcp/23\"]")),
+            &["client.allow", "tcp/23", "not in firewall.protect"],
+        ),
+        (
+            "command backend without a command",
+            Box::new(|t| t.replace("backend = \"nftables\"", "backend = \"command\"")),
+            &["firewall.open_command"],
+        ),
+        (
+            "bad expiry",
+            Box::new(|t| t.replace("2030-01-01T00:00:00Z", "next year")),
+            &["client.expires", "RFC 3339"],
+        ),
+        (
+            "missing server key file",
+            Box::new(|t| t.replace("\"server.key\"", "\"missing.key\"")),
+            &["private_key_file", "missing.key"],
+        ),
+    ];
+    for (what, edit, needles) in cases {
+        let (_d, path, _) = setup("bad", edit);
+        let o = sesamed(&["check", "--config", path.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{what}: {err}");
+        assert_eq!(err.lines().count(), 1, "{what}: one line: {err}");
+        assert!(
+            err.contains("sesamed.toml"),
+            "{what}: names the file: {err}"
+        );
+        for n in needles {
+            assert!(err.contains(n), "{what}: '{n}' missing in: {err}");
+        }
+    }
+}
+
+#[test]
+fn too_open_key_files_are_refused() {
+    let (d, path, _) = setup("perm", |t| t);
+    for file in ["server.key", "phone.psk"] {
+        std::fs::set_permissions(d.file(file), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let o = sesamed(&["check", "--config", path.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(file) && err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(d.file(file), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+#[test]
+fn export_client_prints_a_profile_the_client_reads() {
+    let (d, path, server) = setup("export", |t| t);
+    let o = sesamed(&[
+        "export-client",
+        "--config",
+        path.to_str().unwrap(),
+        "phone",
+        "--host",
+        "vpn.example.org",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let profile = sesame_proto::Profile::parse(&text).unwrap();
+    assert_eq!(profile.host, "vpn.example.org");
+    assert_eq!(profile.server_public_key, server.public_key());
+    assert_eq!(
+        profile.private_key_file,
+        PathBuf::from("~/.config/sesame/phone.key")
+    );
+    assert_eq!(
+        profile.psk_file,
+        Some(PathBuf::from("~/.config/sesame/phone.psk"))
+    );
+    assert_eq!(profile.params.protocol, sesame_proto::KnockProtocol::Mixed);
+    assert_eq!(profile.params.exclude_ports(), &[10022]);
+    assert_eq!(profile.open.len(), 2, "phone may open everything protected");
+    assert!(
+        !text.contains(&*server.to_base64()),
+        "no private key in the profile"
+    );
+    let o = sesamed(&[
+        "export-client",
+        "--config",
+        path.to_str().unwrap(),
+        "tablet",
+        "--host",
+        "h",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("laptop, phone"), "{}", stderr(&o));
+    drop(d);
+}
+
+#[test]
+fn run_with_a_bad_config_exits_2() {
+    let (_d, path, _) = setup("run", |t| t.replace("length = 3", "length = 30"));
+    let o = sesamed(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("knock.length"), "{}", stderr(&o));
+}
