@@ -170,7 +170,12 @@ fn sequences() -> Value {
     let at = |counter: u64, step: u32| counter * u64::from(step) * 1000 + 1234;
     let cases = cases.into_iter().chain([
         (
-            Case { name: "candidate-8", client: key(8), server: key(9), psk: None },
+            Case {
+                name: "candidate-8",
+                client: key(8),
+                server: key(9),
+                psk: None,
+            },
             at(58_800_345, 30),
             30,
             16,
@@ -179,7 +184,12 @@ fn sequences() -> Value {
             KnockProtocol::Mixed,
         ),
         (
-            Case { name: "second-block", client: key(8), server: key(9), psk: None },
+            Case {
+                name: "second-block",
+                client: key(8),
+                server: key(9),
+                psk: None,
+            },
             at(58_800_124, 30),
             30,
             16,
@@ -188,7 +198,12 @@ fn sequences() -> Value {
             KnockProtocol::Mixed,
         ),
         (
-            Case { name: "limit-rejection", client: key(10), server: key(11), psk: None },
+            Case {
+                name: "limit-rejection",
+                client: key(10),
+                server: key(11),
+                psk: None,
+            },
             at(49_972, 86400),
             86400,
             16,
@@ -210,7 +225,8 @@ fn sequences() -> Value {
         .unwrap();
         let now = UnixMillis(now_ms);
         let counter = now.counter(step);
-        let seq = derive_sequence_traced(&case.client_keys(), &params, counter, &mut trace).unwrap();
+        let seq =
+            derive_sequence_traced(&case.client_keys(), &params, counter, &mut trace).unwrap();
         out.push(merge(
             json!({ "name": case.name }),
             merge(
@@ -233,10 +249,22 @@ fn sequences() -> Value {
             ),
         ));
     }
-    assert_eq!(trace.max_candidate, 7, "no vector accepts the 8th candidate: {trace:?}");
-    assert!(trace.max_block >= 1, "no vector needs a second block: {trace:?}");
-    assert!(trace.limit_rejections >= 1, "no vector rejects v >= limit: {trace:?}");
-    assert!(trace.port_rejections >= 1, "no vector skips a used or excluded port: {trace:?}");
+    assert_eq!(
+        trace.max_candidate, 7,
+        "no vector accepts the 8th candidate: {trace:?}"
+    );
+    assert!(
+        trace.max_block >= 1,
+        "no vector needs a second block: {trace:?}"
+    );
+    assert!(
+        trace.limit_rejections >= 1,
+        "no vector rejects v >= limit: {trace:?}"
+    );
+    assert!(
+        trace.port_rejections >= 1,
+        "no vector skips a used or excluded port: {trace:?}"
+    );
     json!({
         "description": "Port sequences: keys, PSK, time and parameters give the counter, the knocks and the payload port (PROTOCOL.md sections 3-5).",
         "vectors": out,
