@@ -54,6 +54,7 @@ pub fn system_now() -> UnixMillis {
 #[derive(Debug)]
 struct GrantJob {
     client: String,
+    source: IpAddr,
     address: IpAddr,
     services: Vec<Service>,
 }
@@ -102,7 +103,6 @@ struct Core {
     names: Vec<String>,
     keys: Vec<PublicKey>,
     grants: mpsc::UnboundedSender<GrantJob>,
-    lease_seconds: u32,
     events: Vec<Event>,
     limiter: LogLimiter,
 }
@@ -146,17 +146,14 @@ impl Core {
                     );
                     return;
                 }
-                let services: Vec<String> = g.services.iter().map(Service::to_string).collect();
-                tracing::info!(
+                tracing::debug!(
                     client = %self.name(g.client),
                     source = %g.source,
-                    address = %g.address,
-                    services = %services.join(","),
-                    lease_seconds = self.lease_seconds,
-                    "granted"
+                    "knock accepted; replay state saved"
                 );
                 let job = GrantJob {
                     client: self.name(g.client).to_owned(),
+                    source: g.source,
                     address: g.address,
                     services: g.services.clone(),
                 };
@@ -289,7 +286,6 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         names,
         keys,
         grants: grants_tx,
-        lease_seconds,
         events: Vec::new(),
         limiter: LogLimiter {
             window: Instant::now(),
@@ -404,7 +400,9 @@ async fn firewall_task(
             }
             job = jobs.recv() => {
                 let Some(job) = job else { break };
-                for service in job.services {
+                let mut opened: Vec<String> = Vec::new();
+                for service in &job.services {
+                    let service = *service;
                     let key = (job.client.clone(), job.address, service);
                     let refresh = leases.get(&key).is_some_and(|end| *end > Instant::now());
                     let lease = Lease {
@@ -416,6 +414,7 @@ async fn firewall_task(
                     match firewall.grant(&lease, refresh).await {
                         Ok(()) => {
                             leases.insert(key, Instant::now() + Duration::from_secs(u64::from(lease_seconds)));
+                            opened.push(service.to_string());
                         }
                         Err(e) => tracing::error!(
                             client = %lease.client,
@@ -425,6 +424,18 @@ async fn firewall_task(
                             "firewall grant failed"
                         ),
                     }
+                }
+                // Logged once the firewall has the rule, so a client that connects after this
+                // line is let in.
+                if !opened.is_empty() {
+                    tracing::info!(
+                        client = %job.client,
+                        source = %job.source,
+                        address = %job.address,
+                        services = %opened.join(","),
+                        lease_seconds,
+                        "granted"
+                    );
                 }
             }
             _ = tick.tick() => {

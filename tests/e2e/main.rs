@@ -1,1 +1,18 @@
+//! End-to-end tests of sesame: the real `sesame` and `sesamed` binaries, the real kernel
+//! (nftables, AF_PACKET), three network namespaces per test. They need root; without it they
+//! are skipped, except in CI (`CI=true`) where they fail.
+//!
+//! Run: `cargo build --workspace --bins && cargo test -p sesame-tests --test e2e`
+//! (`cargo test --workspace` builds the binaries itself).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod clock;
+mod command_backend;
+mod common;
+mod harness;
+mod lease;
+mod refusals;
+mod replay;
+mod scan;
+mod silence;
+mod variants;

@@ -1,0 +1,99 @@
+//! Scenario 3: a captured knock re-sent (from the client's namespace and from a third one)
+//! opens nothing, also after sesamed restarts.
+
+use std::time::{Duration, Instant};
+
+use sesame_tests::{CLIENT_IF, Family, Host, pcap, require_netns, text};
+
+use crate::common::Fixture;
+use crate::lease::assert_ends_on_time;
+
+fn replay_from(f: &Fixture, host: Host, pcap_file: &str, family: Family, when: &str) {
+    let mark = f.mark();
+    let o = f.lab.netprobe(
+        host,
+        &[
+            "replay".to_owned(),
+            f.lab.path(pcap_file).to_string_lossy().into_owned(),
+            f.server(family).to_string(),
+        ],
+    );
+    assert!(o.status.success(), "replay: {}", text(&o));
+    let source = f.lab.addr(host, family);
+    // The sequence matches (same step), so the payload is judged, and refused as a replay.
+    f.expect_reject(mark, source, "replay");
+    std::thread::sleep(Duration::from_millis(300));
+    f.assert_no_grant(mark, &format!("replay from {host:?} {when}"));
+    assert!(
+        !f.connects(host, family, 22),
+        "replay from {host:?} {when} opened the service; ruleset:\n{}",
+        f.lab.server_ruleset()
+    );
+    assert!(!f.connects(Host::Client, family, 22));
+}
+
+fn scenario(tag: &str, family: Family, protocol: &str) {
+    let mut f = Fixture::new(tag);
+    f.spec.knock.protocol = protocol.to_owned();
+    // The replays must reach the daemon while the knock's step is still in the skew window
+    // (so its ports match and the payload is judged, and refused as a replay): 60-second steps
+    // leave at least a minute, however slow the machine.
+    f.spec.knock.step_seconds = 60;
+    f.start();
+    let (profile, args): (_, &[&str]) = match family {
+        Family::V4 => (f.profile.clone(), &[]),
+        Family::V6 => (f.export_profile(Family::V6), &["-6"]),
+    };
+    let cap = f
+        .lab
+        .capture(Host::Client, CLIENT_IF, "knock", "udp or tcp");
+    let mark = f.mark();
+    f.knock_from(Host::Client, &profile, args);
+    f.expect_grant(mark, f.lab.addr(Host::Client, family));
+    let since = Instant::now();
+    let packets = cap.stop();
+    let server = f.server(family);
+    let to_server: Vec<&pcap::Packet> = packets.iter().filter(|p| p.dst == server).collect();
+    let payloads = to_server
+        .iter()
+        .filter(|p| matches!(&p.l4, pcap::L4::Udp { payload, .. } if payload.len() == 136))
+        .count();
+    assert_eq!(payloads, 1, "one payload captured: {packets:#?}");
+    assert!(
+        to_server.len() >= 4,
+        "3 knocks and a payload captured: {packets:#?}"
+    );
+    assert_ends_on_time(&f, family, since);
+
+    replay_from(&f, Host::Client, "knock.pcap", family, "after the lease");
+    replay_from(&f, Host::Attacker, "knock.pcap", family, "after the lease");
+
+    f.stop_daemon();
+    // Stopped, sesamed leaves its table: the service stays hidden (fail closed).
+    f.assert_closed(family, 22, "sesamed stopped");
+    f.daemon = Some(f.lab.start_sesamed(&f.config));
+    replay_from(&f, Host::Client, "knock.pcap", family, "after a restart");
+    replay_from(&f, Host::Attacker, "knock.pcap", family, "after a restart");
+
+    // The replays burnt nothing: a fresh knock still opens.
+    let mark = f.mark();
+    f.knock_from(Host::Client, &profile, args);
+    f.expect_grant(mark, f.lab.addr(Host::Client, family));
+    assert!(f.opens(Host::Client, family, 22));
+}
+
+#[test]
+fn s3_replayed_knock_opens_nothing() {
+    if !require_netns() {
+        return;
+    }
+    scenario("s3-replay", Family::V4, "udp");
+}
+
+#[test]
+fn s3_replayed_mixed_knock_over_ipv6_opens_nothing() {
+    if !require_netns() {
+        return;
+    }
+    scenario("s3-replay6", Family::V6, "mixed");
+}
