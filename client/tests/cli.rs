@@ -72,7 +72,10 @@ fn sh(script: &str, dir: &Path) -> Output {
 #[test]
 fn genkey_pubkey_pipeline_like_wg() {
     let dir = TempDir::new("wg");
-    let o = sh("umask 077; \"$SESAME\" genkey | tee k | \"$SESAME\" pubkey", &dir.0);
+    let o = sh(
+        "umask 077; \"$SESAME\" genkey | tee k | \"$SESAME\" pubkey",
+        &dir.0,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let public = stdout(&o);
     assert_eq!(public.trim_end().len(), 44, "{public}");
@@ -82,7 +85,11 @@ fn genkey_pubkey_pipeline_like_wg() {
         std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    assert!(stderr(&o).is_empty(), "no warning with umask 077: {}", stderr(&o));
+    assert!(
+        stderr(&o).is_empty(),
+        "no warning with umask 077: {}",
+        stderr(&o)
+    );
     // The same public key as `wg pubkey` (WireGuard tools are installed in CI).
     let wg = sh("wg pubkey < k", &dir.0);
     if wg.status.success() {
@@ -92,7 +99,10 @@ fn genkey_pubkey_pipeline_like_wg() {
         eprintln!("skipping the wg comparison: wg is not installed");
     }
     // And the other way round: a key made by `wg genkey` is read by `sesame pubkey`.
-    let o = sh("wg genkey > w 2>/dev/null && wg pubkey < w && \"$SESAME\" pubkey < w", &dir.0);
+    let o = sh(
+        "wg genkey > w 2>/dev/null && wg pubkey < w && \"$SESAME\" pubkey < w",
+        &dir.0,
+    );
     if o.status.success() {
         let out = stdout(&o);
         let lines: Vec<&str> = out.lines().collect();
@@ -118,7 +128,10 @@ fn rfc7748_key_through_the_cli() {
 #[test]
 fn genkey_warns_about_world_readable_files() {
     let dir = TempDir::new("warn");
-    let o = sh("umask 022; \"$SESAME\" genkey > k; \"$SESAME\" genpsk > p", &dir.0);
+    let o = sh(
+        "umask 022; \"$SESAME\" genkey > k; \"$SESAME\" genpsk > p",
+        &dir.0,
+    );
     assert!(o.status.success());
     let err = stderr(&o);
     assert_eq!(err.matches("warning").count(), 2, "{err}");
@@ -128,7 +141,11 @@ fn genkey_warns_about_world_readable_files() {
 #[test]
 fn pubkey_refuses_bad_input_with_one_line() {
     let dir = TempDir::new("bad");
-    for bad in ["", "garbage", " dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo="] {
+    for bad in [
+        "",
+        "garbage",
+        " dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=",
+    ] {
         let o = run(&["pubkey"], Some(bad), &dir.0);
         assert_eq!(o.status.code(), Some(1), "{bad:?}");
         let err = stderr(&o);
@@ -150,8 +167,11 @@ fn vector_profile(dir: &TempDir, extra: &str) -> PathBuf {
     .unwrap();
     let v = &vectors["vectors"][0];
     assert_eq!(v["name"], "default-udp");
-    sesame_keys::write_secret_file(&dir.path("client.key"), v["client_private"].as_str().unwrap())
-        .unwrap();
+    sesame_keys::write_secret_file(
+        &dir.path("client.key"),
+        v["client_private"].as_str().unwrap(),
+    )
+    .unwrap();
     let profile = dir.path("server.toml");
     std::fs::write(
         &profile,
@@ -173,7 +193,17 @@ fn ports_at_matches_the_vectors_and_is_deterministic() {
     let at = "2025-11-24T16:00:00.123Z";
     let a = run(&["ports", "--profile", p, "--at", at], None, &dir.0);
     assert!(a.status.success(), "{}", stderr(&a));
-    let b = run(&["ports", "--profile", p, "--at", "2025-11-24T17:00:00.123+01:00"], None, &dir.0);
+    let b = run(
+        &[
+            "ports",
+            "--profile",
+            p,
+            "--at",
+            "2025-11-24T17:00:00.123+01:00",
+        ],
+        None,
+        &dir.0,
+    );
     assert_eq!(stdout(&a), stdout(&b), "the same instant in another offset");
     let vectors: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
@@ -184,14 +214,29 @@ fn ports_at_matches_the_vectors_and_is_deterministic() {
     .unwrap();
     let v = &vectors["vectors"][0];
     let out = stdout(&a);
-    assert!(out.contains(&format!("step     {} ", v["counter"])), "{out}");
+    assert!(
+        out.contains(&format!("step     {} ", v["counter"])),
+        "{out}"
+    );
     for (i, k) in v["knocks"].as_array().unwrap().iter().enumerate() {
-        let line = format!("knock {:<2} {}/{}", i + 1, k["proto"].as_str().unwrap(), k["port"]);
+        let line = format!(
+            "knock {:<2} {}/{}",
+            i + 1,
+            k["proto"].as_str().unwrap(),
+            k["port"]
+        );
         assert!(out.contains(&line), "missing {line:?} in {out}");
     }
-    assert!(out.contains(&format!("payload  udp/{}", v["payload_port"])), "{out}");
+    assert!(
+        out.contains(&format!("payload  udp/{}", v["payload_port"])),
+        "{out}"
+    );
     // Another step gives other ports.
-    let c = run(&["ports", "--profile", p, "--at", "2025-11-24T16:00:30Z"], None, &dir.0);
+    let c = run(
+        &["ports", "--profile", p, "--at", "2025-11-24T16:00:30Z"],
+        None,
+        &dir.0,
+    );
     assert_ne!(stdout(&a), stdout(&c));
 }
 
@@ -201,7 +246,16 @@ fn dry_run_prints_every_packet_and_agrees_with_ports() {
     let profile = vector_profile(&dir, "");
     let p = profile.to_str().unwrap();
     let o = run(
-        &["open", "--profile", p, "--dry-run", "--port", "tcp/22", "--port", "udp/51820"],
+        &[
+            "open",
+            "--profile",
+            p,
+            "--dry-run",
+            "--port",
+            "tcp/22",
+            "--port",
+            "udp/51820",
+        ],
         None,
         &dir.0,
     );
@@ -228,14 +282,23 @@ fn dry_run_prints_every_packet_and_agrees_with_ports() {
     let ports = stdout(&run(&["ports", "--profile", p, "--at", time], None, &dir.0));
     for line in ports.lines().filter(|l| l.starts_with("knock")) {
         let port = line.rsplit('/').next().unwrap();
-        assert!(out.contains(&format!("198.18.0.1:{port} ")), "{port} not in {out}");
+        assert!(
+            out.contains(&format!("198.18.0.1:{port} ")),
+            "{port} not in {out}"
+        );
     }
     // With payload = "none" there is no payload datagram.
     let none_dir = TempDir::new("none");
     let none = vector_profile(&none_dir, "");
-    let text = std::fs::read_to_string(&none).unwrap().replace("\"required\"", "\"none\"");
+    let text = std::fs::read_to_string(&none)
+        .unwrap()
+        .replace("\"required\"", "\"none\"");
     std::fs::write(&none, text).unwrap();
-    let o = run(&["open", "--profile", none.to_str().unwrap(), "--dry-run"], None, &dir.0);
+    let o = run(
+        &["open", "--profile", none.to_str().unwrap(), "--dry-run"],
+        None,
+        &dir.0,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!stdout(&o).contains("payload "), "{}", stdout(&o));
 }
@@ -278,22 +341,35 @@ fn configuration_errors_exit_2_and_name_the_file() {
     let bad = dir.path("bad.toml");
     std::fs::write(
         &bad,
-        std::fs::read_to_string(&profile).unwrap().replace("length = 3", "length = 3\nlenght = 4"),
+        std::fs::read_to_string(&profile)
+            .unwrap()
+            .replace("length = 3", "length = 3\nlenght = 4"),
     )
     .unwrap();
-    let o = run(&["open", "--profile", bad.to_str().unwrap(), "--dry-run"], None, &dir.0);
+    let o = run(
+        &["open", "--profile", bad.to_str().unwrap(), "--dry-run"],
+        None,
+        &dir.0,
+    );
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("bad.toml: line 6: lenght"), "{err}");
 
-    std::fs::set_permissions(dir.path("client.key"), std::fs::Permissions::from_mode(0o644))
-        .unwrap();
+    std::fs::set_permissions(
+        dir.path("client.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let o = run(&["open", "--profile", p, "--dry-run"], None, &dir.0);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("chmod 600"), "{}", stderr(&o));
 
-    let o = run(&["open", "--profile", p, "--port", "tcp/99999"], None, &dir.0);
+    let o = run(
+        &["open", "--profile", p, "--port", "tcp/99999"],
+        None,
+        &dir.0,
+    );
     assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
     let o = run(&["open"], None, &dir.0);
     assert_eq!(o.status.code(), Some(2));

@@ -1,1 +1,1 @@
-//! Entry points for the cargo-fuzz targets in `fuzz/`. Compiled only with `--cfg fuzzing`.
+//! Fuzzing-only hooks (compiled only with `--cfg fuzzing`); the target bodies are in `fuzz_targets`.

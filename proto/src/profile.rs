@@ -200,13 +200,14 @@ fn span_of<T>(s: &Spanned<T>) -> Option<Range<usize>> {
 
 /// Parses a list of `proto/port` services, at most [`MAX_SERVICES`] (what fits in a payload).
 pub fn parse_services(items: &[String]) -> Result<Vec<Service>, String> {
-    if items.len() > MAX_SERVICES {
+    let services = parse_services_unbounded(items)?;
+    if services.len() > MAX_SERVICES {
         return Err(format!(
             "at most {MAX_SERVICES} services fit in one payload, found {}",
-            items.len()
+            services.len()
         ));
     }
-    parse_services_unbounded(items)
+    Ok(services)
 }
 
 /// Parses a list of `proto/port` services of any length, dropping duplicates.
@@ -227,12 +228,13 @@ impl Profile {
     /// Parses and validates a profile. Never panics; errors are one line.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let raw: RawProfile = toml::from_str(text).map_err(|e| ConfigError::from_toml(text, &e))?;
-        if raw.host.get_ref().trim().is_empty() {
+        let host = raw.host.get_ref();
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(ConfigError::at(
                 text,
                 span_of(&raw.host),
                 "host",
-                "must not be empty",
+                "must be a host name or address, without spaces",
             ));
         }
         let server_public_key =
@@ -415,6 +417,11 @@ open = ["tcp/22", "udp/51820"]
                 "length",
             ),
             (full() + "colour = \"blue\"\n", "line 12", "colour"),
+            (
+                full().replace("\"198.18.0.1\"", "\" 198.18.0.1\""),
+                "line 1",
+                "host",
+            ),
             (full().replace("host = \"198.18.0.1\"\n", ""), "", "host"),
             ("host = ".to_owned(), "line 1", ""),
         ];
@@ -424,6 +431,17 @@ open = ["tcp/22", "udp/51820"]
             assert!(msg.contains(key), "{msg}");
             assert!(!msg.contains('\n'), "{msg}");
         }
+    }
+
+    #[test]
+    fn service_limit_counts_distinct_services() {
+        let nine: Vec<String> = (1..=8)
+            .map(|p| format!("tcp/{p}"))
+            .chain(["tcp/1".to_owned()])
+            .collect();
+        assert_eq!(parse_services(&nine).unwrap().len(), 8);
+        let nine: Vec<String> = (1..=9).map(|p| format!("tcp/{p}")).collect();
+        assert!(parse_services(&nine).is_err());
     }
 
     #[test]

@@ -143,7 +143,8 @@ pub enum Reason {
     SourceNotAllowed,
     /// The payload names another address and the client lacks `allow_other_ip`.
     OtherIpNotAllowed(IpAddr),
-    /// The payload names an address that cannot be opened (unspecified, multicast, broadcast).
+    /// The payload names an address that cannot be opened (unspecified, loopback, multicast,
+    /// broadcast).
     BadAddress(IpAddr),
     /// The payload asks for a service outside the client's `allow` list.
     ServiceNotAllowed(Service),
@@ -501,11 +502,11 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Whether a payload may ask to open this address: not unspecified, loopback, multicast or
+/// broadcast (the address is canonical: IPv4-mapped IPv6 is already IPv4).
 fn openable(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(a) => !(a.is_unspecified() || a.is_multicast() || a.is_broadcast()),
-        IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast()),
-    }
+    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast())
+        && !matches!(ip, IpAddr::V4(a) if a.is_broadcast())
 }
 
 impl Tracker {

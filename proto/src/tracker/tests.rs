@@ -450,6 +450,15 @@ fn policy_is_enforced() {
             },
             Reason::BadAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         ),
+        (
+            0,
+            v4(2),
+            Request {
+                address: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+                ..World::request(T0)
+            },
+            Reason::BadAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        ),
     ];
     for (i, (client, src, req, reason)) in cases.into_iter().enumerate() {
         let at = T0.plus_millis(i as u64 * 10);
