@@ -505,8 +505,10 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 /// Whether a payload may ask to open this address: not unspecified, loopback, multicast or
 /// broadcast (the address is canonical: IPv4-mapped IPv6 is already IPv4).
 fn openable(ip: IpAddr) -> bool {
-    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast())
-        && !matches!(ip, IpAddr::V4(a) if a.is_broadcast())
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || matches!(ip, IpAddr::V4(a) if a.is_broadcast()))
 }
 
 impl Tracker {
