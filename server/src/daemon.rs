@@ -1,19 +1,25 @@
 //! The daemon: capture → tracker → (persist replay state) → firewall, on one thread.
+//!
+//! Everything runs on a single-threaded tokio runtime: the capture tasks feed packets straight
+//! into the tracker (no queue, no allocation per packet), grants go to the firewall task over a
+//! channel, and the control socket reads the shared state between packets.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sesame_keys::PublicKey;
 use sesame_proto::{
-    ClientEntry, ClientKeys, Event, Policy, Service, Tracker, TrackerConfig, UnixMillis,
+    ClientEntry, ClientId, ClientKeys, Event, Policy, Reason, Service, Tracker, TrackerConfig,
+    UnixMillis,
 };
 use tokio::sync::mpsc;
 
 use crate::capture;
 use crate::config::{Config, Interfaces, Secrets};
+use crate::control::{self, ClientStatus, Counters, LeaseStatus, Status};
 use crate::firewall::{AnyFirewall, Firewall, FirewallError, Lease};
 use crate::state::{ReplayStore, StateError};
 
@@ -26,6 +32,9 @@ pub enum StartError {
     /// A client's keys could not be combined with the server key.
     #[error("client '{0}': key exchange with the server key failed (low-order key)")]
     Keys(String),
+    /// The knock sequences could not be derived.
+    #[error("knock sequences: {0}")]
+    Sequences(String),
     /// The firewall could not be set up.
     #[error("firewall setup failed: {0}")]
     Firewall(#[from] FirewallError),
@@ -34,6 +43,14 @@ pub enum StartError {
     Capture {
         /// The interface.
         interface: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The control socket could not be created.
+    #[error("control socket {path}: {source}")]
+    Control {
+        /// The socket path.
+        path: String,
         /// The underlying error.
         source: std::io::Error,
     },
@@ -48,6 +65,16 @@ pub fn system_now() -> UnixMillis {
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
     UnixMillis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn rfc3339(t: UnixMillis) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0) * 1_000_000)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.0.to_string())
 }
 
 /// A grant to carry out: open `services` for `address`.
@@ -70,10 +97,16 @@ struct LogLimiter {
 }
 
 impl LogLimiter {
-    fn allow(&mut self) -> bool {
-        if self.window.elapsed() >= Duration::from_secs(1) {
-            self.flush();
+    fn new() -> Self {
+        LogLimiter {
+            window: Instant::now(),
+            lines: 0,
+            suppressed: 0,
         }
+    }
+
+    fn allow(&mut self) -> bool {
+        self.flush_if_due();
         if self.lines < REJECTION_LINES_PER_SECOND {
             self.lines += 1;
             true
@@ -83,7 +116,10 @@ impl LogLimiter {
         }
     }
 
-    fn flush(&mut self) {
+    fn flush_if_due(&mut self) {
+        if self.window.elapsed() < Duration::from_secs(1) {
+            return;
+        }
         if self.suppressed > 0 {
             tracing::warn!(
                 suppressed = self.suppressed,
@@ -96,15 +132,25 @@ impl LogLimiter {
     }
 }
 
+/// A client's last knock: when, from where, and what came of it.
+#[derive(Clone, Debug)]
+struct LastKnock {
+    at: UnixMillis,
+    source: IpAddr,
+    result: &'static str,
+}
+
 /// Everything the packet path touches.
 struct Core {
     tracker: Tracker,
     store: ReplayStore,
     names: Vec<String>,
     keys: Vec<PublicKey>,
+    last: Vec<Option<LastKnock>>,
     grants: mpsc::UnboundedSender<GrantJob>,
     events: Vec<Event>,
     limiter: LogLimiter,
+    state_write_failures: u64,
 }
 
 impl Core {
@@ -118,18 +164,24 @@ impl Core {
         if !self.events.is_empty() {
             let events = std::mem::take(&mut self.events);
             for event in &events {
-                self.handle_event(event);
+                self.handle_event(now, event);
             }
             self.events = events;
             self.events.clear();
         }
     }
 
-    fn name(&self, id: sesame_proto::ClientId) -> &str {
+    fn name(&self, id: ClientId) -> &str {
         self.names.get(id.0 as usize).map_or("?", String::as_str)
     }
 
-    fn handle_event(&mut self, event: &Event) {
+    fn remember(&mut self, client: ClientId, at: UnixMillis, source: IpAddr, result: &'static str) {
+        if let Some(slot) = self.last.get_mut(client.0 as usize) {
+            *slot = Some(LastKnock { at, source, result });
+        }
+    }
+
+    fn handle_event(&mut self, now: UnixMillis, event: &Event) {
         match event {
             Event::Granted(g) => {
                 // Persist before granting: a restart must never make this knock valid again.
@@ -138,6 +190,8 @@ impl Core {
                     .iter()
                     .zip(self.tracker.replay_states().iter().copied());
                 if let Err(e) = self.store.save(states) {
+                    self.state_write_failures += 1;
+                    self.remember(g.client, now, g.source, "state_write_failed");
                     tracing::error!(
                         client = %self.name(g.client),
                         source = %g.source,
@@ -146,6 +200,7 @@ impl Core {
                     );
                     return;
                 }
+                self.remember(g.client, now, g.source, "granted");
                 tracing::debug!(
                     client = %self.name(g.client),
                     source = %g.source,
@@ -166,6 +221,9 @@ impl Core {
                 client,
                 reason,
             } => {
+                if let Some(c) = client {
+                    self.remember(*c, now, *source, reason.code());
+                }
                 if self.limiter.allow() {
                     match client {
                         Some(c) => tracing::warn!(
@@ -198,6 +256,15 @@ impl Core {
             }
         }
     }
+}
+
+/// The firewall task's state, readable by the control socket.
+#[derive(Default)]
+struct Leases {
+    active: HashMap<(String, IpAddr, Service), Instant>,
+    opened: u64,
+    refreshed: u64,
+    failures: u64,
 }
 
 /// Builds the tracker's client list from the configuration and its secrets.
@@ -233,7 +300,69 @@ pub fn run(config: Config, secrets: Secrets) -> Result<(), StartError> {
     local.block_on(&runtime, run_local(config, secrets))
 }
 
+fn status(config: &Config, started: Instant, core: &Core, leases: &Leases) -> Status {
+    let stats = core.tracker.stats();
+    let now = Instant::now();
+    let mut lease_list: Vec<LeaseStatus> = leases
+        .active
+        .iter()
+        .filter(|(_, end)| **end > now)
+        .map(|((client, address, service), end)| LeaseStatus {
+            client: client.clone(),
+            address: address.to_string(),
+            service: service.to_string(),
+            seconds_left: end.duration_since(now).as_secs_f64().ceil() as u64,
+        })
+        .collect();
+    lease_list.sort_by(|a, b| {
+        (&a.client, &a.address, &a.service).cmp(&(&b.client, &b.address, &b.service))
+    });
+    let clients = core
+        .names
+        .iter()
+        .zip(&core.last)
+        .map(|(name, last)| ClientStatus {
+            name: name.clone(),
+            last_knock: last.as_ref().map(|l| rfc3339(l.at)),
+            last_source: last.as_ref().map(|l| l.source.to_string()),
+            last_result: last.as_ref().map(|l| l.result.to_owned()),
+        })
+        .collect();
+    let rejections: BTreeMap<String, u64> = Reason::CODES
+        .iter()
+        .zip(stats.rejections.iter())
+        .filter(|(_, n)| **n > 0)
+        .map(|(code, n)| ((*code).to_owned(), *n))
+        .collect();
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_seconds: started.elapsed().as_secs(),
+        pid: std::process::id(),
+        config: config.path.display().to_string(),
+        leases: lease_list,
+        clients,
+        counters: Counters {
+            packets_seen: stats.packets,
+            packets_in_range: stats.in_range,
+            resets: stats.resets,
+            sequences_completed: stats.sequences_completed,
+            payloads_seen: stats.payloads_seen,
+            x25519: stats.x25519,
+            payloads_accepted: stats.payloads_accepted,
+            grants: stats.grants,
+            leases_opened: leases.opened,
+            leases_refreshed: leases.refreshed,
+            firewall_failures: leases.failures,
+            state_write_failures: core.state_write_failures,
+            sources_evicted: stats.sources_evicted,
+            sources_tracked: core.tracker.tracked_sources() as u64,
+            rejections,
+        },
+    }
+}
+
 async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
+    let started = Instant::now();
     let store = ReplayStore::open(&config.state_dir)?;
     let entries = client_entries(&config, &secrets)?;
     let keys: Vec<PublicKey> = config.clients.iter().map(|c| c.public_key).collect();
@@ -254,10 +383,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         replay,
         system_now(),
     )
-    .map_err(|e| StartError::Capture {
-        interface: "-".into(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    .map_err(|e| StartError::Sequences(e.to_string()))?;
 
     let mut firewall = AnyFirewall::from_config(&config);
     firewall.setup().await?;
@@ -277,27 +403,36 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
             tracing::warn!(interface, error = %source, "interface not available yet; will retry");
         }
     }
+    let control = control::bind(&config.control_socket).map_err(|source| StartError::Control {
+        path: config.control_socket.display().to_string(),
+        source,
+    })?;
 
     let (grants_tx, grants_rx) = mpsc::unbounded_channel();
     let lease_seconds = config.firewall.lease_seconds;
+    let last = vec![None; names.len()];
     let core = Rc::new(RefCell::new(Core {
         tracker,
         store,
         names,
         keys,
+        last,
         grants: grants_tx,
         events: Vec::new(),
-        limiter: LogLimiter {
-            window: Instant::now(),
-            lines: 0,
-            suppressed: 0,
-        },
+        limiter: LogLimiter::new(),
+        state_write_failures: 0,
     }));
+    let leases = Rc::new(RefCell::new(Leases::default()));
 
     let backend = firewall.to_string();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    let fw_task =
-        tokio::task::spawn_local(firewall_task(firewall, grants_rx, stop_rx, lease_seconds));
+    let fw_task = tokio::task::spawn_local(firewall_task(
+        firewall,
+        grants_rx,
+        stop_rx,
+        lease_seconds,
+        Rc::clone(&leases),
+    ));
     for iface in interfaces {
         let core = Rc::clone(&core);
         tokio::task::spawn_local(capture::run_capture(iface, lo, hi, move |raw| {
@@ -319,6 +454,20 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
             }
         });
     }
+    {
+        let core = Rc::clone(&core);
+        let leases = Rc::clone(&leases);
+        let config = config.clone();
+        tokio::task::spawn_local(control::serve(control, move |request| match request {
+            "status" => {
+                let s = status(&config, started, &core.borrow(), &leases.borrow());
+                serde_json::to_string(&s).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+            }
+            other => {
+                serde_json::json!({ "error": format!("unknown request '{other}'") }).to_string()
+            }
+        }));
+    }
 
     tracing::info!(
         clients = config.clients.len(),
@@ -326,6 +475,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         interfaces = ?config.interfaces,
         port_range = %format!("{lo}-{hi}"),
         payload = %config.knock.payload,
+        control = %config.control_socket.display(),
         "ready"
     );
 
@@ -340,34 +490,19 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     {
         tracing::warn!("closing leases took too long; exiting anyway");
     }
+    let _ = std::fs::remove_file(&config.control_socket);
     Ok(())
-}
-
-impl LogLimiter {
-    fn flush_if_due(&mut self) {
-        if self.window.elapsed() >= Duration::from_secs(1) {
-            self.flush();
-        }
-    }
 }
 
 async fn wait_for_stop() {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM");
-            std::future::pending::<()>().await;
-            return;
-        }
-    };
-    let mut int = match signal(SignalKind::interrupt()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGINT");
-            std::future::pending::<()>().await;
-            return;
-        }
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot watch SIGTERM/SIGINT; stop sesamed with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
     };
     tokio::select! {
         _ = term.recv() => {}
@@ -375,21 +510,28 @@ async fn wait_for_stop() {
     }
 }
 
-/// Owns the backend and the lease table: opens, refreshes and ends leases.
+/// Owns the backend: opens, refreshes and ends leases.
 async fn firewall_task(
     mut firewall: AnyFirewall,
     mut jobs: mpsc::UnboundedReceiver<GrantJob>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
     lease_seconds: u32,
+    leases: Rc<RefCell<Leases>>,
 ) {
-    let mut leases: HashMap<(String, IpAddr, Service), Instant> = HashMap::new();
+    let lease_of = |(client, address, service): (String, IpAddr, Service)| Lease {
+        client,
+        address,
+        service,
+        lease_seconds,
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
             _ = &mut stop => {
                 if firewall.needs_revoke() {
-                    for (client, address, service) in leases.into_keys() {
-                        let lease = Lease { client, address, service, lease_seconds };
+                    let keys: Vec<_> = leases.borrow_mut().active.drain().map(|(k, _)| k).collect();
+                    for key in keys {
+                        let lease = lease_of(key);
                         match firewall.revoke(&lease).await {
                             Ok(()) => tracing::info!(client = %lease.client, address = %lease.address, service = %lease.service, "lease closed at shutdown"),
                             Err(e) => tracing::error!(client = %lease.client, address = %lease.address, service = %lease.service, error = %e, "closing the lease failed"),
@@ -402,27 +544,31 @@ async fn firewall_task(
                 let Some(job) = job else { break };
                 let mut opened: Vec<String> = Vec::new();
                 for service in &job.services {
-                    let service = *service;
-                    let key = (job.client.clone(), job.address, service);
-                    let refresh = leases.get(&key).is_some_and(|end| *end > Instant::now());
-                    let lease = Lease {
-                        client: job.client.clone(),
-                        address: job.address,
-                        service,
-                        lease_seconds,
-                    };
-                    match firewall.grant(&lease, refresh).await {
+                    let key = (job.client.clone(), job.address, *service);
+                    let refresh = leases
+                        .borrow()
+                        .active
+                        .get(&key)
+                        .is_some_and(|end| *end > Instant::now());
+                    let lease = lease_of(key.clone());
+                    let result = firewall.grant(&lease, refresh).await;
+                    let mut l = leases.borrow_mut();
+                    match result {
                         Ok(()) => {
-                            leases.insert(key, Instant::now() + Duration::from_secs(u64::from(lease_seconds)));
+                            l.active.insert(key, Instant::now() + Duration::from_secs(u64::from(lease_seconds)));
+                            if refresh { l.refreshed += 1 } else { l.opened += 1 }
                             opened.push(service.to_string());
                         }
-                        Err(e) => tracing::error!(
-                            client = %lease.client,
-                            address = %lease.address,
-                            service = %lease.service,
-                            error = %e,
-                            "firewall grant failed"
-                        ),
+                        Err(e) => {
+                            l.failures += 1;
+                            tracing::error!(
+                                client = %lease.client,
+                                address = %lease.address,
+                                service = %lease.service,
+                                error = %e,
+                                "firewall grant failed"
+                            );
+                        }
                     }
                 }
                 // Logged once the firewall has the rule, so a client that connects after this
@@ -440,13 +586,19 @@ async fn firewall_task(
             }
             _ = tick.tick() => {
                 let now = Instant::now();
-                let ended: Vec<_> = leases.iter().filter(|(_, end)| **end <= now).map(|(k, _)| k.clone()).collect();
+                let ended: Vec<_> = {
+                    let mut l = leases.borrow_mut();
+                    let keys: Vec<_> = l.active.iter().filter(|(_, end)| **end <= now).map(|(k, _)| k.clone()).collect();
+                    for k in &keys {
+                        l.active.remove(k);
+                    }
+                    keys
+                };
                 for key in ended {
-                    leases.remove(&key);
-                    let (client, address, service) = key;
-                    let lease = Lease { client, address, service, lease_seconds };
+                    let lease = lease_of(key);
                     if firewall.needs_revoke() {
                         if let Err(e) = firewall.revoke(&lease).await {
+                            leases.borrow_mut().failures += 1;
                             tracing::error!(client = %lease.client, address = %lease.address, service = %lease.service, error = %e, "closing the lease failed");
                             continue;
                         }

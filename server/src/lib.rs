@@ -6,6 +6,7 @@
 #[allow(unsafe_code)]
 pub mod capture;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod firewall;
 pub mod state;
@@ -42,6 +43,18 @@ enum Command {
         /// The configuration file.
         #[arg(long, value_name = "FILE", default_value = config::DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Show what a running sesamed is doing: leases, last knocks, counters.
+    Status {
+        /// The configuration file (for the control socket's path).
+        #[arg(long, value_name = "FILE", default_value = config::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long, conflicts_with = "prometheus")]
+        json: bool,
+        /// Print the counters in Prometheus text format.
+        #[arg(long)]
+        prometheus: bool,
     },
     /// Print the client profile for NAME (the TOML that `sesame open --profile` reads).
     ExportClient {
@@ -141,6 +154,31 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
+        Command::Status {
+            config,
+            json,
+            prometheus,
+        } => {
+            let config = Config::load(&config).map_err(config_error)?;
+            let answer =
+                control::request(&config.control_socket, "status").map_err(|e| Failure {
+                    code: 1,
+                    message: e.to_string(),
+                })?;
+            let status: control::Status =
+                serde_json::from_str(answer.trim()).map_err(|e| Failure {
+                    code: 1,
+                    message: format!("unexpected answer from sesamed: {e}"),
+                })?;
+            if json {
+                println!("{}", answer.trim());
+            } else if prometheus {
+                print!("{}", control::prometheus(&status));
+            } else {
+                print!("{}", human_status(&status));
+            }
+            Ok(())
+        }
         Command::ExportClient { config, name, host } => {
             let config = Config::load(&config).map_err(config_error)?;
             let key =
@@ -165,4 +203,73 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+fn human_status(s: &control::Status) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let up = s.uptime_seconds;
+    let _ = writeln!(
+        out,
+        "sesamed {} (pid {}), up {}h{:02}m{:02}s, config {}",
+        s.version,
+        s.pid,
+        up / 3600,
+        up / 60 % 60,
+        up % 60,
+        s.config
+    );
+    let _ = writeln!(out, "leases ({}):", s.leases.len());
+    for l in &s.leases {
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<40} {:<10} {} s left",
+            l.client, l.address, l.service, l.seconds_left
+        );
+    }
+    let _ = writeln!(out, "clients ({}):", s.clients.len());
+    for c in &s.clients {
+        match (&c.last_knock, &c.last_source, &c.last_result) {
+            (Some(at), Some(src), Some(result)) => {
+                let _ = writeln!(out, "  {:<16} last knock {at} from {src}: {result}", c.name);
+            }
+            _ => {
+                let _ = writeln!(out, "  {:<16} no knock since start", c.name);
+            }
+        }
+    }
+    let c = &s.counters;
+    let _ = writeln!(
+        out,
+        "counters: packets {} (in range {}), resets {}, sequences {}, payloads {} (accepted {}), x25519 {}, grants {}, leases opened {} refreshed {}, firewall failures {}, state write failures {}, sources tracked {} evicted {}",
+        c.packets_seen,
+        c.packets_in_range,
+        c.resets,
+        c.sequences_completed,
+        c.payloads_seen,
+        c.payloads_accepted,
+        c.x25519,
+        c.grants,
+        c.leases_opened,
+        c.leases_refreshed,
+        c.firewall_failures,
+        c.state_write_failures,
+        c.sources_tracked,
+        c.sources_evicted
+    );
+    let rejections: Vec<String> = c
+        .rejections
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "rejections: {}",
+        if rejections.is_empty() {
+            "none".to_owned()
+        } else {
+            rejections.join(", ")
+        }
+    );
+    out
 }

@@ -1,0 +1,292 @@
+//! The control socket: a Unix socket (mode 0600) answering one request per connection.
+//!
+//! A request is one line: `status` (the status as JSON) or `reload`. The answer is one JSON
+//! document followed by a newline; the server then closes the connection.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+
+/// A lease as `sesamed status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaseStatus {
+    /// The client.
+    pub client: String,
+    /// The address let in.
+    pub address: String,
+    /// The service, e.g. `tcp/22`.
+    pub service: String,
+    /// Seconds until it ends.
+    pub seconds_left: u64,
+}
+
+/// A client's last knock.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientStatus {
+    /// The client.
+    pub name: String,
+    /// When it last knocked (RFC 3339), if it did since sesamed started.
+    pub last_knock: Option<String>,
+    /// From where.
+    pub last_source: Option<String>,
+    /// `granted` or the reason code of the refusal.
+    pub last_result: Option<String>,
+}
+
+/// Counters since sesamed started.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets that passed the capture filter.
+    pub packets_seen: u64,
+    /// Packets to a port of the knock range.
+    pub packets_in_range: u64,
+    /// Progress resets (stray in-range packets).
+    pub resets: u64,
+    /// Sequences completed.
+    pub sequences_completed: u64,
+    /// Payload datagrams examined.
+    pub payloads_seen: u64,
+    /// X25519 operations (payloads that passed the MAC gate).
+    pub x25519: u64,
+    /// Payloads accepted.
+    pub payloads_accepted: u64,
+    /// Grants decided (before the firewall).
+    pub grants: u64,
+    /// Leases opened in the firewall.
+    pub leases_opened: u64,
+    /// Leases refreshed by a new knock.
+    pub leases_refreshed: u64,
+    /// Firewall actions that failed.
+    pub firewall_failures: u64,
+    /// Grants refused because the replay state could not be written.
+    pub state_write_failures: u64,
+    /// Sources evicted from the tracker by its cap.
+    pub sources_evicted: u64,
+    /// Sources tracked now.
+    pub sources_tracked: u64,
+    /// Rejections by reason code.
+    pub rejections: std::collections::BTreeMap<String, u64>,
+}
+
+/// Everything `sesamed status` prints.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    /// sesamed's version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_seconds: u64,
+    /// Process id.
+    pub pid: u32,
+    /// The configuration file.
+    pub config: String,
+    /// Active leases.
+    pub leases: Vec<LeaseStatus>,
+    /// Clients and their last knock.
+    pub clients: Vec<ClientStatus>,
+    /// Counters.
+    pub counters: Counters,
+}
+
+/// The answer to `reload`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReloadResult {
+    /// Whether the new configuration is in force.
+    pub ok: bool,
+    /// What happened (the error when `ok` is false).
+    pub message: String,
+}
+
+/// Longest request line.
+const MAX_REQUEST: usize = 256;
+
+/// Binds the control socket: removes a stale socket file, creates the parent directory (0700)
+/// and binds with mode 0600.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        Err(_) => {}
+    }
+    // Created with the umask, then restricted before anyone is told the socket exists.
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves requests until the listener fails; `handle` maps a request line to the answer.
+pub async fn serve<F>(listener: UnixListener, mut handle: F)
+where
+    F: FnMut(&str) -> String,
+{
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (read, mut write) = stream.into_split();
+        let mut line = String::new();
+        let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
+        let request =
+            tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut line)).await;
+        let answer = match request {
+            Ok(Ok(_)) => handle(line.trim()),
+            _ => continue,
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = write.write_all(answer.as_bytes()).await;
+            let _ = write.write_all(b"\n").await;
+        })
+        .await;
+    }
+}
+
+/// Sends one request to a running sesamed and returns its answer.
+pub fn request(path: &Path, request: &str) -> std::io::Result<String> {
+    let mut stream = UnixStream::connect(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot reach sesamed at {}: {e} (is it running? are you root?)",
+                path.display()
+            ),
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(b"\n")?;
+    let mut answer = String::new();
+    stream.take(16 << 20).read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// Formats the counters in the Prometheus text exposition format.
+pub fn prometheus(status: &Status) -> String {
+    let c = &status.counters;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        out.push_str(&format!(
+            "# HELP sesamed_{name} {help}\n# TYPE sesamed_{name} {kind}\nsesamed_{name} {value}\n"
+        ));
+    };
+    metric(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since sesamed started.",
+        status.uptime_seconds,
+    );
+    metric(
+        "packets_seen_total",
+        "counter",
+        "Packets that passed the capture filter.",
+        c.packets_seen,
+    );
+    metric(
+        "packets_in_range_total",
+        "counter",
+        "Packets to a port of the knock range.",
+        c.packets_in_range,
+    );
+    metric(
+        "resets_total",
+        "counter",
+        "Knock progress reset by a stray packet.",
+        c.resets,
+    );
+    metric(
+        "sequences_completed_total",
+        "counter",
+        "Knock sequences completed.",
+        c.sequences_completed,
+    );
+    metric(
+        "payloads_seen_total",
+        "counter",
+        "Payload datagrams examined.",
+        c.payloads_seen,
+    );
+    metric(
+        "x25519_total",
+        "counter",
+        "X25519 operations (payloads past the MAC gate).",
+        c.x25519,
+    );
+    metric(
+        "payloads_accepted_total",
+        "counter",
+        "Payloads accepted.",
+        c.payloads_accepted,
+    );
+    metric("grants_total", "counter", "Grants decided.", c.grants);
+    metric(
+        "leases_opened_total",
+        "counter",
+        "Leases opened in the firewall.",
+        c.leases_opened,
+    );
+    metric(
+        "leases_refreshed_total",
+        "counter",
+        "Leases refreshed by a new knock.",
+        c.leases_refreshed,
+    );
+    metric(
+        "firewall_failures_total",
+        "counter",
+        "Firewall actions that failed.",
+        c.firewall_failures,
+    );
+    metric(
+        "state_write_failures_total",
+        "counter",
+        "Grants refused because replay state could not be written.",
+        c.state_write_failures,
+    );
+    metric(
+        "sources_evicted_total",
+        "counter",
+        "Sources evicted by the tracker's cap.",
+        c.sources_evicted,
+    );
+    metric(
+        "sources_tracked",
+        "gauge",
+        "Sources tracked now.",
+        c.sources_tracked,
+    );
+    metric(
+        "leases_active",
+        "gauge",
+        "Active leases.",
+        status.leases.len() as u64,
+    );
+    out.push_str("# HELP sesamed_rejections_total Knocks refused, by reason.\n# TYPE sesamed_rejections_total counter\n");
+    for (reason, n) in &c.rejections {
+        out.push_str(&format!(
+            "sesamed_rejections_total{{reason=\"{reason}\"}} {n}\n"
+        ));
+    }
+    out
+}
