@@ -87,6 +87,12 @@ pub struct FirewallConfig {
     pub close_command: Vec<String>,
     /// Time limit for a hook command, in milliseconds.
     pub command_timeout_ms: u64,
+    /// Per client, the time to earn one more hook run for new leases, in milliseconds.
+    pub command_cooldown_ms: u64,
+    /// Per client, hook runs for new leases allowed in a burst.
+    pub command_burst: u32,
+    /// Most hook commands running at once.
+    pub command_concurrency: usize,
 }
 
 /// A `[[client]]`.
@@ -121,6 +127,8 @@ pub struct Config {
     pub interfaces: Interfaces,
     /// The control socket (status, reload).
     pub control_socket: PathBuf,
+    /// The account to switch to after setup (None: stay as started).
+    pub user: Option<String>,
     /// `[knock]`.
     pub knock: KnockConfig,
     /// `[firewall]`.
@@ -147,6 +155,8 @@ struct RawConfig {
     interfaces: Spanned<Vec<String>>,
     #[serde(default = "default_control_socket")]
     control_socket: String,
+    #[serde(default)]
+    user: Option<Spanned<String>>,
     #[serde(default)]
     knock: RawKnock,
     firewall: RawFirewall,
@@ -240,6 +250,12 @@ struct RawFirewall {
     close_command: Option<Spanned<Vec<String>>>,
     #[serde(default = "default_command_timeout")]
     command_timeout_ms: u64,
+    #[serde(default = "default_command_cooldown")]
+    command_cooldown_ms: u64,
+    #[serde(default = "default_command_burst")]
+    command_burst: u32,
+    #[serde(default = "default_command_concurrency")]
+    command_concurrency: Spanned<usize>,
 }
 
 fn default_table() -> Spanned<String> {
@@ -253,6 +269,15 @@ fn default_lease() -> Spanned<u32> {
 }
 fn default_command_timeout() -> u64 {
     5000
+}
+fn default_command_cooldown() -> u64 {
+    1000
+}
+fn default_command_burst() -> u32 {
+    4
+}
+fn default_command_concurrency() -> Spanned<usize> {
+    Spanned::new(0..0, 4)
 }
 
 #[derive(Deserialize)]
@@ -466,6 +491,26 @@ impl Config {
             }
         }
 
+        let concurrency = *fw.command_concurrency.get_ref();
+        if !(1..=64).contains(&concurrency) {
+            return Err(err(
+                span_of(&fw.command_concurrency),
+                "firewall.command_concurrency",
+                format!("must be between 1 and 64, found {concurrency}"),
+            ));
+        }
+        let user = match &raw.user {
+            Some(u) if !is_simple_name(u.get_ref(), 32) => {
+                return Err(err(
+                    span_of(u),
+                    "user",
+                    format!("'{}' is not a user name", u.get_ref()),
+                ));
+            }
+            Some(u) => Some(u.get_ref().clone()),
+            None => None,
+        };
+
         let mut clients = Vec::with_capacity(raw.clients.len());
         let mut by_key: HashMap<PublicKey, String> = HashMap::new();
         let mut by_name: HashMap<String, ()> = HashMap::new();
@@ -566,6 +611,7 @@ impl Config {
             state_dir: resolve(&raw.state_dir),
             interfaces,
             control_socket: resolve(&raw.control_socket),
+            user,
             knock: KnockConfig {
                 params,
                 skew_steps,
@@ -581,6 +627,9 @@ impl Config {
                 open_command,
                 close_command,
                 command_timeout_ms: fw.command_timeout_ms.clamp(100, 600_000),
+                command_cooldown_ms: fw.command_cooldown_ms.min(3_600_000),
+                command_burst: fw.command_burst.clamp(1, 1000),
+                command_concurrency: concurrency,
             },
             clients,
         })

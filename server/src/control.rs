@@ -64,6 +64,8 @@ pub struct Counters {
     pub leases_refreshed: u64,
     /// Firewall actions that failed.
     pub firewall_failures: u64,
+    /// New leases not opened because the client's hook cooldown had not passed.
+    pub hook_cooldown_skips: u64,
     /// Grants refused because the replay state could not be written.
     pub state_write_failures: u64,
     /// Sources evicted from the tracker by its cap.
@@ -257,6 +259,12 @@ pub fn prometheus(status: &Status) -> String {
         "counter",
         "Firewall actions that failed.",
         c.firewall_failures,
+    );
+    metric(
+        "hook_cooldown_skips_total",
+        "counter",
+        "New leases not opened because of the hook cooldown.",
+        c.hook_cooldown_skips,
     );
     metric(
         "state_write_failures_total",

@@ -54,6 +54,9 @@ pub enum StartError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// Capabilities are missing, or could not be dropped.
+    #[error("privileges: {0}")]
+    Privileges(#[from] crate::privileges::PrivilegeError),
     /// The async runtime could not start.
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
@@ -265,6 +268,7 @@ struct Leases {
     opened: u64,
     refreshed: u64,
     failures: u64,
+    cooldown_skips: u64,
 }
 
 /// Builds the tracker's client list from the configuration and its secrets.
@@ -353,6 +357,7 @@ fn status(config: &Config, started: Instant, core: &Core, leases: &Leases) -> St
             leases_opened: leases.opened,
             leases_refreshed: leases.refreshed,
             firewall_failures: leases.failures,
+            hook_cooldown_skips: leases.cooldown_skips,
             state_write_failures: core.state_write_failures,
             sources_evicted: stats.sources_evicted,
             sources_tracked: core.tracker.tracked_sources() as u64,
@@ -363,6 +368,11 @@ fn status(config: &Config, started: Instant, core: &Core, leases: &Leases) -> St
 
 async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     let started = Instant::now();
+    let mut needed = vec![caps::Capability::CAP_NET_RAW];
+    if config.firewall.backend == crate::config::Backend::Nftables {
+        needed.push(caps::Capability::CAP_NET_ADMIN);
+    }
+    crate::privileges::check_capabilities(&needed)?;
     let store = ReplayStore::open(&config.state_dir)?;
     let entries = client_entries(&config, &secrets)?;
     let keys: Vec<PublicKey> = config.clients.iter().map(|c| c.public_key).collect();
@@ -408,6 +418,14 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         source,
     })?;
 
+    // Setup is done: keep only CAP_NET_RAW and CAP_NET_ADMIN, and switch user if asked.
+    let dropped = crate::privileges::drop_privileges(config.user.as_deref(), &config.state_dir)?;
+    tracing::info!(
+        uid = dropped.uid,
+        gid = dropped.gid,
+        "privileges dropped: only CAP_NET_RAW and CAP_NET_ADMIN kept"
+    );
+
     let (grants_tx, grants_rx) = mpsc::unbounded_channel();
     let lease_seconds = config.firewall.lease_seconds;
     let last = vec![None; names.len()];
@@ -426,11 +444,20 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
 
     let backend = firewall.to_string();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let policy = LeasePolicy {
+        lease_seconds,
+        cooldown: Duration::from_millis(config.firewall.command_cooldown_ms),
+        burst: config.firewall.command_burst,
+        concurrency: match config.firewall.backend {
+            crate::config::Backend::Command => config.firewall.command_concurrency,
+            _ => 1,
+        },
+    };
     let fw_task = tokio::task::spawn_local(firewall_task(
         firewall,
         grants_rx,
         stop_rx,
-        lease_seconds,
+        policy,
         Rc::clone(&leases),
     ));
     for iface in interfaces {
@@ -510,21 +537,83 @@ async fn wait_for_stop() {
     }
 }
 
-/// Owns the backend: opens, refreshes and ends leases.
+/// Settings of the firewall task.
+#[derive(Clone, Copy, Debug)]
+struct LeasePolicy {
+    lease_seconds: u32,
+    /// Per client, the time to earn one more hook run for new leases (command backend).
+    cooldown: Duration,
+    /// Per client, hook runs allowed in a burst before the cooldown applies.
+    burst: u32,
+    /// Most backend actions running at once.
+    concurrency: usize,
+}
+
+type LeaseKey = (String, IpAddr, Service);
+
+/// The result of one backend action, sent back to the firewall task.
+struct Done {
+    job: u64,
+    key: LeaseKey,
+    refresh: bool,
+    result: Result<(), FirewallError>,
+}
+
+/// A grant job whose services are being opened.
+struct JobProgress {
+    client: String,
+    source: IpAddr,
+    address: IpAddr,
+    remaining: usize,
+    opened: Vec<String>,
+}
+
+/// Owns the backend: opens, refreshes and ends leases. Backend actions run as separate tasks,
+/// at most `concurrency` at once (one at a time for nftables, which keeps them in order); a
+/// knock for a lease that is active or being opened refreshes it instead of running anything
+/// new, and the command backend runs hooks for a client's new leases at most once per
+/// cooldown.
 async fn firewall_task(
     mut firewall: AnyFirewall,
     mut jobs: mpsc::UnboundedReceiver<GrantJob>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
-    lease_seconds: u32,
+    policy: LeasePolicy,
     leases: Rc<RefCell<Leases>>,
 ) {
-    let lease_of = |(client, address, service): (String, IpAddr, Service)| Lease {
+    let lease_seconds = policy.lease_seconds;
+    let lease_of = |(client, address, service): LeaseKey| Lease {
         client,
         address,
         service,
         lease_seconds,
     };
+    let is_command = matches!(firewall, AnyFirewall::Command(_));
+    let limit = Rc::new(tokio::sync::Semaphore::new(policy.concurrency.max(1)));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let mut pending: HashMap<LeaseKey, u32> = HashMap::new();
+    // Per client: hook-run credits (a token bucket: `burst` credits, one more per cooldown).
+    let mut credits: HashMap<String, (f64, Instant)> = HashMap::new();
+    let mut progress: HashMap<u64, JobProgress> = HashMap::new();
+    let mut next_job = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+
+    let spawn_grant = |firewall: &AnyFirewall, job: u64, key: LeaseKey, refresh: bool| {
+        let mut fw = firewall.clone();
+        let limit = Rc::clone(&limit);
+        let done = done_tx.clone();
+        let lease = lease_of(key.clone());
+        tokio::task::spawn_local(async move {
+            let _permit = limit.acquire().await;
+            let result = fw.grant(&lease, refresh).await;
+            let _ = done.send(Done {
+                job,
+                key,
+                refresh,
+                result,
+            });
+        });
+    };
+
     loop {
         tokio::select! {
             _ = &mut stop => {
@@ -542,53 +631,118 @@ async fn firewall_task(
             }
             job = jobs.recv() => {
                 let Some(job) = job else { break };
-                let mut opened: Vec<String> = Vec::new();
+                let id = next_job;
+                next_job += 1;
+                let mut entry = JobProgress {
+                    client: job.client.clone(),
+                    source: job.source,
+                    address: job.address,
+                    remaining: 0,
+                    opened: Vec::new(),
+                };
+                let now = Instant::now();
+                // Whether this knock may run hooks for new leases (one credit per knock).
+                let mut may_run: Option<bool> = None;
                 for service in &job.services {
-                    let key = (job.client.clone(), job.address, *service);
-                    let refresh = leases
-                        .borrow()
-                        .active
-                        .get(&key)
-                        .is_some_and(|end| *end > Instant::now());
-                    let lease = lease_of(key.clone());
-                    let result = firewall.grant(&lease, refresh).await;
-                    let mut l = leases.borrow_mut();
-                    match result {
-                        Ok(()) => {
-                            l.active.insert(key, Instant::now() + Duration::from_secs(u64::from(lease_seconds)));
-                            if refresh { l.refreshed += 1 } else { l.opened += 1 }
-                            opened.push(service.to_string());
+                    let key: LeaseKey = (job.client.clone(), job.address, *service);
+                    let active = leases.borrow().active.get(&key).is_some_and(|end| *end > now);
+                    let refresh = active || pending.contains_key(&key);
+                    if refresh && is_command {
+                        // Extend; a hook run would only pile up rules.
+                        let mut l = leases.borrow_mut();
+                        l.refreshed += 1;
+                        if active {
+                            l.active.insert(key, now + Duration::from_secs(u64::from(lease_seconds)));
                         }
-                        Err(e) => {
-                            l.failures += 1;
-                            tracing::error!(
-                                client = %lease.client,
-                                address = %lease.address,
-                                service = %lease.service,
-                                error = %e,
-                                "firewall grant failed"
+                        entry.opened.push(service.to_string());
+                        continue;
+                    }
+                    if !refresh && is_command {
+                        let allowed = *may_run.get_or_insert_with(|| {
+                            let burst = f64::from(policy.burst.max(1));
+                            let (tokens, at) = credits.entry(job.client.clone()).or_insert((burst, now));
+                            let per = policy.cooldown.as_secs_f64();
+                            let earned = if per > 0.0 { now.duration_since(*at).as_secs_f64() / per } else { burst };
+                            *tokens = (*tokens + earned).min(burst);
+                            *at = now;
+                            if *tokens >= 1.0 {
+                                *tokens -= 1.0;
+                                true
+                            } else {
+                                false
+                            }
+                        });
+                        if !allowed {
+                            leases.borrow_mut().cooldown_skips += 1;
+                            tracing::warn!(
+                                client = %job.client,
+                                address = %job.address,
+                                service = %service,
+                                cooldown_ms = policy.cooldown.as_millis() as u64,
+                                "hook cooldown: open_command not run for this new lease"
                             );
+                            continue;
                         }
                     }
+                    *pending.entry(key.clone()).or_insert(0) += 1;
+                    entry.remaining += 1;
+                    spawn_grant(&firewall, id, key, refresh);
                 }
-                // Logged once the firewall has the rule, so a client that connects after this
-                // line is let in.
-                if !opened.is_empty() {
-                    tracing::info!(
-                        client = %job.client,
-                        source = %job.source,
-                        address = %job.address,
-                        services = %opened.join(","),
-                        lease_seconds,
-                        "granted"
-                    );
+                if entry.remaining == 0 {
+                    log_granted(&entry, lease_seconds);
+                } else {
+                    progress.insert(id, entry);
+                }
+            }
+            Some(done) = done_rx.recv() => {
+                if let Some(n) = pending.get_mut(&done.key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        pending.remove(&done.key);
+                    }
+                }
+                let service = done.key.2;
+                let ok = match done.result {
+                    Ok(()) => {
+                        let mut l = leases.borrow_mut();
+                        l.active.insert(done.key, Instant::now() + Duration::from_secs(u64::from(lease_seconds)));
+                        if done.refresh { l.refreshed += 1 } else { l.opened += 1 }
+                        true
+                    }
+                    Err(e) => {
+                        leases.borrow_mut().failures += 1;
+                        tracing::error!(
+                            client = %done.key.0,
+                            address = %done.key.1,
+                            service = %service,
+                            error = %e,
+                            "firewall grant failed"
+                        );
+                        false
+                    }
+                };
+                if let Some(entry) = progress.get_mut(&done.job) {
+                    entry.remaining -= 1;
+                    if ok {
+                        entry.opened.push(service.to_string());
+                    }
+                    if entry.remaining == 0 {
+                        if let Some(entry) = progress.remove(&done.job) {
+                            log_granted(&entry, lease_seconds);
+                        }
+                    }
                 }
             }
             _ = tick.tick() => {
                 let now = Instant::now();
                 let ended: Vec<_> = {
                     let mut l = leases.borrow_mut();
-                    let keys: Vec<_> = l.active.iter().filter(|(_, end)| **end <= now).map(|(k, _)| k.clone()).collect();
+                    let keys: Vec<_> = l
+                        .active
+                        .iter()
+                        .filter(|(k, end)| **end <= now && !pending.contains_key(*k))
+                        .map(|(k, _)| k.clone())
+                        .collect();
                     for k in &keys {
                         l.active.remove(k);
                     }
@@ -597,6 +751,7 @@ async fn firewall_task(
                 for key in ended {
                     let lease = lease_of(key);
                     if firewall.needs_revoke() {
+                        let _permit = limit.acquire().await;
                         if let Err(e) = firewall.revoke(&lease).await {
                             leases.borrow_mut().failures += 1;
                             tracing::error!(client = %lease.client, address = %lease.address, service = %lease.service, error = %e, "closing the lease failed");
@@ -608,4 +763,20 @@ async fn firewall_task(
             }
         }
     }
+}
+
+/// One line per grant, once the firewall has every rule, so a client that connects after this
+/// line is let in.
+fn log_granted(entry: &JobProgress, lease_seconds: u32) {
+    if entry.opened.is_empty() {
+        return;
+    }
+    tracing::info!(
+        client = %entry.client,
+        source = %entry.source,
+        address = %entry.address,
+        services = %entry.opened.join(","),
+        lease_seconds,
+        "granted"
+    );
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod firewall;
+pub mod privileges;
 pub mod state;
 
 use std::ffi::OsString;

@@ -1,0 +1,146 @@
+//! Least privilege: after setup sesamed keeps only CAP_NET_RAW (packet capture, reopening a
+//! socket when an interface comes back) and CAP_NET_ADMIN (nftables changes), and with
+//! `user = "name"` it also stops being root.
+//!
+//! The capability sets after [`drop_privileges`]: effective = permitted = inheritable =
+//! ambient = bounding = {CAP_NET_RAW, CAP_NET_ADMIN}. Ambient capabilities carry over to the
+//! `nft` program and to hook commands; `no_new_privs` is set so no exec can gain more.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use caps::{CapSet, Capability};
+use nix::unistd::{Gid, Uid, User};
+
+/// The capabilities sesamed keeps.
+pub const KEPT: [Capability; 2] = [Capability::CAP_NET_RAW, Capability::CAP_NET_ADMIN];
+
+/// Why privileges could not be dropped (sesamed refuses to run rather than keep them).
+#[derive(Debug, thiserror::Error)]
+pub enum PrivilegeError {
+    /// The configured user does not exist.
+    #[error("user '{0}' does not exist")]
+    NoSuchUser(String),
+    /// Looking the user up failed.
+    #[error("cannot look up user '{name}': {source}")]
+    Lookup {
+        /// The user.
+        name: String,
+        /// The underlying error.
+        source: nix::Error,
+    },
+    /// Switching to `user` needs root (CAP_SETUID and CAP_SETGID).
+    #[error("user = \"{0}\" needs sesamed to start as root")]
+    NotRoot(String),
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What was being done.
+        what: &'static str,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A capability sesamed needs is missing.
+    #[error("missing capability {0} (sesamed needs CAP_NET_RAW and CAP_NET_ADMIN)")]
+    Missing(Capability),
+}
+
+fn sys(what: &'static str) -> impl Fn(caps::errors::CapsError) -> PrivilegeError {
+    move |e| PrivilegeError::Sys {
+        what,
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+fn nix_err(what: &'static str) -> impl Fn(nix::Error) -> PrivilegeError {
+    move |e| PrivilegeError::Sys {
+        what,
+        source: std::io::Error::from(e),
+    }
+}
+
+/// Checks that the process has `needed` capabilities (effective), naming the first missing
+/// one.
+pub fn check_capabilities(needed: &[Capability]) -> Result<(), PrivilegeError> {
+    for &cap in needed {
+        if !caps::has_cap(None, CapSet::Effective, cap).map_err(sys("reading capabilities"))? {
+            return Err(PrivilegeError::Missing(cap));
+        }
+    }
+    Ok(())
+}
+
+/// What the process runs as after [`drop_privileges`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// The user id.
+    pub uid: u32,
+    /// The group id.
+    pub gid: u32,
+}
+
+/// Hands `state_dir` (and the files in it) to `uid`/`gid`, so the replay state can still be
+/// written after the switch.
+fn hand_over(state_dir: &Path, uid: Uid, gid: Gid) -> Result<(), PrivilegeError> {
+    let chown = |p: &Path| {
+        nix::unistd::chown(p, Some(uid), Some(gid)).map_err(nix_err("chown of the state directory"))
+    };
+    chown(state_dir)?;
+    let entries = std::fs::read_dir(state_dir).map_err(|source| PrivilegeError::Sys {
+        what: "reading the state directory",
+        source,
+    })?;
+    for entry in entries.flatten() {
+        chown(&entry.path())?;
+    }
+    Ok(())
+}
+
+/// Drops everything but CAP_NET_RAW and CAP_NET_ADMIN, and switches to `user` if given.
+/// Called once all privileged setup is done (firewall table, packet sockets, control socket).
+pub fn drop_privileges(user: Option<&str>, state_dir: &Path) -> Result<Dropped, PrivilegeError> {
+    // Keep what sesamed may need and has; never gain anything.
+    let permitted = caps::read(None, CapSet::Permitted).map_err(sys("reading capabilities"))?;
+    let keep: HashSet<Capability> = KEPT.into_iter().filter(|c| permitted.contains(c)).collect();
+    // The bounding set first, while we may still have CAP_SETPCAP (as root); a process that
+    // started with a reduced bounding set (setpriv, systemd) cannot and need not do this.
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        for cap in caps::all() {
+            if !keep.contains(&cap) {
+                caps::drop(None, CapSet::Bounding, cap)
+                    .map_err(sys("dropping the bounding set"))?;
+            }
+        }
+    }
+    if let Some(name) = user {
+        let account = User::from_name(name)
+            .map_err(|source| PrivilegeError::Lookup {
+                name: name.to_owned(),
+                source,
+            })?
+            .ok_or_else(|| PrivilegeError::NoSuchUser(name.to_owned()))?;
+        if !Uid::effective().is_root() {
+            return Err(PrivilegeError::NotRoot(name.to_owned()));
+        }
+        hand_over(state_dir, account.uid, account.gid)?;
+        // Keep the permitted set across the uid change, then switch.
+        caps::securebits::set_keepcaps(true).map_err(sys("PR_SET_KEEPCAPS"))?;
+        nix::unistd::setgroups(&[]).map_err(nix_err("setgroups"))?;
+        nix::unistd::setresgid(account.gid, account.gid, account.gid)
+            .map_err(nix_err("setresgid"))?;
+        nix::unistd::setresuid(account.uid, account.uid, account.uid)
+            .map_err(nix_err("setresuid"))?;
+        caps::securebits::set_keepcaps(false).map_err(sys("PR_SET_KEEPCAPS"))?;
+    }
+    caps::set(None, CapSet::Effective, &keep).map_err(sys("setting effective capabilities"))?;
+    caps::set(None, CapSet::Permitted, &keep).map_err(sys("setting permitted capabilities"))?;
+    caps::set(None, CapSet::Inheritable, &keep).map_err(sys("setting inheritable capabilities"))?;
+    for &cap in &keep {
+        caps::raise(None, CapSet::Ambient, cap).map_err(sys("raising ambient capabilities"))?;
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(nix_err("PR_SET_NO_NEW_PRIVS"))?;
+    Ok(Dropped {
+        uid: Uid::effective().as_raw(),
+        gid: Gid::effective().as_raw(),
+    })
+}
