@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 pub mod knock;
+pub mod profiles;
+pub mod wait;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read, Write};
@@ -15,7 +17,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use sesame_keys::{PresharedKey, PrivateKey};
 use sesame_proto::{ClientKeys, Profile, Service, UnixMillis, derive_sequence};
 
@@ -61,13 +63,92 @@ enum Command {
     Open(OpenArgs),
     /// Print the knock sequence and payload port for a moment (default: now).
     Ports(PortsArgs),
+    /// Install a profile from a file or a sesame:// URI.
+    Import {
+        /// A profile file (TOML), a file holding a URI, or a sesame:// URI.
+        source: String,
+        /// The name to install it under (default: the URI's name or the file's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace an existing profile or key file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the installed profiles.
+    List,
+    /// Knock, wait for HOST PORT to answer, then relay stdin/stdout to it (for OpenSSH:
+    /// ProxyCommand sesame proxy NAME %h %p).
+    Proxy {
+        /// The profile.
+        name: String,
+        /// The host to connect to.
+        host: String,
+        /// The TCP port to connect to.
+        port: u16,
+        #[command(flatten)]
+        wait: WaitArgs,
+        /// Use IPv4 only.
+        #[arg(short = '4', conflicts_with = "ipv6")]
+        ipv4: bool,
+        /// Use IPv6 only.
+        #[arg(short = '6')]
+        ipv6: bool,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff).
+    Man,
+}
+
+#[derive(clap::Args, Debug)]
+struct WaitArgs {
+    /// How long to wait for the service after each knock (e.g. 5s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = wait::parse_duration)]
+    timeout: Duration,
+    /// Knocks to retry when the service does not answer.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    retries: u32,
+    /// Milliseconds to wait between packets.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    delay_ms: u64,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["name", "profile"])))]
+struct ProfileArg {
+    /// An installed profile (see `sesame list`).
+    name: Option<String>,
+    /// A profile file instead.
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
+}
+
+impl ProfileArg {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        match (&self.profile, &self.name) {
+            (Some(p), _) => Ok(p.clone()),
+            (None, Some(n)) => {
+                let path = profiles::profile_path(n)?;
+                if !path.exists() {
+                    return Err(usage(format!(
+                        "no profile named '{n}' ({} does not exist; see `sesame list`, `sesame import`)",
+                        path.display()
+                    )));
+                }
+                Ok(path)
+            }
+            (None, None) => Err(usage("name a profile, or give --profile FILE")),
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
 struct OpenArgs {
-    /// The profile describing the server (TOML).
-    #[arg(long, value_name = "FILE")]
-    profile: PathBuf,
+    #[command(flatten)]
+    which: ProfileArg,
     /// A service to open, e.g. tcp/22 (repeatable; default: the profile's `open`).
     #[arg(long = "port", value_name = "PROTO/PORT")]
     ports: Vec<Service>,
@@ -82,9 +163,6 @@ struct OpenArgs {
         allow_negative_numbers = true
     )]
     time_offset: i64,
-    /// Milliseconds to wait between packets.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    delay_ms: u64,
     /// Use IPv4 only.
     #[arg(short = '4', conflicts_with = "ipv6")]
     ipv4: bool,
@@ -92,15 +170,20 @@ struct OpenArgs {
     #[arg(short = '6')]
     ipv6: bool,
     /// Print every packet that would be sent, and send nothing.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "wait")]
     dry_run: bool,
+    /// After knocking, confirm the service answers (default: the first tcp service asked
+    /// for); re-knock if not; explain when it never does.
+    #[arg(long, value_name = "tcp/PORT", num_args = 0..=1, default_missing_value = "")]
+    wait: Option<String>,
+    #[command(flatten)]
+    waiting: WaitArgs,
 }
 
 #[derive(clap::Args, Debug)]
 struct PortsArgs {
-    /// The profile describing the server (TOML).
-    #[arg(long, value_name = "FILE")]
-    profile: PathBuf,
+    #[command(flatten)]
+    which: ProfileArg,
     /// The moment to compute the sequence for (RFC 3339, e.g. 2026-01-01T12:00:00Z).
     #[arg(long, value_name = "RFC3339-TIME", value_parser = parse_rfc3339)]
     at: Option<UnixMillis>,
@@ -175,7 +258,95 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Pubkey => pubkey(),
         Command::Open(args) => open(args),
         Command::Ports(args) => ports(args),
+        Command::Import {
+            source,
+            name,
+            force,
+        } => import(&source, name.as_deref(), force),
+        Command::List => list(),
+        Command::Proxy {
+            name,
+            host,
+            port,
+            wait,
+            ipv4,
+            ipv6,
+        } => proxy(&name, &host, port, &wait, family_of(ipv4, ipv6)),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "sesame", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .context("cannot write the manual page"),
     }
+}
+
+fn family_of(ipv4: bool, ipv6: bool) -> Family {
+    match (ipv4, ipv6) {
+        (true, _) => Family::V4,
+        (_, true) => Family::V6,
+        _ => Family::Any,
+    }
+}
+
+fn import(source: &str, name: Option<&str>, force: bool) -> anyhow::Result<()> {
+    let done = profiles::import(source, name, force)?;
+    println!(
+        "installed profile '{}' at {}",
+        done.name,
+        done.path.display()
+    );
+    for f in &done.secrets_written {
+        println!("wrote {} (mode 0600)", f.display());
+    }
+    if done.key_exists {
+        println!("knock with: sesame open {}", done.name);
+    } else {
+        println!(
+            "the profile uses the private key {}, which does not exist yet: put this client's key there (chmod 600), or make one with `sesame genkey > {}` and give its public key (`sesame pubkey < {}`) to the server's admin",
+            done.key_file.display(),
+            done.key_file.display(),
+            done.key_file.display()
+        );
+    }
+    Ok(())
+}
+
+fn list() -> anyhow::Result<()> {
+    let all = profiles::list()?;
+    if all.is_empty() {
+        println!(
+            "no profiles in {} (install one with `sesame import FILE|URI`)",
+            profiles::profiles_dir()?.display()
+        );
+        return Ok(());
+    }
+    for l in all {
+        match l.profile {
+            Ok(p) => {
+                let services: Vec<String> = p.open.iter().map(Service::to_string).collect();
+                let key = resolve_path(&p.private_key_file, &l.path);
+                println!(
+                    "{:<16} {:<32} {:<24} {}",
+                    l.name,
+                    p.host,
+                    if services.is_empty() {
+                        "(all allowed)".to_owned()
+                    } else {
+                        services.join(",")
+                    },
+                    if key.exists() {
+                        "key ok"
+                    } else {
+                        "key missing"
+                    }
+                );
+            }
+            Err(e) => println!("{:<16} invalid: {e}", l.name),
+        }
+    }
+    Ok(())
 }
 
 /// Prints a secret on stdout, warning (like `wg genkey`) when stdout is a file that group or
@@ -256,31 +427,47 @@ pub fn load_keys(profile: &Profile, profile_file: &Path) -> anyhow::Result<Clien
     })
 }
 
-fn open(args: OpenArgs) -> anyhow::Result<()> {
-    let profile = load_profile(&args.profile)?;
-    let keys = load_keys(&profile, &args.profile)?;
-    let services = if args.ports.is_empty() {
-        profile.open.clone()
-    } else {
-        let mut s = args.ports.clone();
-        s.dedup();
-        s
-    };
-    if services.len() > sesame_proto::MAX_SERVICES {
-        return Err(usage(format!(
-            "at most {} services fit in one knock, {} given",
-            sesame_proto::MAX_SERVICES,
-            services.len()
-        )));
+/// A loaded profile with its keys, ready to plan knocks.
+struct Knocker {
+    profile: Profile,
+    keys: ClientKeys,
+}
+
+impl Knocker {
+    fn load(path: &Path) -> anyhow::Result<Self> {
+        let profile = load_profile(path)?;
+        let keys = load_keys(&profile, path)?;
+        Ok(Knocker { profile, keys })
     }
-    let family = match (args.ipv4, args.ipv6) {
-        (true, _) => Family::V4,
-        (_, true) => Family::V6,
-        _ => Family::Any,
-    };
-    let target = knock::resolve(&profile.host, family)?;
-    let now = system_now().offset_millis(args.time_offset.saturating_mul(1000));
-    let plan = knock::plan(&profile, &keys, target, now, services, args.allow_ip)?;
+
+    /// The plan of a knock at `offset_seconds` from the local clock.
+    fn plan(
+        &self,
+        target: IpAddr,
+        offset_seconds: i64,
+        services: &[Service],
+        allow_ip: Option<IpAddr>,
+    ) -> anyhow::Result<knock::KnockPlan> {
+        let now = system_now().offset_millis(offset_seconds.saturating_mul(1000));
+        knock::plan(
+            &self.profile,
+            &self.keys,
+            target,
+            now,
+            services.to_vec(),
+            allow_ip,
+        )
+    }
+
+    fn skew_hint(&self) -> String {
+        format!(
+            "steps of {} s; the server accepts its own step plus or minus skew_steps",
+            self.profile.params.step_seconds
+        )
+    }
+}
+
+fn describe(plan: &knock::KnockPlan) -> (String, String) {
     let what = if plan.services.is_empty() {
         "every allowed service".to_owned()
     } else {
@@ -294,7 +481,54 @@ fn open(args: OpenArgs) -> anyhow::Result<()> {
         Some(ip) => format!("for {ip}"),
         None => "for the source address".to_owned(),
     };
+    (what, whom)
+}
+
+fn open(args: OpenArgs) -> anyhow::Result<()> {
+    let path = args.which.path()?;
+    let k = Knocker::load(&path)?;
+    let profile = &k.profile;
+    let mut services = if args.ports.is_empty() {
+        profile.open.clone()
+    } else {
+        args.ports.clone()
+    };
+    services.dedup();
+    if services.len() > sesame_proto::MAX_SERVICES {
+        return Err(usage(format!(
+            "at most {} services fit in one knock, {} given",
+            sesame_proto::MAX_SERVICES,
+            services.len()
+        )));
+    }
+    let wait_port = match args.wait.as_deref() {
+        None => None,
+        Some("") => Some(
+            services
+                .iter()
+                .find(|s| s.proto == sesame_proto::Proto::Tcp)
+                .map(|s| s.port)
+                .ok_or_else(|| {
+                    usage("--wait needs a tcp service to try: give one, e.g. --wait tcp/22")
+                })?,
+        ),
+        Some(text) => {
+            let s: Service = text
+                .parse()
+                .map_err(|e: sesame_proto::ServiceParseError| usage(e.to_string()))?;
+            if s.proto != sesame_proto::Proto::Tcp {
+                return Err(usage(format!(
+                    "--wait {s}: only tcp services can be confirmed"
+                )));
+            }
+            Some(s.port)
+        }
+    };
+    let target = knock::resolve(&profile.host, family_of(args.ipv4, args.ipv6))?;
+    let plan = k.plan(target, args.time_offset, &services, args.allow_ip)?;
+    let (what, whom) = describe(&plan);
     if args.dry_run {
+        let now = system_now().offset_millis(args.time_offset.saturating_mul(1000));
         println!(
             "# dry run: nothing is sent. server {target} ({}), step {} ({} s), time {}",
             profile.host,
@@ -308,19 +542,70 @@ fn open(args: OpenArgs) -> anyhow::Result<()> {
         println!("# asks for {what} {whom}");
         return Ok(());
     }
-    knock::send(&plan, Duration::from_millis(args.delay_ms))?;
+    let delay = Duration::from_millis(args.waiting.delay_ms);
+    let Some(port) = wait_port else {
+        knock::send(&plan, delay)?;
+        println!(
+            "knocked {} ({target}): {} packets at step {}, asking for {what} {whom}",
+            profile.host,
+            plan.packets.len(),
+            plan.counter
+        );
+        return Ok(());
+    };
+    let service = std::net::SocketAddr::new(target, port);
+    let policy = wait::WaitPolicy {
+        timeout: args.waiting.timeout,
+        retries: args.waiting.retries,
+        delay,
+    };
+    let offset = args.time_offset;
+    let opened = wait::knock_and_wait(
+        &|shift| k.plan(target, offset + shift, &services, args.allow_ip),
+        service,
+        policy,
+        profile.params.step_seconds,
+        &k.skew_hint(),
+        &mut |line| eprintln!("sesame: {line}"),
+    )?;
     println!(
-        "knocked {} ({target}): {} packets at step {}, asking for {what} {whom}",
+        "{} tcp/{port} answers (after {} knock{}, asking for {what} {whom})",
         profile.host,
-        plan.packets.len(),
-        plan.counter
+        opened.knocks,
+        if opened.knocks == 1 { "" } else { "s" }
     );
     Ok(())
 }
 
+fn proxy(name: &str, host: &str, port: u16, w: &WaitArgs, family: Family) -> anyhow::Result<()> {
+    // stdout belongs to the relayed connection: everything else goes to stderr.
+    let path = ProfileArg {
+        name: Some(name.to_owned()),
+        profile: None,
+    }
+    .path()?;
+    let k = Knocker::load(&path)?;
+    let knock_target = knock::resolve(&k.profile.host, family)?;
+    let service_ip = knock::resolve(host, family)?;
+    let services = k.profile.open.clone();
+    let opened = wait::knock_and_wait(
+        &|shift| k.plan(knock_target, shift, &services, None),
+        std::net::SocketAddr::new(service_ip, port),
+        wait::WaitPolicy {
+            timeout: w.timeout,
+            retries: w.retries,
+            delay: Duration::from_millis(w.delay_ms),
+        },
+        k.profile.params.step_seconds,
+        &k.skew_hint(),
+        &mut |line| eprintln!("sesame: {line}"),
+    )?;
+    wait::relay(opened.stream)
+}
+
 fn ports(args: PortsArgs) -> anyhow::Result<()> {
-    let profile = load_profile(&args.profile)?;
-    let keys = load_keys(&profile, &args.profile)?;
+    let path = args.which.path()?;
+    let Knocker { profile, keys } = Knocker::load(&path)?;
     let now = args.at.unwrap_or_else(system_now);
     let step = profile.params.step_seconds;
     let counter = now.counter(step);

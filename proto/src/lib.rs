@@ -16,6 +16,7 @@ mod sequence;
 mod service;
 mod time;
 mod tracker;
+mod uri;
 
 pub use ipnet::IpNet;
 pub use kdf::{ClientKeys, KeysError};
@@ -36,6 +37,7 @@ pub use tracker::{
     ClientEntry, ClientId, Event, Grant, Outcome, Policy, Reason, ReplayState, Stats, StepTable,
     Tracker, TrackerConfig, canonical_ip,
 };
+pub use uri::{ProfileUri, URI_PREFIX, UriError, is_valid_name};
 
 #[cfg(fuzzing)]
 pub mod fuzzing;

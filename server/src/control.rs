@@ -134,10 +134,14 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves requests until the listener fails; `handle` maps a request line to the answer.
+/// The answer to a request, computed asynchronously (a reload runs `nft`).
+pub type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = String>>>;
+
+/// Serves requests one at a time until the listener fails; `handle` maps a request line to
+/// the answer.
 pub async fn serve<F>(listener: UnixListener, mut handle: F)
 where
-    F: FnMut(&str) -> String,
+    F: FnMut(&str) -> Answer,
 {
     loop {
         let (stream, _) = match listener.accept().await {
@@ -154,7 +158,7 @@ where
         let request =
             tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut line)).await;
         let answer = match request {
-            Ok(Ok(_)) => handle(line.trim()),
+            Ok(Ok(_)) => handle(line.trim()).await,
             _ => continue,
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), async {

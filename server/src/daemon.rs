@@ -80,6 +80,16 @@ fn rfc3339(t: UnixMillis) -> String {
         .unwrap_or_else(|| t.0.to_string())
 }
 
+/// What the firewall task is asked to do.
+enum FwMsg {
+    /// Open (or refresh) leases.
+    Grant(GrantJob),
+    /// Use another backend and policy from now on (after a reload).
+    Replace(Box<AnyFirewall>, LeasePolicy),
+    /// End the leases of these clients now (they were removed from the configuration).
+    RevokeClients(Vec<String>),
+}
+
 /// A grant to carry out: open `services` for `address`.
 #[derive(Debug)]
 struct GrantJob {
@@ -150,7 +160,11 @@ struct Core {
     names: Vec<String>,
     keys: Vec<PublicKey>,
     last: Vec<Option<LastKnock>>,
-    grants: mpsc::UnboundedSender<GrantJob>,
+    grants: mpsc::UnboundedSender<FwMsg>,
+    /// The configuration in force.
+    config: Config,
+    /// The server's private key (kept: key files may not be readable after the privilege drop).
+    server_key: sesame_keys::PrivateKey,
     events: Vec<Event>,
     limiter: LogLimiter,
     state_write_failures: u64,
@@ -215,7 +229,7 @@ impl Core {
                     address: g.address,
                     services: g.services.clone(),
                 };
-                if self.grants.send(job).is_err() {
+                if self.grants.send(FwMsg::Grant(job)).is_err() {
                     tracing::error!("firewall task is gone; grant dropped");
                 }
             }
@@ -427,7 +441,6 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     );
 
     let (grants_tx, grants_rx) = mpsc::unbounded_channel();
-    let lease_seconds = config.firewall.lease_seconds;
     let last = vec![None; names.len()];
     let core = Rc::new(RefCell::new(Core {
         tracker,
@@ -439,20 +452,14 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         events: Vec::new(),
         limiter: LogLimiter::new(),
         state_write_failures: 0,
+        config: config.clone(),
+        server_key: secrets.server_key.clone(),
     }));
     let leases = Rc::new(RefCell::new(Leases::default()));
 
     let backend = firewall.to_string();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    let policy = LeasePolicy {
-        lease_seconds,
-        cooldown: Duration::from_millis(config.firewall.command_cooldown_ms),
-        burst: config.firewall.command_burst,
-        concurrency: match config.firewall.backend {
-            crate::config::Backend::Command => config.firewall.command_concurrency,
-            _ => 1,
-        },
-    };
+    let policy = lease_policy(&config);
     let fw_task = tokio::task::spawn_local(firewall_task(
         firewall,
         grants_rx,
@@ -484,16 +491,44 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     {
         let core = Rc::clone(&core);
         let leases = Rc::clone(&leases);
-        let config = config.clone();
-        tokio::task::spawn_local(control::serve(control, move |request| match request {
-            "status" => {
-                let s = status(&config, started, &core.borrow(), &leases.borrow());
-                serde_json::to_string(&s).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-            }
-            other => {
-                serde_json::json!({ "error": format!("unknown request '{other}'") }).to_string()
-            }
+        tokio::task::spawn_local(control::serve(control, move |request| {
+            let core = Rc::clone(&core);
+            let leases = Rc::clone(&leases);
+            let request = request.to_owned();
+            Box::pin(async move {
+                let answer = match request.as_str() {
+                    "status" => {
+                        let s = {
+                            let core = core.borrow();
+                            status(&core.config, started, &core, &leases.borrow())
+                        };
+                        serde_json::to_value(&s)
+                    }
+                    "reload" => serde_json::to_value(reload(&core).await),
+                    other => {
+                        Ok(serde_json::json!({ "error": format!("unknown request '{other}'") }))
+                    }
+                };
+                answer.map_or_else(
+                    |e| serde_json::json!({ "error": e.to_string() }).to_string(),
+                    |v| v.to_string(),
+                )
+            })
         }));
+    }
+    {
+        let core = Rc::clone(&core);
+        tokio::task::spawn_local(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                tracing::error!("cannot watch SIGHUP; use `sesamed reload`");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = reload(&core).await;
+            }
+        });
     }
 
     tracing::info!(
@@ -519,6 +554,166 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     }
     let _ = std::fs::remove_file(&config.control_socket);
     Ok(())
+}
+
+/// Re-reads the configuration: clients added, removed or changed take effect, knock and
+/// firewall settings are applied, leases and replay state are kept. A configuration with
+/// errors is refused and the running one keeps serving.
+async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
+    let refuse = |message: String| {
+        tracing::error!(error = %message, "reload refused; the running configuration stays");
+        control::ReloadResult { ok: false, message }
+    };
+    let (path, old, server_key) = {
+        let c = core.borrow();
+        (
+            c.config.path.clone(),
+            c.config.clone(),
+            c.server_key.clone(),
+        )
+    };
+    let new = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let mut psks = Vec::with_capacity(new.clients.len());
+    for c in &new.clients {
+        match &c.psk_file {
+            Some(p) => match sesame_keys::read_psk_file(p) {
+                Ok(k) => psks.push(Some(k)),
+                Err(e) => {
+                    return refuse(format!("{}: client '{}': {e}", path.display(), c.name));
+                }
+            },
+            None => psks.push(None),
+        }
+    }
+    let mut notes = Vec::new();
+    if new.private_key_file != old.private_key_file
+        || new.state_dir != old.state_dir
+        || new.interfaces != old.interfaces
+        || new.control_socket != old.control_socket
+        || new.user != old.user
+    {
+        notes.push(
+            "changes to private_key_file, state_dir, interfaces, control_socket or user take effect at the next restart",
+        );
+    }
+    let secrets = Secrets {
+        server_key: server_key.clone(),
+        psks,
+    };
+    let entries = match client_entries(&new, &secrets) {
+        Ok(e) => e,
+        Err(e) => return refuse(e.to_string()),
+    };
+    // The firewall first: if its new setup fails, nothing changes.
+    let firewall_changed = format!("{:?}", new.firewall) != format!("{:?}", old.firewall)
+        || new.knock.params != old.knock.params;
+    let replacement = if firewall_changed {
+        let mut fw = AnyFirewall::from_config(&new);
+        if let Err(e) = fw.setup().await {
+            return refuse(format!(
+                "firewall setup for the new configuration failed: {e}"
+            ));
+        }
+        Some(fw)
+    } else {
+        None
+    };
+    let mut c = core.borrow_mut();
+    // Replay state: what the running tracker holds (it may be ahead of the disk), else the
+    // store, for every client kept or added.
+    let current: HashMap<PublicKey, sesame_proto::ReplayState> = c
+        .keys
+        .iter()
+        .copied()
+        .zip(c.tracker.replay_states().iter().copied())
+        .collect();
+    let keys: Vec<PublicKey> = new.clients.iter().map(|x| x.public_key).collect();
+    let replay = keys
+        .iter()
+        .map(|k| current.get(k).copied().unwrap_or_else(|| c.store.get(k)))
+        .collect();
+    let tracker_config = TrackerConfig {
+        params: new.knock.params.clone(),
+        skew_steps: new.knock.skew_steps,
+        timeout_ms: new.knock.timeout_ms,
+        payload: new.knock.payload,
+        max_sources: TrackerConfig::DEFAULT_MAX_SOURCES,
+        max_candidates: TrackerConfig::DEFAULT_MAX_CANDIDATES,
+    };
+    let tracker = match Tracker::new(tracker_config, server_key, entries, replay, system_now()) {
+        Ok(t) => t,
+        Err(e) => {
+            drop(c);
+            return refuse(format!("knock sequences: {e}"));
+        }
+    };
+    let old_names = std::mem::take(&mut c.names);
+    let names: Vec<String> = new.clients.iter().map(|x| x.name.clone()).collect();
+    let added: Vec<String> = names
+        .iter()
+        .filter(|n| !old_names.contains(n))
+        .cloned()
+        .collect();
+    let removed: Vec<String> = old_names
+        .iter()
+        .filter(|n| !names.contains(n))
+        .cloned()
+        .collect();
+    // Keep the last-knock record of the clients that stay.
+    let last: Vec<Option<LastKnock>> = names
+        .iter()
+        .map(|n| {
+            old_names
+                .iter()
+                .position(|o| o == n)
+                .and_then(|i| c.last.get(i).cloned().flatten())
+        })
+        .collect();
+    if let Some(fw) = replacement {
+        let policy = lease_policy(&new);
+        let _ = c.grants.send(FwMsg::Replace(Box::new(fw), policy));
+    }
+    if !removed.is_empty() {
+        let _ = c.grants.send(FwMsg::RevokeClients(removed.clone()));
+    }
+    c.tracker = tracker;
+    c.keys = keys;
+    c.names = names;
+    c.last = last;
+    c.config = new;
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    let message = format!(
+        "reloaded: {} clients (added: {}; removed: {}){}",
+        c.names.len(),
+        list(&added),
+        list(&removed),
+        notes
+            .first()
+            .map_or_else(String::new, |n| format!("; note: {n}"))
+    );
+    tracing::info!("{message}");
+    control::ReloadResult { ok: true, message }
+}
+
+fn lease_policy(config: &Config) -> LeasePolicy {
+    LeasePolicy {
+        lease_seconds: config.firewall.lease_seconds,
+        cooldown: Duration::from_millis(config.firewall.command_cooldown_ms),
+        burst: config.firewall.command_burst,
+        concurrency: match config.firewall.backend {
+            crate::config::Backend::Command => config.firewall.command_concurrency,
+            _ => 1,
+        },
+    }
 }
 
 async fn wait_for_stop() {
@@ -575,20 +770,20 @@ struct JobProgress {
 /// cooldown.
 async fn firewall_task(
     mut firewall: AnyFirewall,
-    mut jobs: mpsc::UnboundedReceiver<GrantJob>,
+    mut jobs: mpsc::UnboundedReceiver<FwMsg>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
-    policy: LeasePolicy,
+    mut policy: LeasePolicy,
     leases: Rc<RefCell<Leases>>,
 ) {
-    let lease_seconds = policy.lease_seconds;
-    let lease_of = |(client, address, service): LeaseKey| Lease {
+    let mut lease_seconds = policy.lease_seconds;
+    let lease_of = |(client, address, service): LeaseKey, lease_seconds: u32| Lease {
         client,
         address,
         service,
         lease_seconds,
     };
-    let is_command = matches!(firewall, AnyFirewall::Command(_));
-    let limit = Rc::new(tokio::sync::Semaphore::new(policy.concurrency.max(1)));
+    let mut is_command = matches!(firewall, AnyFirewall::Command(_));
+    let mut limit = Rc::new(tokio::sync::Semaphore::new(policy.concurrency.max(1)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut pending: HashMap<LeaseKey, u32> = HashMap::new();
     // Per client: hook-run credits (a token bucket: `burst` credits, one more per cooldown).
@@ -597,11 +792,16 @@ async fn firewall_task(
     let mut next_job = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
 
-    let spawn_grant = |firewall: &AnyFirewall, job: u64, key: LeaseKey, refresh: bool| {
+    let spawn_grant = |firewall: &AnyFirewall,
+                       limit: &Rc<tokio::sync::Semaphore>,
+                       lease_seconds: u32,
+                       job: u64,
+                       key: LeaseKey,
+                       refresh: bool| {
         let mut fw = firewall.clone();
-        let limit = Rc::clone(&limit);
+        let limit = Rc::clone(limit);
         let done = done_tx.clone();
-        let lease = lease_of(key.clone());
+        let lease = lease_of(key.clone(), lease_seconds);
         tokio::task::spawn_local(async move {
             let _permit = limit.acquire().await;
             let result = fw.grant(&lease, refresh).await;
@@ -620,7 +820,7 @@ async fn firewall_task(
                 if firewall.needs_revoke() {
                     let keys: Vec<_> = leases.borrow_mut().active.drain().map(|(k, _)| k).collect();
                     for key in keys {
-                        let lease = lease_of(key);
+                        let lease = lease_of(key, lease_seconds);
                         match firewall.revoke(&lease).await {
                             Ok(()) => tracing::info!(client = %lease.client, address = %lease.address, service = %lease.service, "lease closed at shutdown"),
                             Err(e) => tracing::error!(client = %lease.client, address = %lease.address, service = %lease.service, error = %e, "closing the lease failed"),
@@ -629,8 +829,37 @@ async fn firewall_task(
                 }
                 return;
             }
-            job = jobs.recv() => {
-                let Some(job) = job else { break };
+            msg = jobs.recv() => {
+                let job = match msg {
+                    None => break,
+                    Some(FwMsg::Grant(job)) => job,
+                    Some(FwMsg::Replace(fw, p)) => {
+                        firewall = *fw;
+                        policy = p;
+                        lease_seconds = p.lease_seconds;
+                        is_command = matches!(firewall, AnyFirewall::Command(_));
+                        limit = Rc::new(tokio::sync::Semaphore::new(p.concurrency.max(1)));
+                        continue;
+                    }
+                    Some(FwMsg::RevokeClients(names)) => {
+                        let keys: Vec<LeaseKey> = {
+                            let mut l = leases.borrow_mut();
+                            let keys: Vec<LeaseKey> = l.active.keys().filter(|k| names.contains(&k.0)).cloned().collect();
+                            for k in &keys {
+                                l.active.remove(k);
+                            }
+                            keys
+                        };
+                        for key in keys {
+                            let lease = lease_of(key, lease_seconds);
+                            match firewall.revoke(&lease).await {
+                                Ok(()) => tracing::info!(client = %lease.client, address = %lease.address, service = %lease.service, "lease ended: client removed"),
+                                Err(e) => tracing::error!(client = %lease.client, address = %lease.address, service = %lease.service, error = %e, "closing the lease of a removed client failed"),
+                            }
+                        }
+                        continue;
+                    }
+                };
                 let id = next_job;
                 next_job += 1;
                 let mut entry = JobProgress {
@@ -686,7 +915,7 @@ async fn firewall_task(
                     }
                     *pending.entry(key.clone()).or_insert(0) += 1;
                     entry.remaining += 1;
-                    spawn_grant(&firewall, id, key, refresh);
+                    spawn_grant(&firewall, &limit, lease_seconds, id, key, refresh);
                 }
                 if entry.remaining == 0 {
                     log_granted(&entry, lease_seconds);
@@ -749,7 +978,7 @@ async fn firewall_task(
                     keys
                 };
                 for key in ended {
-                    let lease = lease_of(key);
+                    let lease = lease_of(key, lease_seconds);
                     if firewall.needs_revoke() {
                         let _permit = limit.acquire().await;
                         if let Err(e) = firewall.revoke(&lease).await {

@@ -8,6 +8,7 @@ pub mod capture;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod edit;
 pub mod firewall;
 pub mod privileges;
 pub mod state;
@@ -33,12 +34,33 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run in the foreground (logs to stderr; SIGTERM or SIGINT stop it).
+    /// Run in the foreground (logs to stderr; SIGTERM or SIGINT stop it, SIGHUP reloads).
     Run {
         /// The configuration file.
         #[arg(long, value_name = "FILE", default_value = config::DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Log format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+        log_format: LogFormat,
     },
+    /// Ask the running sesamed to re-read its configuration.
+    Reload {
+        /// The configuration file (for the control socket's path).
+        #[arg(long, value_name = "FILE", default_value = config::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Add or remove clients in the configuration file (comments are kept), then reload.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff).
+    Man,
     /// Validate the configuration and the key files it names.
     Check {
         /// The configuration file.
@@ -67,7 +89,67 @@ enum Command {
         /// The host name or address clients use to reach this server.
         #[arg(long, value_name = "HOST")]
         host: String,
+        /// Print a sesame:// URI instead of TOML (for `sesame import`).
+        #[arg(long)]
+        uri: bool,
+        /// Print the URI as a QR code for a phone's camera.
+        #[arg(long)]
+        qr: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClientCommand {
+    /// Add a client.
+    Add {
+        /// The configuration file.
+        #[arg(long, value_name = "FILE", default_value = config::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The client's name.
+        name: String,
+        /// The client's public key (from `sesame pubkey`).
+        #[arg(long, value_name = "KEY", required_unless_present = "generate_key")]
+        public_key: Option<String>,
+        /// Make the client's key pair here, for a device that cannot: the private key is
+        /// printed once, inside the profile URI and QR code, and not stored.
+        #[arg(long, conflicts_with = "public_key", requires = "host")]
+        generate_key: bool,
+        /// The host clients knock on (for the printed profile).
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+        /// A service it may open (repeatable; default: every protected service).
+        #[arg(long, value_name = "PROTO/PORT")]
+        allow: Vec<String>,
+        /// A source prefix it may knock from (repeatable; default: anywhere).
+        #[arg(long, value_name = "PREFIX")]
+        source: Vec<String>,
+        /// Its pre-shared key file.
+        #[arg(long, value_name = "FILE")]
+        psk_file: Option<String>,
+        /// Allow its payload to name another address than the packets' source.
+        #[arg(long)]
+        allow_other_ip: bool,
+        /// When it stops being accepted (RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        expires: Option<String>,
+    },
+    /// Remove a client (its leases end now).
+    Remove {
+        /// The configuration file.
+        #[arg(long, value_name = "FILE", default_value = config::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The client's name.
+        name: String,
+    },
+}
+
+/// How `sesamed run` writes its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 /// A failure with its exit status: 1 for runtime failures, 2 for usage and configuration.
@@ -83,14 +165,99 @@ fn config_error(e: impl std::fmt::Display) -> Failure {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
+        .with_ansi(false);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+fn runtime_error(e: impl std::fmt::Display) -> Failure {
+    Failure {
+        code: 1,
+        message: e.to_string(),
+    }
+}
+
+/// Asks the running daemon to reload; a daemon that is not running is not an error (the
+/// change applies at its next start).
+fn request_reload(config: &Config) -> Result<(), Failure> {
+    match control::request(&config.control_socket, "reload") {
+        Ok(answer) => {
+            let r: control::ReloadResult = serde_json::from_str(answer.trim())
+                .map_err(|e| runtime_error(format!("unexpected answer from sesamed: {e}")))?;
+            if r.ok {
+                println!("{}", r.message);
+                Ok(())
+            } else {
+                Err(runtime_error(format!(
+                    "sesamed refused the reload: {}",
+                    r.message
+                )))
+            }
+        }
+        Err(e) => {
+            println!("sesamed is not reachable ({e}); the change takes effect when it starts");
+            Ok(())
+        }
+    }
+}
+
+/// The URI of a client's profile, with its secrets when it has them here.
+fn profile_uri(
+    config: &Config,
+    name: &str,
+    host: &str,
+    private_key: Option<sesame_keys::PrivateKey>,
+) -> Result<zeroize::Zeroizing<String>, Failure> {
+    let key = sesame_keys::read_private_key_file(&config.private_key_file)
+        .map_err(|e| config_error(format!("{}: private_key_file: {e}", config.path.display())))?;
+    let text = config
+        .export_profile(name, host, key.public_key())
+        .ok_or_else(|| {
+            config_error(format!(
+                "{}: no client named '{name}'",
+                config.path.display()
+            ))
+        })?;
+    let profile = sesame_proto::Profile::parse(&text).map_err(|e| runtime_error(e.to_string()))?;
+    let client = config.clients.iter().find(|c| c.name == name);
+    let psk = match client.and_then(|c| c.psk_file.as_ref()) {
+        Some(p) => Some(sesame_keys::read_psk_file(p).map_err(|e| config_error(e.to_string()))?),
+        None => None,
+    };
+    if psk.is_some() {
+        eprintln!(
+            "sesamed: note: this URI carries the client's pre-shared key; treat it as a secret"
+        );
+    }
+    let uri = sesame_proto::ProfileUri {
+        name: name.to_owned(),
+        profile,
+        private_key,
+        psk,
+    };
+    uri.encode().map_err(|e| runtime_error(e.to_string()))
+}
+
+/// Draws `text` as a QR code with Unicode half blocks (light modules are spaces on a dark
+/// terminal, as phone cameras expect a dark-on-light code, the colours are inverted).
+pub fn qr_text(text: &str) -> Result<String, String> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M)
+        .map_err(|e| format!("cannot make a QR code: {e}"))?;
+    Ok(code
+        .render::<Dense1x2>()
+        .dark_color(Dense1x2::Light)
+        .light_color(Dense1x2::Dark)
+        .quiet_zone(true)
+        .build())
 }
 
 /// Entry point of the `sesamed` binary: 0 ok, 1 failure, 2 usage or configuration error.
@@ -122,8 +289,8 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Run { config } => {
-            init_logging();
+        Command::Run { config, log_format } => {
+            init_logging(log_format);
             let config = Config::load(&config).map_err(config_error)?;
             let secrets = config.load_secrets().map_err(config_error)?;
             daemon::run(config, secrets).map_err(|e| Failure {
@@ -180,7 +347,110 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::ExportClient { config, name, host } => {
+        Command::Reload { config } => {
+            let config = Config::load(&config).map_err(config_error)?;
+            let answer =
+                control::request(&config.control_socket, "reload").map_err(runtime_error)?;
+            let r: control::ReloadResult = serde_json::from_str(answer.trim())
+                .map_err(|e| runtime_error(format!("unexpected answer from sesamed: {e}")))?;
+            if r.ok {
+                println!("{}", r.message);
+                Ok(())
+            } else {
+                Err(runtime_error(format!(
+                    "sesamed refused the reload (the running configuration stays): {}",
+                    r.message
+                )))
+            }
+        }
+        Command::Client { command } => match command {
+            ClientCommand::Add {
+                config,
+                name,
+                public_key,
+                generate_key,
+                host,
+                allow,
+                source,
+                psk_file,
+                allow_other_ip,
+                expires,
+            } => {
+                let generated = generate_key.then(sesame_keys::PrivateKey::generate);
+                let public_key = match (&generated, public_key) {
+                    (Some(k), _) => k.public_key().to_base64(),
+                    (None, Some(k)) => k,
+                    (None, None) => {
+                        return Err(config_error("--public-key or --generate-key is needed"));
+                    }
+                };
+                let new = edit::NewClient {
+                    name: name.clone(),
+                    public_key,
+                    allow,
+                    source,
+                    psk_file,
+                    allow_other_ip,
+                    expires,
+                };
+                let config = edit::add_client(&config, &new).map_err(config_error)?;
+                println!("added client '{name}' to {}", config.path.display());
+                if let (Some(key), Some(host)) = (generated, host) {
+                    let uri = profile_uri(&config, &name, &host, Some(key))?;
+                    println!(
+                        "profile URI with the client's private key (shown once, not stored):\n{}",
+                        &*uri
+                    );
+                    println!("{}", qr_text(&uri).map_err(runtime_error)?);
+                    println!(
+                        "on the device: sesame import 'URI' (or scan the code with the sesame app)"
+                    );
+                }
+                request_reload(&config)
+            }
+            ClientCommand::Remove { config, name } => {
+                let config = edit::remove_client(&config, &name).map_err(config_error)?;
+                println!("removed client '{name}' from {}", config.path.display());
+                request_reload(&config)
+            }
+        },
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "sesamed",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(runtime_error)
+        }
+        Command::ExportClient {
+            config,
+            name,
+            host,
+            uri,
+            qr,
+        } if uri || qr => {
+            let config = Config::load(&config).map_err(config_error)?;
+            let text = profile_uri(&config, &name, &host, None)?;
+            if uri {
+                println!("{}", &*text);
+            }
+            if qr {
+                print!("{}", qr_text(&text).map_err(runtime_error)?);
+                println!();
+            }
+            Ok(())
+        }
+        Command::ExportClient {
+            config, name, host, ..
+        } => {
             let config = Config::load(&config).map_err(config_error)?;
             let key =
                 sesame_keys::read_private_key_file(&config.private_key_file).map_err(|e| {

@@ -1,0 +1,148 @@
+//! `sesamed client add` / `client remove`: edit `sesamed.toml` in place, keeping its comments
+//! and formatting (toml_edit), validate the result, and replace the file atomically.
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use toml_edit::{Array, ArrayOfTables, DocumentMut, Item, Table, value};
+
+use crate::config::Config;
+
+/// A new `[[client]]`.
+#[derive(Debug, Clone)]
+pub struct NewClient {
+    /// Its name.
+    pub name: String,
+    /// Its public key (base64).
+    pub public_key: String,
+    /// Services it may open (empty: every protected service).
+    pub allow: Vec<String>,
+    /// Source prefixes (empty: any).
+    pub source: Vec<String>,
+    /// Its PSK file, if any.
+    pub psk_file: Option<String>,
+    /// Whether it may open another address.
+    pub allow_other_ip: bool,
+    /// When it expires (RFC 3339).
+    pub expires: Option<String>,
+}
+
+fn strings(items: &[String]) -> Array {
+    items.iter().map(String::as_str).collect()
+}
+
+fn parse(path: &Path) -> Result<(String, DocumentMut), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let doc = text.parse::<DocumentMut>().map_err(|e| {
+        format!(
+            "{}: {}",
+            path.display(),
+            e.to_string().lines().next().unwrap_or("")
+        )
+    })?;
+    Ok((text, doc))
+}
+
+/// Validates `text` as the new configuration and writes it over `path` atomically, keeping
+/// the file's owner and mode.
+fn commit(path: &Path, text: &str) -> Result<Config, String> {
+    let config = Config::parse(text, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.sesamed-edit",
+        path.file_name()
+            .map_or_else(|| "config".into(), |n| n.to_string_lossy())
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(meta.mode() & 0o7777)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        let _ = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()));
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("{}: cannot write: {e}", path.display()));
+    }
+    Ok(config)
+}
+
+/// Appends a `[[client]]` table; refuses a name or key already present.
+pub fn add_client(path: &Path, c: &NewClient) -> Result<Config, String> {
+    let (_, mut doc) = parse(path)?;
+    let mut t = Table::new();
+    t["name"] = value(c.name.as_str());
+    t["public_key"] = value(c.public_key.as_str());
+    if let Some(p) = &c.psk_file {
+        t["psk_file"] = value(p.as_str());
+    }
+    if !c.allow.is_empty() {
+        t["allow"] = value(strings(&c.allow));
+    }
+    if !c.source.is_empty() {
+        t["source"] = value(strings(&c.source));
+    }
+    if c.allow_other_ip {
+        t["allow_other_ip"] = value(true);
+    }
+    if let Some(e) = &c.expires {
+        t["expires"] = value(e.as_str());
+    }
+    match doc.get_mut("client") {
+        None => {
+            let mut a = ArrayOfTables::new();
+            a.push(t);
+            doc.insert("client", Item::ArrayOfTables(a));
+        }
+        Some(Item::ArrayOfTables(a)) => {
+            if a.iter()
+                .any(|x| x.get("name").and_then(Item::as_str) == Some(&c.name))
+            {
+                return Err(format!(
+                    "{}: a client named '{}' already exists",
+                    path.display(),
+                    c.name
+                ));
+            }
+            a.push(t);
+        }
+        Some(_) => {
+            return Err(format!(
+                "{}: 'client' is not a list of [[client]] tables",
+                path.display()
+            ));
+        }
+    }
+    commit(path, &doc.to_string())
+}
+
+/// Removes the `[[client]]` named `name`.
+pub fn remove_client(path: &Path, name: &str) -> Result<Config, String> {
+    let (_, mut doc) = parse(path)?;
+    let Some(Item::ArrayOfTables(a)) = doc.get_mut("client") else {
+        return Err(format!("{}: no client named '{name}'", path.display()));
+    };
+    let Some(i) = a
+        .iter()
+        .position(|x| x.get("name").and_then(Item::as_str) == Some(name))
+    else {
+        return Err(format!("{}: no client named '{name}'", path.display()));
+    };
+    a.remove(i);
+    if a.is_empty() {
+        doc.remove("client");
+    }
+    commit(path, &doc.to_string())
+}
