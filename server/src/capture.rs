@@ -242,59 +242,167 @@ pub fn open_socket(interface: Option<&str>, lo: u16, hi: u16) -> std::io::Result
     Ok(sock)
 }
 
-/// Registers a socket with the runtime for read readiness.
+/// Registers a socket with the runtime for read and error readiness.
 fn register(sock: Socket) -> std::io::Result<AsyncFd<Socket>> {
     // SAFETY: the AsyncFd takes ownership of the Socket, which owns its file descriptor: the
     // descriptor stays open and refers to the same socket until the AsyncFd is dropped, and
     // Socket::as_raw_fd always returns that descriptor.
-    unsafe { AsyncFd::register_with_interest(sock, tokio::io::Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)
+    unsafe {
+        AsyncFd::register_with_interest(
+            sock,
+            tokio::io::Interest::READABLE | tokio::io::Interest::ERROR,
+        )
+    }
+    .map_err(|e| e.into_parts().1)
+}
+
+/// Whether the interface is administratively up and has a carrier.
+fn interface_is_up(name: &str) -> bool {
+    use nix::net::if_::InterfaceFlags;
+    nix::ifaddrs::getifaddrs().is_ok_and(|mut all| {
+        all.any(|a| {
+            a.interface_name == name
+                && a.flags
+                    .contains(InterfaceFlags::IFF_UP | InterfaceFlags::IFF_RUNNING)
+        })
+    })
+}
+
+/// Why a capture socket must be replaced.
+enum Lost {
+    /// The interface was deleted, or deleted and recreated with a new index.
+    Gone,
+    /// The socket failed.
+    Failed(std::io::Error),
 }
 
 /// Reads packets from one interface (or all) forever, calling `on_packet` with each raw IP
-/// packet. When the socket fails (interface down or deleted) it is reopened every second.
+/// packet.
+///
+/// * An interface that goes down keeps its socket: the kernel reports an error (logged, and
+///   cleared), and packets flow again when it comes back up.
+/// * An interface that is deleted, or deleted and recreated (new index), is noticed within a
+///   second; the socket is reopened by name as soon as the interface exists again.
+/// * Any other socket failure reopens the socket, retrying every second.
 pub async fn run_capture<F>(interface: Option<String>, lo: u16, hi: u16, mut on_packet: F)
 where
     F: FnMut(&[u8]),
 {
-    let name = interface.as_deref().unwrap_or("any");
+    let name = interface.as_deref().unwrap_or("any").to_owned();
     let mut buf = vec![0u8; SNAPLEN as usize];
     let mut failing = false;
     loop {
-        let fd = match open_socket(interface.as_deref(), lo, hi).and_then(register) {
-            Ok(fd) => {
-                if failing {
-                    tracing::info!(interface = name, "capture restored");
-                }
-                failing = false;
-                fd
-            }
+        let opened = open_socket(interface.as_deref(), lo, hi).and_then(|sock| {
+            let index = match &interface {
+                Some(n) => interface_index(n)?,
+                None => 0,
+            };
+            Ok((register(sock)?, index))
+        });
+        let (fd, index) = match opened {
+            Ok(x) => x,
             Err(e) => {
                 if !failing {
-                    tracing::error!(interface = name, error = %e, "capture unavailable; retrying every second");
+                    tracing::error!(interface = %name, error = %e, "capture unavailable; retrying every second");
                 }
                 failing = true;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        loop {
-            let mut guard = match fd.readable().await {
-                Ok(g) => g,
-                Err(e) => {
-                    tracing::error!(interface = name, error = %e, "capture failed; reopening");
-                    break;
+        if failing {
+            tracing::info!(interface = %name, "capture restored");
+        }
+        let lost = read_until_lost(
+            &fd,
+            interface.as_deref(),
+            index,
+            &name,
+            &mut buf,
+            &mut on_packet,
+        )
+        .await;
+        failing = true;
+        match lost {
+            Lost::Gone => {
+                tracing::warn!(interface = %name, "interface is gone; capture resumes when it is back")
+            }
+            Lost::Failed(e) => {
+                tracing::warn!(interface = %name, error = %e, "capture lost; reopening")
+            }
+        }
+        drop(fd);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn read_until_lost<F>(
+    fd: &AsyncFd<Socket>,
+    interface: Option<&str>,
+    index: u32,
+    name: &str,
+    buf: &mut [u8],
+    on_packet: &mut F,
+) -> Lost
+where
+    F: FnMut(&[u8]),
+{
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set when the kernel reported the interface down; cleared (and logged) when it is up again.
+    let mut down = false;
+    let went_down = |down: &mut bool| {
+        if !*down {
+            tracing::warn!(interface = %name, "interface went down; capture resumes when it is up");
+        }
+        *down = true;
+    };
+    let came_back = |down: &mut bool| {
+        if *down {
+            tracing::info!(interface = %name, "capture restored: interface is up again");
+        }
+        *down = false;
+    };
+    loop {
+        tokio::select! {
+            ready = fd.ready(tokio::io::Interest::READABLE | tokio::io::Interest::ERROR) => {
+                let mut guard = match ready {
+                    Ok(g) => g,
+                    Err(e) => return Lost::Failed(e),
+                };
+                if guard.ready().is_error() {
+                    match fd.get_ref().take_error() {
+                        Ok(Some(e)) if e.raw_os_error() == Some(libc::ENETDOWN) => went_down(&mut down),
+                        Ok(Some(e)) => tracing::warn!(interface = %name, error = %e, "capture socket error"),
+                        Ok(None) => {}
+                        Err(e) => return Lost::Failed(e),
+                    }
                 }
-            };
-            match guard.try_io(|inner| inner.get_ref().read(&mut buf)) {
-                Ok(Ok(n)) => on_packet(&buf[..n]),
-                Ok(Err(e)) => {
-                    tracing::warn!(interface = name, error = %e, "capture lost; reopening");
-                    failing = true;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    break;
+                // Drain what is queued; clear readiness only when the socket says so.
+                loop {
+                    match guard.try_io(|inner| inner.get_ref().read(buf)) {
+                        Ok(Ok(n)) => {
+                            came_back(&mut down);
+                            on_packet(&buf[..n]);
+                        }
+                        Ok(Err(e)) if e.raw_os_error() == Some(libc::ENETDOWN) => went_down(&mut down),
+                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Ok(Err(e)) => return Lost::Failed(e),
+                        Err(_would_block) => break,
+                    }
                 }
-                Err(_would_block) => {}
+            }
+            _ = check.tick() => {
+                if let Some(n) = interface {
+                    match interface_index(n) {
+                        Ok(i) if i == index => {
+                            if down && interface_is_up(n) {
+                                came_back(&mut down);
+                            }
+                        }
+                        _ => return Lost::Gone,
+                    }
+                }
             }
         }
     }

@@ -791,6 +791,8 @@ async fn firewall_task(
     let mut progress: HashMap<u64, JobProgress> = HashMap::new();
     let mut next_job = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut verify = tokio::time::interval(Duration::from_secs(5));
+    verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let spawn_grant = |firewall: &AnyFirewall,
                        limit: &Rc<tokio::sync::Semaphore>,
@@ -960,6 +962,17 @@ async fn firewall_task(
                             log_granted(&entry, lease_seconds);
                         }
                     }
+                }
+            }
+            _ = verify.tick() => {
+                let _permit = limit.acquire().await;
+                match firewall.verify().await {
+                    Ok(false) => {}
+                    Ok(true) => tracing::error!(
+                        backend = %firewall,
+                        "the firewall table had been removed (e.g. nft flush ruleset): the protected services were exposed; it is rebuilt, and active leases need a new knock"
+                    ),
+                    Err(e) => tracing::error!(backend = %firewall, error = %e, "cannot check or rebuild the firewall table"),
                 }
             }
             _ = tick.tick() => {

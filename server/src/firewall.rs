@@ -79,6 +79,11 @@ pub trait Firewall {
     /// Whether [`Firewall::revoke`] must be called when a lease ends (the kernel does it for
     /// nftables).
     fn needs_revoke(&self) -> bool;
+    /// Checks that what [`Firewall::setup`] built is still in place and rebuilds it if not;
+    /// returns whether it had to. Called every few seconds.
+    fn verify(&mut self) -> impl Future<Output = Result<bool, FirewallError>> {
+        async { Ok(false) }
+    }
 }
 
 /// Runs a program with a time limit, feeding `stdin`.
@@ -278,6 +283,24 @@ impl Firewall for Nftables {
     fn needs_revoke(&self) -> bool {
         false
     }
+
+    async fn verify(&mut self) -> Result<bool, FirewallError> {
+        let argv = vec![
+            self.nft.to_string_lossy().into_owned(),
+            "list".to_owned(),
+            "chain".to_owned(),
+            "inet".to_owned(),
+            self.table.clone(),
+            CHAIN.to_owned(),
+        ];
+        match run_program(&argv, None, NFT_TIMEOUT).await {
+            Ok(()) => Ok(false),
+            // The table or its chain is gone (`nft flush ruleset`, a firewall restart): the
+            // protected services are exposed until it is back.
+            Err(FirewallError::Failed { .. }) => self.setup().await.map(|()| true),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// The command backend.
@@ -435,6 +458,13 @@ impl Firewall for AnyFirewall {
             AnyFirewall::Nftables(b) => b.needs_revoke(),
             AnyFirewall::Command(b) => b.needs_revoke(),
             AnyFirewall::Log(b) => b.needs_revoke(),
+        }
+    }
+    async fn verify(&mut self) -> Result<bool, FirewallError> {
+        match self {
+            AnyFirewall::Nftables(b) => b.verify().await,
+            AnyFirewall::Command(b) => b.verify().await,
+            AnyFirewall::Log(b) => b.verify().await,
         }
     }
 }
