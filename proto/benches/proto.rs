@@ -1,0 +1,270 @@
+//! Micro-benchmarks of the protocol crate (issue "Performance"):
+//! port derivation, the tracker on garbage / out-of-range / valid knocks with 10, 1 000 and
+//! 100 000 clients, the step refresh, payload build and open, and the MAC gate alone.
+//!
+//! Run: `cargo bench -p sesame-proto --bench proto` (full), or with `-- --quick` for a smoke run.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use sesame_keys::PrivateKey;
+use sesame_proto::{
+    ClientEntry, ClientKeys, KnockParams, KnockProtocol, Opener, PayloadMode, Policy, Proto,
+    Request, Service, StepTable, TimeWindow, Tracker, TrackerConfig, UnixMillis, build_payload,
+    derive_sequence,
+};
+
+const T0: UnixMillis = UnixMillis(1_764_000_000_000);
+
+fn params() -> KnockParams {
+    KnockParams::new(30, 3, (10000, 32767), &[], KnockProtocol::Udp).unwrap()
+}
+
+fn client_key(i: u64) -> PrivateKey {
+    let mut b = [7u8; 32];
+    b[8..16].copy_from_slice(&i.to_le_bytes());
+    PrivateKey::from_bytes(b)
+}
+
+fn server() -> PrivateKey {
+    PrivateKey::from_bytes([0x42; 32])
+}
+
+/// Server-side entries for `n` clients (derived in parallel-free order; takes a while for
+/// 100 000).
+fn entries(n: u64) -> Vec<ClientEntry> {
+    let s = server();
+    (0..n)
+        .map(|i| {
+            // Deriving 100 000 X25519 public keys is the slow part of the setup, not of the
+            // benchmark: use distinct public keys from an LCG instead of real key pairs.
+            let mut pk = [0u8; 32];
+            let mut x = i
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            for chunk in pk.chunks_mut(8) {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                chunk.copy_from_slice(&x.to_le_bytes());
+            }
+            pk[31] &= 0x7f;
+            let public = sesame_keys::PublicKey::from_bytes(pk);
+            let keys = ClientKeys::for_server(&s, &public, None)
+                .or_else(|_| ClientKeys::for_server(&s, &client_key(i).public_key(), None))
+                .unwrap();
+            ClientEntry {
+                name: format!("c{i}"),
+                keys,
+                policy: Policy {
+                    allow: vec![Service::new(Proto::Tcp, 22)],
+                    ..Policy::default()
+                },
+            }
+        })
+        .collect()
+}
+
+fn tracker(n: u64) -> Tracker {
+    let config = TrackerConfig {
+        params: params(),
+        skew_steps: 1,
+        timeout_ms: 5000,
+        payload: PayloadMode::Required,
+        max_sources: TrackerConfig::DEFAULT_MAX_SOURCES,
+        max_candidates: TrackerConfig::DEFAULT_MAX_CANDIDATES,
+    };
+    Tracker::new(config, server(), entries(n), Vec::new(), T0).unwrap()
+}
+
+/// Random packets: sources from a pool of 65 536 (IPv4 and IPv6), ports in or out of range.
+fn garbage(count: usize, in_range: bool, seed: u64) -> Vec<(IpAddr, u16)> {
+    let mut x = seed | 1;
+    (0..count)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let s = (x >> 16) as u16;
+            let src = if x & 1 == 0 {
+                IpAddr::V4(Ipv4Addr::new(198, 19, (s >> 8) as u8, s as u8))
+            } else {
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, s))
+            };
+            let port = if in_range {
+                10000 + ((x >> 32) % 22768) as u16
+            } else {
+                1000 + ((x >> 32) % 8000) as u16
+            };
+            (src, port)
+        })
+        .collect()
+}
+
+fn bench_derivation(c: &mut Criterion) {
+    let keys = ClientKeys::for_client(&client_key(1), &server().public_key(), None).unwrap();
+    let p = params();
+    let mut g = c.benchmark_group("derive");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("sequence_length_3", |b| {
+        let mut counter = 58_800_000u64;
+        b.iter(|| {
+            counter += 1;
+            black_box(derive_sequence(&keys, &p, counter).unwrap())
+        })
+    });
+    g.finish();
+}
+
+fn bench_tracker(c: &mut Criterion) {
+    let mut g = c.benchmark_group("tracker");
+    for n in [10u64, 1_000, 100_000] {
+        let mut t = tracker(n);
+        let mut events = Vec::new();
+        let batch = garbage(1 << 16, true, n);
+        g.throughput(Throughput::Elements(batch.len() as u64));
+        g.bench_with_input(
+            BenchmarkId::new("in_range_garbage", n),
+            &batch,
+            |b, batch| {
+                b.iter(|| {
+                    for &(src, port) in batch {
+                        t.packet(T0, src, Proto::Udp, port, None, &mut events);
+                    }
+                    events.clear();
+                })
+            },
+        );
+        let outside = garbage(1 << 16, false, n + 1);
+        g.bench_with_input(BenchmarkId::new("out_of_range", n), &outside, |b, batch| {
+            b.iter(|| {
+                for &(src, port) in batch {
+                    t.packet(T0, src, Proto::Udp, port, None, &mut events);
+                }
+                events.clear();
+            })
+        });
+    }
+    // A valid knock (3 knocks + payload) among 100 000 clients, payload build excluded.
+    for n in [10u64, 100_000] {
+        let s = server();
+        // The generated entries have no private keys: make client 0 a real one.
+        let real = client_key(999);
+        let mut list = entries(n);
+        list[0] = ClientEntry {
+            name: "real".into(),
+            keys: ClientKeys::for_server(&s, &real.public_key(), None).unwrap(),
+            policy: Policy {
+                allow: vec![Service::new(Proto::Tcp, 22)],
+                ..Policy::default()
+            },
+        };
+        let config = tracker(10).config().clone();
+        let mut t = Tracker::new(config, s.clone(), list, Vec::new(), T0).unwrap();
+        let keys = ClientKeys::for_client(&real, &s.public_key(), None).unwrap();
+        let counter = T0.counter(30);
+        let seq = derive_sequence(&keys, &params(), counter).unwrap();
+        let mut events = Vec::new();
+        let mut ts = T0.0;
+        let mut src = 0u32;
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(BenchmarkId::new("valid_knock_with_payload", n), |b| {
+            b.iter_batched(
+                || {
+                    ts += 1;
+                    let req = Request {
+                        timestamp: UnixMillis(ts),
+                        random: [1; 16],
+                        services: vec![Service::new(Proto::Tcp, 22)],
+                        address: None,
+                        flags: 0,
+                    };
+                    build_payload(&keys, counter, &req, &PrivateKey::generate()).unwrap()
+                },
+                |d| {
+                    src += 1;
+                    let ip = IpAddr::V4(Ipv4Addr::from(0xc612_0000 + (src & 0xffff)));
+                    for k in &seq.knocks {
+                        t.packet(T0, ip, k.proto, k.port, None, &mut events);
+                    }
+                    t.packet(T0, ip, Proto::Udp, seq.payload_port, Some(&d), &mut events);
+                    assert!(
+                        events
+                            .iter()
+                            .any(|e| matches!(e, sesame_proto::Event::Granted(_)))
+                    );
+                    events.clear();
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn bench_refresh(c: &mut Criterion) {
+    let mut g = c.benchmark_group("step_refresh");
+    g.sample_size(10);
+    for n in [1_000u64, 100_000] {
+        let list = entries(n);
+        let p = params();
+        g.throughput(Throughput::Elements(n));
+        g.bench_with_input(BenchmarkId::new("clients", n), &list, |b, list| {
+            let mut counter = 58_800_000u64;
+            b.iter(|| {
+                counter += 1;
+                black_box(StepTable::build(list, &p, PayloadMode::Required, counter).unwrap())
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_payload(c: &mut Criterion) {
+    let s = server();
+    let client = client_key(1);
+    let ck = ClientKeys::for_client(&client, &s.public_key(), None).unwrap();
+    let sk = ClientKeys::for_server(&s, &client.public_key(), None).unwrap();
+    let counter = T0.counter(30);
+    let req = Request {
+        timestamp: T0,
+        random: [1; 16],
+        services: vec![Service::new(Proto::Tcp, 22)],
+        address: None,
+        flags: 0,
+    };
+    let opener = Opener::new(
+        s.clone(),
+        TimeWindow {
+            step_seconds: 30,
+            skew_steps: 1,
+        },
+    );
+    let dgram = build_payload(&ck, counter, &req, &PrivateKey::generate()).unwrap();
+    let mut g = c.benchmark_group("payload");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("build", |b| {
+        b.iter(|| black_box(build_payload(&ck, counter, &req, &PrivateKey::generate()).unwrap()))
+    });
+    g.bench_function("open_valid", |b| {
+        b.iter(|| black_box(opener.open(T0, &sk, counter, &dgram).unwrap()))
+    });
+    let mut garbage = dgram;
+    garbage[40] ^= 1;
+    g.bench_function("gate_rejects_garbage", |b| {
+        b.iter(|| black_box(opener.check_gate(T0, &sk, counter, &garbage).is_err()))
+    });
+    g.bench_function("gate_alone_valid", |b| {
+        b.iter(|| black_box(opener.check_gate(T0, &sk, counter, &dgram).is_ok()))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_derivation,
+    bench_tracker,
+    bench_refresh,
+    bench_payload
+);
+criterion_main!(benches);
