@@ -93,6 +93,14 @@ enum Command {
         /// Use IPv6 only.
         #[arg(short = '6')]
         ipv6: bool,
+        /// Seconds to add to the local clock (negative if it runs ahead of the server).
+        #[arg(
+            long,
+            value_name = "SECS",
+            default_value_t = 0,
+            allow_negative_numbers = true
+        )]
+        time_offset: i64,
     },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -271,7 +279,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             wait,
             ipv4,
             ipv6,
-        } => proxy(&name, &host, port, &wait, family_of(ipv4, ipv6)),
+            time_offset,
+        } => proxy(
+            &name,
+            &host,
+            port,
+            &wait,
+            family_of(ipv4, ipv6),
+            time_offset,
+        ),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "sesame", &mut std::io::stdout());
             Ok(())
@@ -562,6 +578,7 @@ fn open(args: OpenArgs) -> anyhow::Result<()> {
     let offset = args.time_offset;
     let opened = wait::knock_and_wait(
         &|shift| k.plan(target, offset + shift, &services, args.allow_ip),
+        offset,
         service,
         policy,
         profile.params.step_seconds,
@@ -577,7 +594,14 @@ fn open(args: OpenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn proxy(name: &str, host: &str, port: u16, w: &WaitArgs, family: Family) -> anyhow::Result<()> {
+fn proxy(
+    name: &str,
+    host: &str,
+    port: u16,
+    w: &WaitArgs,
+    family: Family,
+    time_offset: i64,
+) -> anyhow::Result<()> {
     // stdout belongs to the relayed connection: everything else goes to stderr.
     let path = ProfileArg {
         name: Some(name.to_owned()),
@@ -589,7 +613,8 @@ fn proxy(name: &str, host: &str, port: u16, w: &WaitArgs, family: Family) -> any
     let service_ip = knock::resolve(host, family)?;
     let services = k.profile.open.clone();
     let opened = wait::knock_and_wait(
-        &|shift| k.plan(knock_target, shift, &services, None),
+        &|shift| k.plan(knock_target, time_offset + shift, &services, None),
+        time_offset,
         std::net::SocketAddr::new(service_ip, port),
         wait::WaitPolicy {
             timeout: w.timeout,

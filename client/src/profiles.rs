@@ -89,17 +89,26 @@ pub struct Imported {
 
 /// Installs a profile from a file (TOML or a saved URI) or a `sesame://` URI.
 pub fn import(source: &str, name: Option<&str>, force: bool) -> anyhow::Result<Imported> {
-    let (text, from_file) = if source.starts_with("sesame://") {
+    let is_uri = source.starts_with("sesame://");
+    let (text, from_file) = if is_uri {
         (source.to_owned(), None)
     } else {
-        let path = PathBuf::from(source);
+        if let Some((scheme, _)) = source.split_once("://") {
+            return Err(usage(format!(
+                "'{scheme}://...' is neither a file nor a sesame:// URI"
+            )));
+        }
+        // Absolute, so paths inside the profile stay reachable once it is copied.
+        let path = std::path::absolute(source).map_err(|e| usage(format!("{source}: {e}")))?;
         let text = std::fs::read_to_string(&path).map_err(|e| usage(format!("{source}: {e}")))?;
         (text, Some(path))
     };
+    // A URI may carry a private key or PSK: never repeat it in an error.
+    let shown = if is_uri { "the URI" } else { source };
     let dir = config_dir()?;
     let mut secrets: Vec<(PathBuf, String)> = Vec::new();
     let (profile, suggested) = if text.trim_start().starts_with("sesame://") {
-        let uri = ProfileUri::decode(&text).map_err(|e| usage(format!("{source}: {e}")))?;
+        let uri = ProfileUri::decode(&text).map_err(|e| usage(format!("{shown}: {e}")))?;
         let n = name.unwrap_or(&uri.name).to_owned();
         let mut profile = uri.profile;
         profile.private_key_file = dir.join(format!("{n}.key"));
@@ -114,7 +123,7 @@ pub fn import(source: &str, name: Option<&str>, force: bool) -> anyhow::Result<I
         (profile, n)
     } else {
         let file = from_file.unwrap_or_default();
-        let mut profile = Profile::parse(&text).map_err(|e| usage(format!("{source}: {e}")))?;
+        let mut profile = Profile::parse(&text).map_err(|e| usage(format!("{shown}: {e}")))?;
         // Paths relative to the imported file would break once it is copied: make them
         // absolute now.
         profile.private_key_file = crate::resolve_path(&profile.private_key_file, &file);

@@ -86,6 +86,7 @@ pub struct Opened {
 /// wrong.
 pub fn knock_and_wait(
     plan_at: &dyn Fn(i64) -> anyhow::Result<KnockPlan>,
+    base_offset: i64,
     service: SocketAddr,
     policy: WaitPolicy,
     step_seconds: u32,
@@ -120,15 +121,16 @@ pub fn knock_and_wait(
         knock::send(&plan, policy.delay)?;
         knocks += 1;
         if let Some(stream) = connect_within(service, policy.timeout) {
+            let total = base_offset + shift;
             log(&format!(
-                "opened only with the clock shifted by {shift:+} s: this machine's clock is about {} s {} the server's; fix its time (NTP) or pass --time-offset {shift}",
-                shift.abs(),
-                if shift > 0 { "behind" } else { "ahead of" }
+                "opened only with the clock shifted by {total:+} s: this machine's clock is about {} s {} the server's; fix its time (NTP) or pass --time-offset {total}",
+                total.abs(),
+                if total > 0 { "behind" } else { "ahead of" }
             ));
             return Ok(Opened {
                 stream,
                 knocks,
-                clock_offset: Some(shift),
+                clock_offset: Some(total),
             });
         }
     }

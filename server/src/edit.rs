@@ -44,10 +44,34 @@ fn parse(path: &Path) -> Result<(String, DocumentMut), String> {
     Ok((text, doc))
 }
 
-/// Validates `text` as the new configuration and writes it over `path` atomically, keeping
-/// the file's owner and mode.
-fn commit(path: &Path, text: &str) -> Result<Config, String> {
-    let config = Config::parse(text, path).map_err(|e| format!("{}: {e}", path.display()))?;
+/// The text of a decor part (comments and blank lines), or "".
+fn raw(r: Option<&toml_edit::RawString>) -> String {
+    r.and_then(|r| r.as_str()).unwrap_or("").to_owned()
+}
+
+/// An edited configuration, validated but not yet written.
+#[derive(Debug)]
+pub struct Edit {
+    /// The new file content.
+    pub text: String,
+    /// It, parsed.
+    pub config: Config,
+}
+
+/// Validates `text` as the new configuration of `path`.
+fn validate(path: &Path, text: String) -> Result<Edit, String> {
+    let config = Config::parse(&text, path).map_err(|e| {
+        format!(
+            "{}: the edited configuration would be invalid: {e}",
+            path.display()
+        )
+    })?;
+    Ok(Edit { text, config })
+}
+
+/// Writes an edit over `path` atomically, keeping the file's owner and mode.
+pub fn commit(path: &Path, edit: Edit) -> Result<Config, String> {
+    let text = edit.text.as_str();
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let dir = path
         .parent()
@@ -76,11 +100,13 @@ fn commit(path: &Path, text: &str) -> Result<Config, String> {
         let _ = std::fs::remove_file(&tmp);
         return Err(format!("{}: cannot write: {e}", path.display()));
     }
-    Ok(config)
+    Ok(edit.config)
 }
 
-/// Appends a `[[client]]` table; refuses a name or key already present.
-pub fn add_client(path: &Path, c: &NewClient) -> Result<Config, String> {
+/// Appends a `[[client]]` table (validated, not written); refuses a name or key already
+/// present. Comments at the end of the file belong to the last client and stay above the new
+/// one.
+pub fn add_client(path: &Path, c: &NewClient) -> Result<Edit, String> {
     let (_, mut doc) = parse(path)?;
     let mut t = Table::new();
     t["name"] = value(c.name.as_str());
@@ -100,6 +126,9 @@ pub fn add_client(path: &Path, c: &NewClient) -> Result<Config, String> {
     if let Some(e) = &c.expires {
         t["expires"] = value(e.as_str());
     }
+    let trailing = raw(Some(doc.trailing()));
+    t.decor_mut().set_prefix(format!("{trailing}\n"));
+    doc.set_trailing("");
     match doc.get_mut("client") {
         None => {
             let mut a = ArrayOfTables::new();
@@ -125,11 +154,12 @@ pub fn add_client(path: &Path, c: &NewClient) -> Result<Config, String> {
             ));
         }
     }
-    commit(path, &doc.to_string())
+    validate(path, doc.to_string())
 }
 
-/// Removes the `[[client]]` named `name`.
-pub fn remove_client(path: &Path, name: &str) -> Result<Config, String> {
+/// Removes the `[[client]]` named `name` (validated, not written). The comments above it are
+/// kept (they usually describe the section, not the client).
+pub fn remove_client(path: &Path, name: &str) -> Result<Edit, String> {
     let (_, mut doc) = parse(path)?;
     let Some(Item::ArrayOfTables(a)) = doc.get_mut("client") else {
         return Err(format!("{}: no client named '{name}'", path.display()));
@@ -140,9 +170,25 @@ pub fn remove_client(path: &Path, name: &str) -> Result<Config, String> {
     else {
         return Err(format!("{}: no client named '{name}'", path.display()));
     };
-    a.remove(i);
-    if a.is_empty() {
+    let removed = a.remove(i);
+    let mut prefix = raw(removed.decor().prefix());
+    let was_last = i >= a.len();
+    if let Some(next) = a.get_mut(i) {
+        let rest = raw(next.decor().prefix());
+        next.decor_mut().set_prefix(prefix.clone() + &rest);
+    }
+    let now_empty = a.is_empty();
+    if was_last {
+        // The last table: its comments go back to the end of the file (without the blank line
+        // `add_client` put before it).
+        if prefix.ends_with("\n\n") || prefix == "\n" {
+            prefix.pop();
+        }
+        let trailing = raw(Some(doc.trailing()));
+        doc.set_trailing(prefix + &trailing);
+    }
+    if now_empty {
         doc.remove("client");
     }
-    commit(path, &doc.to_string())
+    validate(path, doc.to_string())
 }

@@ -393,23 +393,32 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                     allow_other_ip,
                     expires,
                 };
-                let config = edit::add_client(&config, &new).map_err(config_error)?;
+                let change = edit::add_client(&config, &new).map_err(config_error)?;
+                // With a generated key, everything that prints it must work before the
+                // configuration changes: a key nobody saw must never be added.
+                let shown = match (generated, &host) {
+                    (Some(key), Some(host)) => {
+                        let uri = profile_uri(&change.config, &name, host, Some(key))?;
+                        let qr = qr_text(&uri).map_err(runtime_error)?;
+                        Some((uri, qr))
+                    }
+                    _ => None,
+                };
+                let config = edit::commit(&config, change).map_err(config_error)?;
                 println!("added client '{name}' to {}", config.path.display());
-                if let (Some(key), Some(host)) = (generated, host) {
-                    let uri = profile_uri(&config, &name, &host, Some(key))?;
+                if let Some((uri, qr)) = shown {
                     println!(
                         "profile URI with the client's private key (shown once, not stored):\n{}",
                         &*uri
                     );
-                    println!("{}", qr_text(&uri).map_err(runtime_error)?);
-                    println!(
-                        "on the device: sesame import 'URI' (or scan the code with the sesame app)"
-                    );
+                    println!("{qr}");
+                    println!("on the device: sesame import 'URI' (or scan the code)");
                 }
                 request_reload(&config)
             }
             ClientCommand::Remove { config, name } => {
-                let config = edit::remove_client(&config, &name).map_err(config_error)?;
+                let change = edit::remove_client(&config, &name).map_err(config_error)?;
+                let config = edit::commit(&config, change).map_err(config_error)?;
                 println!("removed client '{name}' from {}", config.path.display());
                 request_reload(&config)
             }
