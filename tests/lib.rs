@@ -308,12 +308,16 @@ impl Proc {
     pub fn expect_after(&self, from: usize, pats: &[&str], timeout: Duration) -> String {
         match self.wait_for_after(from, pats, timeout) {
             Some(l) => l,
-            None => panic!(
-                "{}: no line containing {pats:?} within {timeout:?} (output closed: {}); output:\n{}",
-                self.name,
-                self.log.0.lock().unwrap().open_streams == 0,
-                self.output()
-            ),
+            None => {
+                // Read the flag in its own statement: the lock must be released before
+                // `output()` takes it again.
+                let closed = self.log.0.lock().unwrap().open_streams == 0;
+                panic!(
+                    "{}: no line containing {pats:?} within {timeout:?} (output closed: {closed}); output:\n{}",
+                    self.name,
+                    self.output()
+                )
+            }
         }
     }
 
@@ -1576,5 +1580,94 @@ pub mod pcap {
             },
             p => L4::Other(p),
         })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Link-layer helpers (for the flood generator, which writes whole Ethernet frames)
+
+impl Lab {
+    /// The MAC address of `iface` in a host's namespace (`aa:bb:cc:dd:ee:ff`).
+    pub fn mac(&self, host: Host, iface: &str) -> String {
+        let o = Command::new("ip")
+            .args(["-n", self.ns(host), "-o", "link", "show", "dev", iface])
+            .output()
+            .expect("run ip");
+        assert!(o.status.success(), "ip link show {iface}: {}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        let mut words = out.split_whitespace();
+        while let Some(w) = words.next() {
+            if w == "link/ether" {
+                if let Some(mac) = words.next() {
+                    return mac.to_owned();
+                }
+            }
+        }
+        panic!("no link/ether address for {iface} in {host:?}: {out}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Link faults (for the fault tests: an interface that goes down, or is deleted and recreated)
+
+impl Lab {
+    /// Sets a link of a host up or down (`ip -n NS link set DEV up|down`).
+    pub fn set_link(&self, host: Host, dev: &str, up: bool) {
+        let state = if up { "up" } else { "down" };
+        self.ip(&["-n", self.ns(host), "link", "set", dev, state]);
+    }
+
+    /// Deletes the veth pair between the client and the server (both ends go; the client's
+    /// default routes, which used it, go with it).
+    pub fn delete_client_link(&self) {
+        self.ip(&["-n", &self.server_ns, "link", "del", SERVER_IF_CLIENT]);
+    }
+
+    /// Recreates the veth pair between the client and the server as [`Lab::new`] made it:
+    /// same names, addresses and client routes (the interfaces get new indexes).
+    pub fn recreate_client_link(&self) {
+        let (s, c) = (&self.server_ns, &self.client_ns);
+        self.ip(&[
+            "link",
+            "add",
+            SERVER_IF_CLIENT,
+            "netns",
+            s,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            CLIENT_IF,
+            "netns",
+            c,
+        ]);
+        for (ns, dev, host) in [
+            (s, SERVER_IF_CLIENT, Host::Server),
+            (c, CLIENT_IF, Host::Client),
+        ] {
+            let v4 = format!("{}/24", self.v4(host));
+            let v6 = format!("{}/64", self.v6(host));
+            self.ip(&["-n", ns, "addr", "add", &v4, "dev", dev]);
+            self.ip(&["-n", ns, "-6", "addr", "add", &v6, "dev", dev, "nodad"]);
+            self.ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        let gw4 = self.v4(Host::Server).to_string();
+        let gw6 = self.v6(Host::Server).to_string();
+        self.ip(&["-n", c, "route", "add", "default", "via", &gw4]);
+        self.ip(&["-n", c, "-6", "route", "add", "default", "via", &gw6]);
+    }
+
+    /// The interface index of a link in a host's namespace.
+    pub fn ifindex(&self, host: Host, dev: &str) -> u32 {
+        let o = Command::new("ip")
+            .args(["-n", self.ns(host), "-o", "link", "show", "dev", dev])
+            .output()
+            .expect("run ip");
+        assert!(o.status.success(), "ip link show {dev}: {}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        out.split(':')
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no index in `ip link show {dev}`: {out}"))
     }
 }

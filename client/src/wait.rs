@@ -122,11 +122,17 @@ pub fn knock_and_wait(
         knocks += 1;
         if let Some(stream) = connect_within(service, policy.timeout) {
             let total = base_offset + shift;
-            log(&format!(
-                "opened only with the clock shifted by {total:+} s: this machine's clock is about {} s {} the server's; fix its time (NTP) or pass --time-offset {total}",
-                total.abs(),
-                if total > 0 { "behind" } else { "ahead of" }
-            ));
+            if base_offset == 0 {
+                log(&format!(
+                    "opened only with the clock shifted by {total:+} s: this machine's clock is about {} s {} the server's; fix its time (NTP) or pass --time-offset {total}",
+                    total.abs(),
+                    if total > 0 { "behind" } else { "ahead of" }
+                ));
+            } else {
+                log(&format!(
+                    "opened only with the clock shifted by {total:+} s, not by the {base_offset:+} s given: pass --time-offset {total} instead (or fix the clocks with NTP)"
+                ));
+            }
             return Ok(Opened {
                 stream,
                 knocks,

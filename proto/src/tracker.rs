@@ -390,11 +390,40 @@ impl StepTable {
         self.counter
     }
 
-    fn slots_on(&self, port: u16) -> &[Slot] {
+    fn range_on(&self, port: u16) -> std::ops::Range<usize> {
         let i = usize::from(port.wrapping_sub(self.lo));
         match (self.offsets.get(i), self.offsets.get(i + 1)) {
-            (Some(&a), Some(&b)) => &self.slots[a as usize..b as usize],
-            _ => &[],
+            (Some(&a), Some(&b)) => a as usize..b as usize,
+            _ => 0..0,
+        }
+    }
+
+    fn slots_on(&self, port: u16) -> &[Slot] {
+        &self.slots[self.range_on(port)]
+    }
+
+    /// The clients whose sequence holds both (proto a, port a) and (proto b, port b), with the
+    /// two positions, pushed as candidates. A port's slots are sorted by client (the table is
+    /// filled in client order) and hold each client at most once, so a merge finds them.
+    fn intersect(&self, a: (u16, Proto), b: (u16, Proto), found: &mut Vec<Candidate>) {
+        let (xs, ys) = (self.slots_on(a.0), self.slots_on(b.0));
+        let (mut i, mut j) = (0, 0);
+        while let (Some(x), Some(y)) = (xs.get(i), ys.get(j)) {
+            match x.client.cmp(&y.client) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Greater => j += 1,
+                std::cmp::Ordering::Equal => {
+                    if x.proto == a.1 && y.proto == b.1 {
+                        found.push(Candidate {
+                            counter: self.counter,
+                            client: x.client,
+                            mask: (1 << x.position) | (1 << y.position),
+                        });
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
         }
     }
 
@@ -477,7 +506,7 @@ pub struct Tracker {
     replay: Vec<ReplayState>,
     /// Step tables, oldest first, covering the window and one step ahead.
     tables: VecDeque<StepTable>,
-    sources: HashMap<IpAddr, SourceState>,
+    sources: HashMap<IpAddr, SourceState, foldhash::quality::RandomState>,
     lru: VecDeque<(IpAddr, u64)>,
     generation: u64,
     stats: Stats,
@@ -530,7 +559,7 @@ impl Tracker {
             clients: Arc::new(clients),
             replay,
             tables: VecDeque::new(),
-            sources: HashMap::new(),
+            sources: HashMap::with_hasher(foldhash::quality::RandomState::default()),
             lru: VecDeque::new(),
             generation: 0,
             stats: Stats::default(),
@@ -578,7 +607,7 @@ impl Tracker {
     /// Checks the state caps (for tests and fuzzing): panics if one is exceeded.
     pub fn assert_invariants(&self) {
         assert!(self.sources.len() <= self.config.max_sources);
-        assert!(self.lru.len() <= 4 * self.config.max_sources + 64);
+        assert!(self.lru.len() <= 2 * self.config.max_sources + 64);
         for s in self.sources.values() {
             assert!(s.candidates.len() <= self.config.max_candidates);
         }
@@ -711,23 +740,33 @@ impl Tracker {
         Outcome::Payload
     }
 
+    /// Marks `source` as active (creating its state). The LRU order is kept at a granularity
+    /// of a quarter of the cap: a source queued less than that many touches ago keeps its
+    /// place, so the queue grows with sources, not with packets.
     fn touch(&mut self, source: IpAddr, now: UnixMillis) -> &mut SourceState {
         self.generation += 1;
         let generation = self.generation;
-        self.lru.push_back((source, generation));
-        if !self.sources.contains_key(&source) {
+        let granularity = (self.config.max_sources as u64 / 4).max(1);
+        let queued = self.sources.get(&source).map(|s| s.generation);
+        let requeue = queued.is_none_or(|g| generation - g >= granularity);
+        if requeue {
+            self.lru.push_back((source, generation));
+        }
+        if queued.is_none() {
             while self.sources.len() >= self.config.max_sources {
                 self.evict_one();
             }
         }
-        if self.lru.len() > 4 * self.config.max_sources + 64 {
+        if self.lru.len() > 2 * self.config.max_sources + 64 {
             self.compact_lru();
         }
         let state = self
             .sources
             .entry(source)
             .or_insert_with(|| SourceState::new(generation, now));
-        state.generation = generation;
+        if requeue {
+            state.generation = generation;
+        }
         state
     }
 
@@ -842,17 +881,7 @@ impl Tracker {
                 let mut found = Vec::new();
                 let w = self.config.window().counters(now);
                 for t in self.tables.iter().filter(|t| w.contains(&t.counter)) {
-                    for a in t.slots_on(fport).iter().filter(|s| s.proto == fproto) {
-                        for b in t.slots_on(port).iter().filter(|s| s.proto == proto) {
-                            if a.client == b.client {
-                                found.push(Candidate {
-                                    counter: t.counter,
-                                    client: a.client,
-                                    mask: (1 << a.position) | (1 << b.position),
-                                });
-                            }
-                        }
-                    }
+                    t.intersect((fport, fproto), (port, proto), &mut found);
                 }
                 if found.is_empty() {
                     Outcome::Reset

@@ -223,7 +223,22 @@ pub fn open_socket(interface: Option<&str>, lo: u16, hi: u16) -> std::io::Result
         )
     };
     // A large buffer absorbs bursts while the daemon writes state or runs a hook.
-    let _ = sock.set_recv_buffer_size(8 << 20);
+    // SO_RCVBUFFORCE (with CAP_NET_ADMIN) is not capped by net.core.rmem_max.
+    let size: libc::c_int = 8 << 20;
+    // SAFETY: the fd is a valid socket owned by `sock`; the value is a c_int that lives across
+    // the call and its exact size is passed.
+    let forced = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if forced != 0 {
+        let _ = sock.set_recv_buffer_size(8 << 20);
+    }
     let ifindex = match interface {
         Some(name) => i32::try_from(interface_index(name)?).unwrap_or(0),
         None => 0,
@@ -378,18 +393,28 @@ where
                         Err(e) => return Lost::Failed(e),
                     }
                 }
-                // Drain what is queued; clear readiness only when the socket says so.
+                // Drain what is queued; clear readiness only when the socket says so. Every 64
+                // packets, let the other tasks run: under a flood the socket never empties, and
+                // the firewall task must still open the leases being granted.
+                let mut batch = 0u32;
                 loop {
                     match guard.try_io(|inner| inner.get_ref().read(buf)) {
                         Ok(Ok(n)) => {
                             came_back(&mut down);
                             on_packet(&buf[..n]);
+                            batch += 1;
+                            if batch % 64 == 0 {
+                                break;
+                            }
                         }
                         Ok(Err(e)) if e.raw_os_error() == Some(libc::ENETDOWN) => went_down(&mut down),
                         Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
                         Ok(Err(e)) => return Lost::Failed(e),
                         Err(_would_block) => break,
                     }
+                }
+                if batch >= 64 {
+                    tokio::task::yield_now().await;
                 }
             }
             _ = check.tick() => {

@@ -54,14 +54,17 @@ pub struct Counters {
     pub payloads_seen: u64,
     /// X25519 operations (payloads that passed the MAC gate).
     pub x25519: u64,
-    /// Payloads accepted.
+    /// Payloads that opened (decrypted and decoded); policy may still refuse them.
     pub payloads_accepted: u64,
     /// Grants decided (before the firewall).
     pub grants: u64,
     /// Leases opened in the firewall.
     pub leases_opened: u64,
-    /// Leases refreshed by a new knock.
+    /// Leases refreshed by a new knock (once less than half of the lease was left).
     pub leases_refreshed: u64,
+    /// Knocks for a lease with more than half of its time left (nothing to change).
+    #[serde(default)]
+    pub leases_kept: u64,
     /// Firewall actions that failed.
     pub firewall_failures: u64,
     /// New leases not opened because the client's hook cooldown had not passed.
@@ -242,7 +245,7 @@ pub fn prometheus(status: &Status) -> String {
     metric(
         "payloads_accepted_total",
         "counter",
-        "Payloads accepted.",
+        "Payloads that opened (decrypted and decoded); policy may still refuse them.",
         c.payloads_accepted,
     );
     metric("grants_total", "counter", "Grants decided.", c.grants);
@@ -257,6 +260,12 @@ pub fn prometheus(status: &Status) -> String {
         "counter",
         "Leases refreshed by a new knock.",
         c.leases_refreshed,
+    );
+    metric(
+        "leases_kept_total",
+        "counter",
+        "Knocks for a lease with more than half of its time left.",
+        c.leases_kept,
     );
     metric(
         "firewall_failures_total",

@@ -283,6 +283,8 @@ struct Leases {
     refreshed: u64,
     failures: u64,
     cooldown_skips: u64,
+    /// Knocks for a lease that had more than half of its time left: nothing to do.
+    kept: u64,
 }
 
 /// Builds the tracker's client list from the configuration and its secrets.
@@ -372,6 +374,7 @@ fn status(config: &Config, started: Instant, core: &Core, leases: &Leases) -> St
             leases_refreshed: leases.refreshed,
             firewall_failures: leases.failures,
             hook_cooldown_skips: leases.cooldown_skips,
+            leases_kept: leases.kept,
             state_write_failures: core.state_write_failures,
             sources_evicted: stats.sources_evicted,
             sources_tracked: core.tracker.tracked_sources() as u64,
@@ -876,8 +879,20 @@ async fn firewall_task(
                 let mut may_run: Option<bool> = None;
                 for service in &job.services {
                     let key: LeaseKey = (job.client.clone(), job.address, *service);
-                    let active = leases.borrow().active.get(&key).is_some_and(|end| *end > now);
+                    let end = leases.borrow().active.get(&key).copied().filter(|end| *end > now);
+                    let active = end.is_some();
                     let refresh = active || pending.contains_key(&key);
+                    // A knock while more than half of the lease remains (or while it is being
+                    // opened) changes nothing: refreshing on every knock would let one client's
+                    // burst of knocks queue up firewall work ahead of everyone else's grants.
+                    let half = Duration::from_secs(u64::from(lease_seconds)) / 2;
+                    if refresh && !is_command
+                        && (pending.contains_key(&key) || end.is_some_and(|e| e.duration_since(now) > half))
+                    {
+                        leases.borrow_mut().kept += 1;
+                        entry.opened.push(service.to_string());
+                        continue;
+                    }
                     if refresh && is_command {
                         // Extend; a hook run would only pile up rules.
                         let mut l = leases.borrow_mut();

@@ -172,9 +172,9 @@ impl Fixture {
     /// Waits for the grant line for `laptop` from `source` (after `mark`) and returns it.
     pub fn expect_grant(&self, mark: usize, source: IpAddr) -> String {
         let src = format!("source={source}");
-        let line =
-            self.daemon()
-                .wait_for_after(mark, &["granted", "client=laptop", &src], LOG_WAIT);
+        let line = self
+            .daemon()
+            .wait_for_after(mark, &[" granted client=laptop", &src], LOG_WAIT);
         line.unwrap_or_else(|| {
             panic!(
                 "no `granted client=laptop {src}` line within {LOG_WAIT:?}; ruleset:\n{}",
@@ -193,7 +193,7 @@ impl Fixture {
 
     /// Grant lines after `mark`.
     pub fn grants(&self, mark: usize) -> Vec<String> {
-        self.daemon().matching(mark, &["granted"])
+        self.daemon().matching(mark, &[" granted client="])
     }
 
     /// Panics if the daemon logged any grant after `mark`.

@@ -218,6 +218,9 @@ fn harness_capture_replay_scan_and_silence_detector() {
             "20099".into(),
             "--rounds".into(),
             "2".into(),
+            // Paced, so tcpdump on a loaded machine does not drop any.
+            "--pps".into(),
+            "2000".into(),
         ],
     );
     assert!(o.status.success(), "{}", sesame_tests::text(&o));

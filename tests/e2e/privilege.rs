@@ -1,0 +1,512 @@
+//! Least privilege: after setup sesamed keeps only CAP_NET_RAW and CAP_NET_ADMIN, in every
+//! thread; it can switch to an unprivileged user (`user = "..."`) and still work; it works
+//! when started unprivileged with exactly those two capabilities, the way
+//! `packaging/sesamed.service` starts it (the test reads the unit and starts sesamed through
+//! `setpriv` with the unit's capability settings); without one of them it stops with an error
+//! naming it. The unit itself must pass `systemd-analyze verify` and keep its sandboxing.
+
+use std::ffi::OsString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use sesame_tests::{ClientSpec, Family, Host, SERVER_IF_CLIENT, bin, in_ci, require_netns, text};
+
+use crate::common::Fixture;
+use crate::faults::{
+    expect_grant_line, launch_sesamed, sesamed_run_to_exit, start_fixture, status,
+};
+
+/// The unprivileged account the tests run sesamed as.
+const NOBODY: u32 = 65_534;
+
+/// CAP_NET_ADMIN (12) and CAP_NET_RAW (13), as /proc/PID/status shows a capability set.
+const NET_ADMIN_AND_RAW: &str = "0000000000003000";
+
+/// The unit file.
+fn unit_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/sesamed.service")
+}
+
+/// The values of `key=` in the unit (every occurrence, in order).
+fn unit_values(unit: &str, key: &str) -> Vec<String> {
+    let prefix = format!("{key}=");
+    unit.lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `CAP_NET_RAW CAP_NET_ADMIN` → `-all,+net_raw,+net_admin` (setpriv's form).
+fn setpriv_caps(list: &str) -> String {
+    let mut out = String::from("-all");
+    for cap in list.split_whitespace() {
+        let name = cap.strip_prefix("CAP_").unwrap_or(cap).to_ascii_lowercase();
+        out.push_str(",+");
+        out.push_str(&name);
+    }
+    out
+}
+
+/// A launcher that starts sesamed as `uid` the way the unit does: ambient (and inheritable)
+/// capabilities, bounding set and no_new_privs as in the unit, its umask, no groups.
+/// `ambient` overrides the unit's capability list (to leave one out).
+fn unit_launcher(uid: u32, ambient: Option<&str>) -> Vec<OsString> {
+    let unit = std::fs::read_to_string(unit_path()).expect("read packaging/sesamed.service");
+    let one = |key: &str| -> String {
+        let v = unit_values(&unit, key);
+        assert_eq!(v.len(), 1, "{key}= appears {} times in the unit", v.len());
+        v[0].clone()
+    };
+    let unit_ambient = one("AmbientCapabilities");
+    let ambient = ambient.unwrap_or(&unit_ambient);
+    let bounding = match ambient {
+        a if a == unit_ambient => one("CapabilityBoundingSet"),
+        a => a.to_owned(),
+    };
+    let umask = one("UMask");
+    let mut argv: Vec<String> = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("umask {umask} && exec \"$@\""),
+        "sh".into(),
+        "setpriv".into(),
+        format!("--reuid={uid}"),
+        format!("--regid={uid}"),
+        "--clear-groups".into(),
+        format!("--inh-caps={}", setpriv_caps(ambient)),
+        format!("--ambient-caps={}", setpriv_caps(ambient)),
+        format!("--bounding-set={}", setpriv_caps(&bounding)),
+    ];
+    if one("NoNewPrivileges") == "yes" {
+        argv.push("--no-new-privs".into());
+    }
+    argv.push("--".into());
+    argv.into_iter().map(OsString::from).collect()
+}
+
+fn chown(path: &Path, uid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(uid))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+}
+
+/// Prepares a fixture for a daemon running as `uid`: its key file, a state directory and a
+/// directory for the control socket owned by it.
+fn prepare_unprivileged(f: &mut Fixture, uid: u32) {
+    chown(&f.server_key.path, uid);
+    for dir in ["state", "run"] {
+        let p = f.lab.path(dir);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+        chown(&p, uid);
+    }
+    f.spec.control_socket = "run/sesamed.sock".to_owned();
+}
+
+/// The lines of /proc/PID[/task/TID]/status we check.
+#[derive(Debug, PartialEq, Eq)]
+struct Creds {
+    uid: String,
+    gid: String,
+    groups: String,
+    cap_inh: String,
+    cap_prm: String,
+    cap_eff: String,
+    cap_bnd: String,
+    cap_amb: String,
+    no_new_privs: String,
+}
+
+fn creds(status_file: &Path) -> Creds {
+    let text = std::fs::read_to_string(status_file)
+        .unwrap_or_else(|e| panic!("read {}: {e}", status_file.display()));
+    let field = |name: &str| -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|| panic!("no {name} in {}", status_file.display()))
+    };
+    Creds {
+        uid: field("Uid"),
+        gid: field("Gid"),
+        groups: field("Groups"),
+        cap_inh: field("CapInh"),
+        cap_prm: field("CapPrm"),
+        cap_eff: field("CapEff"),
+        cap_bnd: field("CapBnd"),
+        cap_amb: field("CapAmb"),
+        no_new_privs: field("NoNewPrivs"),
+    }
+}
+
+/// Checks every thread of `pid`: uid and gid `id` (real, effective, saved, filesystem), no
+/// supplementary groups, permitted = effective = bounding = ambient = inheritable =
+/// {NET_ADMIN, NET_RAW}, no_new_privs. Returns the main thread's credentials.
+fn assert_least_privilege(pid: u32, id: u32) -> Creds {
+    let ids = format!("{id} {id} {id} {id}");
+    let want = Creds {
+        uid: ids.clone(),
+        gid: ids,
+        groups: String::new(),
+        cap_inh: NET_ADMIN_AND_RAW.into(),
+        cap_prm: NET_ADMIN_AND_RAW.into(),
+        cap_eff: NET_ADMIN_AND_RAW.into(),
+        cap_bnd: NET_ADMIN_AND_RAW.into(),
+        cap_amb: NET_ADMIN_AND_RAW.into(),
+        no_new_privs: "1".into(),
+    };
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list threads");
+    let mut n = 0;
+    for t in tasks {
+        let t = t.unwrap().path();
+        let got = creds(&t.join("status"));
+        assert_eq!(got, want, "thread {} of sesamed (pid {pid})", t.display());
+        n += 1;
+    }
+    assert!(n >= 1);
+    creds(Path::new(&format!("/proc/{pid}/status")))
+}
+
+/// Knock, grant, connect.
+fn knock_works(f: &Fixture) {
+    let mark = f.mark();
+    f.knock(&[]);
+    expect_grant_line(f, mark, f.lab.addr(Host::Client, Family::V4));
+    assert!(
+        f.opens(Host::Client, Family::V4, 22),
+        "after the knock the client must connect; ruleset:\n{}",
+        f.lab.server_ruleset()
+    );
+}
+
+/// Started as root with `user = "nobody"`: after setup sesamed runs as nobody with only
+/// CAP_NET_RAW and CAP_NET_ADMIN (every thread, every set), a knock works (replay state
+/// written as nobody, `nft` run with the ambient CAP_NET_ADMIN), capture reopens after the
+/// interface goes down and up (CAP_NET_RAW kept), and a restart works.
+#[test]
+fn privilege_root_start_with_user_switches_and_keeps_two_capabilities() {
+    if !require_netns() {
+        return;
+    }
+    let mut f = Fixture::new("p-user");
+    f.spec.extra_top = "user = \"nobody\"\n".to_owned();
+    f.spec.interfaces = vec![SERVER_IF_CLIENT.to_owned()];
+    f.start();
+    let line = f
+        .daemon()
+        .expect(&["privileges dropped"], Duration::from_secs(5));
+    assert!(line.contains(&format!("uid={NOBODY}")), "{line}");
+    let pid = f.daemon().pid();
+    let c = assert_least_privilege(pid, NOBODY);
+    eprintln!("sesamed as nobody: {c:?}");
+
+    knock_works(&f);
+    let state = f.lab.path("state");
+    let file = state.join("replay.state");
+    for p in [&state, &file] {
+        let m = std::fs::metadata(p).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (NOBODY, NOBODY),
+            "owner of {}",
+            p.display()
+        );
+    }
+    assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
+    let sock = std::fs::metadata(f.lab.path("sesamed.sock")).unwrap();
+    assert_eq!(sock.mode() & 0o777, 0o600, "control socket mode");
+    assert_eq!(
+        status(&f)["counters"]["leases_opened"],
+        1,
+        "status over the control socket"
+    );
+
+    // Capture reopens a packet socket as nobody.
+    let mark = f.mark();
+    f.lab.set_link(Host::Server, SERVER_IF_CLIENT, false);
+    std::thread::sleep(Duration::from_millis(500));
+    f.lab.set_link(Host::Server, SERVER_IF_CLIENT, true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    let src = format!("source={}", f.lab.v4(Host::Client));
+    loop {
+        let m = f.mark();
+        f.knock(&[]);
+        if f.daemon()
+            .wait_for_after(
+                m,
+                &["granted client=laptop", &src],
+                Duration::from_millis(500),
+            )
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no grant after the interface came back; log:\n{}",
+            f.daemon().output()
+        );
+    }
+    assert!(
+        f.daemon()
+            .matching(mark, &["Operation not permitted"])
+            .is_empty(),
+        "{}",
+        f.daemon().output()
+    );
+    assert_least_privilege(pid, NOBODY);
+
+    // A reload runs as nobody: a PSK file only root can read is refused with a clear error
+    // (the running configuration stays and keeps serving); owned by nobody, it is read.
+    let reload = |f: &Fixture| {
+        f.lab
+            .sesamed(&["reload".as_ref(), "--config".as_ref(), f.config.as_os_str()])
+    };
+    let psk = f.lab.gen_psk("tablet");
+    let tablet = f.lab.gen_key("tablet");
+    let mut spec = f.spec.clone();
+    let mut c = ClientSpec::new("tablet", &tablet.public);
+    c.psk_file = Some(psk.clone());
+    spec.clients.push(c);
+    f.lab.write("sesamed.toml", &spec.to_toml());
+    let o = reload(&f);
+    eprintln!("reload with a root-only PSK file, as nobody: {}", text(&o));
+    assert!(!o.status.success(), "{}", text(&o));
+    let said = text(&o);
+    assert!(
+        said.contains("tablet.psk") && said.contains("Permission denied"),
+        "the refusal names the file and the reason: {said}"
+    );
+    knock_works(&f);
+    chown(&psk, NOBODY);
+    let o = reload(&f);
+    assert!(
+        o.status.success(),
+        "reload with a PSK owned by nobody: {}",
+        text(&o)
+    );
+    assert_least_privilege(pid, NOBODY);
+
+    // A restart as root hands the (now nobody-owned) state over again.
+    f.stop_daemon();
+    f.daemon = Some(f.lab.start_sesamed(&f.config));
+    assert_least_privilege(f.daemon().pid(), NOBODY);
+    knock_works(&f);
+}
+
+/// Started unprivileged, as packaging/sesamed.service starts it (user nobody here, ambient
+/// and bounding capabilities from the unit, no_new_privs, the unit's umask): a full knock
+/// works and sesamed holds nothing more.
+#[test]
+fn privilege_unprivileged_start_with_the_units_capabilities_works() {
+    if !require_netns() {
+        return;
+    }
+    let mut f = Fixture::new("p-setpriv");
+    prepare_unprivileged(&mut f, NOBODY);
+    let launcher = unit_launcher(NOBODY, None);
+    start_fixture(&mut f, |c| c, &launcher, &[]);
+    let pid = f.daemon().pid();
+    let c = assert_least_privilege(pid, NOBODY);
+    eprintln!("sesamed started by setpriv: {c:?}");
+    knock_works(&f);
+    let file = f.lab.path("state/replay.state");
+    let m = std::fs::metadata(&file).unwrap();
+    assert_eq!(
+        (m.uid(), m.mode() & 0o777),
+        (NOBODY, 0o600),
+        "{}",
+        file.display()
+    );
+    let sock = std::fs::metadata(f.lab.path("run/sesamed.sock")).unwrap();
+    assert_eq!(
+        (sock.uid(), sock.mode() & 0o777),
+        (NOBODY, 0o600),
+        "control socket"
+    );
+    assert_eq!(status(&f)["counters"]["leases_opened"], 1);
+    assert_least_privilege(pid, NOBODY);
+    f.stop_daemon();
+    assert!(
+        !f.lab.path("run/sesamed.sock").exists(),
+        "the control socket is removed at exit"
+    );
+}
+
+/// Started unprivileged with one of the two capabilities missing: exit status 1 and one
+/// error line naming the missing capability, before anything is set up.
+#[test]
+fn privilege_missing_capability_is_a_clear_error() {
+    if !require_netns() {
+        return;
+    }
+    let mut f = Fixture::new("p-missing");
+    prepare_unprivileged(&mut f, NOBODY);
+    f.write();
+    for (have, missing) in [
+        ("CAP_NET_RAW", "CAP_NET_ADMIN"),
+        ("CAP_NET_ADMIN", "CAP_NET_RAW"),
+    ] {
+        let launcher = unit_launcher(NOBODY, Some(have));
+        let (code, lines) = sesamed_run_to_exit(&f.lab, &f.config, &launcher, &[]);
+        let all = lines.join("\n");
+        assert_eq!(
+            code,
+            Some(1),
+            "without {missing}: exit status; output:\n{all}"
+        );
+        let errors: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("sesamed: "))
+            .collect();
+        assert_eq!(errors.len(), 1, "without {missing}: one error line:\n{all}");
+        assert!(
+            errors[0].contains(&format!("missing capability {missing}")),
+            "without {missing}: {}",
+            errors[0]
+        );
+        assert!(!all.contains("ready"), "{all}");
+        let tables = f.lab.run_ok(Host::Server, "nft", &["list", "tables"]);
+        assert!(
+            !tables.contains("sesame"),
+            "without {missing}: table created: {tables}"
+        );
+        eprintln!("without {missing}: {}", errors[0]);
+    }
+    // Both, but `user = ...` in the config (which needs root): a clear error too.
+    let launcher = unit_launcher(NOBODY, None);
+    let mut spec = f.spec.clone();
+    spec.extra_top = "user = \"nobody\"\n".to_owned();
+    let with_user = f.lab.write("with-user.toml", &spec.to_toml());
+    let (code, lines) = sesamed_run_to_exit(&f.lab, &with_user, &launcher, &[]);
+    let all = lines.join("\n");
+    assert_eq!(
+        code,
+        Some(1),
+        "user = without root: exit status; output:\n{all}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("sesamed: ") && l.contains("needs sesamed to start as root")),
+        "user = without root:\n{all}"
+    );
+    // Both capabilities and no `user`: it starts.
+    f.daemon = Some(launch_sesamed(&f.lab, &f.config, &launcher, &[]));
+}
+
+/// Directives the unit must keep (the sandbox, the capability bounds, the commands).
+const UNIT_MUST_HAVE: &[&str] = &[
+    "Type=simple",
+    "ExecStartPre=/usr/sbin/sesamed check --config /etc/sesame/sesamed.toml",
+    "ExecStart=/usr/sbin/sesamed run --config /etc/sesame/sesamed.toml",
+    "ExecReload=/bin/kill -HUP $MAINPID",
+    "User=sesame",
+    "AmbientCapabilities=CAP_NET_RAW CAP_NET_ADMIN",
+    "CapabilityBoundingSet=CAP_NET_RAW CAP_NET_ADMIN",
+    "NoNewPrivileges=yes",
+    "ProtectSystem=strict",
+    "ReadWritePaths=/var/lib/sesame",
+    "StateDirectory=sesame",
+    "RuntimeDirectory=sesame",
+    "ProtectHome=yes",
+    "PrivateTmp=yes",
+    "PrivateDevices=yes",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "RestrictNamespaces=yes",
+    "RestrictRealtime=yes",
+    "RestrictSUIDSGID=yes",
+    "LockPersonality=yes",
+    "MemoryDenyWriteExecute=yes",
+    "RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_PACKET AF_INET AF_INET6",
+    "SystemCallArchitectures=native",
+    "SystemCallFilter=@system-service",
+    "UMask=0077",
+];
+
+/// `systemd-analyze` is needed in CI; elsewhere its absence skips the test.
+fn have_systemd_analyze() -> bool {
+    match Command::new("systemd-analyze").arg("--version").output() {
+        Ok(o) if o.status.success() => true,
+        other => {
+            let why = match other {
+                Ok(o) => text(&o),
+                Err(e) => e.to_string(),
+            };
+            assert!(!in_ci(), "systemd-analyze is needed in CI: {why}");
+            eprintln!("SKIPPED (not CI): systemd-analyze unavailable: {why}");
+            false
+        }
+    }
+}
+
+/// The unit keeps its sandboxing, passes `systemd-analyze verify` (with the binary path
+/// pointed at the built sesamed, which must exist for verify) and `systemd-analyze security`
+/// rates it at most 2.5 ("OK").
+#[test]
+fn packaging_unit_is_valid_and_sandboxed() {
+    let unit = std::fs::read_to_string(unit_path()).expect("read packaging/sesamed.service");
+    let lines: Vec<&str> = unit.lines().map(str::trim).collect();
+    for want in UNIT_MUST_HAVE {
+        assert!(
+            lines.contains(want),
+            "packaging/sesamed.service lacks `{want}`"
+        );
+    }
+    assert!(
+        unit_values(&unit, "User").iter().all(|u| u != "root"),
+        "the unit must not run sesamed as root"
+    );
+    if !have_systemd_analyze() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sesame-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let copy = dir.join("sesamed.service");
+    let sesamed = bin("sesamed");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/sbin/sesamed", &sesamed.to_string_lossy()),
+    )
+    .unwrap();
+    let o = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        text(&o)
+    );
+    let o = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=25", "--no-pager"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let overall = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or("(no overall line)");
+    eprintln!("systemd-analyze security: {overall}");
+    assert!(
+        o.status.success(),
+        "systemd-analyze security (threshold 2.5): {}",
+        text(&o)
+    );
+}
