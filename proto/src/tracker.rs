@@ -291,6 +291,9 @@ pub struct StepTable {
     /// `slots[offsets[p - lo] .. offsets[p - lo + 1]]` are the slots on port `p`.
     offsets: Vec<u32>,
     slots: Vec<Slot>,
+    /// `slots[i].client`, contiguous: the intersection reads only these (half the memory of
+    /// the slots, so fewer cache misses with many clients).
+    clients: Vec<u32>,
     /// `ports[c * stride + position]`.
     ports: Vec<u16>,
     /// `protos[c]`: bit `position` set when that position is TCP.
@@ -374,12 +377,14 @@ impl StepTable {
             };
             *at += 1;
         }
+        let clients = slots.iter().map(|s| s.client).collect();
         Ok(StepTable {
             counter,
             lo,
             stride,
             offsets,
             slots,
+            clients,
             ports,
             tcp_mask,
         })
@@ -406,24 +411,25 @@ impl StepTable {
     /// two positions, pushed as candidates. A port's slots are sorted by client (the table is
     /// filled in client order) and hold each client at most once, so a merge finds them.
     fn intersect(&self, a: (u16, Proto), b: (u16, Proto), found: &mut Vec<Candidate>) {
-        let (xs, ys) = (self.slots_on(a.0), self.slots_on(b.0));
+        let (ra, rb) = (self.range_on(a.0), self.range_on(b.0));
+        let (xs, ys) = (&self.clients[ra.clone()], &self.clients[rb.clone()]);
         let (mut i, mut j) = (0, 0);
-        while let (Some(x), Some(y)) = (xs.get(i), ys.get(j)) {
-            match x.client.cmp(&y.client) {
-                std::cmp::Ordering::Less => i += 1,
-                std::cmp::Ordering::Greater => j += 1,
-                std::cmp::Ordering::Equal => {
-                    if x.proto == a.1 && y.proto == b.1 {
-                        found.push(Candidate {
-                            counter: self.counter,
-                            client: x.client,
-                            mask: (1 << x.position) | (1 << y.position),
-                        });
-                    }
-                    i += 1;
-                    j += 1;
+        // A branch-free merge over the client ids: the only data-dependent branch is the
+        // (rare) match.
+        while i < xs.len() && j < ys.len() {
+            let (x, y) = (xs[i], ys[j]);
+            if x == y {
+                let (sx, sy) = (self.slots[ra.start + i], self.slots[rb.start + j]);
+                if sx.proto == a.1 && sy.proto == b.1 {
+                    found.push(Candidate {
+                        counter: self.counter,
+                        client: x,
+                        mask: (1 << sx.position) | (1 << sy.position),
+                    });
                 }
             }
+            i += usize::from(x <= y);
+            j += usize::from(y <= x);
         }
     }
 
