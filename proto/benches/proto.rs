@@ -18,6 +18,16 @@ use sesame_proto::{
 
 const T0: UnixMillis = UnixMillis(1_764_000_000_000);
 
+/// The client counts to measure; `SESAME_BENCH_SMOKE=1` (CI) keeps them small so a
+/// `-- --test` run only proves the benchmarks still work.
+fn sizes(full: &[u64]) -> Vec<u64> {
+    if std::env::var_os("SESAME_BENCH_SMOKE").is_some() {
+        full.iter().copied().filter(|n| *n <= 1_000).collect()
+    } else {
+        full.to_vec()
+    }
+}
+
 fn params() -> KnockParams {
     KnockParams::new(30, 3, (10000, 32767), &[], KnockProtocol::Udp).unwrap()
 }
@@ -118,7 +128,7 @@ fn bench_derivation(c: &mut Criterion) {
 
 fn bench_tracker(c: &mut Criterion) {
     let mut g = c.benchmark_group("tracker");
-    for n in [10u64, 1_000, 100_000] {
+    for n in sizes(&[10, 1_000, 100_000]) {
         let mut t = tracker(n);
         let mut events = Vec::new();
         let batch = garbage(1 << 16, true, n);
@@ -146,7 +156,7 @@ fn bench_tracker(c: &mut Criterion) {
         });
     }
     // A valid knock (3 knocks + payload) among 100 000 clients, payload build excluded.
-    for n in [10u64, 100_000] {
+    for n in sizes(&[10, 100_000]) {
         let s = server();
         // The generated entries have no private keys: make client 0 a real one.
         let real = client_key(999);
@@ -205,7 +215,7 @@ fn bench_tracker(c: &mut Criterion) {
 fn bench_refresh(c: &mut Criterion) {
     let mut g = c.benchmark_group("step_refresh");
     g.sample_size(10);
-    for n in [1_000u64, 100_000] {
+    for n in sizes(&[1_000, 100_000]) {
         let list = entries(n);
         let p = params();
         g.throughput(Throughput::Elements(n));
