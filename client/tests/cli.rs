@@ -376,3 +376,23 @@ fn configuration_errors_exit_2_and_name_the_file() {
     let o = run(&["--help"], None, &dir.0);
     assert_eq!(o.status.code(), Some(0));
 }
+
+#[test]
+fn man_pages_for_every_subcommand() {
+    let dir = TempDir::new("man");
+    let o = run(&["man", "--dir", dir.0.to_str().unwrap()], None, &dir.0);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let open = std::fs::read_to_string(dir.path("sesame-open.1")).unwrap();
+    assert!(open.contains(".TH"), "{open}");
+    for option in ["wait", "time\\-offset", "allow\\-ip", "dry\\-run"] {
+        assert!(open.contains(option), "sesame-open.1 documents --{option}");
+    }
+    for page in [
+        "sesame.1",
+        "sesame-proxy.1",
+        "sesame-import.1",
+        "sesame-list.1",
+    ] {
+        assert!(dir.path(page).exists(), "{page}");
+    }
+}

@@ -59,8 +59,13 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff).
-    Man,
+    /// Print the manual page (roff), or write every page (sesamed.1, sesamed-run.1, ...) to
+    /// DIR.
+    Man {
+        /// Write sesamed.1 and one page per subcommand here instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Validate the configuration and the key files it names.
     Check {
         /// The configuration file.
@@ -433,11 +438,19 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::Man => {
+        Command::Man { dir } => {
             use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .map_err(runtime_error)
+            match dir {
+                None => clap_mangen::Man::new(Cli::command())
+                    .render(&mut std::io::stdout())
+                    .map_err(runtime_error),
+                Some(dir) => clap_mangen::generate_to(Cli::command(), &dir).map_err(|e| {
+                    runtime_error(format!(
+                        "cannot write manual pages to {}: {e}",
+                        dir.display()
+                    ))
+                }),
+            }
         }
         Command::ExportClient {
             config,
