@@ -267,6 +267,11 @@ fn bench_payload(c: &mut Criterion) {
     g.bench_function("gate_alone_valid", |b| {
         b.iter(|| black_box(opener.check_gate(T0, &sk, counter, &dgram).is_ok()))
     });
+    // The part of `open_valid` that is not the gate: one X25519 with the server's key.
+    let eph_public = PrivateKey::generate().public_key();
+    g.bench_function("x25519_alone", |b| {
+        b.iter(|| black_box(s.diffie_hellman(&eph_public).is_ok()))
+    });
     g.finish();
 }
 
