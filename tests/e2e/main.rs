@@ -13,6 +13,7 @@ mod faults;
 mod flood;
 mod harness;
 mod lease;
+mod netbench;
 mod operator;
 mod privilege;
 mod refusals;
