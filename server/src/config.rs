@@ -77,6 +77,8 @@ pub struct FirewallConfig {
     pub table: String,
     /// The `nft` program.
     pub nft: PathBuf,
+    /// Grants and revocations over netlink instead of running `nft` for each.
+    pub netlink: bool,
     /// Services hidden until a knock.
     pub protect: Vec<Service>,
     /// How long a grant lasts.
@@ -241,6 +243,8 @@ struct RawFirewall {
     table: Spanned<String>,
     #[serde(default = "default_nft")]
     nft: String,
+    #[serde(default = "default_netlink")]
+    netlink: bool,
     protect: Spanned<Vec<String>>,
     #[serde(default = "default_lease")]
     lease_seconds: Spanned<u32>,
@@ -263,6 +267,9 @@ fn default_table() -> Spanned<String> {
 }
 fn default_nft() -> String {
     "nft".into()
+}
+fn default_netlink() -> bool {
+    true
 }
 fn default_lease() -> Spanned<u32> {
     Spanned::new(0..0, 30)
@@ -622,6 +629,7 @@ impl Config {
                 backend: fw.backend,
                 table: fw.table.get_ref().clone(),
                 nft: PathBuf::from(&fw.nft),
+                netlink: fw.netlink,
                 protect,
                 lease_seconds,
                 open_command,

@@ -139,6 +139,8 @@ async fn run_program(
 #[derive(Debug, Clone)]
 pub struct Nftables {
     nft: PathBuf,
+    /// Grants and revocations over netlink (`firewall.netlink`); `nft -f` otherwise.
+    netlink: bool,
     table: String,
     protect: Vec<Service>,
     port_lo: u16,
@@ -156,6 +158,7 @@ impl Nftables {
     pub fn new(nft: PathBuf, table: String, protect: Vec<Service>, params: &KnockParams) -> Self {
         Nftables {
             nft,
+            netlink: true,
             table,
             protect,
             port_lo: params.port_lo,
@@ -240,6 +243,52 @@ impl Nftables {
         )
     }
 
+    /// Whether grants and revocations talk netlink (the default) or run `nft -f`.
+    pub fn with_netlink(mut self, netlink: bool) -> Self {
+        self.netlink = netlink;
+        self
+    }
+
+    /// Applies `ops` to the element of `lease` over netlink, falling back to `script` through
+    /// `nft -f` if the kernel refuses (the fallback's error is the one reported).
+    /// Applies `ops` to the element of `lease` over netlink, in a blocking task.
+    async fn netlink_element(
+        &self,
+        lease: &Lease,
+        ops: Vec<crate::netlink::ElementOp>,
+    ) -> std::io::Result<()> {
+        let (_, set, _) = self.element(lease);
+        let table = self.table.clone();
+        let proto = match lease.service.proto {
+            Proto::Tcp => libc::IPPROTO_TCP as u8,
+            Proto::Udp => libc::IPPROTO_UDP as u8,
+        };
+        let key = crate::netlink::element_key(lease.address, proto, lease.service.port);
+        tokio::task::spawn_blocking(move || crate::netlink::apply(&table, set, &key, &ops))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+    }
+
+    /// Applies `ops` to the element of `lease` over netlink, falling back to `script` through
+    /// `nft -f` if the kernel refuses (the fallback's error is the one reported).
+    async fn apply_element(
+        &self,
+        lease: &Lease,
+        ops: Vec<crate::netlink::ElementOp>,
+        script: String,
+    ) -> Result<(), FirewallError> {
+        if self.netlink {
+            match self.netlink_element(lease, ops).await {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "nftables over netlink failed; trying `nft -f`"
+                ),
+            }
+        }
+        self.apply(&script).await
+    }
+
     async fn apply(&self, script: &str) -> Result<(), FirewallError> {
         let argv = vec![
             self.nft.to_string_lossy().into_owned(),
@@ -267,8 +316,21 @@ impl Firewall for Nftables {
         }
     }
 
-    async fn grant(&mut self, lease: &Lease, _refresh: bool) -> Result<(), FirewallError> {
-        self.apply(&self.grant_script(lease)).await
+    async fn grant(&mut self, lease: &Lease, refresh: bool) -> Result<(), FirewallError> {
+        use crate::netlink::ElementOp;
+        let timeout_ms = u64::from(lease.lease_seconds) * 1000;
+        if self.netlink && !refresh {
+            // A new lease: one message. If the element is there after all (kept across a
+            // restart), the refresh below replaces it with the full lease.
+            let ops = vec![ElementOp::Create { timeout_ms }];
+            if self.netlink_element(lease, ops).await.is_ok() {
+                return Ok(());
+            }
+        }
+        let add = ElementOp::Add { timeout_ms };
+        let ops = vec![add.clone(), ElementOp::Delete, add];
+        self.apply_element(lease, ops, self.grant_script(lease))
+            .await
     }
 
     async fn revoke(&mut self, lease: &Lease) -> Result<(), FirewallError> {
@@ -277,7 +339,9 @@ impl Firewall for Nftables {
         let script = format!(
             "add element {t} {set} {{ {e} timeout 1s }}\ndelete element {t} {set} {{ {e} }}\n"
         );
-        self.apply(&script).await
+        use crate::netlink::ElementOp;
+        let ops = vec![ElementOp::Add { timeout_ms: 1000 }, ElementOp::Delete];
+        self.apply_element(lease, ops, script).await
     }
 
     fn needs_revoke(&self) -> bool {
@@ -405,12 +469,15 @@ impl AnyFirewall {
     pub fn from_config(config: &Config) -> Self {
         let fw = &config.firewall;
         match fw.backend {
-            Backend::Nftables => AnyFirewall::Nftables(Nftables::new(
-                fw.nft.clone(),
-                fw.table.clone(),
-                fw.protect.clone(),
-                &config.knock.params,
-            )),
+            Backend::Nftables => AnyFirewall::Nftables(
+                Nftables::new(
+                    fw.nft.clone(),
+                    fw.table.clone(),
+                    fw.protect.clone(),
+                    &config.knock.params,
+                )
+                .with_netlink(fw.netlink),
+            ),
             Backend::Command => AnyFirewall::Command(CommandHooks::new(
                 fw.open_command.clone(),
                 fw.close_command.clone(),

@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod edit;
 pub mod firewall;
+pub mod netlink;
 pub mod privileges;
 pub mod state;
 

@@ -428,7 +428,8 @@ fn fault_nft_failing_at_run_time_refuses_the_grant_and_keeps_serving() {
             real_nft().display()
         ),
     );
-    let line = format!("nft = {:?}", wrapper.to_string_lossy());
+    // Grants through the wrapper: without this they talk netlink and never run `nft`.
+    let line = format!("nft = {:?}\nnetlink = false", wrapper.to_string_lossy());
     start_fixture(&mut f, |c| with_firewall_line(&c, &line), &[], &[]);
     let client = f.lab.addr(Host::Client, Family::V4);
 

@@ -14,6 +14,7 @@ mod flood;
 mod harness;
 mod lease;
 mod netbench;
+mod netlink;
 mod operator;
 mod privilege;
 mod refusals;
