@@ -20,7 +20,7 @@
 //!   --probe-us N          a new connection attempt every N µs (default 1000)
 //!   --lease N             lease / access timeout of every system, seconds (default 5)
 //!   --systems LIST        comma-separated, in this order: floor, sesame, fwknop, knockd,
-//!                         sesame-tmpfs (default: all five)
+//!                         sesame-tmpfs, floor-netlink, sesame-nft, fwknop-udp (default: all)
 //!   --flood-seconds N     shortest flood per scenario, 0 = no floods (default 20)
 //!   --flood-knocks N      legitimate knocks during each flood (default 50)
 //!   --flood-timeout-ms N  a knock under flood that has not opened by then fails (default 3000)
@@ -142,20 +142,23 @@ enum System {
     Knockd,
     /// Diagnostic: sesame with its state directory on tmpfs (fsync is free there).
     SesameTmpfs,
-    /// Diagnostic: the floor, but applying sesamed's grant transaction (`nft -f -` with add,
-    /// delete, add) instead of one `nft add element`.
-    FloorSesameNft,
+    /// The floor applying its one element over netlink (`sesame_server::netlink`, one
+    /// exclusive add, what sesamed does for a new lease) instead of running `nft`.
+    FloorNetlink,
+    /// Diagnostic: sesamed with `netlink = false` (an `nft -f -` run per grant).
+    SesameNft,
     /// fwknopd in UDP server mode (`-U`: a UDP socket instead of libpcap), its fastest setup.
     FwknopUdp,
 }
 
-const ALL_SYSTEMS: [System; 7] = [
+const ALL_SYSTEMS: [System; 8] = [
     System::Floor,
     System::Sesame,
     System::Fwknop,
     System::Knockd,
     System::SesameTmpfs,
-    System::FloorSesameNft,
+    System::FloorNetlink,
+    System::SesameNft,
     System::FwknopUdp,
 ];
 
@@ -167,7 +170,8 @@ impl System {
             System::Fwknop => "fwknop",
             System::Knockd => "knockd",
             System::SesameTmpfs => "sesame-tmpfs",
-            System::FloorSesameNft => "floor-sesame-nft",
+            System::FloorNetlink => "floor-netlink",
+            System::SesameNft => "sesame-nft",
             System::FwknopUdp => "fwknop-udp",
         }
     }
@@ -191,7 +195,9 @@ impl System {
                 ("range", SESAME_RANGE.0, SESAME_RANGE.1),
                 ("sequence-ports", 15001, 15003),
             ],
-            System::Floor | System::SesameTmpfs | System::FloorSesameNft => Vec::new(),
+            System::Floor | System::SesameTmpfs | System::FloorNetlink | System::SesameNft => {
+                Vec::new()
+            }
         }
     }
 }
@@ -806,9 +812,9 @@ struct FloorListener {
 }
 
 impl FloorListener {
-    /// `script`: apply sesamed's grant transaction (`nft -f -`: add, delete, add) instead of
-    /// one `nft add element`.
-    fn start(bed: &Bed, nft: &Path, lease: u32, script: bool) -> Result<FloorListener> {
+    /// `netlink`: add the element over netlink (one exclusive add, as sesamed does for a new
+    /// lease) instead of running `nft add element`.
+    fn start(bed: &Bed, nft: &Path, lease: u32, netlink: bool) -> Result<FloorListener> {
         let ns = bed.server_ns().to_owned();
         let server = bed.server;
         let nft = nft.to_path_buf();
@@ -856,33 +862,23 @@ impl FloorListener {
                 let last_at = unix_secs_f64(SystemTime::now());
                 let ip = first.ip();
                 let element = format!("{{ {ip} . tcp . {SERVICE_PORT} timeout {lease}s }}");
-                let st = if script {
-                    // Exactly what sesamed's nftables backend runs for a grant.
-                    let t = "inet floor";
-                    let e = format!("{ip} . tcp . {SERVICE_PORT}");
-                    let text = format!(
-                        "add element {t} granted4 {{ {e} timeout {lease}s }}\n\
-                         delete element {t} granted4 {{ {e} }}\n\
-                         add element {t} granted4 {{ {e} timeout {lease}s }}\n"
-                    );
-                    let mut child = Command::new(&nft)
-                        .args(["-f", "-"])
-                        .stdin(Stdio::piped())
-                        .spawn()
-                        .map_err(|e| format!("nft: {e}"))?;
-                    if let Some(mut stdin) = child.stdin.take() {
-                        let _ = stdin.write_all(text.as_bytes());
-                    }
-                    child.wait().map_err(|e| format!("nft: {e}"))?
+                if netlink {
+                    use sesame_server::netlink::{ElementOp, apply, element_key};
+                    let key = element_key(ip, libc::IPPROTO_TCP as u8, SERVICE_PORT);
+                    let op = ElementOp::Create {
+                        timeout_ms: u64::from(lease) * 1000,
+                    };
+                    apply("floor", "granted4", &key, &[op])
+                        .map_err(|e| format!("netlink (grant {element}): {e}"))?;
                 } else {
-                    Command::new(&nft)
+                    let st = Command::new(&nft)
                         .args(["add", "element", "inet", "floor", "granted4", &element])
                         .stdin(Stdio::null())
                         .status()
-                        .map_err(|e| format!("nft: {e}"))?
-                };
-                if !st.success() {
-                    return Err(format!("nft (grant {element}): {st}"));
+                        .map_err(|e| format!("nft: {e}"))?;
+                    if !st.success() {
+                        return Err(format!("nft (grant {element}): {st}"));
+                    }
                 }
                 let done_at = unix_secs_f64(SystemTime::now());
                 if let Ok(mut ev) = events2.lock() {
@@ -1262,14 +1258,14 @@ impl Tools {
     }
 }
 
-fn setup_floor(bed: &mut Bed, tools: &Tools, opts: &Opts, script: bool) -> Result<Setup> {
+fn setup_floor(bed: &mut Bed, tools: &Tools, opts: &Opts, netlink: bool) -> Result<Setup> {
     let rules = bed.lab.write("floor.nft", &floor_ruleset());
     ns_run(
         bed.server_ns(),
         &tools.nft.to_string_lossy(),
         &["-f", &rules.to_string_lossy()],
     )?;
-    bed.floor = Some(FloorListener::start(bed, &tools.nft, opts.lease, script)?);
+    bed.floor = Some(FloorListener::start(bed, &tools.nft, opts.lease, netlink)?);
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let server = bed.server.to_string();
     let ports: Vec<String> = FLOOR_PORTS.iter().map(u16::to_string).collect();
@@ -1283,8 +1279,8 @@ fn setup_floor(bed: &mut Bed, tools: &Tools, opts: &Opts, script: bool) -> Resul
         comm: "",
         notes: json!({
             "client": "sesame-netbench floor-send: 3 empty UDP datagrams and one of 136 bytes",
-            "server": if script {
-                "4 UDP sockets (blocking recv, same source), then sesamed's grant transaction: `nft -f -` with add element, delete element, add element"
+            "server": if netlink {
+                "4 UDP sockets (blocking recv, same source), then one exclusive add element over netlink (sesame_server::netlink, as sesamed for a new lease)"
             } else {
                 "4 UDP sockets (blocking recv, same source), then one exec of `nft add element inet floor granted4 { SRC . tcp . 22 timeout LEASE }`"
             },
@@ -1292,7 +1288,7 @@ fn setup_floor(bed: &mut Bed, tools: &Tools, opts: &Opts, script: bool) -> Resul
     })
 }
 
-fn setup_sesame(bed: &mut Bed, opts: &Opts, tmpfs: bool) -> Result<Setup> {
+fn setup_sesame(bed: &mut Bed, opts: &Opts, tmpfs: bool, netlink: bool) -> Result<Setup> {
     let lab = &bed.lab;
     let server_key = lab.gen_key("server");
     let client_key = lab.gen_key("laptop");
@@ -1308,7 +1304,11 @@ fn setup_sesame(bed: &mut Bed, opts: &Opts, tmpfs: bool) -> Result<Setup> {
     }
     spec.clients
         .push(ClientSpec::new("laptop", &client_key.public));
-    let config = lab.write("sesamed.toml", &spec.to_toml());
+    let mut toml = spec.to_toml();
+    if !netlink {
+        toml = toml.replacen("\n[firewall]\n", "\n[firewall]\nnetlink = false\n", 1);
+    }
+    let config = lab.write("sesamed.toml", &toml);
     let profile = spec.profile(
         &bed.server.to_string(),
         &server_key.public,
@@ -1781,9 +1781,10 @@ fn prepare(system: System, tools: &Tools, opts: &Opts) -> Result<Prepared> {
     let mut bed = Bed::new(&format!("netbench-{}", system.name()), pool)?;
     let setup = match system {
         System::Floor => setup_floor(&mut bed, tools, opts, false)?,
-        System::FloorSesameNft => setup_floor(&mut bed, tools, opts, true)?,
-        System::Sesame => setup_sesame(&mut bed, opts, false)?,
-        System::SesameTmpfs => setup_sesame(&mut bed, opts, true)?,
+        System::FloorNetlink => setup_floor(&mut bed, tools, opts, true)?,
+        System::Sesame => setup_sesame(&mut bed, opts, false, true)?,
+        System::SesameTmpfs => setup_sesame(&mut bed, opts, true, true)?,
+        System::SesameNft => setup_sesame(&mut bed, opts, false, false)?,
         System::Fwknop => setup_fwknop(&mut bed, tools, opts, false)?,
         System::FwknopUdp => setup_fwknop(&mut bed, tools, opts, true)?,
         System::Knockd => setup_knockd(&mut bed, tools, opts)?,
@@ -1911,7 +1912,12 @@ fn finish(p: Prepared, opts: &Opts) -> Result<SystemResult> {
         );
     }
     let stages = match (&bed.daemon, &bed.floor) {
-        (Some(d), _) if matches!(system, System::Sesame | System::SesameTmpfs) => {
+        (Some(d), _)
+            if matches!(
+                system,
+                System::Sesame | System::SesameTmpfs | System::SesameNft
+            ) =>
+        {
             Some(stages(&sesame_times(&d.log), &knocks))
         }
         (_, Some(f)) => {
@@ -2165,7 +2171,7 @@ fn emit_system(out: &mut Out, r: &SystemResult) {
             "after_grant": summary_json(&summarize(&st.after_grant, st.after_grant.len())),
             "client_exit": summary_json(&summarize(&st.client_exit, st.client_exit.len())),
             "open": summary_json(&summarize(&st.open, st.open.len())),
-            "events": if matches!(r.system, System::Floor | System::FloorSesameNft) {
+            "events": if matches!(r.system, System::Floor | System::FloorNetlink) {
                 ["first datagram received", "last datagram received", "nft exited"]
             } else {
                 ["sequence complete", "knock accepted; replay state saved", "granted"]
@@ -2216,12 +2222,15 @@ fn ratios(results: &[SystemResult]) -> Vec<Value> {
             }));
         }
     }
-    if let Some(f) = find(results, System::Floor) {
+    for floor in [System::Floor, System::FloorNetlink] {
+        let Some(f) = find(results, floor) else {
+            continue;
+        };
         let b = &f.latency;
         v.push(json!({
             "kind": "difference",
             "of": "sesame",
-            "to": "floor",
+            "to": floor.name(),
             "median_ms": a.median - b.median,
             "p90_ms": a.p90 - b.p90,
             "p99_ms": a.p99 - b.p99,
@@ -2332,7 +2341,8 @@ fn report(
             } else {
                 let _ = writeln!(
                     s,
-                    "| sesame − floor (ms) | {} | {} | {} |",
+                    "| sesame − {} (ms) | {} | {} | {} |",
+                    r["to"].as_str().unwrap_or(""),
                     f2(x("median_ms")),
                     f2(x("p90_ms")),
                     f2(x("p99_ms"))
@@ -2342,7 +2352,7 @@ fn report(
     }
     for r in results {
         let Some(st) = &r.stages else { continue };
-        let floor = matches!(r.system, System::Floor | System::FloorSesameNft);
+        let floor = matches!(r.system, System::Floor | System::FloorNetlink);
         let _ = writeln!(
             s,
             "\n### Where {}'s time goes (ms from the client's start; {}, {} knocks)\n",
