@@ -555,6 +555,10 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     {
         tracing::warn!("closing leases took too long; exiting anyway");
     }
+    // The journal into the snapshot, so the snapshot alone is the whole state at rest.
+    if let Err(e) = core.borrow_mut().store.checkpoint() {
+        tracing::warn!(error = %e, "replay state: could not move the journal into the snapshot; it stays in the journal");
+    }
     let _ = std::fs::remove_file(&config.control_socket);
     Ok(())
 }

@@ -199,6 +199,52 @@ pub fn check_state_file(bytes: &[u8]) -> Result<Vec<String>, String> {
     Ok(entries)
 }
 
+/// The replay state as sesamed loads it: the snapshot (checked by [`check_state_file`]) if
+/// there is one, then the journal's records, each with its check (a torn last record is
+/// skipped, as sesamed does). Returns one `<key> <timestamp> <counter>` line per client.
+pub fn check_replay_state(
+    snapshot: Option<&[u8]>,
+    journal: Option<&[u8]>,
+) -> Result<Vec<String>, String> {
+    let mut entries: Vec<String> = match snapshot {
+        Some(b) => check_state_file(b)?,
+        None => Vec::new(),
+    };
+    if let Some(j) = journal {
+        let text = std::str::from_utf8(j).map_err(|_| "journal: not UTF-8".to_owned())?;
+        let mut lines = text.split_inclusive('\n');
+        if lines.next() != Some("sesame-replay-journal 1\n") {
+            return Err("journal: bad header".into());
+        }
+        let lines: Vec<&str> = lines.collect();
+        for (i, line) in lines.iter().enumerate() {
+            let good = line.strip_suffix('\n').and_then(|l| {
+                let (body, check) = l.rsplit_once(' ')?;
+                let d = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
+                let want: String = d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+                (want == check).then_some(body)
+            });
+            match good {
+                Some(body) => {
+                    let key = body.split(' ').next().unwrap_or("");
+                    entries.retain(|e| !e.starts_with(key));
+                    entries.push(body.to_owned());
+                }
+                None if i + 1 == lines.len() => {}
+                None => return Err(format!("journal: record {} fails its check", i + 1)),
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// [`check_replay_state`] of the files in `dir`.
+pub fn replay_state_in(dir: &Path) -> Result<Vec<String>, String> {
+    let snapshot = std::fs::read(dir.join("replay.state")).ok();
+    let journal = std::fs::read(dir.join("replay.journal")).ok();
+    check_replay_state(snapshot.as_deref(), journal.as_deref())
+}
+
 /// Panics if the daemon logged a grant (`granted client=…`) after `mark`. (Unlike
 /// `Fixture::assert_no_grant`, which matches any line containing "granted", this does not
 /// trip over "nothing granted (fail closed)".)
@@ -461,8 +507,8 @@ fn fault_nft_failing_at_run_time_refuses_the_grant_and_keeps_serving() {
     assert_eq!(counter(&s, "leases_opened"), 0, "{s}");
     assert_eq!(counter(&s, "firewall_failures"), 1, "{s}");
     assert!(s["leases"].as_array().unwrap().is_empty(), "no lease: {s}");
-    let state = std::fs::read(f.lab.path("state/replay.state")).unwrap();
-    let entries = check_state_file(&state).unwrap_or_else(|e| panic!("state file: {e}"));
+    let entries =
+        replay_state_in(&f.lab.path("state")).unwrap_or_else(|e| panic!("state files: {e}"));
     assert!(
         entries
             .iter()
@@ -557,7 +603,7 @@ fn fault_state_dir_read_only_fails_closed_and_recovers() {
     let s = status(&f);
     assert_eq!(counter(&s, "state_write_failures"), 1, "{s}");
     assert_eq!(counter(&s, "leases_opened"), 1, "{s}");
-    check_state_file(&std::fs::read(state_dir.join("replay.state")).unwrap()).unwrap();
+    replay_state_in(&state_dir).unwrap();
     drop(m);
 }
 
@@ -594,7 +640,8 @@ fn fault_state_dir_full_fails_closed_and_recovers() {
     knock_is_granted(&f);
     let s = status(&f);
     assert_eq!(counter(&s, "state_write_failures"), 2, "{s}");
-    let entries = check_state_file(&m.read("replay.state")).unwrap();
+    // A fresh tmpfs: no snapshot, the journal sesamed created there.
+    let entries = check_replay_state(None, Some(&m.read("replay.journal"))).unwrap();
     assert_eq!(entries.len(), 1, "{entries:?}");
     eprintln!("state dir full: {}", lines[0]);
     drop(m);

@@ -204,7 +204,7 @@ fn privilege_root_start_with_user_switches_and_keeps_two_capabilities() {
 
     knock_works(&f);
     let state = f.lab.path("state");
-    let file = state.join("replay.state");
+    let file = state.join("replay.journal");
     for p in [&state, &file] {
         let m = std::fs::metadata(p).unwrap();
         assert_eq!(
@@ -312,7 +312,7 @@ fn privilege_unprivileged_start_with_the_units_capabilities_works() {
     let c = assert_least_privilege(pid, NOBODY);
     eprintln!("sesamed started by setpriv: {c:?}");
     knock_works(&f);
-    let file = f.lab.path("state/replay.state");
+    let file = f.lab.path("state/replay.journal");
     let m = std::fs::metadata(&file).unwrap();
     assert_eq!(
         (m.uid(), m.mode() & 0o777),
