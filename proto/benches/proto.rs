@@ -156,32 +156,49 @@ fn bench_tracker(c: &mut Criterion) {
         });
     }
     // A valid knock (3 knocks + payload) among 100 000 clients, payload build excluded.
+    // Timestamps must rise and stay in the knock's step (30 000 ms from T0), so each real
+    // client serves 29 999 iterations and the next one takes over: 8 of them cover far more
+    // iterations than criterion runs.
+    const REAL: usize = 8;
     for n in sizes(&[10, 100_000]) {
         let s = server();
-        // The generated entries have no private keys: make client 0 a real one.
-        let real = client_key(999);
-        let mut list = entries(n);
-        list[0] = ClientEntry {
-            name: "real".into(),
-            keys: ClientKeys::for_server(&s, &real.public_key(), None).unwrap(),
-            policy: Policy {
-                allow: vec![Service::new(Proto::Tcp, 22)],
-                ..Policy::default()
-            },
-        };
+        // The generated entries have no private keys: make the first REAL ones real.
+        let real: Vec<PrivateKey> = (0..REAL as u64).map(|r| client_key(999 - r)).collect();
+        let mut list = entries(n.max(REAL as u64));
+        for (i, k) in real.iter().enumerate() {
+            list[i] = ClientEntry {
+                name: format!("real{i}"),
+                keys: ClientKeys::for_server(&s, &k.public_key(), None).unwrap(),
+                policy: Policy {
+                    allow: vec![Service::new(Proto::Tcp, 22)],
+                    ..Policy::default()
+                },
+            };
+        }
         let config = tracker(10).config().clone();
         let mut t = Tracker::new(config, s.clone(), list, Vec::new(), T0).unwrap();
-        let keys = ClientKeys::for_client(&real, &s.public_key(), None).unwrap();
         let counter = T0.counter(30);
-        let seq = derive_sequence(&keys, &params(), counter).unwrap();
+        let clients: Vec<_> = real
+            .iter()
+            .map(|k| {
+                let keys = ClientKeys::for_client(k, &s.public_key(), None).unwrap();
+                let seq = derive_sequence(&keys, &params(), counter).unwrap();
+                (keys, seq)
+            })
+            .collect();
         let mut events = Vec::new();
-        let mut ts = T0.0;
+        let (mut who, mut ts) = (0usize, T0.0);
         let mut src = 0u32;
         g.throughput(Throughput::Elements(1));
         g.bench_function(BenchmarkId::new("valid_knock_with_payload", n), |b| {
             b.iter_batched(
                 || {
                     ts += 1;
+                    if ts >= T0.0 + 30_000 {
+                        who += 1;
+                        ts = T0.0 + 1;
+                    }
+                    assert!(who < REAL, "more iterations than {REAL} clients can serve");
                     let req = Request {
                         timestamp: UnixMillis(ts),
                         random: [1; 16],
@@ -189,11 +206,14 @@ fn bench_tracker(c: &mut Criterion) {
                         address: None,
                         flags: 0,
                     };
-                    build_payload(&keys, counter, &req, &PrivateKey::generate()).unwrap()
+                    let d = build_payload(&clients[who].0, counter, &req, &PrivateKey::generate())
+                        .unwrap();
+                    (who, d)
                 },
-                |d| {
+                |(who, d)| {
                     src += 1;
                     let ip = IpAddr::V4(Ipv4Addr::from(0xc612_0000 + (src & 0xffff)));
+                    let seq = &clients[who].1;
                     for k in &seq.knocks {
                         t.packet(T0, ip, k.proto, k.port, None, &mut events);
                     }
@@ -201,7 +221,8 @@ fn bench_tracker(c: &mut Criterion) {
                     assert!(
                         events
                             .iter()
-                            .any(|e| matches!(e, sesame_proto::Event::Granted(_)))
+                            .any(|e| matches!(e, sesame_proto::Event::Granted(_))),
+                        "{events:?}"
                     );
                     events.clear();
                 },
