@@ -59,7 +59,7 @@ fn netbench_smoke_run_measures_every_system() {
         "--flood-rate",
         SMOKE_RATE,
         "--systems",
-        "floor,sesame,fwknop,knockd",
+        "floor,sesame,fwknop,knockd,floor-netlink",
         "--json",
     ])
     .arg(&json);
@@ -88,7 +88,7 @@ fn netbench_smoke_run_measures_every_system() {
         "no machine record: {lines}"
     );
 
-    let mut systems = vec!["floor", "sesame"];
+    let mut systems = vec!["floor", "sesame", "floor-netlink"];
     if missing.is_empty() {
         systems.extend(["fwknop", "knockd"]);
     }
@@ -97,7 +97,7 @@ fn netbench_smoke_run_measures_every_system() {
         assert_eq!(l.len(), 1, "{system}: no latency record; output:\n{stdout}");
         let l = l[0];
         assert_eq!(l["knocks"], 5, "{system}: {l}");
-        if *system == "floor" || *system == "sesame" {
+        if ["floor", "sesame", "floor-netlink"].contains(system) {
             assert_eq!(l["failures"], 0, "{system} failed knocks: {l}\n{stdout}");
         }
         if l["opened"].as_u64().unwrap_or(0) > 0 {
