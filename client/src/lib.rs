@@ -234,6 +234,9 @@ pub fn system_now() -> UnixMillis {
 
 /// Entry point of the `sesame` binary: 0 ok, 1 failure, 2 usage or configuration error.
 pub fn main() -> ExitCode {
+    // Like any Unix tool: `sesame … | head` ends quietly when `head` has read enough, instead
+    // of a panic on a closed stdout. (Sockets are unaffected: std sends with MSG_NOSIGNAL.)
+    sigpipe::reset();
     run(std::env::args_os())
 }
 

@@ -396,3 +396,29 @@ fn man_pages_for_every_subcommand() {
         assert!(dir.path(page).exists(), "{page}");
     }
 }
+
+/// `sesame completions bash | head -1`, `sesame man | less` quit early: sesame ends quietly,
+/// killed by SIGPIPE like any Unix tool, instead of panicking or printing an error about the
+/// closed pipe. (The reader is closed before sesame writes, so every write meets EPIPE.)
+#[test]
+fn a_closed_stdout_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [&["completions", "bash"][..], &["man"][..], &["genkey"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = Command::new(SESAME)
+            .args(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            o.status.signal(),
+            Some(13),
+            "{args:?}: {:?} {err}",
+            o.status
+        );
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}

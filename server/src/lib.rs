@@ -284,6 +284,12 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             };
         }
     };
+    if !matches!(cli.command, Command::Run { .. }) {
+        // The one-shot commands end quietly when a pipe reader goes away (`sesamed status |
+        // head`). The daemon keeps Rust's default (SIGPIPE ignored): a control-socket peer
+        // that disconnects must never kill it.
+        sigpipe::reset();
+    }
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {

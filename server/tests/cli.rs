@@ -253,3 +253,45 @@ fn run_with_a_bad_config_exits_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("knock.length"), "{}", stderr(&o));
 }
+
+/// `sesamed completions bash | head`, `sesamed export-client … | head` quit early: sesamed
+/// ends quietly, killed by SIGPIPE like any Unix tool, instead of panicking or printing an
+/// error about the closed pipe. (The reader is closed before sesamed writes.)
+#[test]
+fn a_closed_stdout_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (dir, config, _) = setup("sigpipe", |t| t);
+    let config = config.to_string_lossy().into_owned();
+    let cases: [&[&str]; 3] = [
+        &["completions", "bash"],
+        &["man"],
+        &[
+            "export-client",
+            "laptop",
+            "--config",
+            &config,
+            "--host",
+            "198.18.0.1",
+            "--qr",
+        ],
+    ];
+    for args in cases {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = Command::new(SESAMED)
+            .args(args)
+            .current_dir(&dir.0)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(
+            o.status.signal(),
+            Some(13),
+            "{args:?}: {:?} {err}",
+            o.status
+        );
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
