@@ -35,7 +35,8 @@ pub struct ClientStatus {
     pub last_knock: Option<String>,
     /// From where.
     pub last_source: Option<String>,
-    /// `granted` or the reason code of the refusal.
+    /// `granted`, `firewall_failed` (granted, but the firewall refused it),
+    /// `state_write_failed`, or the reason code of the refusal.
     pub last_result: Option<String>,
 }
 

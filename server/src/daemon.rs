@@ -285,6 +285,9 @@ struct Leases {
     cooldown_skips: u64,
     /// Knocks for a lease that had more than half of its time left: nothing to do.
     kept: u64,
+    /// Per client, when a grant of theirs last failed in the firewall (shown by `status` as
+    /// the last knock's result while no newer knock came).
+    failed_at: HashMap<String, UnixMillis>,
 }
 
 /// Builds the tracker's client list from the configuration and its secrets.
@@ -345,7 +348,14 @@ fn status(config: &Config, started: Instant, core: &Core, leases: &Leases) -> St
             name: name.clone(),
             last_knock: last.as_ref().map(|l| rfc3339(l.at)),
             last_source: last.as_ref().map(|l| l.source.to_string()),
-            last_result: last.as_ref().map(|l| l.result.to_owned()),
+            last_result: last.as_ref().map(|l| {
+                let failed = leases.failed_at.get(name).is_some_and(|t| *t >= l.at);
+                if l.result == "granted" && failed {
+                    "firewall_failed".to_owned()
+                } else {
+                    l.result.to_owned()
+                }
+            }),
         })
         .collect();
     let rejections: BTreeMap<String, u64> = Reason::CODES
@@ -960,7 +970,10 @@ async fn firewall_task(
                         true
                     }
                     Err(e) => {
-                        leases.borrow_mut().failures += 1;
+                        let mut l = leases.borrow_mut();
+                        l.failures += 1;
+                        l.failed_at.insert(done.key.0.clone(), system_now());
+                        drop(l);
                         tracing::error!(
                             client = %done.key.0,
                             address = %done.key.1,

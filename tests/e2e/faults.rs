@@ -516,7 +516,10 @@ fn fault_nft_failing_at_run_time_refuses_the_grant_and_keeps_serving() {
         "the failed knock was recorded before the grant: {entries:?}"
     );
     eprintln!("while nft fails: {failed}");
-    eprintln!("status last_result: {}", s["clients"][0]["last_result"]);
+    assert_eq!(
+        s["clients"][0]["last_result"], "firewall_failed",
+        "status tells the grant did not happen: {s}"
+    );
 
     // nft works again. The failed knock was consumed: replayed, it opens nothing.
     std::fs::remove_file(&flag).unwrap();
@@ -539,7 +542,9 @@ fn fault_nft_failing_at_run_time_refuses_the_grant_and_keeps_serving() {
         "{}",
         f.lab.server_ruleset()
     );
-    assert_eq!(counter(&status(&f), "leases_opened"), 1);
+    let s = status(&f);
+    assert_eq!(counter(&s, "leases_opened"), 1);
+    assert_eq!(s["clients"][0]["last_result"], "granted", "{s}");
     // The state is consistent: a restart reads it.
     f.stop_daemon();
     check_state_file(&std::fs::read(f.lab.path("state/replay.state")).unwrap()).unwrap();
