@@ -105,8 +105,10 @@ pub enum ParamsError {
     /// `step_seconds` is zero or longer than a day.
     #[error("step_seconds must be between 1 and {MAX_STEP_SECONDS}, found {0}")]
     Step(u32),
-    /// `length` is larger than [`MAX_LENGTH`].
-    #[error("length must be at most {MAX_LENGTH}, found {0}")]
+    /// `length` is 1 or larger than [`MAX_LENGTH`]. A single knock would be the whole
+    /// sequence, which the tracker does not complete from one packet (it forms candidates from a
+    /// source's second packet), so it is refused rather than silently never opening.
+    #[error("length must be 0 (single-packet mode) or between 2 and {MAX_LENGTH}, found {0}")]
     Length(u64),
     /// `port_range` is empty, reversed or includes port 0.
     #[error("port_range [{0}, {1}] is invalid: need 1 <= lo <= hi <= 65535")]
@@ -141,7 +143,7 @@ impl KnockParams {
         if step_seconds == 0 || step_seconds > MAX_STEP_SECONDS {
             return Err(ParamsError::Step(step_seconds));
         }
-        if length > u64::from(MAX_LENGTH) {
+        if length == 1 || length > u64::from(MAX_LENGTH) {
             return Err(ParamsError::Length(length));
         }
         let (lo, hi) = port_range;
@@ -231,6 +233,14 @@ mod tests {
             KnockParams::new(30, 17, (1, 100), &[], KnockProtocol::Udp),
             Err(ParamsError::Length(17))
         );
+        // A one-knock sequence is refused (it would never complete by itself).
+        assert_eq!(
+            KnockParams::new(30, 1, (1, 100), &[], KnockProtocol::Udp),
+            Err(ParamsError::Length(1))
+        );
+        for length in [0, 2, 16] {
+            assert!(KnockParams::new(30, length, (1, 100), &[], KnockProtocol::Udp).is_ok());
+        }
         assert_eq!(
             KnockParams::new(30, 3, (0, 100), &[], KnockProtocol::Udp),
             Err(ParamsError::Range(0, 100))

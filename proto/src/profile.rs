@@ -46,15 +46,35 @@ pub struct ConfigError {
 }
 
 impl fmt::Display for ConfigError {
+    /// One line, without control characters: whatever the fields hold, a control character
+    /// (and a Unicode line or paragraph separator) is written escaped, e.g. `\u{1b}`, so text
+    /// from the file can neither break the line nor send terminal escape sequences.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(line) = self.line {
             write!(f, "line {line}: ")?;
         }
         if let Some(key) = &self.key {
-            write!(f, "{key}: ")?;
+            write_escaped(f, key)?;
+            f.write_str(": ")?;
         }
-        f.write_str(&self.message)
+        write_escaped(f, &self.message)
     }
+}
+
+/// Whether `c` must not appear in a one-line message as it is.
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+fn write_escaped(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
+    for c in s.chars() {
+        if needs_escape(c) {
+            write!(f, "{}", c.escape_unicode())?;
+        } else {
+            fmt::Write::write_char(f, c)?;
+        }
+    }
+    Ok(())
 }
 
 impl std::error::Error for ConfigError {}
@@ -95,7 +115,9 @@ pub fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// The dotted key assigned on a 1-based line (`section.key`), if that line is `key = ...`.
+/// The dotted key assigned on a 1-based line (`section.key`), if that line is `key = ...` and
+/// both the key and the last `[section]` header are made of bare keys (anything else, e.g. a
+/// header holding control characters, names no key).
 fn key_at_line(text: &str, line: usize) -> Option<String> {
     let is_bare = |k: &str| {
         !k.is_empty()
@@ -107,7 +129,8 @@ fn key_at_line(text: &str, line: usize) -> Option<String> {
         let l = l.trim();
         if i + 1 == line {
             let key = l.split_once('=')?.0.trim();
-            if !is_bare(key) {
+            let bare_section = section.is_empty() || section.split('.').all(|p| is_bare(p.trim()));
+            if !is_bare(key) || !bare_section {
                 return None;
             }
             return Some(if section.is_empty() {
@@ -126,8 +149,23 @@ fn key_at_line(text: &str, line: usize) -> Option<String> {
     None
 }
 
+/// `s` on one line: whitespace runs (line breaks included) become one space, and other
+/// control characters are escaped (`\u{1b}`), as [`ConfigError`]'s `Display` does anyway.
 fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    let mut out = String::with_capacity(s.len());
+    for word in s.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        for c in word.chars() {
+            if needs_escape(c) {
+                out.extend(c.escape_unicode());
+            } else {
+                out.push(c);
+            }
+        }
+    }
+    out
 }
 
 /// A validated client profile.
@@ -449,5 +487,43 @@ open = ["tcp/22", "udp/51820"]
         let s = "a\"b\\c\nd\u{1}";
         let parsed: toml::Value = toml::from_str(&format!("x = {}", toml_string(s))).unwrap();
         assert_eq!(parsed["x"].as_str().unwrap(), s);
+    }
+
+    /// Found by fuzzing (`config_parse`, `profile_parse`): text from the file (a section header,
+    /// an unknown key, a service, an enum value) used to reach the one-line error as it was,
+    /// control characters included.
+    #[test]
+    fn errors_are_one_line_without_control_characters() {
+        let base =
+            format!("host = \"h\"\nserver_public_key = \"{KEY}\"\nprivate_key_file = \"c\"\n");
+        let cases = [
+            "'''\n[\0\rl]\ne=".to_owned(),
+            "[a\u{1b}[31m]\nx = \n".to_owned(),
+            "[a\u{2028}b]\nx = \n".to_owned(),
+            format!("{base}\"\\u001b[31m\" = 1\n"),
+            format!("{base}open = [\"\\u001b[31m\\u0085\"]\n"),
+            format!("{base}payload = \"\\u001b[31m\"\n"),
+            format!("{base}protocol = \"\\u0007x\\r\\n\"\n"),
+        ];
+        for text in cases {
+            let err = Profile::parse(&text).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                !msg.chars().any(|c| c.is_control() || c == '\u{2028}'),
+                "{text:?}: {msg:?}"
+            );
+            assert!(!err.message.chars().any(char::is_control), "{msg:?}");
+        }
+        // The section of a key is named only when it is made of bare keys.
+        let err = Profile::parse("'''\n[\0\rl]\ne=").unwrap_err();
+        assert_eq!(err.key, None);
+        assert_eq!(key_at_line("[a.b]\nc = 1", 2).as_deref(), Some("a.b.c"));
+        // Whatever a caller puts in the fields, Display escapes it.
+        let err = ConfigError {
+            line: Some(1),
+            key: Some("k\u{1b}".into()),
+            message: "m\n\u{9b}".into(),
+        };
+        assert_eq!(err.to_string(), "line 1: k\\u{1b}: m\\u{a}\\u{9b}");
     }
 }

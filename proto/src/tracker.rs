@@ -695,10 +695,14 @@ impl Tracker {
         }
         self.stats.in_range += 1;
         let source = canonical_ip(source);
-        // Normally the server keeps the tables current; never miss a step if it did not.
+        // Normally the server keeps the tables current (`advance` every 500 ms); never miss a
+        // step if it did not, and never let a table that has left the window (and the partial
+        // sequences that point into it) complete a knock for a counter outside the window.
         let w = self.config.window().counters(now);
         let expected = (w.end() - w.start() + 1) as usize;
-        if self.in_window(now).count() < expected {
+        if self.in_window(now).count() < expected
+            || self.tables.front().is_some_and(|t| t.counter < *w.start())
+        {
             // Errors are impossible with validated parameters; without tables nothing matches.
             let _ = self.advance(now);
         }

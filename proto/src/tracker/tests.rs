@@ -718,3 +718,41 @@ fn excluded_and_out_of_range_ports_are_ignored() {
         "traffic outside the range does not reset progress"
     );
 }
+
+#[test]
+fn a_step_table_that_left_the_window_never_completes_a_sequence() {
+    // Found by fuzzing (`tracker_stateful`): a sequence started for counter c - 1 used to
+    // complete in step c + 1, before the next `advance`, and be granted counter c - 1, which
+    // is outside the window c..=c + 2 by then.
+    for mode in [PayloadMode::None, PayloadMode::Optional] {
+        let mut w = world(mode, 1);
+        let counter = T0.counter(STEP);
+        let seq = w.sequence(0, counter - 1);
+        for k in &seq.knocks[..2] {
+            w.send(T0, v4(2), k.proto, k.port, None);
+        }
+        // The next step, and no `advance` in between (the daemon runs it only every 500 ms).
+        let t = UnixMillis((counter + 1) * u64::from(STEP) * 1000);
+        let window = w.tracker.config.window().counters(t);
+        assert!(counter - 1 < *window.start(), "{window:?}");
+        let last = seq.knocks[2];
+        w.send(t, v4(2), last.proto, last.port, None);
+        let grants = w.grants();
+        assert!(
+            grants.iter().all(|g| window.contains(&g.counter)),
+            "{mode}: granted outside the window {window:?}: {grants:?}"
+        );
+        assert!(grants.is_empty(), "{mode}: {grants:?}");
+        assert!(
+            w.tracker
+                .tables
+                .iter()
+                .all(|t| t.counter >= *window.start())
+        );
+        // The client's current sequence still opens.
+        w.knock(0, t, v4(2), &[0, 1, 2], None);
+        let grants = w.grants();
+        assert_eq!(grants.len(), 1, "{mode}");
+        assert_eq!(grants[0].counter, counter + 1);
+    }
+}
