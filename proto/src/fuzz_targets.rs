@@ -4,14 +4,19 @@
 //! committed corpus in an ordinary `cargo test`. Each function takes arbitrary bytes, must
 //! never panic, and asserts only genuine invariants of the code under test.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
 use sesame_keys::{PresharedKey, PrivateKey, PublicKey};
 
 use crate::payload::{remac, seal};
 use crate::{
-    ClientKeys, DATAGRAM_LEN, Opener, PLAINTEXT_LEN, Profile, RejectReason, TimeWindow, UnixMillis,
-    decode_plaintext, encode_plaintext,
+    ClientEntry, ClientKeys, DATAGRAM_LEN, Event, Grant, IpNet, KnockParams, KnockProtocol, Opener,
+    PLAINTEXT_LEN, PayloadMode, Policy, Profile, Proto, Reason, RejectReason, Request, Service,
+    TimeWindow, Tracker, TrackerConfig, UnixMillis, build_payload, canonical_ip, decode_plaintext,
+    derive_sequence, encode_plaintext,
 };
 
 /// The client private key of the `ssh-from-source` payload vector (and of most
@@ -186,7 +191,8 @@ fn check_canonical<K: PartialEq + std::fmt::Debug, E: std::fmt::Debug>(
     }
 }
 
-/// `Profile::parse` on UTF-8 text: an error is one line; a profile survives `to_toml`.
+/// `Profile::parse` on UTF-8 text: an error is one line without control characters; a profile
+/// survives `to_toml`.
 pub fn profile_parse(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -195,7 +201,979 @@ pub fn profile_parse(data: &[u8]) {
         Ok(p) => assert_eq!(Profile::parse(&p.to_toml()), Ok(p)),
         Err(e) => {
             let msg = e.to_string();
-            assert!(!msg.contains(['\n', '\r']), "{msg:?}");
+            assert!(!msg.chars().any(char::is_control), "{msg:?}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tracker as a stateful target, and the payload policy past the crypto.
+// ---------------------------------------------------------------------------------------------
+
+/// The virtual clock's start (the tracker tests' `T0`).
+const TRACKER_T0: UnixMillis = UnixMillis(1_764_000_000_000);
+/// Step length of the tracker targets.
+const TRACKER_STEP: u32 = 30;
+/// Timeout of the tracker targets.
+const TRACKER_TIMEOUT_MS: u64 = 5000;
+/// The knock range of `tracker_stateful`: 64 ports (one excluded), so that the sequences of two
+/// clients over three steps collide and resets happen.
+const TRACKER_RANGE: (u16, u16) = (10000, 10063);
+const TRACKER_EXCLUDED: u16 = 10005;
+/// The server key of the tracker targets.
+const TRACKER_SERVER_KEY: [u8; 32] = [0x42; 32];
+
+/// Most valid payloads built per input (each costs an X25519 in the tracker); resends of them
+/// are unlimited.
+const MAX_BUILDS: usize = 8;
+
+/// The two fixed clients' private keys (deterministic).
+fn tracker_client_key(i: usize) -> PrivateKey {
+    let mut b = [0u8; 32];
+    b[8..16].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+    PrivateKey::from_bytes(b)
+}
+
+fn tcp22() -> Service {
+    Service::new(Proto::Tcp, 22)
+}
+
+fn udp51820() -> Service {
+    Service::new(Proto::Udp, 51820)
+}
+
+/// Client 0: may open tcp/22 and udp/51820 from anywhere, for its source only. Client 1: may
+/// open tcp/22 from `198.18.0.0/24` and `2001:db8::/64`, for any address, until `T0 + 90 s`.
+fn tracker_policy(i: usize) -> Policy {
+    if i == 0 {
+        Policy {
+            allow: vec![tcp22(), udp51820()],
+            ..Policy::default()
+        }
+    } else {
+        Policy {
+            allow: vec![tcp22()],
+            sources: vec![
+                net(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 0)), 24),
+                net(
+                    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0)),
+                    64,
+                ),
+            ],
+            allow_other_ip: true,
+            expires: Some(TRACKER_T0.plus_millis(90_000)),
+        }
+    }
+}
+
+fn net(addr: IpAddr, len: u8) -> IpNet {
+    IpNet::new(addr, len).unwrap_or_else(|_| IpNet::from(addr))
+}
+
+/// The source pool of the tracker targets: IPv4 and IPv6, inside and outside client 1's
+/// prefixes, and the IPv4-mapped form of the first address (the same source).
+const SOURCES: [IpAddr; 8] = [
+    IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+    IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)),
+    IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+    IpAddr::V4(Ipv4Addr::new(198, 18, 1, 9)),
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2)),
+    IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0xc612, 0x0001)),
+    IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+];
+
+/// A payload's address choices: none, another public address, the IPv4-mapped form of
+/// 198.18.0.1, loopback.
+const ADDRESSES: [Option<IpAddr>; 4] = [
+    None,
+    Some(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 99))),
+    Some(IpAddr::V6(Ipv6Addr::new(
+        0, 0, 0, 0, 0, 0xffff, 0xc612, 0x0001,
+    ))),
+    Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+];
+
+/// The fixed clients' public keys, computed once.
+fn tracker_client_publics() -> &'static [PublicKey; 2] {
+    static PUBLICS: OnceLock<[PublicKey; 2]> = OnceLock::new();
+    PUBLICS.get_or_init(|| {
+        [
+            tracker_client_key(0).public_key(),
+            tracker_client_key(1).public_key(),
+        ]
+    })
+}
+
+/// A tracker for the fixed clients (four X25519 per call: `ClientKeys` cannot be cloned, and
+/// X25519 under the fuzzer's coverage instrumentation is what limits the executions per
+/// second of the stateful targets).
+fn fuzz_tracker(config: TrackerConfig) -> Tracker {
+    let server = PrivateKey::from_bytes(TRACKER_SERVER_KEY);
+    let clients = (0..2)
+        .map(|i| {
+            let keys = match ClientKeys::for_server(&server, &tracker_client_publics()[i], None) {
+                Ok(k) => k,
+                Err(e) => panic!("fixed fuzzing keys are contributory: {e}"),
+            };
+            ClientEntry {
+                name: format!("client{i}"),
+                keys,
+                policy: tracker_policy(i),
+            }
+        })
+        .collect();
+    match Tracker::new(config, server, clients, Vec::new(), TRACKER_T0) {
+        Ok(t) => t,
+        Err(e) => panic!("valid parameters: {e}"),
+    }
+}
+
+/// Reads the fuzz input a byte at a time; exhausted input reads as `None`.
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes([self.byte()?, self.byte()?]))
+    }
+
+    /// Up to `n` bytes (fewer at the end of the input).
+    fn take(&mut self, n: usize) -> &[u8] {
+        let (head, rest) = self.0.split_at(n.min(self.0.len()));
+        self.0 = rest;
+        head
+    }
+}
+
+/// The start of a step.
+fn step_start(counter: u64) -> UnixMillis {
+    UnixMillis(counter.saturating_mul(u64::from(TRACKER_STEP) * 1000))
+}
+
+/// `build_payload` with the ephemeral key `[r | 1; 32]`, memoised across inputs (the fuzzer
+/// rebuilds the same payloads over and over; each build costs two X25519). Deterministic.
+fn cached_payload(
+    keys: &ClientKeys,
+    client: u32,
+    counter: u64,
+    request: &Request,
+    r: u8,
+) -> Option<[u8; DATAGRAM_LEN]> {
+    type Cache = HashMap<(u32, u64, [u8; PLAINTEXT_LEN], u8), [u8; DATAGRAM_LEN]>;
+    thread_local! {
+        static CACHE: RefCell<Cache> = RefCell::new(HashMap::new());
+    }
+    let pt = encode_plaintext(request).ok()?;
+    let key = (client, counter, pt, r);
+    if let Some(d) = CACHE.with(|c| c.borrow().get(&key).copied()) {
+        return Some(d);
+    }
+    let d = build_payload(keys, counter, request, &PrivateKey::from_bytes([r | 1; 32])).ok()?;
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= 4096 {
+            c.clear();
+        }
+        c.insert(key, d);
+    });
+    Some(d)
+}
+
+/// What `tracker_stateful` needs to know about one input's run (for tests and seeds).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatefulSummary {
+    /// Grants from a sequence alone.
+    pub sequence_grants: u64,
+    /// Grants from a payload.
+    pub payload_grants: u64,
+    /// Sequences completed.
+    pub completed: u64,
+    /// Resets.
+    pub resets: u64,
+    /// Sources evicted because of `max_sources`.
+    pub evicted: u64,
+}
+
+/// A valid payload the harness sent: from where, when, for whom, asking what.
+struct SentPayload {
+    at: UnixMillis,
+    source: IpAddr,
+    client: u32,
+    counter: u64,
+    request: Request,
+}
+
+/// The harness's record of everything it fed to the tracker, and what the tracker granted.
+struct Ledger {
+    config: TrackerConfig,
+    /// In-range packets: (time, canonical source, proto, port).
+    hits: Vec<(UnixMillis, IpAddr, Proto, u16)>,
+    /// Valid payload datagrams sent (including resends of one).
+    payloads: Vec<SentPayload>,
+    /// The datagrams built so far, with what they carry.
+    built: Vec<([u8; DATAGRAM_LEN], u32, u64, Request)>,
+    /// Last sequence-only grant counter and payload grant timestamp, per client.
+    last_counter: [Option<u64>; 2],
+    last_timestamp: [Option<UnixMillis>; 2],
+    summary: StatefulSummary,
+}
+
+impl Ledger {
+    fn window(&self) -> TimeWindow {
+        TimeWindow {
+            step_seconds: self.config.params.step_seconds,
+            skew_steps: self.config.skew_steps,
+        }
+    }
+
+    /// Whether `source` hit every knock of `client`'s sequence at `counter` within the timeout
+    /// before `now`.
+    fn knocked(
+        &self,
+        tracker: &Tracker,
+        now: UnixMillis,
+        source: IpAddr,
+        client: u32,
+        counter: u64,
+    ) -> bool {
+        let keys = &tracker.clients()[client as usize].keys;
+        let Ok(seq) = derive_sequence(keys, &self.config.params, counter) else {
+            return false;
+        };
+        seq.knocks.iter().all(|k| {
+            self.hits.iter().any(|&(t, s, proto, port)| {
+                s == source
+                    && proto == k.proto
+                    && port == k.port
+                    && now.since(t) <= self.config.timeout_ms
+            })
+        })
+    }
+
+    /// Checks one grant against everything the harness knows. Panics on a violation.
+    fn check_grant(&mut self, tracker: &Tracker, now: UnixMillis, g: &Grant) {
+        let c = g.client.0 as usize;
+        assert!(c < 2, "{g:?}");
+        assert_eq!(
+            canonical_ip(g.source),
+            g.source,
+            "source not canonical: {g:?}"
+        );
+        let policy = tracker_policy(c);
+        assert!(
+            policy.expires.is_none_or(|e| now < e),
+            "expired client granted: {g:?}"
+        );
+        assert!(
+            policy.sources.is_empty() || policy.sources.iter().any(|n| n.contains(&g.source)),
+            "source outside the client's prefixes: {g:?}"
+        );
+        assert!(g.services.iter().all(|s| policy.allow.contains(s)), "{g:?}");
+        let length = self.config.params.length;
+        if length > 0 {
+            assert!(
+                self.knocked(tracker, now, g.source, g.client.0, g.counter),
+                "grant without the client's knocks from that source within the timeout: {g:?}"
+            );
+        }
+        match g.timestamp {
+            None => {
+                assert!(
+                    self.config.payload != PayloadMode::Required && length > 0,
+                    "sequence-only grant in {} mode, length {length}: {g:?}",
+                    self.config.payload
+                );
+                // Strictly the window at `now`, also between two `advance`s (the daemon runs it
+                // every 500 ms): a step table that has left the window must not complete a knock.
+                assert!(
+                    self.window().contains(now, g.counter),
+                    "sequence grant for a counter outside the window: {g:?}"
+                );
+                assert!(
+                    self.last_counter[c].is_none_or(|l| g.counter > l),
+                    "sequence-only replay: {g:?} after {:?}",
+                    self.last_counter[c]
+                );
+                self.last_counter[c] = Some(g.counter);
+                assert_eq!(g.address, g.source);
+                assert_eq!(g.services, policy.allow);
+                self.summary.sequence_grants += 1;
+            }
+            Some(ts) => {
+                assert!(self.window().contains(now, g.counter), "{g:?}");
+                assert!(
+                    self.last_timestamp[c].is_none_or(|l| ts > l),
+                    "payload replay: {g:?} after {:?}",
+                    self.last_timestamp[c]
+                );
+                self.last_timestamp[c] = Some(ts);
+                // Several payloads may carry the same timestamp: one of them must explain
+                // the grant exactly.
+                let timeout = self.config.timeout_ms;
+                let explains = |p: &&SentPayload| {
+                    let r = &p.request;
+                    let address = r.address.map_or(g.source, canonical_ip);
+                    let mut wanted: Vec<Service> = Vec::new();
+                    for s in &r.services {
+                        if !wanted.contains(s) {
+                            wanted.push(*s);
+                        }
+                    }
+                    if wanted.is_empty() {
+                        wanted = policy.allow.clone();
+                    }
+                    p.source == g.source
+                        && p.client == g.client.0
+                        && p.counter == g.counter
+                        && r.timestamp == ts
+                        && now.since(p.at) <= timeout
+                        && g.address == address
+                        && g.services == wanted
+                };
+                assert!(
+                    self.payloads.iter().any(|p| explains(&p)),
+                    "payload grant without a matching valid payload from that source: {g:?}"
+                );
+                assert!(g.address == g.source || policy.allow_other_ip, "{g:?}");
+                self.summary.payload_grants += 1;
+            }
+        }
+    }
+}
+
+/// The tracker as a stateful target: an arbitrary sequence of packets (from a pool of eight
+/// v4/v6 sources, to ports of the fixed clients' live sequences or anywhere, with empty,
+/// garbage, valid or replayed payload datagrams) and clock moves, in `required`, `optional` or
+/// `none` mode with length 3 or 0, with small caps (4 sources of the pool's 7, 2 candidates)
+/// so eviction runs.
+///
+/// Invariants (see `fuzz/README.md`): no panic; [`Tracker::assert_invariants`] after every op;
+/// every grant is justified by what the harness sent (see `Ledger::check_grant`); grant and
+/// completion counters match the events; X25519 runs only for datagrams with a valid MAC.
+pub fn tracker_stateful(data: &[u8]) {
+    tracker_stateful_run(data);
+}
+
+/// [`tracker_stateful`], returning what happened.
+pub fn tracker_stateful_run(data: &[u8]) -> StatefulSummary {
+    let mut input = Input(data);
+    let Some(sel) = input.byte() else {
+        return StatefulSummary::default();
+    };
+    let mode = [
+        PayloadMode::Required,
+        PayloadMode::Optional,
+        PayloadMode::None,
+    ][usize::from(sel % 3)];
+    let length: u8 = if (sel / 3) % 2 == 0 { 3 } else { 0 };
+    let protocol =
+        [KnockProtocol::Udp, KnockProtocol::Tcp, KnockProtocol::Mixed][usize::from((sel / 6) % 3)];
+    let params = match KnockParams::new(
+        TRACKER_STEP,
+        u64::from(length),
+        (u64::from(TRACKER_RANGE.0), u64::from(TRACKER_RANGE.1)),
+        &[TRACKER_EXCLUDED],
+        protocol,
+    ) {
+        Ok(p) => p,
+        Err(e) => panic!("valid parameters: {e}"),
+    };
+    let config = TrackerConfig {
+        params,
+        skew_steps: 1,
+        timeout_ms: TRACKER_TIMEOUT_MS,
+        payload: mode,
+        max_sources: 4,
+        max_candidates: 2,
+    };
+    let mut tracker = fuzz_tracker(config.clone());
+    let mut ledger = Ledger {
+        config,
+        hits: Vec::new(),
+        payloads: Vec::new(),
+        built: Vec::new(),
+        last_counter: [None; 2],
+        last_timestamp: [None; 2],
+        summary: StatefulSummary::default(),
+    };
+    let mut now = TRACKER_T0;
+    let mut events = Vec::new();
+    let mut grants = 0u64;
+    let mut completed = 0u64;
+    let mut valid_sends = 0u64;
+    let mut garbage = [0u8; DATAGRAM_LEN];
+    for _ in 0..512 {
+        let Some(op) = input.byte() else { break };
+        match op % 8 {
+            0..=4 => {
+                let (Some(a), Some(b)) = (input.byte(), input.byte()) else {
+                    break;
+                };
+                let source = SOURCES[usize::from(a & 7)];
+                let client = u32::from(b & 1);
+                let counter = now
+                    .counter(TRACKER_STEP)
+                    .wrapping_add_signed(i64::from(((b >> 1) & 3) % 3) - 1);
+                let (proto, port) = if b & 0x80 != 0 {
+                    // A port of a live sequence: position 0..=length (length: the payload port).
+                    let keys = &tracker.clients()[client as usize].keys;
+                    let Ok(seq) = derive_sequence(keys, &tracker.config().params, counter) else {
+                        continue;
+                    };
+                    let pos = usize::from((b >> 3) & 0xf) % (usize::from(length) + 1);
+                    match seq.knocks.get(pos) {
+                        Some(k) => (k.proto, k.port),
+                        None => (Proto::Udp, seq.payload_port),
+                    }
+                } else {
+                    let proto = if a & 8 != 0 { Proto::Tcp } else { Proto::Udp };
+                    (proto, 9990 + u16::from(b & 0x7f))
+                };
+                let mut datagram: Vec<u8> = Vec::new();
+                if proto == Proto::Udp {
+                    match (a >> 4) & 3 {
+                        0 => {}
+                        1 => {
+                            let n = usize::from(input.byte().unwrap_or(0));
+                            datagram.extend_from_slice(input.take(n));
+                        }
+                        2 if a & 0x40 != 0 && !ledger.built.is_empty() => {
+                            // Resend a datagram built earlier (a replay, maybe from elsewhere).
+                            let i = usize::from(input.byte().unwrap_or(0)) % ledger.built.len();
+                            datagram.extend_from_slice(&ledger.built[i].0);
+                        }
+                        2 => {
+                            let x = input.byte().unwrap_or(0);
+                            for (i, g) in garbage.iter_mut().enumerate() {
+                                *g = g.wrapping_add(x).rotate_left(i as u32 % 8) ^ i as u8;
+                            }
+                            datagram.extend_from_slice(&garbage);
+                        }
+                        _ if ledger.built.len() < MAX_BUILDS => {
+                            let r = input.byte().unwrap_or(0);
+                            let mut ts = step_start(counter).plus_millis(u64::from(r % 32) * 937);
+                            if r & 0x20 != 0 {
+                                // Not in the step it is sent for: counter_mismatch.
+                                ts = ts.plus_millis(u64::from(TRACKER_STEP) * 1000);
+                            }
+                            let services = match r >> 6 {
+                                0 => vec![],
+                                1 => vec![tcp22()],
+                                2 => vec![udp51820(), tcp22(), udp51820()],
+                                _ => vec![Service::new(Proto::Tcp, 23)],
+                            };
+                            let request = Request {
+                                timestamp: ts,
+                                random: [r; 16],
+                                services,
+                                address: ADDRESSES[usize::from(a >> 6)],
+                                flags: 0,
+                            };
+                            let keys = &tracker.clients()[client as usize].keys;
+                            if let Some(d) = cached_payload(keys, client, counter, &request, r) {
+                                datagram.extend_from_slice(&d);
+                                ledger.built.push((d, client, counter, request));
+                            }
+                        }
+                        // Enough payloads built for one input: an empty datagram.
+                        _ => {}
+                    }
+                }
+                let canon = canonical_ip(source);
+                if tracker.config().params.in_range(port) {
+                    ledger.hits.push((now, canon, proto, port));
+                }
+                if let Some((_, c, k, req)) =
+                    ledger.built.iter().find(|(d, ..)| d[..] == datagram[..])
+                {
+                    valid_sends += 1;
+                    ledger.payloads.push(SentPayload {
+                        at: now,
+                        source: canon,
+                        client: *c,
+                        counter: *k,
+                        request: req.clone(),
+                    });
+                }
+                let d = (proto == Proto::Udp).then_some(&datagram[..]);
+                tracker.packet(now, source, proto, port, d, &mut events);
+            }
+            5 => now = now.plus_millis(u64::from(input.u16().unwrap_or(0))),
+            6 => {
+                let next = now.counter(TRACKER_STEP) + 1;
+                now = step_start(next).plus_millis(u64::from(input.byte().unwrap_or(0)) * 10);
+            }
+            _ => {
+                if let Err(e) = tracker.advance(now) {
+                    panic!("advance: {e}");
+                }
+            }
+        }
+        tracker.assert_invariants();
+        for e in events.drain(..) {
+            match e {
+                Event::Granted(g) => {
+                    grants += 1;
+                    ledger.check_grant(&tracker, now, &g);
+                }
+                Event::SequenceComplete {
+                    source,
+                    client,
+                    counter,
+                } => {
+                    completed += 1;
+                    assert_eq!(canonical_ip(source), source);
+                    assert!(length > 0 && client.0 < 2);
+                    assert!(ledger.knocked(&tracker, now, source, client.0, counter));
+                }
+                Event::Rejected { source, client, .. } => {
+                    assert_eq!(canonical_ip(source), source);
+                    assert!(client.is_none_or(|c| c.0 < 2));
+                }
+            }
+        }
+    }
+    let stats = tracker.stats();
+    assert_eq!(stats.grants, grants);
+    assert_eq!(stats.sequences_completed, completed);
+    assert!(
+        stats.x25519 <= valid_sends,
+        "X25519 without a valid MAC: {stats:?}"
+    );
+    assert!(stats.payloads_accepted <= stats.x25519);
+    ledger.summary.completed = completed;
+    ledger.summary.resets = stats.resets;
+    ledger.summary.evicted = stats.sources_evicted;
+    ledger.summary
+}
+
+/// Encodes a `tracker_stateful` input (for seeds): `sel`, then ops.
+#[derive(Debug, Default)]
+pub struct StatefulInput(Vec<u8>);
+
+impl StatefulInput {
+    /// Starts an input with the mode/length/protocol selector byte.
+    pub fn new(sel: u8) -> Self {
+        StatefulInput(vec![sel])
+    }
+
+    /// Sends position `pos` of `client`'s sequence at now's step + `offset` (-1..=1) from
+    /// `SOURCES[source]`; `payload` is `Some(r)` for a valid payload whose byte `r` picks the
+    /// timestamp and services, `address` the `ADDRESSES` entry.
+    pub fn knock(
+        mut self,
+        source: u8,
+        client: u8,
+        offset: i8,
+        pos: u8,
+        payload: Option<(u8, u8)>,
+    ) -> Self {
+        let off = (offset + 1) as u8 % 3;
+        let b = 0x80 | (pos & 0xf) << 3 | off << 1 | (client & 1);
+        match payload {
+            None => self.0.extend_from_slice(&[0, source & 7, b]),
+            Some((r, address)) => {
+                let a = (source & 7) | 0x30 | (address & 3) << 6;
+                self.0.extend_from_slice(&[0, a, b, r]);
+            }
+        }
+        self
+    }
+
+    /// Resends the `i`-th datagram built so far from `SOURCES[source]` to position `pos`.
+    pub fn resend(mut self, source: u8, client: u8, pos: u8, i: u8) -> Self {
+        let b = 0x80 | (pos & 0xf) << 3 | 1 << 1 | (client & 1);
+        self.0
+            .extend_from_slice(&[0, (source & 7) | 0x20 | 0x40, b, i]);
+        self
+    }
+
+    /// A packet to an arbitrary port `9990 + (p & 0x7f)`.
+    pub fn noise(mut self, source: u8, tcp: bool, p: u8) -> Self {
+        let a = (source & 7) | if tcp { 8 } else { 0 };
+        self.0.extend_from_slice(&[1, a, p & 0x7f]);
+        self
+    }
+
+    /// Moves the clock by `ms`.
+    pub fn wait(mut self, ms: u16) -> Self {
+        self.0.push(5);
+        self.0.extend_from_slice(&ms.to_be_bytes());
+        self
+    }
+
+    /// Moves the clock to the next step (+ `tens` × 10 ms).
+    pub fn next_step(mut self, tens: u8) -> Self {
+        self.0.extend_from_slice(&[6, tens]);
+        self
+    }
+
+    /// Runs `Tracker::advance`.
+    pub fn advance(mut self) -> Self {
+        self.0.push(7);
+        self
+    }
+
+    /// The bytes.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// The datagram that carries `pt` past the crypto: with `--cfg fuzzing` the crypto is bypassed
+/// (see `crate::fuzzing`), so any ephemeral key, tag and MAC do; in a normal build (the corpus
+/// replay) it is really sealed for the client and counter, so the same checks run on the
+/// genuine path.
+#[cfg(fuzzing)]
+fn bypass_datagram(
+    _keys: &ClientKeys,
+    _counter: u64,
+    pt: &[u8; PLAINTEXT_LEN],
+) -> [u8; DATAGRAM_LEN] {
+    let mut d = [0u8; DATAGRAM_LEN];
+    d[32..32 + PLAINTEXT_LEN].copy_from_slice(pt);
+    d
+}
+
+#[cfg(not(fuzzing))]
+fn bypass_datagram(
+    keys: &ClientKeys,
+    counter: u64,
+    pt: &[u8; PLAINTEXT_LEN],
+) -> [u8; DATAGRAM_LEN] {
+    match seal(keys, counter, pt, &PrivateKey::from_bytes(EPHEMERAL_KEY)) {
+        Ok(d) => d,
+        Err(e) => panic!("sealing failed: {e}"),
+    }
+}
+
+/// What opening a datagram carrying `pt` for `counter` must give once the crypto has passed.
+fn expected_open(pt: &[u8], counter: u64) -> Result<Request, RejectReason> {
+    let r = decode_plaintext(pt)?;
+    if r.timestamp.counter(TRACKER_STEP) != counter {
+        return Err(RejectReason::CounterMismatch);
+    }
+    Ok(r)
+}
+
+/// Every policy rule `r` breaks for `client` (written from the tracker's documentation, not its
+/// code), and otherwise the address and services to grant.
+fn policy_verdict(
+    client: usize,
+    now: UnixMillis,
+    source: IpAddr,
+    last: Option<UnixMillis>,
+    r: &Request,
+) -> Result<(IpAddr, Vec<Service>), Vec<Reason>> {
+    let policy = tracker_policy(client);
+    let mut broken = Vec::new();
+    if last.is_some_and(|l| r.timestamp <= l) {
+        broken.push(Reason::Replay);
+    }
+    if policy.expires.is_some_and(|e| now >= e) {
+        broken.push(Reason::Expired);
+    }
+    if !policy.sources.is_empty() && !policy.sources.iter().any(|n| n.contains(&source)) {
+        broken.push(Reason::SourceNotAllowed);
+    }
+    let address = match r.address {
+        Some(IpAddr::V6(a)) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),
+        Some(a) => a,
+        None => source,
+    };
+    let unopenable = match address {
+        IpAddr::V4(a) => {
+            a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast()
+        }
+        IpAddr::V6(a) => a.is_unspecified() || a.is_loopback() || a.is_multicast(),
+    };
+    if unopenable {
+        broken.push(Reason::BadAddress(address));
+    }
+    if address != source && !policy.allow_other_ip {
+        broken.push(Reason::OtherIpNotAllowed(address));
+    }
+    let mut services: Vec<Service> = Vec::new();
+    for s in &r.services {
+        if !policy.allow.contains(s) {
+            broken.push(Reason::ServiceNotAllowed(*s));
+        } else if !services.contains(s) {
+            services.push(*s);
+        }
+    }
+    if services.is_empty() && r.services.is_empty() {
+        services = policy.allow.clone();
+    }
+    if broken.is_empty() {
+        Ok((address, services))
+    } else {
+        Err(broken)
+    }
+}
+
+/// Past the MAC and the AEAD: arbitrary plaintexts through the opener's last steps (decoding,
+/// the step check) and through a single-packet tracker's replay and policy checks.
+///
+/// Input: chunks of a control byte (bit 0: client; bits 1-2: counter offset -1..=1 mod 3;
+/// bits 3-5: source; bit 7: first move the clock by `(ctrl >> 1 & 0x3f)` seconds) and a
+/// 72-byte plaintext (zero-padded at the end of the input).
+///
+/// Invariants: `Opener::open` returns exactly what decoding and the step check say; the
+/// tracker answers each datagram with exactly one event; a grant happens exactly when the
+/// plaintext decodes, is in the step of a (client, counter) whose payload port it reached,
+/// its timestamp is newer than the client's last, and no policy rule is broken, and then its
+/// address and services are the ones asked for (canonical, deduplicated; everything allowed
+/// when none are asked); a rejection names the client and a reason that applies.
+pub fn payload_open_bypass(data: &[u8]) {
+    let mut input = Input(data);
+    let params = match KnockParams::new(
+        TRACKER_STEP,
+        0,
+        (u64::from(TRACKER_RANGE.0), u64::from(TRACKER_RANGE.1)),
+        &[TRACKER_EXCLUDED],
+        KnockProtocol::Udp,
+    ) {
+        Ok(p) => p,
+        Err(e) => panic!("valid parameters: {e}"),
+    };
+    let config = TrackerConfig {
+        params: params.clone(),
+        skew_steps: 1,
+        timeout_ms: TRACKER_TIMEOUT_MS,
+        payload: PayloadMode::Required,
+        max_sources: 8,
+        max_candidates: 2,
+    };
+    let window = TimeWindow {
+        step_seconds: TRACKER_STEP,
+        skew_steps: 1,
+    };
+    let mut tracker = fuzz_tracker(config);
+    let opener = Opener::new(PrivateKey::from_bytes(TRACKER_SERVER_KEY), window);
+    #[cfg(fuzzing)]
+    let _bypass = crate::fuzzing::CryptoBypass::enable();
+    let mut now = TRACKER_T0;
+    let mut last: [Option<UnixMillis>; 2] = [None; 2];
+    let mut events = Vec::new();
+    for _ in 0..64 {
+        let Some(ctrl) = input.byte() else { break };
+        if ctrl & 0x80 != 0 {
+            now = now.plus_millis(u64::from((ctrl >> 1) & 0x3f) * 1000);
+        }
+        let client = usize::from(ctrl & 1);
+        let counter = now
+            .counter(TRACKER_STEP)
+            .wrapping_add_signed(i64::from(((ctrl >> 1) & 3) % 3) - 1);
+        let source = SOURCES[usize::from((ctrl >> 3) & 7)];
+        let canon = canonical_ip(source);
+        let mut pt = [0u8; PLAINTEXT_LEN];
+        let bytes = input.take(PLAINTEXT_LEN);
+        pt[..bytes.len()].copy_from_slice(bytes);
+
+        let keys = &tracker.clients()[client].keys;
+        let datagram = bypass_datagram(keys, counter, &pt);
+        assert_eq!(
+            opener.open(now, keys, counter, &datagram),
+            expected_open(&pt, counter)
+        );
+
+        // Every (client, counter) of the window whose payload port is this one.
+        let Ok(seq) = derive_sequence(keys, &params, counter) else {
+            continue;
+        };
+        let port = seq.payload_port;
+        let mut matches = Vec::new();
+        for k in window.counters(now) {
+            for (c, entry) in tracker.clients().iter().enumerate() {
+                if derive_sequence(&entry.keys, &params, k).is_ok_and(|s| s.payload_port == port) {
+                    matches.push((c, k));
+                }
+            }
+        }
+        tracker.packet(now, source, Proto::Udp, port, Some(&datagram), &mut events);
+        tracker.assert_invariants();
+        assert_eq!(events.len(), 1, "{events:?}");
+        match events.remove(0) {
+            Event::Granted(g) => {
+                let c = g.client.0 as usize;
+                assert!(matches.contains(&(c, g.counter)), "{g:?} {matches:?}");
+                let r = match expected_open(&pt, g.counter) {
+                    Ok(r) => r,
+                    Err(e) => panic!("granted {g:?} although opening gives {e:?}"),
+                };
+                match policy_verdict(c, now, canon, last[c], &r) {
+                    Ok((address, services)) => {
+                        assert_eq!(g.source, canon);
+                        assert_eq!(g.address, address);
+                        assert_eq!(g.services, services);
+                        assert_eq!(g.timestamp, Some(r.timestamp));
+                    }
+                    Err(broken) => panic!("granted {g:?} although it breaks {broken:?}"),
+                }
+                last[c] = Some(r.timestamp);
+            }
+            Event::Rejected {
+                source: s,
+                client: Some(id),
+                reason,
+            } => {
+                assert_eq!(s, canon);
+                let c = id.0 as usize;
+                let explained = matches.iter().filter(|m| m.0 == c).any(|&(_, k)| {
+                    match (expected_open(&pt, k), reason) {
+                        (Err(e), Reason::Payload(got)) => e == got,
+                        (Ok(r), reason) => policy_verdict(c, now, canon, last[c], &r)
+                            .is_err_and(|broken| broken.contains(&reason)),
+                        _ => false,
+                    }
+                });
+                assert!(
+                    explained,
+                    "unexplained rejection {reason:?} for client {c}: {matches:?}"
+                );
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+}
+
+/// Seeds for `payload_open_bypass`: valid plaintexts for each client and counter offset, a
+/// replay, other addresses and services, and a few broken fields.
+pub fn payload_open_bypass_seeds() -> Vec<Vec<u8>> {
+    let t0 = TRACKER_T0;
+    let base = |ts: UnixMillis, services: Vec<Service>, address: Option<IpAddr>| Request {
+        timestamp: ts,
+        random: [7; 16],
+        services,
+        address,
+        flags: 0,
+    };
+    let enc = |r: &Request| encode_plaintext(r).map(|p| p.to_vec()).unwrap_or_default();
+    let counter = t0.counter(TRACKER_STEP);
+    let mut seeds = Vec::new();
+    // ctrl: client | offset << 1 | source << 3.
+    let ctrl =
+        |client: u8, offset: i8, source: u8| client | (((offset + 1) as u8) % 3) << 1 | source << 3;
+    for client in 0..2u8 {
+        for offset in -1i8..=1 {
+            let ts = step_start(counter.wrapping_add_signed(i64::from(offset))).plus_millis(1234);
+            let mut s = vec![ctrl(client, offset, 0)];
+            s.extend(enc(&base(ts, vec![tcp22()], None)));
+            // The same again: a replay.
+            s.push(ctrl(client, offset, 0));
+            s.extend(enc(&base(ts, vec![tcp22()], None)));
+            seeds.push(s);
+        }
+        let mut s = Vec::new();
+        for (i, (services, address)) in [
+            (vec![], None),
+            (vec![udp51820(), udp51820()], None),
+            (vec![Service::new(Proto::Tcp, 23)], None),
+            (vec![tcp22()], ADDRESSES[1]),
+            (vec![tcp22()], ADDRESSES[2]),
+            (vec![tcp22()], ADDRESSES[3]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            s.push(ctrl(client, 0, i as u8 % 8));
+            s.extend(enc(&base(t0.plus_millis(i as u64 * 10), services, address)));
+        }
+        // After the clock moves past client 1's expiry.
+        s.push(0x80 | 0x7e | client);
+        s.extend(enc(&base(t0.plus_millis(200_000), vec![], None)));
+        seeds.push(s);
+    }
+    let mut bad = enc(&base(t0, vec![tcp22()], None));
+    bad[0] = 2; // version
+    let mut s = vec![0];
+    s.extend(&bad);
+    bad[0] = 1;
+    bad[1] = 1; // flags
+    s.push(0);
+    s.extend(&bad);
+    seeds.push(s);
+    seeds
+}
+
+/// Seeds for `tracker_stateful`: complete knocks (with and without payloads) in every mode,
+/// out of order, replayed, interleaved with noise, across a step, and a flood that evicts.
+pub fn tracker_stateful_seeds() -> Vec<Vec<u8>> {
+    let mut seeds = Vec::new();
+    for protocol in 0..3u8 {
+        for mode in 0..3u8 {
+            let sel = mode + 6 * protocol;
+            // Length 3: client 0 from source 0, then its payload; client 1 from source 4.
+            let s = StatefulInput::new(sel)
+                .knock(0, 0, 0, 0, None)
+                .knock(0, 0, 0, 2, None)
+                .knock(0, 0, 0, 1, None)
+                .knock(0, 0, 0, 3, Some((1 << 6, 0)))
+                .wait(200)
+                .knock(4, 1, 1, 2, None)
+                .noise(5, true, 20)
+                .knock(4, 1, 1, 0, None)
+                .knock(4, 1, 1, 1, None)
+                .knock(4, 1, 1, 3, Some((2, 1)))
+                .resend(2, 0, 3, 0)
+                .into_bytes();
+            seeds.push(s);
+            // The payload overtakes the last knock; then a replay from another source; then
+            // the next step.
+            let s = StatefulInput::new(sel)
+                .knock(1, 0, 0, 0, None)
+                .knock(1, 0, 0, 3, Some((3, 0)))
+                .knock(1, 0, 0, 1, None)
+                .knock(1, 0, 0, 2, None)
+                .knock(6, 0, 0, 0, None)
+                .knock(6, 0, 0, 1, None)
+                .knock(6, 0, 0, 2, None)
+                .resend(6, 0, 3, 0)
+                .next_step(5)
+                .advance()
+                .knock(0, 0, 0, 0, None)
+                .knock(0, 0, 0, 1, None)
+                .noise(0, false, 15)
+                .knock(0, 0, 0, 0, None)
+                .knock(0, 0, 0, 1, None)
+                .knock(0, 0, 0, 2, None)
+                .knock(0, 0, 0, 3, Some((4, 0)))
+                .into_bytes();
+            seeds.push(s);
+            // Single-packet mode (length 0): payloads alone, one replayed, one late.
+            let s = StatefulInput::new(sel + 3)
+                .knock(0, 0, 0, 0, Some((1, 0)))
+                .knock(4, 1, -1, 0, Some((2, 1)))
+                .resend(3, 0, 0, 0)
+                .wait(30_000)
+                .advance()
+                .knock(3, 1, 0, 0, Some((5, 0)))
+                .knock(1, 0, 1, 0, Some((3 << 6, 0)))
+                .into_bytes();
+            seeds.push(s);
+        }
+    }
+    // A flood from every source (more than max_sources = 8 are not needed: 8 sources + the
+    // mapped one), then a knock that times out, then one that works.
+    let mut s = StatefulInput::new(2);
+    for i in 0..40u8 {
+        s = s.noise(i % 8, i % 3 == 0, i.wrapping_mul(37));
+        s = s.knock(i % 8, i & 1, 0, i % 4, None);
+    }
+    s = s
+        .knock(0, 0, 0, 0, None)
+        .knock(0, 0, 0, 1, None)
+        .wait(5001)
+        .knock(0, 0, 0, 2, None)
+        .knock(0, 0, 0, 0, None)
+        .knock(0, 0, 0, 1, None)
+        .knock(0, 0, 0, 2, None);
+    seeds.push(s.into_bytes());
+    seeds
 }

@@ -10,6 +10,8 @@ pub mod control;
 pub mod daemon;
 pub mod edit;
 pub mod firewall;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod netlink;
 pub mod privileges;
 pub mod state;
