@@ -7,11 +7,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::path::{Path, PathBuf};
+
+#[path = "common/corpus.rs"]
+mod corpus;
+use corpus::{Target, fuzz_dir};
 
 use sesame_proto::fuzz_targets;
-
-type Target = fn(&[u8]);
 
 const TARGETS: [(&str, Target); 6] = [
     ("payload_open", fuzz_targets::payload_open),
@@ -22,49 +23,7 @@ const TARGETS: [(&str, Target); 6] = [
     ("payload_open_bypass", fuzz_targets::payload_open_bypass),
 ];
 
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
-}
-
-/// Runs every file of `dir` through `target`; returns how many there were.
-fn replay(dir: &Path, target: Target) -> usize {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.is_file())
-        .collect();
-    files.sort();
-    for path in &files {
-        let data = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        // A panic names the file, so a failure here can be reproduced with `cargo fuzz run`.
-        eprintln!("replaying {}", path.display());
-        target(&data);
-    }
-    files.len()
-}
-
-#[test]
-fn corpus_replays() {
-    for (name, target) in TARGETS {
-        let dir = fuzz_dir().join("corpus").join(name);
-        assert!(dir.is_dir(), "missing corpus directory {}", dir.display());
-        let n = replay(&dir, target);
-        assert!(n > 0, "empty corpus directory {}", dir.display());
-    }
-}
-
-/// The reproducers of the crashes the fuzzer found (`fuzz/regressions/<target>/`), all fixed.
-#[test]
-fn regressions_replay() {
-    let mut n = 0;
-    for (name, target) in TARGETS {
-        let dir = fuzz_dir().join("regressions").join(name);
-        if dir.is_dir() {
-            n += replay(&dir, target);
-        }
-    }
-    assert!(n > 0, "no regressions found under {}", fuzz_dir().display());
-}
+corpus::replay_tests!(TARGETS);
 
 /// Finding 1 (`fuzz/README.md`): a `[section]` header holding control characters, then a TOML
 /// error on a later line, used to put the header's text as it was into the one-line error.

@@ -51,40 +51,10 @@ fn setup(tag: &str, edit: impl Fn(String) -> String) -> (Dir, PathBuf, PrivateKe
     .unwrap();
     let laptop = PrivateKey::generate().public_key();
     let phone = PrivateKey::generate().public_key();
-    let text = format!(
-        r#"# sesamed test configuration
-private_key_file = "server.key"
-state_dir = "state"
-interfaces = ["any"]
-
-[knock]
-step_seconds = 30
-skew_steps = 1
-length = 3
-port_range = [10000, 32767]
-exclude_ports = [10022]
-protocol = "mixed"
-timeout_ms = 5000
-payload = "required"
-
-[firewall]
-backend = "nftables"
-protect = ["tcp/22", "udp/51820"]
-lease_seconds = 30
-
-[[client]]
-name = "laptop"
-public_key = "{laptop}"
-allow = ["tcp/22"]
-source = ["198.18.0.0/15", "2001:db8::/32"]
-
-[[client]]
-name = "phone"
-public_key = "{phone}"
-psk_file = "phone.psk"
-expires = "2030-01-01T00:00:00Z"
-"#
-    );
+    // The configuration the tests share (also the `config_parse` fuzz seeds').
+    let text = include_str!("data/sesamed-test.toml")
+        .replace("LAPTOP_PUBLIC_KEY", &laptop.to_string())
+        .replace("PHONE_PUBLIC_KEY", &phone.to_string());
     let path = dir.file("sesamed.toml");
     std::fs::write(&path, edit(text)).unwrap();
     (dir, path, server)

@@ -5,60 +5,20 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+#[path = "../../proto/tests/common/corpus.rs"]
+mod corpus;
+use corpus::{Target, fuzz_dir};
 
 use sesame_server::fuzz_targets;
-
-type Target = fn(&[u8]);
 
 const TARGETS: [(&str, Target); 2] = [
     ("frame_tracker", fuzz_targets::frame_tracker),
     ("config_parse", fuzz_targets::config_parse),
 ];
 
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
-}
-
-/// Runs every file of `dir` through `target`; returns how many there were.
-fn replay(dir: &Path, target: Target) -> usize {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.is_file())
-        .collect();
-    files.sort();
-    for path in &files {
-        let data = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        // A panic names the file, so a failure here can be reproduced with `cargo fuzz run`.
-        eprintln!("replaying {}", path.display());
-        target(&data);
-    }
-    files.len()
-}
-
-#[test]
-fn corpus_replays() {
-    for (name, target) in TARGETS {
-        let dir = fuzz_dir().join("corpus").join(name);
-        assert!(dir.is_dir(), "missing corpus directory {}", dir.display());
-        let n = replay(&dir, target);
-        assert!(n > 0, "empty corpus directory {}", dir.display());
-    }
-}
-
-/// The reproducers of the crashes the fuzzer found (`fuzz/regressions/<target>/`), all fixed.
-#[test]
-fn regressions_replay() {
-    let mut n = 0;
-    for (name, target) in TARGETS {
-        let dir = fuzz_dir().join("regressions").join(name);
-        if dir.is_dir() {
-            n += replay(&dir, target);
-        }
-    }
-    assert!(n > 0, "no regressions found under {}", fuzz_dir().display());
-}
+corpus::replay_tests!(TARGETS);
 
 /// Finding 1 (`fuzz/README.md`): a `[section]` header holding control characters, then a TOML
 /// error on a later line, used to put the header's text as it was into the one-line error, also
@@ -126,38 +86,15 @@ fn frame_seeds_reach_grants() {
 /// The `config_parse` seeds: the configuration of `tests/cli.rs` and the ways it is broken
 /// there, plus variants. The first one is valid.
 fn config_seeds() -> Vec<String> {
-    let valid = r#"# sesamed test configuration
-private_key_file = "server.key"
-state_dir = "state"
-interfaces = ["any"]
-
-[knock]
-step_seconds = 30
-skew_steps = 1
-length = 3
-port_range = [10000, 32767]
-exclude_ports = [10022]
-protocol = "mixed"
-timeout_ms = 5000
-payload = "required"
-
-[firewall]
-backend = "nftables"
-protect = ["tcp/22", "udp/51820"]
-lease_seconds = 30
-
-[[client]]
-name = "laptop"
-public_key = "O7wpzy8hg16eO+wSQAhuylX7Q3e/2cIUj4Fxa3z/ymY="
-allow = ["tcp/22"]
-source = ["198.18.0.0/15", "2001:db8::/32"]
-
-[[client]]
-name = "phone"
-public_key = "Yhu2XKH8ZSNR0FnBXuKlC1mDCm4qgBKTtl1Ip6nq0Bc="
-psk_file = "phone.psk"
-expires = "2030-01-01T00:00:00Z"
-"#;
+    let valid = include_str!("data/sesamed-test.toml")
+        .replace(
+            "LAPTOP_PUBLIC_KEY",
+            "O7wpzy8hg16eO+wSQAhuylX7Q3e/2cIUj4Fxa3z/ymY=",
+        )
+        .replace(
+            "PHONE_PUBLIC_KEY",
+            "Yhu2XKH8ZSNR0FnBXuKlC1mDCm4qgBKTtl1Ip6nq0Bc=",
+        );
     let edits: &[(&str, &str)] = &[
         (
             "protect = [\"tcp/22\", \"udp/51820\"]",
