@@ -1671,3 +1671,111 @@ impl Lab {
             .unwrap_or_else(|| panic!("no index in `ip link show {dev}`: {out}"))
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shared by the flood generator, the benchmark and the e2e tests
+
+/// SplitMix64: a small, fast, seedable PRNG (schedules, ports, garbage). Not for secrets.
+#[derive(Clone, Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeded from the system's random source.
+    pub fn seeded() -> Rng {
+        let mut seed = [0u8; 8];
+        sesame_keys::fill_random(&mut seed);
+        Rng(u64::from_le_bytes(seed))
+    }
+
+    /// From `SESAME_E2E_SEED`, or the clock; prints the seed so a run can be repeated.
+    pub fn from_env(what: &str) -> Rng {
+        let seed = std::env::var("SESAME_E2E_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+            });
+        eprintln!("{what}: seed {seed} (rerun with SESAME_E2E_SEED={seed})");
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u32) -> u32 {
+        (((self.next() >> 32) * u64::from(n)) >> 32) as u32
+    }
+
+    /// A value in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+
+    /// Fills `buf` with random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// Memory and CPU of a process, from `/proc/PID/status` and `/proc/PID/stat`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcStats {
+    /// VmRSS, KiB.
+    pub rss_kib: u64,
+    /// VmHWM (peak RSS), KiB.
+    pub hwm_kib: u64,
+    /// utime + stime, clock ticks.
+    pub cpu_ticks: u64,
+    /// cutime + cstime (children waited for), clock ticks.
+    pub child_ticks: u64,
+}
+
+/// Clock ticks per second (for `/proc/PID/stat`).
+pub fn clk_tck() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(t).unwrap_or(100).max(1)
+}
+
+/// Reads VmRSS, VmHWM and the CPU times of `pid`.
+pub fn proc_stats(pid: u32) -> Result<ProcStats, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let kib = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // Fields after the command name (which may contain spaces): state is field 3, utime 14,
+    // stime 15, cutime 16, cstime 17.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    Ok(ProcStats {
+        rss_kib: kib("VmRSS:"),
+        hwm_kib: kib("VmHWM:"),
+        cpu_ticks: at(11) + at(12),
+        child_ticks: at(13) + at(14),
+    })
+}

@@ -66,6 +66,7 @@ use sesame_proto::{
     ClientKeys, DATAGRAM_LEN, KnockParams, Profile, Proto, Request, Sequence, UnixMillis,
     build_payload, derive_sequence,
 };
+use sesame_tests::Rng;
 use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
 
 type Result<T> = std::result::Result<T, String>;
@@ -166,37 +167,6 @@ fn run(args: &[String]) -> Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
-
-/// splitmix64: fast, good enough for picking ports and filling garbage.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Rng {
-        let mut seed = [0u8; 8];
-        sesame_keys::fill_random(&mut seed);
-        Rng(u64::from_le_bytes(seed))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: u32) -> u32 {
-        (((self.next() >> 32) * u64::from(n)) >> 32) as u32
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-}
 
 fn now_ms() -> UnixMillis {
     let d = SystemTime::now()

@@ -59,8 +59,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use sesame_tests::{
-    ATTACKER_IF, CLIENT_IF, ClientSpec, DaemonSpec, Host, Lab, Proc, SERVER_IF_ATTACKER,
-    SERVER_IF_CLIENT, bin, in_ci, require_netns, signal, text,
+    ATTACKER_IF, CLIENT_IF, ClientSpec, DaemonSpec, Host, Lab, Proc, ProcStats, Rng,
+    SERVER_IF_ATTACKER, SERVER_IF_CLIENT, bin, clk_tck, in_ci, proc_stats, require_netns, signal,
+    text,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -296,25 +297,6 @@ impl Opts {
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-/// splitmix64, seeded from the system's random source: picks the pauses between knocks.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Rng {
-        let mut seed = [0u8; 8];
-        sesame_keys::fill_random(&mut seed);
-        Rng(u64::from_le_bytes(seed))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// The full path of a program found in `PATH` (and the sbin directories, which a non-login
 /// root shell may lack).
 fn find_program(name: &str) -> Option<PathBuf> {
@@ -491,50 +473,6 @@ fn floor_send(args: &[String]) -> Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // /proc figures
-
-#[derive(Clone, Copy, Debug, Default)]
-struct ProcStats {
-    hwm_kib: u64,
-    rss_kib: u64,
-    /// utime + stime, clock ticks.
-    cpu_ticks: u64,
-    /// cutime + cstime (children waited for), clock ticks.
-    child_ticks: u64,
-}
-
-fn clk_tck() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(t).unwrap_or(100).max(1)
-}
-
-fn proc_stats(pid: u32) -> Result<ProcStats> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
-    let kib = |key: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
-    // After the command name: state is field 3; utime 14, stime 15, cutime 16, cstime 17.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    let at = |i: usize| f.get(i).copied().unwrap_or(0);
-    Ok(ProcStats {
-        hwm_kib: kib("VmHWM:"),
-        rss_kib: kib("VmRSS:"),
-        cpu_ticks: at(11) + at(12),
-        child_ticks: at(13) + at(14),
-    })
-}
 
 /// The `cpu` line of /proc/stat: (busy, nice, total) jiffies over all CPUs.
 fn cpu_jiffies() -> (u64, u64, u64) {

@@ -345,39 +345,7 @@ impl Drop for NsMount {
     }
 }
 
-/// A small, seedable PRNG (SplitMix64) for reproducible schedules.
-pub struct Rng(u64);
-
-impl Rng {
-    /// From `SESAME_E2E_SEED`, or the clock; prints the seed.
-    pub fn from_env(what: &str) -> Rng {
-        let seed = std::env::var("SESAME_E2E_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        eprintln!("{what}: seed {seed} (rerun with SESAME_E2E_SEED={seed})");
-        Rng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform value in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
+pub use sesame_tests::Rng;
 
 // ---------------------------------------------------------------------------------------------
 // nft missing or failing

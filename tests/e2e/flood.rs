@@ -41,50 +41,11 @@ pub const CI_RATE: u64 = 10_000;
 /// few seconds, without starving the tests that run beside it.
 pub const MEMORY_RATE: u64 = 25_000;
 
-/// `/proc/PID` figures of a process.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProcStats {
-    /// VmRSS, KiB.
-    pub rss_kib: u64,
-    /// VmHWM (peak RSS), KiB.
-    pub hwm_kib: u64,
-    /// utime + stime, clock ticks.
-    pub cpu_ticks: u64,
-}
-
-/// Clock ticks per second (for `/proc/PID/stat`).
-pub fn clk_tck() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(t).unwrap_or(100).max(1)
-}
+pub use sesame_tests::{ProcStats, clk_tck};
 
 /// Reads VmRSS, VmHWM and CPU time of `pid`.
 pub fn proc_stats(pid: u32) -> ProcStats {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
-    let kib = |key: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
-    // Fields after the command name (which may contain spaces): state is field 3, utime 14,
-    // stime 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<u64> = rest
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    ProcStats {
-        rss_kib: kib("VmRSS:"),
-        hwm_kib: kib("VmHWM:"),
-        cpu_ticks: fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0),
-    }
+    sesame_tests::proc_stats(pid).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The pid of the running sesamed (checked: `ip netns exec` execs it, so the spawned child
