@@ -8,7 +8,7 @@
 //! (5–15 s each): CI runs debug builds, two tests at a time, on shared cores, and a flood that
 //! outruns the daemon only measures the machine. `scripts/flood-bench` runs the same cases on
 //! release builds as fast as the generator can send (`SESAME_FLOOD_RATE=0`) and for longer, and
-//! prints the figures table of `docs/security-notes/floods.md`.
+//! prints the figures table of `docs/SECURITY.md`.
 //!
 //! Knobs (environment): `SESAME_FLOOD_KNOCKS` (legitimate knocks per case, default 100),
 //! `SESAME_FLOOD_MIN_SECONDS` (shortest flood, default 0: as long as the knocks take),
@@ -26,7 +26,7 @@ use sesame_tests::{ATTACKER_IF, Family, Host, Proc, SERVER_IF_ATTACKER, require_
 use crate::common::Fixture;
 
 /// The peak RSS (VmHWM) sesamed may reach under any flood, in KiB. Measured (see
-/// `docs/security-notes/floods.md`): a debug build idles at 11 MiB and peaks at 57–60 MiB
+/// `docs/SECURITY.md`): a debug build idles at 11 MiB and peaks at 57–60 MiB
 /// with the tracker full (65 536 sources, each with a buffered 136-byte datagram) and its LRU
 /// queue at the compaction limit; a release build idles at 5 MiB and peaks at 58 MiB. The
 /// tracker's worst case by construction is about 60 MiB (hash table 16, buffered datagrams 9,

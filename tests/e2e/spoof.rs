@@ -6,7 +6,7 @@
 //! client; it can never open anything (that needs the client's keys), and the client gets in
 //! as soon as the spoofer stops.
 //!
-//! The bound (measured by `bench_spoofing_bound`, see `docs/security-notes/floods.md`): a
+//! The bound (measured by `bench_spoofing_bound`, see `docs/SECURITY.md`): a
 //! spoofer sending `r` in-range packets per second makes a knock whose packets span `d`
 //! seconds at the server fail with probability at most `min(1, r·d)` (`1 - e^(-r·d)` for
 //! randomly timed packets).
@@ -191,7 +191,7 @@ fn spoofed_garbage_in_the_clients_name_delays_but_never_opens() {
     );
 }
 
-/// The measurement behind the bound in `docs/security-notes/floods.md`: failure rates of
+/// The measurement behind the bound in `docs/SECURITY.md`: failure rates of
 /// knocks of known duration under spoofers of known rate. Run by `scripts/flood-bench`.
 #[test]
 #[ignore = "measurement, about 3 minutes: scripts/flood-bench runs it"]

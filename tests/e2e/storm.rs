@@ -310,7 +310,7 @@ fn max_concurrent(calls: &[Call]) -> usize {
 /// addresses, two services: four leases, each opened once and closed once. (With a 3-second
 /// lease, a loaded debug build once ran 8 opens: it fell more than a lease behind the storm
 /// and expired the leases before it got to their queued refreshes; see
-/// `docs/security-notes/floods.md`.)
+/// `docs/SECURITY.md`.)
 #[test]
 fn storm_of_1000_knocks_runs_each_hook_once_per_lease() {
     if !require_netns() {
