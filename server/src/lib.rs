@@ -254,8 +254,10 @@ fn profile_uri(
     uri.encode().map_err(|e| runtime_error(e.to_string()))
 }
 
-/// Draws `text` as a QR code with Unicode half blocks (light modules are spaces on a dark
-/// terminal, as phone cameras expect a dark-on-light code, the colours are inverted).
+/// Draws `text` as a QR code with Unicode half blocks: a light module is a block in the
+/// foreground colour and a dark one a space, so the code is dark-on-light (what phone cameras
+/// expect) on a terminal with a dark background. On a terminal (and without `NO_COLOR`),
+/// [`qr_for_stdout`] also sets those colours, so the code reads on light themes too.
 pub fn qr_text(text: &str) -> Result<String, String> {
     use qrcode::render::unicode::Dense1x2;
     let code = qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M)
@@ -266,6 +268,26 @@ pub fn qr_text(text: &str) -> Result<String, String> {
         .light_color(Dense1x2::Dark)
         .quiet_zone(true)
         .build())
+}
+
+/// [`qr_text`] with every line drawn white on black (ANSI SGR 97;40) when `colors`.
+pub fn qr_colored(text: &str, colors: bool) -> Result<String, String> {
+    let qr = qr_text(text)?;
+    if !colors {
+        return Ok(qr);
+    }
+    Ok(qr
+        .lines()
+        .map(|l| format!("\x1b[97;40m{l}\x1b[0m"))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// The QR code for standard output: coloured when it is a terminal and `NO_COLOR` is unset.
+fn qr_for_stdout(text: &str) -> Result<String, String> {
+    use std::io::IsTerminal;
+    let colors = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    qr_colored(text, colors)
 }
 
 /// Entry point of the `sesamed` binary: 0 ok, 1 failure, 2 usage or configuration error.
@@ -413,7 +435,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 let shown = match (generated, &host) {
                     (Some(key), Some(host)) => {
                         let uri = profile_uri(&change.config, &name, host, Some(key))?;
-                        let qr = qr_text(&uri).map_err(runtime_error)?;
+                        let qr = qr_for_stdout(&uri).map_err(runtime_error)?;
                         Some((uri, qr))
                     }
                     _ => None,
@@ -474,7 +496,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 println!("{}", &*text);
             }
             if qr {
-                print!("{}", qr_text(&text).map_err(runtime_error)?);
+                print!("{}", qr_for_stdout(&text).map_err(runtime_error)?);
                 println!();
             }
             Ok(())

@@ -480,3 +480,24 @@ fn man_page_renders() {
         );
     }
 }
+
+/// On a terminal, the code is drawn with explicit colours (white glyphs on black), so it reads
+/// the same on light and dark themes: every line carries the colours and resets them, and
+/// what is between is the code a camera decodes.
+#[test]
+fn terminal_qr_sets_its_own_colours() {
+    let uri = "sesame://1/AAZsYXB0b3AKMTk4LjE4LjAuMd6e2317fcG001thwuzkNTc_g0PIW3hnTa38fhRviCtPAAAAHh5OIFXvAAAAAQYAFg";
+    let plain = sesame_server::qr_colored(uri, false).unwrap();
+    assert!(!plain.contains('\x1b'));
+    let colored = sesame_server::qr_colored(uri, true).unwrap();
+    let inner: Vec<&str> = colored
+        .lines()
+        .map(|l| {
+            l.strip_prefix("\x1b[97;40m")
+                .and_then(|l| l.strip_suffix("\x1b[0m"))
+                .unwrap_or_else(|| panic!("line without its colours: {l:?}"))
+        })
+        .collect();
+    assert_eq!(inner.join("\n"), plain.trim_end_matches('\n'));
+    assert_eq!(decode_terminal_qr(&inner.join("\n")).unwrap(), uri);
+}
