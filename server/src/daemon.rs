@@ -168,6 +168,8 @@ struct Core {
     events: Vec<Event>,
     limiter: LogLimiter,
     state_write_failures: u64,
+    /// Clients whose last grant could not be saved (refused): saved with the next grant.
+    unsaved: Vec<PublicKey>,
 }
 
 impl Core {
@@ -202,11 +204,20 @@ impl Core {
         match event {
             Event::Granted(g) => {
                 // Persist before granting: a restart must never make this knock valid again.
-                let states = self
-                    .keys
-                    .iter()
-                    .zip(self.tracker.replay_states().iter().copied());
-                if let Err(e) = self.store.save(states) {
+                // Only this client's state changed (the tracker changes replay state only when
+                // it grants), plus any whose earlier save failed.
+                let replay = self.tracker.replay_states();
+                let key = self.keys[g.client.0 as usize];
+                let mut states = vec![(key, replay[g.client.0 as usize])];
+                for k in self.unsaved.iter().filter(|k| **k != key) {
+                    if let Some(i) = self.keys.iter().position(|x| x == k) {
+                        states.push((*k, replay[i]));
+                    }
+                }
+                if let Err(e) = self.store.save(states.iter().map(|(k, s)| (k, *s))) {
+                    if !self.unsaved.contains(&key) {
+                        self.unsaved.push(key);
+                    }
                     self.state_write_failures += 1;
                     self.remember(g.client, now, g.source, "state_write_failed");
                     tracing::error!(
@@ -217,6 +228,7 @@ impl Core {
                     );
                     return;
                 }
+                self.unsaved.clear();
                 self.remember(g.client, now, g.source, "granted");
                 tracing::debug!(
                     client = %self.name(g.client),
@@ -465,6 +477,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         events: Vec::new(),
         limiter: LogLimiter::new(),
         state_write_failures: 0,
+        unsaved: Vec::new(),
         config: config.clone(),
         server_key: secrets.server_key.clone(),
     }));
