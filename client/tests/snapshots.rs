@@ -19,29 +19,9 @@ use sesame_proto::{KnockParams, KnockProtocol, PayloadMode, Profile, ProfileUri,
 
 const SESAME: &str = env!("CARGO_BIN_EXE_sesame");
 
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let mut rnd = [0u8; 6];
-        sesame_keys::fill_random(&mut rnd);
-        let name: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
-        let dir = std::env::temp_dir().join(format!("sesame-snap-{tag}-{name}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+#[path = "../../tests/support/tempdir.rs"]
+mod tempdir;
+use tempdir::TempDir;
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)
@@ -324,41 +304,20 @@ fn man_page_renders() {
     assert!(o.status.success(), "{}", text(&o));
     let page = String::from_utf8(o.stdout).unwrap();
     assert!(page.contains(".TH sesame 1"), "{page}");
-    let tmp = TempDir::new("man");
-    std::fs::write(tmp.path("sesame.1"), &page).unwrap();
-    let r = match Command::new("groff")
-        .args(["-man", "-Tutf8", "-ww", "-P-cbou"])
-        .arg(tmp.path("sesame.1"))
-        .output()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("groff not available ({e}); rendering not checked");
-            return;
-        }
-    };
-    assert!(r.status.success(), "{}", text(&r));
-    assert!(
-        r.stderr.is_empty(),
-        "groff warnings: {}",
-        String::from_utf8_lossy(&r.stderr)
+    tempdir::assert_man_page_renders(
+        &page,
+        "sesame.1",
+        &[
+            "genkey",
+            "pubkey",
+            "genpsk",
+            "open",
+            "ports",
+            "import",
+            "list",
+            "proxy",
+            "completions",
+            "man",
+        ],
     );
-    let rendered = String::from_utf8_lossy(&r.stdout).into_owned();
-    for sub in [
-        "genkey",
-        "pubkey",
-        "genpsk",
-        "open",
-        "ports",
-        "import",
-        "list",
-        "proxy",
-        "completions",
-        "man",
-    ] {
-        assert!(
-            rendered.contains(sub),
-            "the manual page lists `{sub}`: {rendered}"
-        );
-    }
 }

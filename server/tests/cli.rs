@@ -9,27 +9,9 @@ use sesame_keys::PrivateKey;
 
 const SESAMED: &str = env!("CARGO_BIN_EXE_sesamed");
 
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Self {
-        let mut r = [0u8; 6];
-        sesame_keys::fill_random(&mut r);
-        let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
-        let d = std::env::temp_dir().join(format!("sesamed-cli-{tag}-{name}"));
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+#[path = "../../tests/support/tempdir.rs"]
+mod tempdir;
+use tempdir::TempDir as Dir;
 
 fn sesamed(args: &[&str]) -> Output {
     Command::new(SESAMED).args(args).output().unwrap()
@@ -43,9 +25,9 @@ fn stderr(o: &Output) -> String {
 fn setup(tag: &str, edit: impl Fn(String) -> String) -> (Dir, PathBuf, PrivateKey) {
     let dir = Dir::new(tag);
     let server = PrivateKey::generate();
-    sesame_keys::write_private_key_file(&dir.file("server.key"), &server).unwrap();
+    sesame_keys::write_private_key_file(&dir.path("server.key"), &server).unwrap();
     sesame_keys::write_secret_file(
-        &dir.file("phone.psk"),
+        &dir.path("phone.psk"),
         &sesame_keys::PresharedKey::generate().to_base64(),
     )
     .unwrap();
@@ -55,7 +37,7 @@ fn setup(tag: &str, edit: impl Fn(String) -> String) -> (Dir, PathBuf, PrivateKe
     let text = include_str!("data/sesamed-test.toml")
         .replace("LAPTOP_PUBLIC_KEY", &laptop.to_string())
         .replace("PHONE_PUBLIC_KEY", &phone.to_string());
-    let path = dir.file("sesamed.toml");
+    let path = dir.path("sesamed.toml");
     std::fs::write(&path, edit(text)).unwrap();
     (dir, path, server)
 }
@@ -163,12 +145,12 @@ fn validation_errors_exit_2_with_file_key_and_reason() {
 fn too_open_key_files_are_refused() {
     let (d, path, _) = setup("perm", |t| t);
     for file in ["server.key", "phone.psk"] {
-        std::fs::set_permissions(d.file(file), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(d.path(file), std::fs::Permissions::from_mode(0o644)).unwrap();
         let o = sesamed(&["check", "--config", path.to_str().unwrap()]);
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{err}");
         assert!(err.contains(file) && err.contains("chmod 600"), "{err}");
-        std::fs::set_permissions(d.file(file), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(d.path(file), std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 }
 

@@ -43,29 +43,9 @@ fn cli_snapshots() {
         .run();
 }
 
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let mut rnd = [0u8; 6];
-        sesame_keys::fill_random(&mut rnd);
-        let name: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
-        let dir = std::env::temp_dir().join(format!("sesamed-snap-{tag}-{name}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+#[path = "../../tests/support/tempdir.rs"]
+mod tempdir;
+use tempdir::TempDir;
 
 fn sesamed(args: &[&str], cwd: &Path) -> Output {
     Command::new(SESAMED)
@@ -445,40 +425,19 @@ fn man_page_renders() {
     assert!(o.status.success(), "{}", text(&o));
     let page = stdout(&o);
     assert!(page.contains(".TH sesamed 1"), "{page}");
-    let tmp = TempDir::new("man");
-    std::fs::write(tmp.path("sesamed.8"), &page).unwrap();
-    let r = match Command::new("groff")
-        .args(["-man", "-Tutf8", "-ww", "-P-cbou"])
-        .arg(tmp.path("sesamed.8"))
-        .output()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("groff not available ({e}); rendering not checked");
-            return;
-        }
-    };
-    assert!(r.status.success(), "{}", text(&r));
-    assert!(
-        r.stderr.is_empty(),
-        "groff warnings: {}",
-        String::from_utf8_lossy(&r.stderr)
+    tempdir::assert_man_page_renders(
+        &page,
+        "sesamed.8",
+        &[
+            "run",
+            "reload",
+            "client",
+            "check",
+            "status",
+            "export",
+            "completions",
+        ],
     );
-    let rendered = String::from_utf8_lossy(&r.stdout).into_owned();
-    for sub in [
-        "run",
-        "reload",
-        "client",
-        "check",
-        "status",
-        "export",
-        "completions",
-    ] {
-        assert!(
-            rendered.contains(sub),
-            "the manual page lists `{sub}`: {rendered}"
-        );
-    }
 }
 
 /// On a terminal, the code is drawn with explicit colours (white glyphs on black), so it reads
