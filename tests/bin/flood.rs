@@ -66,7 +66,7 @@ use sesame_proto::{
     ClientKeys, DATAGRAM_LEN, KnockParams, Profile, Proto, Request, Sequence, UnixMillis,
     build_payload, derive_sequence,
 };
-use sesame_tests::Rng;
+use sesame_tests::{Args, Rng};
 use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
 
 type Result<T> = std::result::Result<T, String>;
@@ -85,76 +85,11 @@ fn main() -> ExitCode {
 /// Options that take no value.
 const FLAGS: &[&str] = &["with-knocks", "stdin-stop"];
 
-struct Args {
-    positional: Vec<String>,
-    options: Vec<(String, String)>,
-}
-
-impl Args {
-    fn parse(args: &[String]) -> Result<Args> {
-        let mut positional = Vec::new();
-        let mut options = Vec::new();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            if let Some(name) = a.strip_prefix("--") {
-                if FLAGS.contains(&name) {
-                    options.push((name.to_owned(), "1".to_owned()));
-                } else {
-                    let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
-                    options.push((name.to_owned(), v.clone()));
-                }
-            } else {
-                positional.push(a.clone());
-            }
-        }
-        Ok(Args {
-            positional,
-            options,
-        })
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.options
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn all(&self, name: &str) -> Vec<&str> {
-        self.options
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    fn flag(&self, name: &str) -> bool {
-        self.get(name).is_some()
-    }
-
-    fn num(&self, name: &str, default: u64) -> Result<u64> {
-        match self.get(name) {
-            Some(v) => v
-                .parse()
-                .map_err(|_| format!("--{name}: not a number: {v}")),
-            None => Ok(default),
-        }
-    }
-
-    fn parsed<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
-        match self.get(name) {
-            Some(v) => v.parse().map_err(|_| format!("--{name}: invalid: {v}")),
-            None => Ok(default),
-        }
-    }
-}
-
 fn run(args: &[String]) -> Result<()> {
     let (mode, rest) = args
         .split_first()
         .ok_or("usage: sesame-flood udp|syn|payload|mix|knock [options] (see the source)")?;
-    let a = Args::parse(rest)?;
+    let a = Args::parse(rest, FLAGS)?;
     if !a.positional.is_empty() {
         return Err(format!("unexpected arguments: {:?}", a.positional));
     }

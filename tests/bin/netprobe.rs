@@ -26,7 +26,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use sesame_tests::pcap;
+use sesame_tests::{Args, pcap};
 use socket2::{Domain, Protocol, Socket, Type};
 
 const GREETING: &str = "sesame-netprobe hello";
@@ -44,48 +44,6 @@ fn main() -> ExitCode {
 
 type Result<T> = std::result::Result<T, String>;
 
-/// Splits `--name value` options from positional arguments.
-struct Args {
-    positional: Vec<String>,
-    options: Vec<(String, String)>,
-}
-
-impl Args {
-    fn parse(args: &[String]) -> Result<Args> {
-        let mut positional = Vec::new();
-        let mut options = Vec::new();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            if let Some(name) = a.strip_prefix("--") {
-                let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
-                options.push((name.to_owned(), v.clone()));
-            } else {
-                positional.push(a.clone());
-            }
-        }
-        Ok(Args {
-            positional,
-            options,
-        })
-    }
-
-    fn num(&self, name: &str, default: u64) -> Result<u64> {
-        match self.options.iter().rev().find(|(n, _)| n == name) {
-            Some((_, v)) => v
-                .parse()
-                .map_err(|_| format!("--{name}: not a number: {v}")),
-            None => Ok(default),
-        }
-    }
-
-    fn pos(&self, i: usize, what: &str) -> Result<&str> {
-        self.positional
-            .get(i)
-            .map(String::as_str)
-            .ok_or_else(|| format!("missing {what}"))
-    }
-}
-
 fn addr(s: &str) -> Result<SocketAddr> {
     s.parse().map_err(|_| format!("not an address: {s}"))
 }
@@ -94,7 +52,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
     let (cmd, rest) = args
         .split_first()
         .ok_or("usage: sesame-netprobe COMMAND ...")?;
-    let a = Args::parse(rest)?;
+    let a = Args::parse(rest, &[])?;
     match cmd.as_str() {
         "serve" => serve(&a),
         "connect" => connect(&a),
