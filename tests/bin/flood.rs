@@ -18,6 +18,9 @@
 //!              --with-knocks each payload follows that step's knocks from the same source, so
 //!              every fake payload reaches the MAC gate even with length > 0
 //!   mix        udp, syn and (with --profile) payload, mixed at random
+//!   replay     ONE given UDP datagram (--hex, or taken from --pcap) to one port (--port), from
+//!              every source of the pool in turn: a captured valid knock replayed from
+//!              spoofed sources
 //! mode (normal sockets, the namespace's own address):
 //!   knock      --count valid knocks (sequence and payload) of the client of --profile, with
 //!              strictly increasing timestamps, to each --to address in turn
@@ -35,6 +38,12 @@
 //!   --profile FILE        client profile (payload mode; its key file is read)
 //!   --skew N              payload mode: also target the N steps either side (default 1)
 //!   --with-knocks         payload mode: send the knocks before each payload
+//!   --hex HEX             replay mode: the datagram's bytes, in hex (at most 194 bytes)
+//!   --pcap FILE           replay mode: take the datagram from this capture (a UDP datagram
+//!                         of it, see --pick); its destination port is the default --port
+//!   --pick N              replay mode with --pcap: the Nth UDP datagram of the capture,
+//!                         from 0 (default: the last one)
+//!   --port N              replay mode: destination port (required with --hex)
 //!   --duration-ms N       stop after this long (default 5000; 0 = no limit)
 //!   --count N             stop after this many frames (default 0 = no limit)
 //!   --rate PPS            frames per second (default 0 = as fast as possible)
@@ -66,7 +75,7 @@ use sesame_proto::{
     ClientKeys, DATAGRAM_LEN, KnockParams, Profile, Proto, Request, Sequence, UnixMillis,
     build_payload, derive_sequence,
 };
-use sesame_tests::{Args, Rng};
+use sesame_tests::{Args, Rng, pcap};
 use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
 
 type Result<T> = std::result::Result<T, String>;
@@ -88,13 +97,13 @@ const FLAGS: &[&str] = &["with-knocks", "stdin-stop"];
 fn run(args: &[String]) -> Result<()> {
     let (mode, rest) = args
         .split_first()
-        .ok_or("usage: sesame-flood udp|syn|payload|mix|knock [options] (see the source)")?;
+        .ok_or("usage: sesame-flood udp|syn|payload|mix|replay|knock [options] (see the source)")?;
     let a = Args::parse(rest, FLAGS)?;
     if !a.positional.is_empty() {
         return Err(format!("unexpected arguments: {:?}", a.positional));
     }
     match mode.as_str() {
-        "udp" | "syn" | "payload" | "mix" => flood(mode, &a),
+        "udp" | "syn" | "payload" | "mix" | "replay" => flood(mode, &a),
         "knock" => knock(&a),
         other => Err(format!("unknown mode {other}")),
     }
@@ -191,7 +200,7 @@ impl Template {
         dst_mac: [u8; 6],
         src: IpAddr,
         dst: IpAddr,
-        l4: L4,
+        l4: L4<'_>,
         rng: &mut Rng,
     ) -> Result<Template> {
         let eth = PacketBuilder::ethernet2(src_mac, dst_mac);
@@ -207,10 +216,23 @@ impl Template {
         };
         let l4_at = 14 + ip_len;
         let mut frame = Vec::with_capacity(256);
-        match l4 {
+        let payload = match l4 {
+            L4::UdpData(data) => Some(data.to_vec()),
             L4::Udp(len) => {
-                let mut payload = vec![0u8; len];
-                rng.fill(&mut payload);
+                let mut random = vec![0u8; len];
+                rng.fill(&mut random);
+                Some(random)
+            }
+            L4::Syn => None,
+        };
+        match payload {
+            Some(payload) => {
+                if 14 + ip_len + 8 + payload.len() > SLOT {
+                    return Err(format!(
+                        "a datagram of {} bytes does not fit a {SLOT}-byte frame",
+                        payload.len()
+                    ));
+                }
                 let b = ip.udp(sport, 1);
                 b.write(&mut frame, &payload)
                     .map_err(|e| format!("frame: {e}"))?;
@@ -221,7 +243,7 @@ impl Template {
                     udp: true,
                 })
             }
-            L4::Syn => {
+            None => {
                 let seq = rng.next() as u32;
                 let b = ip.tcp(sport, 1, seq, 64240).syn();
                 b.write(&mut frame, &[])
@@ -246,9 +268,11 @@ impl Template {
 }
 
 #[derive(Clone, Copy)]
-enum L4 {
-    /// A UDP datagram with this many payload bytes.
+enum L4<'a> {
+    /// A UDP datagram with this many random payload bytes.
     Udp(usize),
+    /// A UDP datagram with exactly these payload bytes.
+    UdpData(&'a [u8]),
     /// A TCP SYN.
     Syn,
 }
@@ -518,6 +542,13 @@ fn flood(mode: &str, a: &Args) -> Result<()> {
     }
     let span = u32::from(hi - lo) + 1;
 
+    // Replay mode: the one datagram, and the port it goes to.
+    let replayed: Option<(Vec<u8>, u16)> = if mode == "replay" {
+        Some(replay_datagram(a)?)
+    } else {
+        None
+    };
+
     let want_small = matches!(mode, "udp" | "mix") || with_knocks;
     let want_syn = matches!(mode, "syn" | "mix") || with_knocks;
     let want_big = targets.is_some() && matches!(mode, "payload" | "mix");
@@ -548,10 +579,14 @@ fn flood(mode: &str, a: &Args) -> Result<()> {
             } else {
                 (i % 33) as usize
             };
+            let big = match &replayed {
+                Some((data, _)) => build(true, L4::UdpData(data))?,
+                None => build(want_big, L4::Udp(DATAGRAM_LEN))?,
+            };
             pool.push(Source {
                 small: build(want_small, L4::Udp(small_len))?,
                 syn: build(want_syn, L4::Syn)?,
-                big: build(want_big, L4::Udp(DATAGRAM_LEN))?,
+                big,
             });
         }
     }
@@ -606,10 +641,12 @@ fn flood(mode: &str, a: &Args) -> Result<()> {
                 let pick = match mode {
                     "udp" => 0,
                     "syn" => 1,
-                    "payload" => 2,
+                    "payload" | "replay" => 2,
                     _ => rng.below(if want_big { 3 } else { 2 }) as usize,
                 };
-                if pick == 2 {
+                if let Some((_, port)) = &replayed {
+                    (s, 2, *port)
+                } else if pick == 2 {
                     let t = targets.as_ref().ok_or("internal: no targets")?;
                     let (knocks, payload_port) = &t.seqs[rng.below(t.seqs.len() as u32) as usize];
                     if with_knocks {
@@ -658,6 +695,55 @@ fn flood(mode: &str, a: &Args) -> Result<()> {
     });
     println!("{out}");
     Ok(())
+}
+
+/// Replay mode's datagram and destination port, from `--hex` or `--pcap` (`--pick`), and
+/// `--port`.
+fn replay_datagram(a: &Args) -> Result<(Vec<u8>, u16)> {
+    let (data, port) = match (a.get("hex"), a.get("pcap")) {
+        (Some(hex), None) => (parse_hex(hex)?, None),
+        (None, Some(file)) => {
+            let udp: Vec<(Vec<u8>, u16)> = pcap::read_file(Path::new(file))?
+                .into_iter()
+                .filter_map(|p| match p.l4 {
+                    pcap::L4::Udp { dport, payload, .. } => Some((payload, dport)),
+                    _ => None,
+                })
+                .collect();
+            let index = match a.get("pick") {
+                Some(_) => usize::try_from(a.num("pick", 0)?).map_err(|e| e.to_string())?,
+                None => udp.len().saturating_sub(1),
+            };
+            let (data, dport) = udp.get(index).cloned().ok_or_else(|| {
+                format!(
+                    "{file}: no UDP datagram number {index} ({} in the capture)",
+                    udp.len()
+                )
+            })?;
+            (data, Some(dport))
+        }
+        _ => return Err("replay mode needs exactly one of --hex and --pcap".into()),
+    };
+    let port = match a.get("port") {
+        Some(_) => a.parsed("port", 0u16)?,
+        None => port.ok_or("replay mode with --hex needs --port")?,
+    };
+    Ok((data, port))
+}
+
+fn parse_hex(hex: &str) -> Result<Vec<u8>> {
+    let hex = hex.trim();
+    if hex.len() % 2 != 0 {
+        return Err("--hex: odd number of digits".into());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|d| u8::from_str_radix(d, 16).ok())
+                .ok_or_else(|| format!("--hex: not hex at offset {i}"))
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -824,7 +910,14 @@ mod tests {
         );
         let mut buf = [0u8; SLOT];
         for (src, dst) in [v4, v6] {
-            for l4 in [L4::Udp(0), L4::Udp(13), L4::Udp(DATAGRAM_LEN), L4::Syn] {
+            let data: Vec<u8> = (0..DATAGRAM_LEN as u8).collect();
+            for l4 in [
+                L4::Udp(0),
+                L4::Udp(13),
+                L4::Udp(DATAGRAM_LEN),
+                L4::UdpData(&data),
+                L4::Syn,
+            ] {
                 let t = Template::build([2; 6], [4; 6], src, dst, l4, &mut rng).unwrap();
                 for _ in 0..2000 {
                     let port = rng.next() as u16;
@@ -832,7 +925,12 @@ mod tests {
                     assert!(checksum_ok(&buf[..n]), "bad checksum for port {port}");
                     let p = SlicedPacket::from_ethernet(&buf[..n]).unwrap();
                     let dport = match p.transport.unwrap() {
-                        TransportSlice::Udp(u) => u.destination_port(),
+                        TransportSlice::Udp(u) => {
+                            if let L4::UdpData(d) = l4 {
+                                assert_eq!(u.payload(), d, "replayed bytes are sent as they are");
+                            }
+                            u.destination_port()
+                        }
                         TransportSlice::Tcp(t) => t.destination_port(),
                         _ => unreachable!(),
                     };
@@ -840,6 +938,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn replay_datagram_from_hex() {
+        assert_eq!(parse_hex("00ff7a").unwrap(), vec![0, 255, 0x7a]);
+        assert!(parse_hex("0").is_err());
+        assert!(parse_hex("zz").is_err());
+        let args = |v: &[&str]| {
+            Args::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>(), FLAGS).unwrap()
+        };
+        assert_eq!(
+            replay_datagram(&args(&["--hex", "0102", "--port", "20001"])).unwrap(),
+            (vec![1, 2], 20001)
+        );
+        assert!(replay_datagram(&args(&["--hex", "0102"])).is_err());
+        assert!(replay_datagram(&args(&[])).is_err());
     }
 
     #[test]
