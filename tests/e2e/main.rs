@@ -22,6 +22,7 @@ mod replay;
 mod scan;
 mod scans;
 mod secrets;
+mod sender;
 mod silence;
 mod spoof;
 mod ssh;
