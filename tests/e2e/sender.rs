@@ -32,7 +32,7 @@ use sesame_tests::{
 };
 
 use crate::common::{Fixture, LOG_WAIT, SETTLE};
-use crate::flood::{self, FloodSpec, counter, status, unix_ms};
+use crate::flood::{self, Flood, FloodSpec, Knocks, counter, status, unix_ms};
 use crate::operator::sesamed_ok;
 
 // ---------------------------------------------------------------------------------------------
@@ -451,6 +451,9 @@ fn optional_payload_narrows_the_services_opened() {
 // ---------------------------------------------------------------------------------------------
 // 4. A replayed valid payload costs an X25519 every time
 
+/// The legitimate knocks' pace during the replay flood.
+const KNOCK_EVERY: Duration = Duration::from_millis(500);
+
 /// Attack 4: in single-packet mode (`length = 0`) the attacker captures one valid knock of the
 /// client and floods that exact datagram from 65 536 spoofed sources (`sesame-flood replay`)
 /// to its port, while the client knocks. Each copy passes the MAC gate; today each one costs
@@ -459,7 +462,8 @@ fn optional_payload_narrows_the_services_opened() {
 /// knocks and the replayed one).
 ///
 /// Rate: `SESAME_FLOOD_RATE` frames per second (default [`flood::CI_RATE`], 0 = as fast as the
-/// generator can), as the flood tests. Knocks: `SESAME_FLOOD_KNOCKS` (default 20).
+/// generator can), as the flood tests. Knocks: `SESAME_FLOOD_KNOCKS` (default 20), at most one
+/// every [`KNOCK_EVERY`], so the flood lasts at least 10 s (100 000 copies at the CI rate).
 #[test]
 fn replayed_valid_datagram_from_spoofed_sources_costs_no_x25519() {
     if !require_netns() {
@@ -509,24 +513,53 @@ fn replayed_valid_datagram_from_spoofed_sources_costs_no_x25519() {
         "--dst4".into(),
         server.to_string(),
     ];
-    let fig = flood::measure(&f, "replay-x25519", &spec, knocks, Duration::ZERO);
-    let x25519 = fig.delta["x25519"].as_u64().unwrap_or(0);
-    let copies = fig.generator["payloads"].as_u64().unwrap_or(0);
-    assert!(copies > 0, "the generator sent nothing: {}", fig.generator);
+    let before = status(&f);
+    let flood = Flood::start(&f, &spec, Duration::from_secs(600));
+    // Full speed before the first knock (as flood::measure).
+    std::thread::sleep(Duration::from_millis(500));
+    // One knock every KNOCK_EVERY at most, so the knocks span the flood even when each one is
+    // quick.
+    let t0 = Instant::now();
+    let mut k = Knocks::default();
+    for i in 0..knocks {
+        if let Some(rest) = (t0 + KNOCK_EVERY * i).checked_duration_since(Instant::now()) {
+            std::thread::sleep(rest);
+        }
+        let one = flood::knock_many(&f, Family::V4, &f.profile, 1);
+        k.attempted += one.attempted;
+        k.opened += one.opened;
+        k.failures
+            .extend(one.failures.iter().map(|e| format!("#{i}: {e}")));
+    }
+    let generator = flood.finish();
+    let after = settled_status(&f);
+    let delta = |name: &str| counter(&after, name).saturating_sub(counter(&before, name));
+    let x25519 = delta("x25519");
+    let copies = generator["payloads"].as_u64().unwrap_or(0);
+    let figures = format!(
+        "generator {generator}; counters: packets_seen +{}, payloads_seen +{}, x25519 +{x25519}, \
+         payloads_accepted +{}, grants +{}",
+        delta("packets_seen"),
+        delta("payloads_seen"),
+        delta("payloads_accepted"),
+        delta("grants")
+    );
+    eprintln!(
+        "replay flood: {figures}; knocks {} of {}",
+        k.opened, k.attempted
+    );
+    assert!(copies > 0, "the generator sent nothing: {generator}");
     assert!(
         x25519 <= u64::from(knocks) + 1,
         "{copies} copies of one valid datagram from spoofed sources cost {x25519} X25519 \
          computations; at most {} distinct valid datagrams were sent ({knocks} knocks and the \
-         replayed one): {}",
+         replayed one); {figures}",
         u64::from(knocks) + 1,
-        fig.to_json()
     );
     assert_eq!(
-        fig.knocks.opened,
-        fig.knocks.attempted,
-        "every legitimate knock must open under the replay flood; failures: {:?}; figures: {}",
-        fig.knocks.failures,
-        fig.to_json()
+        k.opened, k.attempted,
+        "every legitimate knock must open under the replay flood; failures: {:?}; {figures}",
+        k.failures,
     );
     let spoofed = f
         .daemon()
@@ -540,6 +573,22 @@ fn replayed_valid_datagram_from_spoofed_sources_costs_no_x25519() {
         "the flood outlasted the replayed datagram's step ({step} s): the test was not \
          meaningful to the end"
     );
+}
+
+/// `sesamed status --json` once the daemon has worked through its socket queue (its
+/// `packets_seen` stopped moving), as flood::measure reads it after a flood.
+fn settled_status(f: &Fixture) -> serde_json::Value {
+    let mut last = status(f);
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let again = status(f);
+        let done = counter(&again, "packets_seen") == counter(&last, "packets_seen");
+        last = again;
+        if done {
+            break;
+        }
+    }
+    last
 }
 
 // ---------------------------------------------------------------------------------------------
