@@ -502,7 +502,16 @@ pub enum Host {
     Client,
     /// A third host, on another link to the server.
     Attacker,
+    /// Host `i` (1..=4) of a LAN behind the client host, which masquerades it
+    /// ([`Lab::add_nat_lan`]): IPv4 only, 198.19.251.(10 + i).
+    Lan(u8),
+    /// Host `i` (1..=2) on a link of its own to the server: another host "on the internet"
+    /// ([`Lab::add_wan`]): IPv4 only, 198.19.(251 + i).2.
+    Wan(u8),
 }
+
+/// The LAN behind the client host's NAT ([`Lab::add_nat_lan`]).
+pub const LAN_PREFIX: &str = "198.19.251.0/24";
 
 /// Address family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -528,6 +537,10 @@ pub struct Lab {
     pub client_ns: String,
     /// Namespace names.
     pub attacker_ns: String,
+    /// Names of the LAN hosts' namespaces (created by [`Lab::add_nat_lan`]).
+    lan_ns: Vec<String>,
+    /// Names of the extra internet hosts' namespaces (created by [`Lab::add_wan`]).
+    wan_ns: Vec<String>,
     created: Mutex<Vec<String>>,
 }
 
@@ -557,6 +570,8 @@ impl Lab {
             server_ns: format!("{base}-srv"),
             client_ns: format!("{base}-cli"),
             attacker_ns: format!("{base}-att"),
+            lan_ns: (1..=4).map(|i| format!("{base}-lan{i}")).collect(),
+            wan_ns: (1..=2).map(|i| format!("{base}-wan{i}")).collect(),
             created: Mutex::new(Vec::new()),
         };
         // If setup panics, `lab` is dropped and removes what was created.
@@ -577,20 +592,7 @@ impl Lab {
 
     fn setup(&self) {
         for ns in [&self.server_ns, &self.client_ns, &self.attacker_ns] {
-            self.ip(&["netns", "add", ns]);
-            self.created.lock().unwrap().push(ns.clone());
-            // Addresses are usable at once: no duplicate address detection (also for the
-            // link-local ones), and `nodad` on the global ones below.
-            let o = Command::new("ip")
-                .args(["netns", "exec", ns, "sysctl", "-q", "-w"])
-                .args([
-                    "net.ipv6.conf.all.accept_dad=0",
-                    "net.ipv6.conf.default.accept_dad=0",
-                ])
-                .output()
-                .expect("run sysctl");
-            assert!(o.status.success(), "sysctl in {ns}: {}", text(&o));
-            self.ip(&["-n", ns, "link", "set", "lo", "up"]);
+            self.add_ns(ns);
         }
         let (s, c, a) = (&self.server_ns, &self.client_ns, &self.attacker_ns);
         self.ip(&[
@@ -686,6 +688,8 @@ impl Lab {
             Host::Server => &self.server_ns,
             Host::Client => &self.client_ns,
             Host::Attacker => &self.attacker_ns,
+            Host::Lan(i) => &self.lan_ns[usize::from(i.clamp(1, 4)) - 1],
+            Host::Wan(i) => &self.wan_ns[usize::from(i.clamp(1, 2)) - 1],
         }
     }
 
@@ -696,7 +700,122 @@ impl Lab {
             Host::Server => Ipv4Addr::new(198, 18, n, 1),
             Host::Client => Ipv4Addr::new(198, 18, n, 2),
             Host::Attacker => Ipv4Addr::new(198, 19, n, 2),
+            Host::Lan(i) => Ipv4Addr::new(198, 19, 251, 10 + i),
+            Host::Wan(i) => Ipv4Addr::new(198, 19, 251 + i, 2),
         }
+    }
+
+    /// Adds a namespace to the lab (deleted with it), loopback up. Addresses are usable at
+    /// once: no duplicate address detection (also for the link-local ones; the global ones are
+    /// added with `nodad`).
+    fn add_ns(&self, ns: &str) {
+        self.ip(&["netns", "add", ns]);
+        self.created.lock().unwrap().push(ns.to_owned());
+        let o = Command::new("ip")
+            .args(["netns", "exec", ns, "sysctl", "-q", "-w"])
+            .args([
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ])
+            .output()
+            .expect("run sysctl");
+        assert!(o.status.success(), "sysctl in {ns}: {}", text(&o));
+        self.ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+
+    fn sysctl(&self, host: Host, setting: &str) {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.ns(host),
+                "sysctl",
+                "-q",
+                "-w",
+                setting,
+            ])
+            .output()
+            .expect("run sysctl");
+        assert!(o.status.success(), "sysctl {setting}: {}", text(&o));
+    }
+
+    /// Puts `hosts` hosts ([`Host::Lan`] 1..=hosts, at most 4) on a LAN (198.19.251.0/24, a
+    /// bridge in the client namespace at .1) behind the client host, which routes and
+    /// masquerades them toward the server, as a home router or a carrier NAT does: the server
+    /// sees them all as the client's address. IPv4 only.
+    pub fn add_nat_lan(&self, hosts: u8) {
+        let c = self.client_ns.clone();
+        self.ip(&["-n", &c, "link", "add", "br-lan", "type", "bridge"]);
+        self.ip(&["-n", &c, "addr", "add", "198.19.251.1/24", "dev", "br-lan"]);
+        self.ip(&["-n", &c, "link", "set", "br-lan", "up"]);
+        self.sysctl(Host::Client, "net.ipv4.ip_forward=1");
+        for i in 1..=hosts.min(4) {
+            let host = Host::Lan(i);
+            let ns = self.ns(host).to_owned();
+            self.add_ns(&ns);
+            let port = format!("c-lan{i}");
+            self.ip(&[
+                "link", "add", &port, "netns", &c, "type", "veth", "peer", "name", "l-cli",
+                "netns", &ns,
+            ]);
+            self.ip(&["-n", &c, "link", "set", &port, "master", "br-lan"]);
+            self.ip(&["-n", &c, "link", "set", &port, "up"]);
+            let addr = format!("{}/24", self.v4(host));
+            self.ip(&["-n", &ns, "addr", "add", &addr, "dev", "l-cli"]);
+            self.ip(&["-n", &ns, "link", "set", "l-cli", "up"]);
+            self.ip(&["-n", &ns, "route", "add", "default", "via", "198.19.251.1"]);
+        }
+        let rules = format!(
+            "table ip lab_nat {{\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {LAN_PREFIX} oifname \"{CLIENT_IF}\" masquerade\n  }}\n}}\n"
+        );
+        let path = self.write("lab-nat.nft", &rules);
+        self.run_ok(Host::Client, "nft", &["-f", &path.to_string_lossy()]);
+    }
+
+    /// Adds [`Host::Wan`] `i` (1..=2): a host on a link of its own to the server namespace
+    /// (198.19.(251 + i).0/24, the server at .1), which routes to it; every other host reaches
+    /// it through the server. IPv4 only.
+    pub fn add_wan(&self, i: u8) {
+        let host = Host::Wan(i);
+        let ns = self.ns(host).to_owned();
+        self.add_ns(&ns);
+        let s = self.server_ns.clone();
+        let port = format!("s-wan{i}");
+        self.ip(&[
+            "link", "add", &port, "netns", &s, "type", "veth", "peer", "name", "w-srv", "netns",
+            &ns,
+        ]);
+        let net = 251 + i;
+        self.ip(&[
+            "-n",
+            &s,
+            "addr",
+            "add",
+            &format!("198.19.{net}.1/24"),
+            "dev",
+            &port,
+        ]);
+        self.ip(&["-n", &s, "link", "set", &port, "up"]);
+        self.ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/24", self.v4(host)),
+            "dev",
+            "w-srv",
+        ]);
+        self.ip(&["-n", &ns, "link", "set", "w-srv", "up"]);
+        self.ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("198.19.{net}.1"),
+        ]);
+        self.sysctl(Host::Server, "net.ipv4.ip_forward=1");
     }
 
     /// IPv6 address of a host (the server's is the one on the client link).
@@ -706,6 +825,7 @@ impl Lab {
             Host::Server => Ipv6Addr::new(0x2001, 0xdb8, n, 0, 0, 0, 0, 1),
             Host::Client => Ipv6Addr::new(0x2001, 0xdb8, n, 0, 0, 0, 0, 2),
             Host::Attacker => Ipv6Addr::new(0x2001, 0xdb8, n, 0xa, 0, 0, 0, 2),
+            Host::Lan(_) | Host::Wan(_) => panic!("{host:?} has IPv4 only"),
         }
     }
 
@@ -1071,6 +1191,8 @@ pub struct KnockSpec {
     pub timeout_ms: u64,
     /// `payload`: required, optional, none.
     pub payload: String,
+    /// Raw TOML lines appended to `[knock]`, for keys this spec lacks.
+    pub extra: String,
 }
 
 impl Default for KnockSpec {
@@ -1084,6 +1206,7 @@ impl Default for KnockSpec {
             protocol: "udp".to_owned(),
             timeout_ms: 5000,
             payload: "required".to_owned(),
+            extra: String::new(),
         }
     }
 }
@@ -1105,6 +1228,8 @@ pub struct ClientSpec {
     pub allow_other_ip: bool,
     /// `expires` (RFC 3339).
     pub expires: Option<String>,
+    /// Raw TOML lines appended to this `[[client]]`, for keys this spec lacks.
+    pub extra: String,
 }
 
 impl ClientSpec {
@@ -1118,6 +1243,7 @@ impl ClientSpec {
             source: None,
             allow_other_ip: false,
             expires: None,
+            extra: String::new(),
         }
     }
 }
@@ -1196,6 +1322,7 @@ impl DaemonSpec {
         let _ = writeln!(s, "protocol = {}", toml_str(&k.protocol));
         let _ = writeln!(s, "timeout_ms = {}", k.timeout_ms);
         let _ = writeln!(s, "payload = {}", toml_str(&k.payload));
+        s.push_str(&k.extra);
         let _ = writeln!(s, "\n[firewall]");
         let _ = writeln!(s, "backend = {}", toml_str(&self.backend));
         let _ = writeln!(s, "table = {}", toml_str(&self.table));
@@ -1224,6 +1351,7 @@ impl DaemonSpec {
             if let Some(e) = &c.expires {
                 let _ = writeln!(s, "expires = {}", toml_str(e));
             }
+            s.push_str(&c.extra);
         }
         s
     }
@@ -1237,6 +1365,8 @@ impl DaemonSpec {
             psk_file: None,
             knock: self.knock.clone(),
             open: Vec::new(),
+            stun: None,
+            bind_address: true,
         }
     }
 }
@@ -1256,6 +1386,10 @@ pub struct ProfileSpec {
     pub knock: KnockSpec,
     /// `open`.
     pub open: Vec<String>,
+    /// `stun` (`host:port`).
+    pub stun: Option<String>,
+    /// `bind_address` (written only when false).
+    pub bind_address: bool,
 }
 
 impl ProfileSpec {
@@ -1284,6 +1418,12 @@ impl ProfileSpec {
         let _ = writeln!(s, "protocol = {}", toml_str(&k.protocol));
         let _ = writeln!(s, "payload = {}", toml_str(&k.payload));
         let _ = writeln!(s, "open = {}", toml_list(&self.open));
+        if let Some(stun) = &self.stun {
+            let _ = writeln!(s, "stun = {}", toml_str(stun));
+        }
+        if !self.bind_address {
+            let _ = writeln!(s, "bind_address = false");
+        }
         s
     }
 }

@@ -1,15 +1,10 @@
 //! Planning and sending a knock.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use sesame_keys::PrivateKey;
-use sesame_proto::{
-    ClientKeys, DATAGRAM_LEN, PayloadMode, Profile, Proto, Request, Service, UnixMillis,
-    build_payload, derive_sequence,
-};
+use sesame_proto::{ClientKeys, KnockRequest, Profile, Proto, Service, UnixMillis, plan_knock};
 
 /// Which address family to use when the host resolves to several.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -49,66 +44,154 @@ pub fn resolve(host: &str, family: Family) -> anyhow::Result<IpAddr> {
     }
 }
 
-/// What a packet of a knock is.
+pub use sesame_proto::{KnockPlan, Packet, PacketKind};
+
+/// The address a knock is bound to (the address the server is asked to open), and how it was
+/// found; or why there is none.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PacketKind {
-    /// Knock `index` (1-based) of `of`.
-    Knock {
-        /// 1-based position.
-        index: usize,
-        /// Sequence length.
-        of: usize,
-    },
-    /// The payload datagram.
-    Payload,
+pub struct Binding {
+    /// The address put in the payload (`None`: the server opens the packets' source).
+    pub address: Option<IpAddr>,
+    /// How it was found, or why there is none (for messages).
+    pub how: String,
 }
 
-/// One packet of a knock.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Packet {
-    /// Knock or payload.
-    pub kind: PacketKind,
-    /// UDP datagram or TCP SYN.
-    pub proto: Proto,
-    /// Destination.
-    pub dest: SocketAddr,
-    /// UDP payload bytes (empty for knocks; unused for TCP).
-    pub data: Vec<u8>,
-}
-
-impl fmt::Display for Packet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let what = match &self.kind {
-            PacketKind::Knock { index, of } => format!("knock {index}/{of}"),
-            PacketKind::Payload => "payload".to_owned(),
-        };
-        let size = match self.proto {
-            Proto::Tcp => "SYN".to_owned(),
-            Proto::Udp => format!("{} bytes", self.data.len()),
-        };
-        write!(
-            f,
-            "{what:<11} {} {:<24} {size}",
-            self.proto,
-            self.dest.to_string()
-        )
+impl Binding {
+    /// Whether the knock names an address, so that it is useless to anyone else.
+    pub fn is_bound(&self) -> bool {
+        self.address.is_some()
     }
 }
 
-/// Everything a knock sends, in order.
-#[derive(Clone, Debug)]
-pub struct KnockPlan {
-    /// The time step.
-    pub counter: u64,
-    /// The packets, in sending order.
-    pub packets: Vec<Packet>,
-    /// Services the payload asks for (empty: all the client is allowed).
-    pub services: Vec<Service>,
-    /// Address the payload asks to open (`None`: the packet source).
-    pub allow_ip: Option<IpAddr>,
+/// This host's source address toward `target` (no packet is sent: a connected UDP socket
+/// only asks the routing table).
+pub fn local_source(target: IpAddr) -> std::io::Result<IpAddr> {
+    let bind: SocketAddr = match target {
+        IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        IpAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    let sock = UdpSocket::bind(bind)?;
+    sock.connect(SocketAddr::new(target, 9))?;
+    Ok(sock.local_addr()?.ip())
 }
 
-/// Builds the packets of a knock at `now` to `target`.
+/// Asks the STUN server `stun` (`host:port`, resolved in the family of `target`) for this
+/// host's public address: a Binding request, retransmitted after 0.4, 0.8 and 1.6 s.
+pub fn stun_discover(stun: &str, target: IpAddr) -> anyhow::Result<IpAddr> {
+    use sesame_proto::stun;
+    let server = stun
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve the STUN server '{stun}'"))?
+        .find(|a| a.is_ipv4() == target.is_ipv4())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the STUN server '{stun}' has no {} address",
+                if target.is_ipv4() { "IPv4" } else { "IPv6" }
+            )
+        })?;
+    let bind: SocketAddr = match server {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    let sock = UdpSocket::bind(bind).context("cannot open a UDP socket")?;
+    sock.connect(server)
+        .with_context(|| format!("cannot reach the STUN server {server}"))?;
+    let mut tid = [0u8; stun::TRANSACTION_ID_LEN];
+    sesame_keys::fill_random(&mut tid);
+    let request = stun::binding_request(&tid);
+    let mut buf = [0u8; 1500];
+    let mut last_error = None;
+    for wait_ms in [400u64, 800, 1600] {
+        sock.send(&request)
+            .with_context(|| format!("cannot send to the STUN server {server}"))?;
+        let deadline = std::time::Instant::now() + Duration::from_millis(wait_ms);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            sock.set_read_timeout(Some(left))?;
+            match sock.recv(&mut buf) {
+                Ok(n) => match stun::parse_binding_response(&buf[..n], &tid) {
+                    Ok(mapped) => return Ok(mapped.ip()),
+                    // Someone else's answer, or garbage: keep waiting.
+                    Err(stun::StunError::OtherTransaction | stun::StunError::NotStun) => {}
+                    Err(e) => last_error = Some(e),
+                },
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!("STUN server {server}")));
+                }
+            }
+        }
+    }
+    match last_error {
+        Some(e) => bail!("STUN server {server}: {e}"),
+        None => bail!("the STUN server {server} did not answer within 2.8 s"),
+    }
+}
+
+/// Chooses the address to bind a knock to `target`: `--allow-ip`, else (with `stun` in the
+/// profile) what the STUN server reports, else this host's source address toward `target`
+/// if it is public. `warn` receives one line when STUN fails.
+pub fn choose_binding(
+    allow_ip: Option<IpAddr>,
+    bind_address: bool,
+    stun: Option<&str>,
+    target: IpAddr,
+    warn: &mut dyn FnMut(&str),
+) -> Binding {
+    if let Some(a) = allow_ip {
+        return Binding {
+            address: Some(a),
+            how: "--allow-ip".into(),
+        };
+    }
+    if !bind_address {
+        return Binding {
+            address: None,
+            how: "not bound (bind_address = false or --no-bind)".into(),
+        };
+    }
+    if let Some(stun) = stun {
+        match stun_discover(stun, target) {
+            Ok(a) if a.is_ipv4() == target.is_ipv4() => {
+                return Binding {
+                    address: Some(a),
+                    how: format!("the public address STUN ({stun}) reported"),
+                };
+            }
+            Ok(a) => warn(&format!(
+                "STUN ({stun}) reported {a}, of another family than the server {target}"
+            )),
+            Err(e) => warn(&format!(
+                "{e:#}; the knock is not bound to an address unless this host's own address is public"
+            )),
+        }
+    }
+    match local_source(target) {
+        Ok(a) if sesame_proto::is_bindable(a) => Binding {
+            address: Some(a),
+            how: "this host's public address".into(),
+        },
+        Ok(a) => Binding {
+            address: None,
+            how: format!(
+                "not bound: this host's address {a} is private or shared (behind a NAT); set stun = \"host:port\" in the profile or pass --allow-ip to bind knocks"
+            ),
+        },
+        Err(e) => Binding {
+            address: None,
+            how: format!("not bound: no route to {target}? ({e})"),
+        },
+    }
+}
+
+/// Builds the packets of a knock at `now` to `target`, with randomness from the OS.
 pub fn plan(
     profile: &Profile,
     keys: &ClientKeys,
@@ -117,46 +200,19 @@ pub fn plan(
     services: Vec<Service>,
     allow_ip: Option<IpAddr>,
 ) -> anyhow::Result<KnockPlan> {
-    let counter = now.counter(profile.params.step_seconds);
-    let seq = derive_sequence(keys, &profile.params, counter)?;
-    let of = seq.knocks.len();
-    let mut packets: Vec<Packet> = seq
-        .knocks
-        .iter()
-        .enumerate()
-        .map(|(i, k)| Packet {
-            kind: PacketKind::Knock { index: i + 1, of },
-            proto: k.proto,
-            dest: SocketAddr::new(target, k.port),
-            data: Vec::new(),
-        })
-        .collect();
-    // In single-packet mode (length 0) the payload is the knock, whatever the mode says.
-    if profile.payload != PayloadMode::None || of == 0 {
-        let mut random = [0u8; 16];
-        sesame_keys::fill_random(&mut random);
-        let request = Request {
-            timestamp: now,
-            random,
-            services: services.clone(),
-            address: allow_ip,
-            flags: 0,
-        };
-        let datagram = build_payload(keys, counter, &request, &PrivateKey::generate())?;
-        debug_assert_eq!(datagram.len(), DATAGRAM_LEN);
-        packets.push(Packet {
-            kind: PacketKind::Payload,
-            proto: Proto::Udp,
-            dest: SocketAddr::new(target, seq.payload_port),
-            data: datagram.to_vec(),
-        });
-    }
-    Ok(KnockPlan {
-        counter,
-        packets,
+    let request = KnockRequest {
+        params: &profile.params,
+        payload: profile.payload,
+        keys,
+        target,
+        now,
         services,
-        allow_ip,
-    })
+        address: allow_ip,
+        action: None,
+    };
+    Ok(plan_knock(&request, &mut |buf| {
+        sesame_keys::fill_random(buf)
+    })?)
 }
 
 /// Sends the packets of a plan, `delay` apart. UDP packets share one socket (so a NAT maps them

@@ -63,9 +63,10 @@ enum Command {
     Open(OpenArgs),
     /// Print the knock sequence and payload port for a moment (default: now).
     Ports(PortsArgs),
-    /// Install a profile from a file or a sesame:// URI.
+    /// Install a profile from a file, a sesame:// URI, or standard input (`-`).
     Import {
-        /// A profile file (TOML), a file holding a URI, or a sesame:// URI.
+        /// A profile file (TOML), a file holding a URI, a sesame:// URI, or `-` to read either
+        /// from standard input (keeps a URI with keys out of the shell history and `ps`).
         source: String,
         /// The name to install it under (default: the URI's name or the file's name).
         #[arg(long)]
@@ -101,6 +102,8 @@ enum Command {
             allow_negative_numbers = true
         )]
         time_offset: i64,
+        #[command(flatten)]
+        bind: BindArgs,
     },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -113,6 +116,19 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct BindArgs {
+    /// Ask the server to open this address instead of the packets' source address (the
+    /// knock is bound to it).
+    #[arg(long, value_name = "ADDR")]
+    allow_ip: Option<IpAddr>,
+    /// Name no address in the payload: the server opens whatever address the packets come
+    /// from, and anyone who captures this knock can use it from elsewhere until it is used.
+    /// For NATs whose inside addresses look public (same as bind_address = false).
+    #[arg(long, conflicts_with = "allow_ip")]
+    no_bind: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -164,9 +180,8 @@ struct OpenArgs {
     /// A service to open, e.g. tcp/22 (repeatable; default: the profile's `open`).
     #[arg(long = "port", value_name = "PROTO/PORT")]
     ports: Vec<Service>,
-    /// Ask the server to open this address instead of the packets' source address.
-    #[arg(long, value_name = "ADDR")]
-    allow_ip: Option<IpAddr>,
+    #[command(flatten)]
+    bind: BindArgs,
     /// Seconds to add to the local clock (negative if it runs ahead of the server).
     #[arg(
         long,
@@ -287,6 +302,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             ipv4,
             ipv6,
             time_offset,
+            bind,
         } => proxy(
             &name,
             &host,
@@ -294,6 +310,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             &wait,
             family_of(ipv4, ipv6),
             time_offset,
+            &bind,
         ),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "sesame", &mut std::io::stdout());
@@ -492,21 +509,32 @@ impl Knocker {
     }
 }
 
-fn describe(plan: &knock::KnockPlan) -> (String, String) {
-    let what = if plan.services.is_empty() {
+fn describe(services: &[Service], binding: &knock::Binding) -> (String, String) {
+    let what = if services.is_empty() {
         "every allowed service".to_owned()
     } else {
-        plan.services
+        services
             .iter()
             .map(Service::to_string)
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let whom = match plan.allow_ip {
-        Some(ip) => format!("for {ip}"),
-        None => "for the source address".to_owned(),
+    let whom = match binding.address {
+        Some(ip) => format!("for {ip} ({})", binding.how),
+        None => format!("for the source address ({})", binding.how),
     };
     (what, whom)
+}
+
+/// The binding of a knock to `target`, as the arguments and the profile ask.
+fn binding_for(args: &BindArgs, profile: &Profile, target: IpAddr) -> knock::Binding {
+    knock::choose_binding(
+        args.allow_ip,
+        profile.bind_address && !args.no_bind,
+        profile.stun.as_deref(),
+        target,
+        &mut |line| eprintln!("sesame: warning: {line}"),
+    )
 }
 
 fn open(args: OpenArgs) -> anyhow::Result<()> {
@@ -550,8 +578,22 @@ fn open(args: OpenArgs) -> anyhow::Result<()> {
         }
     };
     let target = knock::resolve(&profile.host, family_of(args.ipv4, args.ipv6))?;
-    let plan = k.plan(target, args.time_offset, &services, args.allow_ip)?;
-    let (what, whom) = describe(&plan);
+    let binding = if profile.payload == sesame_proto::PayloadMode::None && profile.params.length > 0
+    {
+        if args.bind.allow_ip.is_some() {
+            return Err(usage(
+                "--allow-ip needs a payload, but the profile has payload = \"none\"",
+            ));
+        }
+        knock::Binding {
+            address: None,
+            how: "not bound: a sequence-only knock (mode none) names no address".into(),
+        }
+    } else {
+        binding_for(&args.bind, profile, target)
+    };
+    let plan = k.plan(target, args.time_offset, &services, binding.address)?;
+    let (what, whom) = describe(&services, &binding);
     if args.dry_run {
         let now = system_now().offset_millis(args.time_offset.saturating_mul(1000));
         println!(
@@ -585,12 +627,18 @@ fn open(args: OpenArgs) -> anyhow::Result<()> {
         delay,
     };
     let offset = args.time_offset;
+    if let Some(ip) = args.bind.allow_ip {
+        eprintln!(
+            "sesame: --wait checks {service} from this host, not from {ip}: it confirms the knock only if {ip} is this host's address as the server sees it"
+        );
+    }
     let opened = wait::knock_and_wait(
-        &|shift| k.plan(target, offset + shift, &services, args.allow_ip),
+        &|shift| k.plan(target, offset + shift, &services, binding.address),
         offset,
         service,
         policy,
         profile.params.step_seconds,
+        binding.is_bound(),
         &k.skew_hint(),
         &mut |line| eprintln!("sesame: {line}"),
     )?;
@@ -610,6 +658,7 @@ fn proxy(
     w: &WaitArgs,
     family: Family,
     time_offset: i64,
+    bind: &BindArgs,
 ) -> anyhow::Result<()> {
     // stdout belongs to the relayed connection: everything else goes to stderr.
     let path = ProfileArg {
@@ -621,8 +670,24 @@ fn proxy(
     let knock_target = knock::resolve(&k.profile.host, family)?;
     let service_ip = knock::resolve(host, family)?;
     let services = k.profile.open.clone();
+    let binding =
+        if k.profile.payload == sesame_proto::PayloadMode::None && k.profile.params.length > 0 {
+            knock::Binding {
+                address: None,
+                how: "not bound: a sequence-only knock (mode none) names no address".into(),
+            }
+        } else {
+            binding_for(bind, &k.profile, knock_target)
+        };
     let opened = wait::knock_and_wait(
-        &|shift| k.plan(knock_target, time_offset + shift, &services, None),
+        &|shift| {
+            k.plan(
+                knock_target,
+                time_offset + shift,
+                &services,
+                binding.address,
+            )
+        },
         time_offset,
         std::net::SocketAddr::new(service_ip, port),
         wait::WaitPolicy {
@@ -631,6 +696,7 @@ fn proxy(
             delay: Duration::from_millis(w.delay_ms),
         },
         k.profile.params.step_seconds,
+        binding.is_bound(),
         &k.skew_hint(),
         &mut |line| eprintln!("sesame: {line}"),
     )?;

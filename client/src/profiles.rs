@@ -89,6 +89,16 @@ pub struct Imported {
 
 /// Installs a profile from a file (TOML or a saved URI) or a `sesame://` URI.
 pub fn import(source: &str, name: Option<&str>, force: bool) -> anyhow::Result<Imported> {
+    if source == "-" {
+        use std::io::Read;
+        let mut text = zeroize::Zeroizing::new(String::new());
+        std::io::stdin()
+            .lock()
+            .take(64 * 1024)
+            .read_to_string(&mut text)
+            .map_err(|e| usage(format!("standard input: {e}")))?;
+        return import_text(&text, None, "standard input", name, force);
+    }
     let is_uri = source.starts_with("sesame://");
     let (text, from_file) = if is_uri {
         (source.to_owned(), None)
@@ -105,10 +115,22 @@ pub fn import(source: &str, name: Option<&str>, force: bool) -> anyhow::Result<I
     };
     // A URI may carry a private key or PSK: never repeat it in an error.
     let shown = if is_uri { "the URI" } else { source };
+    import_text(&text, from_file, shown, name, force)
+}
+
+/// Installs a profile from its text (TOML or a URI); `from_file` is where TOML came from (its
+/// relative paths are relative to it), `shown` names the source in errors.
+fn import_text(
+    text: &str,
+    from_file: Option<PathBuf>,
+    shown: &str,
+    name: Option<&str>,
+    force: bool,
+) -> anyhow::Result<Imported> {
     let dir = config_dir()?;
     let mut secrets: Vec<(PathBuf, String)> = Vec::new();
     let (profile, suggested) = if text.trim_start().starts_with("sesame://") {
-        let uri = ProfileUri::decode(&text).map_err(|e| usage(format!("{shown}: {e}")))?;
+        let uri = ProfileUri::decode(text).map_err(|e| usage(format!("{shown}: {e}")))?;
         let n = name.unwrap_or(&uri.name).to_owned();
         let mut profile = uri.profile;
         profile.private_key_file = dir.join(format!("{n}.key"));
@@ -122,8 +144,19 @@ pub fn import(source: &str, name: Option<&str>, force: bool) -> anyhow::Result<I
         }
         (profile, n)
     } else {
-        let file = from_file.unwrap_or_default();
-        let mut profile = Profile::parse(&text).map_err(|e| usage(format!("{shown}: {e}")))?;
+        if from_file.is_none() && name.is_none() {
+            return Err(usage(format!(
+                "{shown}: a profile in TOML needs a name: sesame import - --name NAME"
+            )));
+        }
+        let file = match from_file {
+            Some(f) => f,
+            // From standard input: relative paths are relative to the current directory.
+            None => std::env::current_dir()
+                .map_err(|e| usage(format!("current directory: {e}")))?
+                .join("stdin.toml"),
+        };
+        let mut profile = Profile::parse(text).map_err(|e| usage(format!("{shown}: {e}")))?;
         // Paths relative to the imported file would break once it is copied: make them
         // absolute now.
         profile.private_key_file = crate::resolve_path(&profile.private_key_file, &file);

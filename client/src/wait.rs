@@ -80,16 +80,28 @@ pub struct Opened {
     pub clock_offset: Option<i64>,
 }
 
+/// The clock shifts `--wait` probes with after the plain knocks failed, in steps. A probe with
+/// the clock ahead is a knock that the server may accept only later: whoever captured it could
+/// use it then, so forward probes are sent only when the knock names this host's address
+/// (`bound`); backward ones are never valid later than a plain knock would be.
+pub fn probe_shifts(step_seconds: u32, bound: bool) -> Vec<i64> {
+    let step = i64::from(step_seconds);
+    let all = [step, -step, 2 * step, -2 * step, 4 * step, -4 * step];
+    all.into_iter().filter(|s| bound || *s < 0).collect()
+}
+
 /// Knocks with `plan_at(offset_seconds)`, then connects to `service`; re-knocks up to
-/// `policy.retries` times. If it never opens, knocks with the clock shifted by one and two
-/// steps either way to detect a clock offset, and returns an error that says what is likely
-/// wrong.
+/// `policy.retries` times. If it never opens, knocks with the clock shifted by one, two and
+/// four steps (forward only when `bound`, see [`probe_shifts`]) to detect a clock offset, and
+/// returns an error that says what is likely wrong.
+#[allow(clippy::too_many_arguments)]
 pub fn knock_and_wait(
     plan_at: &dyn Fn(i64) -> anyhow::Result<KnockPlan>,
     base_offset: i64,
     service: SocketAddr,
     policy: WaitPolicy,
     step_seconds: u32,
+    bound: bool,
     skew_hint: &str,
     log: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Opened> {
@@ -115,8 +127,8 @@ pub fn knock_and_wait(
         }
     }
     // Probe the clock: the server accepts a window of steps around its own time.
-    let step = i64::from(step_seconds);
-    for shift in [step, -step, 2 * step, -2 * step, 4 * step, -4 * step] {
+    let shifts = probe_shifts(step_seconds, bound);
+    for shift in shifts {
         let plan = plan_at(shift)?;
         knock::send(&plan, policy.delay)?;
         knocks += 1;
@@ -140,8 +152,17 @@ pub fn knock_and_wait(
             });
         }
     }
+    let probed = if bound {
+        format!(
+            "including knocks with the clock shifted by up to 4 steps of {step_seconds} s either way"
+        )
+    } else {
+        format!(
+            "including knocks with the clock set back by up to 4 steps of {step_seconds} s; a clock that runs behind the server's was not probed, because a knock valid later names no address here and could be used by whoever captured it: bind knocks (stun in the profile, or --allow-ip) to probe both ways"
+        )
+    };
     Err(anyhow!(
-        "{service} never answered after {knocks} knocks (including knocks with the clock shifted by up to 4 steps of {step_seconds} s). Likely causes, most likely first: \
+        "{service} never answered after {knocks} knocks ({probed}). Likely causes, most likely first: \
 (1) wrong keys: the server must list this client's public key (`sesame pubkey < KEY`) and the profile's server_public_key must be the server's (`sesame pubkey < server.key`), with the same psk_file on both sides; \
 (2) UDP or the knock ports are blocked on this network: try a profile with protocol = \"tcp\" if the server allows it, or another network; \
 (3) the clock is off by more than the server accepts ({skew_hint}); \

@@ -135,12 +135,32 @@ fn decode_key(text: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyError> {
     let mut buf = Zeroizing::new([0u8; KEY_LEN + 3]);
     let n = STANDARD
         .decode_slice(text.as_bytes(), &mut buf[..])
-        .map_err(|e| KeyError::Base64(e.to_string()))?;
+        .map_err(|e| KeyError::Base64(describe_base64_error(&e)))?;
     if n != KEY_LEN {
         return Err(KeyError::Base64(format!("decodes to {n} bytes, not 32")));
     }
     out.copy_from_slice(&buf[..KEY_LEN]);
     Ok(out)
+}
+
+/// What is wrong with a key's base64, by position only: the error never quotes a character of
+/// the key (a typo'd private key in an error message or a log is still most of the key).
+fn describe_base64_error(e: &base64::DecodeSliceError) -> String {
+    use base64::{DecodeError, DecodeSliceError};
+    match e {
+        DecodeSliceError::DecodeError(DecodeError::InvalidByte(at, _)) => {
+            format!("character {} is not in the base64 alphabet", at + 1)
+        }
+        DecodeSliceError::DecodeError(DecodeError::InvalidLastSymbol(at, _)) => format!(
+            "character {} has low bits set that a canonical key leaves zero",
+            at + 1
+        ),
+        DecodeSliceError::DecodeError(DecodeError::InvalidPadding) => {
+            "the padding is wrong (a key ends with exactly one '=')".to_owned()
+        }
+        DecodeSliceError::DecodeError(DecodeError::InvalidLength(_))
+        | DecodeSliceError::OutputSliceTooSmall => "it does not decode to 32 bytes".to_owned(),
+    }
 }
 
 fn encode_key(bytes: &[u8; KEY_LEN]) -> Zeroizing<String> {

@@ -194,3 +194,37 @@ proptest::proptest! {
         let _ = PublicKey::from_base64(&text);
     }
 }
+
+/// A malformed key's error names the position of the problem, never a character of the key:
+/// a private key with one typo is still a private key.
+#[test]
+fn parse_errors_never_echo_key_characters() {
+    let good = PrivateKey::generate().to_base64();
+    let mut cases = Vec::new();
+    for (i, bad) in ["!", "-", "_", "é", "\u{7f}"].iter().enumerate() {
+        let mut t: String = good.chars().take(43).collect();
+        t.replace_range(5 + i..6 + i, bad);
+        t.push('=');
+        cases.push(t);
+    }
+    // Non-canonical last character, and bad padding.
+    let mut t: String = good.chars().take(42).collect();
+    t.push('B');
+    t.push('=');
+    cases.push(t);
+    let mut t: String = good.chars().take(42).collect();
+    t.push_str("==");
+    cases.push(t);
+    for text in cases {
+        let err = PrivateKey::from_base64(&text).unwrap_err().to_string();
+        // No run of 4 characters of the key text appears in the message.
+        let chars: Vec<char> = text.chars().collect();
+        for w in chars.windows(4) {
+            let piece: String = w.iter().collect();
+            assert!(!err.contains(&piece), "{err:?} quotes {piece:?} of the key");
+        }
+        for c in ["symbol", "Invalid"] {
+            assert!(!err.contains(c), "{err}");
+        }
+    }
+}

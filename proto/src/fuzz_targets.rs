@@ -11,12 +11,15 @@ use std::sync::OnceLock;
 
 use sesame_keys::{PresharedKey, PrivateKey, PublicKey};
 
+use crate::MAC_LEN;
+
 use crate::payload::{remac, seal};
 use crate::{
-    ClientEntry, ClientKeys, DATAGRAM_LEN, Event, Grant, IpNet, KnockParams, KnockProtocol, Opener,
-    PLAINTEXT_LEN, PayloadMode, Policy, Profile, Proto, Reason, RejectReason, Request, Service,
-    TimeWindow, Tracker, TrackerConfig, UnixMillis, build_payload, canonical_ip, decode_plaintext,
-    derive_sequence, encode_plaintext,
+    ClientEntry, ClientKeys, DATAGRAM_LEN, Event, Grant, IpNet, KnockParams, KnockProtocol,
+    MAX_DATAGRAM_LEN, Opener, PLAINTEXT_LEN, PayloadMode, Policy, Profile, Proto, Reason,
+    RejectReason, Request, Service, TimeWindow, Tracker, TrackerConfig, UnixMillis, WireNoise,
+    build_payload, canonical_ip, decode_plaintext, derive_sequence, encode_plaintext,
+    is_payload_len,
 };
 
 /// The client private key of the `ssh-from-source` payload vector (and of most
@@ -80,7 +83,7 @@ pub fn payload_open(data: &[u8]) {
 
     match opener.open(now, keys, counter, datagram) {
         Ok(req) => {
-            assert!(in_window && datagram.len() == DATAGRAM_LEN);
+            assert!(in_window && is_payload_len(datagram.len()));
             assert_eq!(req.timestamp.counter(WINDOW.step_seconds), counter);
             assert!(encode_plaintext(&req).is_ok(), "{req:?}");
         }
@@ -88,16 +91,19 @@ pub fn payload_open(data: &[u8]) {
             assert!(len == datagram.len() && len < DATAGRAM_LEN);
         }
         Err(RejectReason::TooLong { len }) => {
-            assert!(len == datagram.len() && len > DATAGRAM_LEN);
+            assert!(len == datagram.len() && len > MAX_DATAGRAM_LEN);
         }
         Err(RejectReason::Stale { .. }) => {
-            assert!(!in_window && datagram.len() == DATAGRAM_LEN);
+            assert!(!in_window && is_payload_len(datagram.len()));
         }
         Err(_) => assert!(in_window),
     }
 
     // With a correct gate MAC, the datagram must get past the length, window and gate checks.
-    if let (true, Ok(mut fixed)) = (in_window, <[u8; DATAGRAM_LEN]>::try_from(datagram)) {
+    let core = datagram
+        .get(..DATAGRAM_LEN)
+        .filter(|_| is_payload_len(datagram.len()));
+    if let (true, Some(Ok(mut fixed))) = (in_window, core.map(<[u8; DATAGRAM_LEN]>::try_from)) {
         remac(keys, counter, &mut fixed);
         let r = opener.open(now, keys, counter, &fixed);
         assert!(
@@ -125,7 +131,13 @@ fn seal_and_open(pt: &[u8]) {
     };
     let (opener, keys) = fixture();
     let counter = req.timestamp.counter(WINDOW.step_seconds);
-    let datagram = match seal(keys, counter, pt, &PrivateKey::from_bytes(EPHEMERAL_KEY)) {
+    let datagram = match seal(
+        keys,
+        counter,
+        pt,
+        &PrivateKey::from_bytes(EPHEMERAL_KEY),
+        true,
+    ) {
         Ok(d) => d,
         Err(e) => panic!("sealing a decodable plaintext failed: {e}"),
     };
@@ -261,6 +273,7 @@ fn tracker_policy(i: usize) -> Policy {
                 ),
             ],
             allow_other_ip: true,
+            require_address: false,
             expires: Some(TRACKER_T0.plus_millis(90_000)),
         }
     }
@@ -364,23 +377,36 @@ fn cached_payload(
     counter: u64,
     request: &Request,
     r: u8,
-) -> Option<[u8; DATAGRAM_LEN]> {
-    type Cache = HashMap<(u32, u64, [u8; PLAINTEXT_LEN], u8), [u8; DATAGRAM_LEN]>;
+) -> Option<Vec<u8>> {
+    type Cache = HashMap<(u32, u64, [u8; PLAINTEXT_LEN], u8), Vec<u8>>;
     thread_local! {
         static CACHE: RefCell<Cache> = RefCell::new(HashMap::new());
     }
     let pt = encode_plaintext(request).ok()?;
     let key = (client, counter, pt, r);
-    if let Some(d) = CACHE.with(|c| c.borrow().get(&key).copied()) {
+    if let Some(d) = CACHE.with(|c| c.borrow().get(&key).cloned()) {
         return Some(d);
     }
-    let d = build_payload(keys, counter, request, &PrivateKey::from_bytes([r | 1; 32])).ok()?;
+    // Noise from `r`: the high bit of E and 0..=7 bytes of padding, so padded datagrams are
+    // exercised too.
+    let noise = WireNoise {
+        high_bit: r & 1 == 1,
+        padding: vec![r; usize::from(r >> 5)],
+    };
+    let d = build_payload(
+        keys,
+        counter,
+        request,
+        &PrivateKey::from_bytes([r | 1; 32]),
+        &noise,
+    )
+    .ok()?;
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.len() >= 4096 {
             c.clear();
         }
-        c.insert(key, d);
+        c.insert(key, d.clone());
     });
     Some(d)
 }
@@ -417,10 +443,12 @@ struct Ledger {
     /// Valid payload datagrams sent (including resends of one).
     payloads: Vec<SentPayload>,
     /// The datagrams built so far, with what they carry.
-    built: Vec<([u8; DATAGRAM_LEN], u32, u64, Request)>,
-    /// Last sequence-only grant counter and payload grant timestamp, per client.
-    last_counter: [Option<u64>; 2],
-    last_timestamp: [Option<UnixMillis>; 2],
+    built: Vec<(Vec<u8>, u32, u64, Request)>,
+    /// Per client, the steps with a grant (one sequence-only grant per step, and none in a
+    /// step a payload was granted in).
+    used_steps: [Vec<u64>; 2],
+    /// Gate MACs of the payloads granted (a datagram is granted at most once).
+    granted_macs: Vec<[u8; MAC_LEN]>,
     summary: StatefulSummary,
 }
 
@@ -442,18 +470,53 @@ impl Ledger {
         client: u32,
         counter: u64,
     ) -> bool {
+        self.knocked_at(tracker, source, client, counter, |t| {
+            now.since(t) <= self.config.timeout_ms
+        })
+    }
+
+    /// Whether `source` hit every knock of `client`'s sequence at `counter` at times that
+    /// `ok` accepts.
+    fn knocked_at(
+        &self,
+        tracker: &Tracker,
+        source: IpAddr,
+        client: u32,
+        counter: u64,
+        ok: impl Fn(UnixMillis) -> bool,
+    ) -> bool {
         let keys = &tracker.clients()[client as usize].keys;
         let Ok(seq) = derive_sequence(keys, &self.config.params, counter) else {
             return false;
         };
         seq.knocks.iter().all(|k| {
             self.hits.iter().any(|&(t, s, proto, port)| {
-                s == source
-                    && proto == k.proto
-                    && port == k.port
-                    && now.since(t) <= self.config.timeout_ms
+                s == source && proto == k.proto && port == k.port && ok(t)
             })
         })
+    }
+
+    /// For a sequence-only grant in `optional` mode, which comes when the payload's time is
+    /// up (possibly long before `now`, if the clock jumped): some moment at which every knock
+    /// was at most `timeout_ms` old and the counter was in the window.
+    fn knocked_before_deadline(
+        &self,
+        tracker: &Tracker,
+        now: UnixMillis,
+        source: IpAddr,
+        client: u32,
+        counter: u64,
+    ) -> bool {
+        let timeout = self.config.timeout_ms;
+        self.hits
+            .iter()
+            .filter(|&&(t, s, ..)| s == source && t <= now)
+            .any(|&(anchor, ..)| {
+                self.window().contains(anchor, counter)
+                    && self.knocked_at(tracker, source, client, counter, |t| {
+                        t <= anchor && anchor.since(t) <= timeout
+                    })
+            })
     }
 
     /// Checks one grant against everything the harness knows. Panics on a violation.
@@ -476,7 +539,8 @@ impl Ledger {
         );
         assert!(g.services.iter().all(|s| policy.allow.contains(s)), "{g:?}");
         let length = self.config.params.length;
-        if length > 0 {
+        let late = g.timestamp.is_none() && self.config.payload == PayloadMode::Optional;
+        if length > 0 && !late {
             assert!(
                 self.knocked(tracker, now, g.source, g.client.0, g.counter),
                 "grant without the client's knocks from that source within the timeout: {g:?}"
@@ -489,30 +553,49 @@ impl Ledger {
                     "sequence-only grant in {} mode, length {length}: {g:?}",
                     self.config.payload
                 );
-                // Strictly the window at `now`, also between two `advance`s (the daemon runs it
-                // every 500 ms): a step table that has left the window must not complete a knock.
+                if late {
+                    // `optional`: granted when the payload's time was up.
+                    assert!(
+                        self.knocked_before_deadline(tracker, now, g.source, g.client.0, g.counter),
+                        "optional-mode sequence grant without the knocks: {g:?}"
+                    );
+                } else {
+                    // Strictly the window at `now`, also between two `advance`s (the daemon
+                    // runs it every 500 ms): a step table that has left the window must not
+                    // complete a knock.
+                    assert!(
+                        self.window().contains(now, g.counter),
+                        "sequence grant for a counter outside the window: {g:?}"
+                    );
+                }
                 assert!(
-                    self.window().contains(now, g.counter),
-                    "sequence grant for a counter outside the window: {g:?}"
+                    !self.used_steps[c].contains(&g.counter),
+                    "a second grant in one step without a payload: {g:?} after {:?}",
+                    self.used_steps[c]
                 );
-                assert!(
-                    self.last_counter[c].is_none_or(|l| g.counter > l),
-                    "sequence-only replay: {g:?} after {:?}",
-                    self.last_counter[c]
-                );
-                self.last_counter[c] = Some(g.counter);
+                self.used_steps[c].push(g.counter);
+                assert!(!g.bound && g.mac.is_none());
                 assert_eq!(g.address, g.source);
                 assert_eq!(g.services, policy.allow);
                 self.summary.sequence_grants += 1;
             }
             Some(ts) => {
                 assert!(self.window().contains(now, g.counter), "{g:?}");
+                let Some(mac) = g.mac else {
+                    panic!("payload grant without its MAC: {g:?}")
+                };
                 assert!(
-                    self.last_timestamp[c].is_none_or(|l| ts > l),
-                    "payload replay: {g:?} after {:?}",
-                    self.last_timestamp[c]
+                    !self.granted_macs.contains(&mac),
+                    "the same datagram granted twice: {g:?}"
                 );
-                self.last_timestamp[c] = Some(ts);
+                self.granted_macs.push(mac);
+                if !self.used_steps[c].contains(&g.counter) {
+                    self.used_steps[c].push(g.counter);
+                }
+                assert!(
+                    ts <= now.plus_millis(self.config.max_ahead_ms),
+                    "timestamp too far ahead: {g:?}"
+                );
                 // Several payloads may carry the same timestamp: one of them must explain
                 // the grant exactly.
                 let timeout = self.config.timeout_ms;
@@ -529,6 +612,7 @@ impl Ledger {
                         wanted = policy.allow.clone();
                     }
                     p.source == g.source
+                        && r.address.is_some() == g.bound
                         && p.client == g.client.0
                         && p.counter == g.counter
                         && r.timestamp == ts
@@ -585,12 +669,9 @@ pub fn tracker_stateful_run(data: &[u8]) -> StatefulSummary {
         Err(e) => panic!("valid parameters: {e}"),
     };
     let config = TrackerConfig {
-        params,
-        skew_steps: 1,
-        timeout_ms: TRACKER_TIMEOUT_MS,
-        payload: mode,
         max_sources: 4,
         max_candidates: 2,
+        ..TrackerConfig::new(params, 1, TRACKER_TIMEOUT_MS, mode)
     };
     let mut tracker = fuzz_tracker(config.clone());
     let mut ledger = Ledger {
@@ -598,8 +679,8 @@ pub fn tracker_stateful_run(data: &[u8]) -> StatefulSummary {
         hits: Vec::new(),
         payloads: Vec::new(),
         built: Vec::new(),
-        last_counter: [None; 2],
-        last_timestamp: [None; 2],
+        used_steps: [Vec::new(), Vec::new()],
+        granted_macs: Vec::new(),
         summary: StatefulSummary::default(),
     };
     let mut now = TRACKER_T0;
@@ -607,7 +688,7 @@ pub fn tracker_stateful_run(data: &[u8]) -> StatefulSummary {
     let mut grants = 0u64;
     let mut completed = 0u64;
     let mut valid_sends = 0u64;
-    let mut garbage = [0u8; DATAGRAM_LEN];
+    let mut garbage = [0u8; DATAGRAM_LEN + 8];
     for _ in 0..512 {
         let Some(op) = input.byte() else { break };
         match op % 8 {
@@ -673,6 +754,7 @@ pub fn tracker_stateful_run(data: &[u8]) -> StatefulSummary {
                                 random: [r; 16],
                                 services,
                                 address: ADDRESSES[usize::from(a >> 6)],
+                                action: None,
                                 flags: 0,
                             };
                             let keys = &tracker.clients()[client as usize].keys;
@@ -704,10 +786,14 @@ pub fn tracker_stateful_run(data: &[u8]) -> StatefulSummary {
                 let d = (proto == Proto::Udp).then_some(&datagram[..]);
                 tracker.packet(now, source, proto, port, d, &mut events);
             }
-            5 => now = now.plus_millis(u64::from(input.u16().unwrap_or(0))),
+            5 => {
+                now = now.plus_millis(u64::from(input.u16().unwrap_or(0)));
+                tracker.handle_timeout(now, &mut events);
+            }
             6 => {
                 let next = now.counter(TRACKER_STEP) + 1;
                 now = step_start(next).plus_millis(u64::from(input.byte().unwrap_or(0)) * 10);
+                tracker.handle_timeout(now, &mut events);
             }
             _ => {
                 if let Err(e) = tracker.advance(now) {
@@ -735,6 +821,10 @@ pub fn tracker_stateful_run(data: &[u8]) -> StatefulSummary {
                 Event::Rejected { source, client, .. } => {
                     assert_eq!(canonical_ip(source), source);
                     assert!(client.is_none_or(|c| c.0 < 2));
+                }
+                Event::PayloadMissing { source, client } => {
+                    assert_eq!(canonical_ip(source), source);
+                    assert!(length > 0 && client.0 < 2 && mode != PayloadMode::None);
                 }
             }
         }
@@ -832,12 +922,19 @@ impl StatefulInput {
 /// genuine path.
 #[cfg(fuzzing)]
 fn bypass_datagram(
-    _keys: &ClientKeys,
-    _counter: u64,
+    keys: &ClientKeys,
+    counter: u64,
     pt: &[u8; PLAINTEXT_LEN],
 ) -> [u8; DATAGRAM_LEN] {
     let mut d = [0u8; DATAGRAM_LEN];
     d[32..32 + PLAINTEXT_LEN].copy_from_slice(pt);
+    // The MAC field identifies the datagram (the tracker's replay cache keys on it), as a real
+    // MAC would: a digest of the client, the counter and the plaintext.
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(keys.client_public().as_bytes());
+    ctx.update(&counter.to_be_bytes());
+    ctx.update(pt);
+    d[crate::MAC_OFFSET..].copy_from_slice(&ctx.finish().as_ref()[..crate::MAC_LEN]);
     d
 }
 
@@ -847,7 +944,13 @@ fn bypass_datagram(
     counter: u64,
     pt: &[u8; PLAINTEXT_LEN],
 ) -> [u8; DATAGRAM_LEN] {
-    match seal(keys, counter, pt, &PrivateKey::from_bytes(EPHEMERAL_KEY)) {
+    match seal(
+        keys,
+        counter,
+        pt,
+        &PrivateKey::from_bytes(EPHEMERAL_KEY),
+        false,
+    ) {
         Ok(d) => d,
         Err(e) => panic!("sealing failed: {e}"),
     }
@@ -862,19 +965,49 @@ fn expected_open(pt: &[u8], counter: u64) -> Result<Request, RejectReason> {
     Ok(r)
 }
 
+/// The harness's model of one client's replay state (written from the documentation of
+/// `ReplayState`, not its code): the timestamps accepted while the window may still admit
+/// them, and the floor that rises as they leave it.
+#[derive(Clone, Debug, Default)]
+struct ReplayModel {
+    accepted: Vec<UnixMillis>,
+    floor: Option<UnixMillis>,
+}
+
+impl ReplayModel {
+    /// Forgets what the window starting at `start` no longer admits.
+    fn prune(&mut self, start: UnixMillis) {
+        for t in self.accepted.iter().filter(|t| **t < start) {
+            self.floor = Some(self.floor.map_or(*t, |f| f.max(*t)));
+        }
+        self.accepted.retain(|t| *t >= start);
+    }
+}
+
+/// The start of the window (one step of skew) at `now`.
+fn window_start(now: UnixMillis) -> UnixMillis {
+    step_start(now.counter(TRACKER_STEP).saturating_sub(1))
+}
+
 /// Every policy rule `r` breaks for `client` (written from the tracker's documentation, not its
 /// code), and otherwise the address and services to grant.
 fn policy_verdict(
     client: usize,
     now: UnixMillis,
     source: IpAddr,
-    last: Option<UnixMillis>,
+    replay: &ReplayModel,
     r: &Request,
 ) -> Result<(IpAddr, Vec<Service>), Vec<Reason>> {
     let policy = tracker_policy(client);
     let mut broken = Vec::new();
-    if last.is_some_and(|l| r.timestamp <= l) {
+    if replay.floor.is_some_and(|f| r.timestamp <= f) {
         broken.push(Reason::Replay);
+    }
+    if r.timestamp > now.plus_millis(u64::from(TRACKER_STEP) * 1000) {
+        broken.push(Reason::TooFarAhead);
+    }
+    if r.action.is_some() {
+        broken.push(Reason::ActionNotAllowed);
     }
     if policy.expires.is_some_and(|e| now >= e) {
         broken.push(Reason::Expired);
@@ -922,7 +1055,7 @@ fn policy_verdict(
 ///
 /// Input: chunks of a control byte (bit 0: client; bits 1-2: counter offset -1..=1 mod 3;
 /// bits 3-5: source; bit 7: first move the clock by `(ctrl >> 1 & 0x3f)` seconds) and a
-/// 72-byte plaintext (zero-padded at the end of the input).
+/// 120-byte plaintext (zero-padded at the end of the input).
 ///
 /// Invariants: `Opener::open` returns exactly what decoding and the step check say; the
 /// tracker answers each datagram with exactly one event; a grant happens exactly when the
@@ -943,12 +1076,11 @@ pub fn payload_open_bypass(data: &[u8]) {
         Err(e) => panic!("valid parameters: {e}"),
     };
     let config = TrackerConfig {
-        params: params.clone(),
-        skew_steps: 1,
-        timeout_ms: TRACKER_TIMEOUT_MS,
-        payload: PayloadMode::Required,
         max_sources: 8,
         max_candidates: 2,
+        // No X25519 cap here: the rate limit has its own tests.
+        x25519_per_second: u32::MAX,
+        ..TrackerConfig::new(params.clone(), 1, TRACKER_TIMEOUT_MS, PayloadMode::Required)
     };
     let window = TimeWindow {
         step_seconds: TRACKER_STEP,
@@ -959,7 +1091,9 @@ pub fn payload_open_bypass(data: &[u8]) {
     #[cfg(fuzzing)]
     let _bypass = crate::fuzzing::CryptoBypass::enable();
     let mut now = TRACKER_T0;
-    let mut last: [Option<UnixMillis>; 2] = [None; 2];
+    let mut replay: [ReplayModel; 2] = Default::default();
+    // Gate MACs of the datagrams that reached the gate: a second copy is a replay.
+    let mut seen: Vec<[u8; crate::MAC_LEN]> = Vec::new();
     let mut events = Vec::new();
     for _ in 0..64 {
         let Some(ctrl) = input.byte() else { break };
@@ -996,9 +1130,29 @@ pub fn payload_open_bypass(data: &[u8]) {
                 }
             }
         }
+        let mac = crate::carried_mac(&datagram).unwrap_or_default();
+        let was_seen = seen.contains(&mac);
+        seen.push(mac);
+        for r in &mut replay {
+            r.prune(window_start(now));
+        }
         tracker.packet(now, source, Proto::Udp, port, Some(&datagram), &mut events);
         tracker.assert_invariants();
         assert_eq!(events.len(), 1, "{events:?}");
+        if was_seen {
+            assert!(
+                matches!(
+                    events[0],
+                    Event::Rejected {
+                        reason: Reason::Replay,
+                        ..
+                    }
+                ),
+                "a datagram seen before must be refused as a replay: {events:?}"
+            );
+            events.clear();
+            continue;
+        }
         match events.remove(0) {
             Event::Granted(g) => {
                 let c = g.client.0 as usize;
@@ -1007,16 +1161,17 @@ pub fn payload_open_bypass(data: &[u8]) {
                     Ok(r) => r,
                     Err(e) => panic!("granted {g:?} although opening gives {e:?}"),
                 };
-                match policy_verdict(c, now, canon, last[c], &r) {
+                match policy_verdict(c, now, canon, &replay[c], &r) {
                     Ok((address, services)) => {
                         assert_eq!(g.source, canon);
                         assert_eq!(g.address, address);
                         assert_eq!(g.services, services);
                         assert_eq!(g.timestamp, Some(r.timestamp));
+                        assert_eq!(g.bound, r.address.is_some());
                     }
                     Err(broken) => panic!("granted {g:?} although it breaks {broken:?}"),
                 }
-                last[c] = Some(r.timestamp);
+                replay[c].accepted.push(r.timestamp);
             }
             Event::Rejected {
                 source: s,
@@ -1028,7 +1183,7 @@ pub fn payload_open_bypass(data: &[u8]) {
                 let explained = matches.iter().filter(|m| m.0 == c).any(|&(_, k)| {
                     match (expected_open(&pt, k), reason) {
                         (Err(e), Reason::Payload(got)) => e == got,
-                        (Ok(r), reason) => policy_verdict(c, now, canon, last[c], &r)
+                        (Ok(r), reason) => policy_verdict(c, now, canon, &replay[c], &r)
                             .is_err_and(|broken| broken.contains(&reason)),
                         _ => false,
                     }
@@ -1052,6 +1207,7 @@ pub fn payload_open_bypass_seeds() -> Vec<Vec<u8>> {
         random: [7; 16],
         services,
         address,
+        action: None,
         flags: 0,
     };
     let enc = |r: &Request| encode_plaintext(r).map(|p| p.to_vec()).unwrap_or_default();
@@ -1091,10 +1247,10 @@ pub fn payload_open_bypass_seeds() -> Vec<Vec<u8>> {
         seeds.push(s);
     }
     let mut bad = enc(&base(t0, vec![tcp22()], None));
-    bad[0] = 2; // version
+    bad[0] = 1; // version
     let mut s = vec![0];
     s.extend(&bad);
-    bad[0] = 1;
+    bad[0] = 2;
     bad[1] = 1; // flags
     s.push(0);
     s.extend(&bad);
@@ -1176,4 +1332,38 @@ pub fn tracker_stateful_seeds() -> Vec<Vec<u8>> {
         .knock(0, 0, 0, 2, None);
     seeds.push(s.into_bytes());
     seeds
+}
+
+/// The STUN response parser: input is a 12-byte transaction id, then the datagram. Never
+/// panics; an address comes back only from a Binding success response with that transaction
+/// id; and a response built from that address (XOR-MAPPED-ADDRESS) parses back to it.
+pub fn stun_parse(data: &[u8]) {
+    use crate::stun::{HEADER_LEN, MAGIC_COOKIE, TRANSACTION_ID_LEN, parse_binding_response};
+    let Some((tid, msg)) = data.split_first_chunk::<TRANSACTION_ID_LEN>() else {
+        return;
+    };
+    let Ok(addr) = parse_binding_response(msg, tid) else {
+        return;
+    };
+    assert!(msg.len() >= HEADER_LEN && msg[..2] == [0x01, 0x01] && &msg[8..20] == tid);
+    let cookie = MAGIC_COOKIE.to_be_bytes();
+    let mut mask = [0u8; 16];
+    mask[..4].copy_from_slice(&cookie);
+    mask[4..].copy_from_slice(tid);
+    let mut value = vec![0, 0];
+    value[1] = if addr.is_ipv4() { 1 } else { 2 };
+    value.extend_from_slice(&(addr.port() ^ 0x2112).to_be_bytes());
+    let octets: Vec<u8> = match addr.ip() {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    value.extend(octets.iter().zip(mask).map(|(b, m)| b ^ m));
+    let mut built = vec![0x01, 0x01];
+    built.extend_from_slice(&((4 + value.len()) as u16).to_be_bytes());
+    built.extend_from_slice(&cookie);
+    built.extend_from_slice(tid);
+    built.extend_from_slice(&[0x00, 0x20]);
+    built.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    built.extend_from_slice(&value);
+    assert_eq!(parse_binding_response(&built, tid), Ok(addr));
 }

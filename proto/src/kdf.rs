@@ -6,10 +6,10 @@ use ring::{hkdf, hmac};
 use sesame_keys::{DhError, PresharedKey, PrivateKey, PublicKey};
 use zeroize::Zeroizing;
 
-pub(crate) const LABEL_STATIC_SALT: &[u8] = b"sesame v1 static";
-pub(crate) const LABEL_SEQUENCE: &[u8] = b"sesame v1 sequence";
-pub(crate) const LABEL_MAC_KEY: &[u8] = b"sesame v1 mac key";
-pub(crate) const LABEL_PAYLOAD_KEY: &[u8] = b"sesame v1 payload key";
+pub(crate) const LABEL_STATIC_SALT: &[u8] = b"sesame v2 static";
+pub(crate) const LABEL_SEQUENCE: &[u8] = b"sesame v2 sequence";
+pub(crate) const LABEL_MAC_KEY: &[u8] = b"sesame v2 mac key";
+pub(crate) const LABEL_PAYLOAD_KEY: &[u8] = b"sesame v2 payload key";
 
 /// Why the per-client keys could not be derived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -6,36 +6,47 @@
 //! virtual clock. `docs/PROTOCOL.md` specifies every byte.
 #![forbid(unsafe_code)]
 
+mod address;
 #[doc(hidden)]
 pub mod fuzz_targets;
 mod kdf;
+mod knock;
 mod params;
 mod payload;
 mod profile;
 mod sequence;
 mod service;
+pub mod stun;
 mod time;
 mod tracker;
 mod uri;
 
+pub use address::is_bindable;
 pub use ipnet::IpNet;
 pub use kdf::{ClientKeys, KeysError};
+pub use knock::{
+    KNOCK_BODY_MAX, KNOCK_BODY_MIN, KnockError, KnockPlan, KnockRequest, Packet, PacketKind,
+    plan_knock,
+};
 pub use params::{KnockParams, KnockProtocol, MAX_LENGTH, ParamsError, PayloadMode};
 pub use payload::{
-    ADDRESS_LEN, BuildError, DATAGRAM_LEN, EPHEMERAL_LEN, FLAGS_V1_KNOWN, MAC_LEN, MAX_SERVICES,
-    Opener, PLAINTEXT_LEN, PROTOCOL_VERSION, RANDOM_LEN, RejectReason, Request, TAG_LEN,
-    build_payload, check_len, decode_plaintext, encode_plaintext,
+    ACTION_LEN, ADDRESS_LEN, ARGUMENT_LEN, Action, BuildError, DATAGRAM_LEN, EPHEMERAL_LEN,
+    FLAGS_KNOWN, MAC_LEN, MAC_OFFSET, MAX_DATAGRAM_LEN, MAX_PADDING, MAX_SERVICES, Opener,
+    PLAINTEXT_LEN, PROTOCOL_VERSION, RANDOM_LEN, RejectReason, Request, TAG_LEN, WireNoise,
+    build_payload, carried_mac, check_len, decode_plaintext, encode_plaintext, is_action_argument,
+    is_action_name, is_payload_len,
 };
 pub use profile::{
-    ConfigError, DEFAULT_LENGTH, DEFAULT_PORT_RANGE, DEFAULT_STEP_SECONDS, Profile, line_of,
-    parse_services, parse_services_unbounded, toml_string,
+    ConfigError, DEFAULT_LENGTH, DEFAULT_PORT_RANGE, DEFAULT_STEP_SECONDS, Profile, is_host_port,
+    line_of, parse_services, parse_services_unbounded, toml_string,
 };
 pub use sequence::{Knock, Sequence, SequenceError, derive_sequence};
 pub use service::{Proto, Service, ServiceParseError};
 pub use time::{TimeWindow, UnixMillis};
 pub use tracker::{
-    ClientEntry, ClientId, Event, Grant, Outcome, Policy, Reason, ReplayState, Stats, StepTable,
-    Tracker, TrackerConfig, canonical_ip,
+    AcceptedPayload, ClientEntry, ClientId, Event, Grant, MAX_ACCEPTED, MAX_AWAITING, MAX_SEEN,
+    MAX_STEPS, Outcome, Policy, Reason, ReplayState, SeenMac, Stats, StepTable, Tracker,
+    TrackerConfig, UsedStep, canonical_ip,
 };
 pub use uri::{ProfileUri, URI_PREFIX, UriError, is_valid_name};
 

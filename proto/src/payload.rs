@@ -1,10 +1,15 @@
 //! The payload datagram (PROTOCOL.md, "Payload datagram").
 //!
 //! ```text
-//! datagram  = E_pub (32) || ciphertext (72 + 16) || mac (16)          = 136 bytes
+//! datagram  = E (32) || ciphertext (120 + 16) || mac (16) || padding (0..=56)  = 184..=240 bytes
 //! plaintext = version (1) || flags (1) || timestamp_ms (8) || random (16)
-//!             || count (1) || services (8 x 3) || family (1) || address (16) || zero (4)
+//!             || count (1) || services (8 x 3) || family (1) || address (16)
+//!             || action (16) || argument (32) || zero (4)
 //! ```
+//!
+//! `E` is the ephemeral public key with its most significant bit (which X25519 ignores) set at
+//! random, and the padding is random bytes of random length outside the authenticated part, so
+//! no bit and no length of the datagram is constant.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -21,7 +26,7 @@ use crate::service::{Proto, Service};
 use crate::time::{TimeWindow, UnixMillis};
 
 /// Protocol version carried inside the plaintext and bound into the AEAD key.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Length of the ephemeral public key at the start of the datagram.
 pub const EPHEMERAL_LEN: usize = 32;
 /// Length of the random field of the plaintext.
@@ -30,18 +35,28 @@ pub const RANDOM_LEN: usize = 16;
 pub const MAX_SERVICES: usize = 8;
 /// Length of the address field of the plaintext.
 pub const ADDRESS_LEN: usize = 16;
+/// Length of the action name field of the plaintext.
+pub const ACTION_LEN: usize = 16;
+/// Length of the action argument field of the plaintext.
+pub const ARGUMENT_LEN: usize = 32;
 /// Length of the plaintext.
-pub const PLAINTEXT_LEN: usize = 72;
+pub const PLAINTEXT_LEN: usize = 120;
 /// Length of the Poly1305 tag.
 pub const TAG_LEN: usize = 16;
 /// Length of the truncated HMAC-SHA256 gate at the end of the datagram.
 pub const MAC_LEN: usize = 16;
 /// Length of the ciphertext (plaintext and tag).
 pub const CIPHERTEXT_LEN: usize = PLAINTEXT_LEN + TAG_LEN;
-/// Length of every payload datagram.
+/// Length of the authenticated part of a payload datagram (the shortest datagram).
 pub const DATAGRAM_LEN: usize = EPHEMERAL_LEN + CIPHERTEXT_LEN + MAC_LEN;
-/// Flag bits defined by version 1 (none): any other bit set is refused.
-pub const FLAGS_V1_KNOWN: u8 = 0;
+/// Most random padding bytes after the authenticated part.
+pub const MAX_PADDING: usize = 56;
+/// Length of the longest payload datagram.
+pub const MAX_DATAGRAM_LEN: usize = DATAGRAM_LEN + MAX_PADDING;
+/// Where the gate MAC starts.
+pub const MAC_OFFSET: usize = DATAGRAM_LEN - MAC_LEN;
+/// Flag bits defined by version 2 (none): any other bit set is refused.
+pub const FLAGS_KNOWN: u8 = 0;
 
 const OFF_VERSION: usize = 0;
 const OFF_FLAGS: usize = 1;
@@ -52,17 +67,88 @@ const OFF_SERVICES: usize = 27;
 const SERVICE_LEN: usize = 3;
 const OFF_FAMILY: usize = OFF_SERVICES + MAX_SERVICES * SERVICE_LEN; // 51
 const OFF_ADDRESS: usize = OFF_FAMILY + 1; // 52
-const OFF_PADDING: usize = OFF_ADDRESS + ADDRESS_LEN; // 68
+const OFF_ACTION: usize = OFF_ADDRESS + ADDRESS_LEN; // 68
+const OFF_ARGUMENT: usize = OFF_ACTION + ACTION_LEN; // 84
+const OFF_PADDING: usize = OFF_ARGUMENT + ARGUMENT_LEN; // 116
 
 const FAMILY_NONE: u8 = 0;
 const FAMILY_V4: u8 = 4;
 const FAMILY_V6: u8 = 6;
 
-pub(crate) const LABEL_MAC: &[u8] = b"sesame v1 mac";
-pub(crate) const LABEL_AEAD: &[u8] = b"sesame v1 aead";
+pub(crate) const LABEL_MAC: &[u8] = b"sesame v2 mac";
+pub(crate) const LABEL_AEAD: &[u8] = b"sesame v2 aead";
 
 const _: () = assert!(OFF_PADDING + 4 == PLAINTEXT_LEN);
-const _: () = assert!(DATAGRAM_LEN == 136);
+const _: () = assert!(DATAGRAM_LEN == 184);
+
+/// A named server action the payload asks to run, with its optional argument.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Action {
+    /// The action's name: 1 to 16 characters of `a-z`, `0-9`, `_` and `-`.
+    pub name: String,
+    /// Its argument: 0 to 32 printable ASCII characters (`!` to `~`); empty for none.
+    pub argument: String,
+}
+
+impl Action {
+    /// Checks the name and argument against the wire format's character sets and lengths.
+    pub fn new(name: &str, argument: &str) -> Result<Self, BuildError> {
+        if !is_action_name(name.as_bytes()) {
+            return Err(BuildError::ActionName);
+        }
+        if !is_action_argument(argument.as_bytes()) {
+            return Err(BuildError::ActionArgument);
+        }
+        Ok(Action {
+            name: name.to_owned(),
+            argument: argument.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.argument.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{} {}", self.name, self.argument)
+        }
+    }
+}
+
+/// Whether `b` is a valid action name: 1..=16 bytes of `a-z 0-9 _ -`.
+pub fn is_action_name(b: &[u8]) -> bool {
+    (1..=ACTION_LEN).contains(&b.len())
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+}
+
+/// Whether `b` is a valid action argument: 0..=32 bytes of printable ASCII without space.
+pub fn is_action_argument(b: &[u8]) -> bool {
+    b.len() <= ARGUMENT_LEN && b.iter().all(|&c| (0x21..=0x7e).contains(&c))
+}
+
+/// The bytes of a datagram that only disguise it: the top bit of `E` and the padding. They
+/// come from the caller's random generator (this crate reads none).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WireNoise {
+    /// The most significant bit of `E` on the wire (X25519 ignores it).
+    pub high_bit: bool,
+    /// Padding after the MAC, at most [`MAX_PADDING`] bytes.
+    pub padding: Vec<u8>,
+}
+
+impl WireNoise {
+    /// Noise from 64 random bytes: bit 0 of byte 0 is the high bit, byte 1 modulo
+    /// `MAX_PADDING + 1` the padding length, and bytes 8.. the padding.
+    pub fn from_random(bytes: &[u8; 64]) -> Self {
+        let len = usize::from(bytes[1]) % (MAX_PADDING + 1);
+        WireNoise {
+            high_bit: bytes[0] & 1 == 1,
+            padding: bytes[8..8 + len].to_vec(),
+        }
+    }
+}
 
 /// What a payload asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,7 +162,9 @@ pub struct Request {
     pub services: Vec<Service>,
     /// Address to open; `None` means the packet's source address.
     pub address: Option<IpAddr>,
-    /// Flag bits; version 1 defines none.
+    /// A server action to run; with an action, an empty `services` list opens nothing.
+    pub action: Option<Action>,
+    /// Flag bits; version 2 defines none.
     pub flags: u8,
 }
 
@@ -84,13 +172,13 @@ pub struct Request {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RejectReason {
     /// The datagram is shorter than [`DATAGRAM_LEN`].
-    #[error("truncated payload ({len} bytes, expected {DATAGRAM_LEN})")]
+    #[error("truncated payload ({len} bytes, expected at least {DATAGRAM_LEN})")]
     Truncated {
         /// Bytes received.
         len: usize,
     },
-    /// The datagram is longer than [`DATAGRAM_LEN`].
-    #[error("oversized payload ({len} bytes, expected {DATAGRAM_LEN})")]
+    /// The datagram is longer than [`MAX_DATAGRAM_LEN`].
+    #[error("oversized payload ({len} bytes, expected at most {MAX_DATAGRAM_LEN})")]
     TooLong {
         /// Bytes received.
         len: usize,
@@ -153,6 +241,15 @@ pub enum BuildError {
     /// A service has port 0.
     #[error("port 0 cannot be requested")]
     PortZero,
+    /// An action name is empty, too long or has characters outside `a-z 0-9 _ -`.
+    #[error("an action name is 1 to 16 characters of a-z, 0-9, _ and -")]
+    ActionName,
+    /// An action argument is too long or has characters outside printable ASCII.
+    #[error("an action argument is at most 32 printable ASCII characters, without spaces")]
+    ActionArgument,
+    /// More padding than [`MAX_PADDING`] bytes.
+    #[error("at most {MAX_PADDING} bytes of padding")]
+    Padding,
     /// The server public key is a low-order point.
     #[error("server public key is a low-order point")]
     BadServerKey,
@@ -163,7 +260,7 @@ pub fn encode_plaintext(req: &Request) -> Result<[u8; PLAINTEXT_LEN], BuildError
     if req.services.len() > MAX_SERVICES {
         return Err(BuildError::TooManyServices(req.services.len()));
     }
-    if req.flags & !FLAGS_V1_KNOWN != 0 {
+    if req.flags & !FLAGS_KNOWN != 0 {
         return Err(BuildError::UnknownFlags(req.flags));
     }
     let mut out = [0u8; PLAINTEXT_LEN];
@@ -188,14 +285,32 @@ pub fn encode_plaintext(req: &Request) -> Result<[u8; PLAINTEXT_LEN], BuildError
         }
         Some(IpAddr::V6(a)) => {
             out[OFF_FAMILY] = FAMILY_V6;
-            out[OFF_ADDRESS..OFF_PADDING].copy_from_slice(&a.octets());
+            out[OFF_ADDRESS..OFF_ACTION].copy_from_slice(&a.octets());
         }
+    }
+    if let Some(action) = &req.action {
+        let (name, arg) = (action.name.as_bytes(), action.argument.as_bytes());
+        if !is_action_name(name) {
+            return Err(BuildError::ActionName);
+        }
+        if !is_action_argument(arg) {
+            return Err(BuildError::ActionArgument);
+        }
+        out[OFF_ACTION..OFF_ACTION + name.len()].copy_from_slice(name);
+        out[OFF_ARGUMENT..OFF_ARGUMENT + arg.len()].copy_from_slice(arg);
     }
     Ok(out)
 }
 
 fn all_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b == 0)
+}
+
+/// The text of a NUL-padded field: the bytes before the first zero, if every byte after it is
+/// zero too.
+fn nul_padded(field: &[u8]) -> Option<&[u8]> {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    all_zero(&field[end..]).then_some(&field[..end])
 }
 
 /// Decodes a plaintext. Strict: every reserved or unused byte must be zero. Never panics.
@@ -210,7 +325,7 @@ pub fn decode_plaintext(pt: &[u8]) -> Result<Request, RejectReason> {
         return Err(RejectReason::BadVersion(pt[OFF_VERSION]));
     }
     let flags = pt[OFF_FLAGS];
-    if flags & !FLAGS_V1_KNOWN != 0 {
+    if flags & !FLAGS_KNOWN != 0 {
         return Err(RejectReason::Malformed("flags"));
     }
     let mut ts = [0u8; 8];
@@ -240,7 +355,7 @@ pub fn decode_plaintext(pt: &[u8]) -> Result<Request, RejectReason> {
         }
         services.push(Service { proto, port });
     }
-    let addr = &pt[OFF_ADDRESS..OFF_PADDING];
+    let addr = &pt[OFF_ADDRESS..OFF_ACTION];
     let address = match pt[OFF_FAMILY] {
         FAMILY_NONE if all_zero(addr) => None,
         FAMILY_V4 if all_zero(&addr[4..]) => Some(IpAddr::V4(Ipv4Addr::new(
@@ -254,6 +369,28 @@ pub fn decode_plaintext(pt: &[u8]) -> Result<Request, RejectReason> {
         FAMILY_NONE | FAMILY_V4 => return Err(RejectReason::Malformed("address padding")),
         _ => return Err(RejectReason::Malformed("address family")),
     };
+    let name =
+        nul_padded(&pt[OFF_ACTION..OFF_ARGUMENT]).ok_or(RejectReason::Malformed("action"))?;
+    let arg =
+        nul_padded(&pt[OFF_ARGUMENT..OFF_PADDING]).ok_or(RejectReason::Malformed("argument"))?;
+    let action = if name.is_empty() {
+        if !arg.is_empty() {
+            return Err(RejectReason::Malformed("argument"));
+        }
+        None
+    } else {
+        if !is_action_name(name) {
+            return Err(RejectReason::Malformed("action"));
+        }
+        if !is_action_argument(arg) {
+            return Err(RejectReason::Malformed("argument"));
+        }
+        // Both are ASCII, checked above.
+        Some(Action {
+            name: String::from_utf8_lossy(name).into_owned(),
+            argument: String::from_utf8_lossy(arg).into_owned(),
+        })
+    };
     if !all_zero(&pt[OFF_PADDING..]) {
         return Err(RejectReason::Malformed("padding"));
     }
@@ -262,44 +399,35 @@ pub fn decode_plaintext(pt: &[u8]) -> Result<Request, RejectReason> {
         random,
         services,
         address,
+        action,
         flags,
     })
 }
 
 /// The AEAD key of one datagram: HKDF(salt = k_pay, ikm = X25519(e, S),
-/// info = "sesame v1 aead" || version || counter || E_pub).
-fn aead_key(
-    keys: &ClientKeys,
-    dh: &[u8; 32],
-    counter: u64,
-    eph: &PublicKey,
-) -> Zeroizing<[u8; 32]> {
+/// info = "sesame v2 aead" || version || counter || E).
+fn aead_key(keys: &ClientKeys, dh: &[u8; 32], counter: u64, eph: &[u8; 32]) -> Zeroizing<[u8; 32]> {
     let mut key = Zeroizing::new([0u8; 32]);
     hkdf_sha256(
         &keys.payload[..],
         dh,
-        &[
-            LABEL_AEAD,
-            &[PROTOCOL_VERSION],
-            &counter.to_be_bytes(),
-            eph.as_bytes(),
-        ],
+        &[LABEL_AEAD, &[PROTOCOL_VERSION], &counter.to_be_bytes(), eph],
         &mut key[..],
     );
     key
 }
 
-/// Additional data of the AEAD: version || counter || E_pub.
-fn aead_aad(counter: u64, eph: &PublicKey) -> [u8; 41] {
+/// Additional data of the AEAD: version || counter || E.
+fn aead_aad(counter: u64, eph: &[u8; 32]) -> [u8; 41] {
     let mut aad = [0u8; 41];
     aad[0] = PROTOCOL_VERSION;
     aad[1..9].copy_from_slice(&counter.to_be_bytes());
-    aad[9..].copy_from_slice(eph.as_bytes());
+    aad[9..].copy_from_slice(eph);
     aad
 }
 
-/// The gate: HMAC-SHA256(k_mac, "sesame v1 mac" || counter || E_pub || ciphertext), first 16
-/// bytes.
+/// The gate: HMAC-SHA256(k_mac, "sesame v2 mac" || counter || E || ciphertext || tag), first
+/// 16 bytes.
 fn gate_mac(keys: &ClientKeys, counter: u64, covered: &[u8]) -> [u8; MAC_LEN] {
     let mut ctx = hmac::Context::with_key(&keys.mac);
     ctx.update(LABEL_MAC);
@@ -311,18 +439,36 @@ fn gate_mac(keys: &ClientKeys, counter: u64, covered: &[u8]) -> [u8; MAC_LEN] {
     out
 }
 
+/// The gate MAC a datagram carries (bytes 168..184), or `None` if it is too short. It
+/// identifies the datagram: the replay caches key on it.
+pub fn carried_mac(datagram: &[u8]) -> Option<[u8; MAC_LEN]> {
+    let mac = datagram.get(MAC_OFFSET..DATAGRAM_LEN)?;
+    let mut out = [0u8; MAC_LEN];
+    out.copy_from_slice(mac);
+    Some(out)
+}
+
 const NONCE: [u8; 12] = [0u8; 12];
 
 /// Builds the payload datagram for `request` at `counter`, with the given ephemeral key (a
-/// fresh [`PrivateKey::generate`] for every datagram; fixed only in test vectors).
+/// fresh [`PrivateKey::generate`] for every datagram; fixed only in test vectors) and wire
+/// noise ([`WireNoise::from_random`]; [`WireNoise::default`] gives the plain 184 bytes).
 pub fn build_payload(
     keys: &ClientKeys,
     counter: u64,
     request: &Request,
     ephemeral: &PrivateKey,
-) -> Result<[u8; DATAGRAM_LEN], BuildError> {
+    noise: &WireNoise,
+) -> Result<Vec<u8>, BuildError> {
+    if noise.padding.len() > MAX_PADDING {
+        return Err(BuildError::Padding);
+    }
     let plaintext = Zeroizing::new(encode_plaintext(request)?);
-    seal(keys, counter, &plaintext, ephemeral)
+    let core = seal(keys, counter, &plaintext, ephemeral, noise.high_bit)?;
+    let mut out = Vec::with_capacity(DATAGRAM_LEN + noise.padding.len());
+    out.extend_from_slice(&core);
+    out.extend_from_slice(&noise.padding);
+    Ok(out)
 }
 
 /// Encrypts an encoded plaintext and appends the gate MAC.
@@ -331,31 +477,34 @@ pub(crate) fn seal(
     counter: u64,
     plaintext: &[u8; PLAINTEXT_LEN],
     ephemeral: &PrivateKey,
+    high_bit: bool,
 ) -> Result<[u8; DATAGRAM_LEN], BuildError> {
-    let eph = ephemeral.public_key();
+    let mut eph = *ephemeral.public_key().as_bytes();
+    // X25519 public keys never set bit 255; a random one hides that E is a public key.
+    eph[31] = (eph[31] & 0x7f) | if high_bit { 0x80 } else { 0 };
     let dh = ephemeral
         .diffie_hellman(keys.server_public())
         .map_err(|_| BuildError::BadServerKey)?;
     let key = aead_key(keys, dh.expose_bytes(), counter, &eph);
     let cipher = ChaCha20Poly1305::new((&*key).into());
     let mut out = [0u8; DATAGRAM_LEN];
-    out[..EPHEMERAL_LEN].copy_from_slice(eph.as_bytes());
+    out[..EPHEMERAL_LEN].copy_from_slice(&eph);
     let body = &mut out[EPHEMERAL_LEN..EPHEMERAL_LEN + PLAINTEXT_LEN];
     body.copy_from_slice(plaintext);
     // Encrypting into a buffer of the right size cannot fail.
     #[allow(clippy::expect_used)]
     let tag = cipher
         .encrypt_in_place_detached(&NONCE.into(), &aead_aad(counter, &eph), body)
-        .expect("ChaCha20-Poly1305 encryption of 72 bytes");
-    out[EPHEMERAL_LEN + PLAINTEXT_LEN..DATAGRAM_LEN - MAC_LEN].copy_from_slice(tag.as_slice());
+        .expect("ChaCha20-Poly1305 encryption of 120 bytes");
+    out[EPHEMERAL_LEN + PLAINTEXT_LEN..MAC_OFFSET].copy_from_slice(tag.as_slice());
     remac(keys, counter, &mut out);
     Ok(out)
 }
 
 /// Recomputes the gate MAC of a datagram in place.
 pub(crate) fn remac(keys: &ClientKeys, counter: u64, datagram: &mut [u8; DATAGRAM_LEN]) {
-    let mac = gate_mac(keys, counter, &datagram[..DATAGRAM_LEN - MAC_LEN]);
-    datagram[DATAGRAM_LEN - MAC_LEN..].copy_from_slice(&mac);
+    let mac = gate_mac(keys, counter, &datagram[..MAC_OFFSET]);
+    datagram[MAC_OFFSET..].copy_from_slice(&mac);
 }
 
 /// The server side: opens payload datagrams with the server's private key.
@@ -384,12 +533,10 @@ impl Opener {
         self.window
     }
 
-    /// The length and window checks and the MAC gate: everything that is checked before any
-    /// X25519 work. Constant time in the MAC comparison.
-    pub fn check_gate(
+    /// The length and window checks: everything that is checked before any key is used.
+    pub fn check_window(
         &self,
         now: UnixMillis,
-        keys: &ClientKeys,
         counter: u64,
         datagram: &[u8],
     ) -> Result<(), RejectReason> {
@@ -402,12 +549,36 @@ impl Opener {
                     .clamp(i64::MIN as i128, i64::MAX as i128) as i64,
             });
         }
+        Ok(())
+    }
+
+    /// The length and window checks and the MAC gate: everything that is checked before any
+    /// X25519 work. Constant time in the MAC comparison.
+    pub fn check_gate(
+        &self,
+        now: UnixMillis,
+        keys: &ClientKeys,
+        counter: u64,
+        datagram: &[u8],
+    ) -> Result<(), RejectReason> {
+        self.check_window(now, counter, datagram)?;
+        self.check_mac(keys, counter, datagram)
+    }
+
+    /// The MAC gate alone, for a datagram that passed [`Opener::check_window`].
+    pub fn check_mac(
+        &self,
+        keys: &ClientKeys,
+        counter: u64,
+        datagram: &[u8],
+    ) -> Result<(), RejectReason> {
+        check_len(datagram)?;
         #[cfg(fuzzing)]
         if crate::fuzzing::crypto_bypassed() {
             return Ok(());
         }
-        let expected = gate_mac(keys, counter, &datagram[..DATAGRAM_LEN - MAC_LEN]);
-        if bool::from(expected.ct_eq(&datagram[DATAGRAM_LEN - MAC_LEN..])) {
+        let expected = gate_mac(keys, counter, &datagram[..MAC_OFFSET]);
+        if bool::from(expected.ct_eq(&datagram[MAC_OFFSET..DATAGRAM_LEN])) {
             Ok(())
         } else {
             Err(RejectReason::BadMac)
@@ -417,8 +588,7 @@ impl Opener {
     /// Opens a payload datagram sent by the client of `keys` for `counter`: the gate first,
     /// then X25519, the AEAD, the plaintext codec and the timestamp/step check.
     ///
-    /// Replay protection (a timestamp strictly greater than the last accepted one) is the
-    /// caller's job: it needs persistent state.
+    /// Replay protection is the caller's job: it needs persistent state.
     pub fn open(
         &self,
         now: UnixMillis,
@@ -448,16 +618,16 @@ impl Opener {
         }
         let mut eph = [0u8; EPHEMERAL_LEN];
         eph.copy_from_slice(&datagram[..EPHEMERAL_LEN]);
-        let eph = PublicKey::from_bytes(eph);
+        // X25519 masks bit 255 of E (RFC 7748 section 5); the labels use E as sent.
         let dh = self
             .server_key
-            .diffie_hellman(&eph)
+            .diffie_hellman(&PublicKey::from_bytes(eph))
             .map_err(|_| RejectReason::BadEphemeral)?;
         let key = aead_key(keys, dh.expose_bytes(), counter, &eph);
         let cipher = ChaCha20Poly1305::new((&*key).into());
         let mut buf = Zeroizing::new([0u8; PLAINTEXT_LEN]);
         buf.copy_from_slice(&datagram[EPHEMERAL_LEN..EPHEMERAL_LEN + PLAINTEXT_LEN]);
-        let tag = &datagram[EPHEMERAL_LEN + PLAINTEXT_LEN..DATAGRAM_LEN - MAC_LEN];
+        let tag = &datagram[EPHEMERAL_LEN + PLAINTEXT_LEN..MAC_OFFSET];
         cipher
             .decrypt_in_place_detached(
                 &NONCE.into(),
@@ -477,13 +647,18 @@ impl Opener {
     }
 }
 
-/// A payload datagram is exactly [`DATAGRAM_LEN`] bytes.
+/// A payload datagram is [`DATAGRAM_LEN`] to [`MAX_DATAGRAM_LEN`] bytes.
 pub fn check_len(datagram: &[u8]) -> Result<(), RejectReason> {
     match datagram.len() {
-        DATAGRAM_LEN => Ok(()),
+        DATAGRAM_LEN..=MAX_DATAGRAM_LEN => Ok(()),
         len if len < DATAGRAM_LEN => Err(RejectReason::Truncated { len }),
         len => Err(RejectReason::TooLong { len }),
     }
+}
+
+/// Whether a UDP datagram of this length may be a payload.
+pub fn is_payload_len(len: usize) -> bool {
+    (DATAGRAM_LEN..=MAX_DATAGRAM_LEN).contains(&len)
 }
 
 /// The timestamp must fall inside the time step the datagram was built for.

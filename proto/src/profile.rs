@@ -13,6 +13,8 @@
 //! protocol = "udp"        # udp | tcp | mixed
 //! payload = "required"    # required | optional | none
 //! open = ["tcp/22"]
+//! # stun = "stun.example.net:3478"   # discover this device's public address (off by default)
+//! # bind_address = true              # put this device's address in the payload (default)
 //! ```
 
 use std::fmt;
@@ -186,6 +188,31 @@ pub struct Profile {
     pub payload: PayloadMode,
     /// Services to ask for by default.
     pub open: Vec<Service>,
+    /// A STUN server (`host:port`) that tells the client its public address, to bind knocks
+    /// to it behind a NAT. `None`: no STUN (the default).
+    pub stun: Option<String>,
+    /// Whether knocks name the client's address (its public source address, the STUN answer,
+    /// or `--allow-ip`) so that nobody else can use them. `false` sends no address: the
+    /// server opens whatever address the packets come from.
+    pub bind_address: bool,
+}
+
+/// Whether `s` is a `host:port` (or `[v6]:port`) a client can resolve: a non-empty host
+/// without spaces or control characters, and a port 1..=65535.
+pub fn is_host_port(s: &str) -> bool {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = if let Some(inner) = host.strip_prefix('[') {
+        inner
+            .strip_suffix(']')
+            .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
+    } else {
+        !host.is_empty()
+            && !host.contains(':')
+            && !host.chars().any(|c| c.is_whitespace() || c.is_control())
+    };
+    host_ok && port.parse::<u16>().is_ok_and(|p| p > 0) && s.len() <= 255
 }
 
 #[derive(Deserialize)]
@@ -210,6 +237,14 @@ struct RawProfile {
     payload: PayloadMode,
     #[serde(default = "default_open")]
     open: Spanned<Vec<String>>,
+    #[serde(default)]
+    stun: Option<Spanned<String>>,
+    #[serde(default = "default_true")]
+    bind_address: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_step() -> Spanned<u32> {
@@ -322,6 +357,18 @@ impl Profile {
         })?;
         let open = parse_services(raw.open.get_ref())
             .map_err(|e| ConfigError::at(text, span_of(&raw.open), "open", e))?;
+        let stun = match &raw.stun {
+            Some(s) if !is_host_port(s.get_ref()) => {
+                return Err(ConfigError::at(
+                    text,
+                    span_of(s),
+                    "stun",
+                    "must be host:port, e.g. \"stun.example.net:3478\" or \"[2001:db8::1]:3478\"",
+                ));
+            }
+            Some(s) => Some(s.get_ref().clone()),
+            None => None,
+        };
         Ok(Profile {
             host: raw.host.into_inner(),
             server_public_key,
@@ -330,6 +377,8 @@ impl Profile {
             params,
             payload: raw.payload,
             open,
+            stun,
+            bind_address: raw.bind_address,
         })
     }
 
@@ -365,6 +414,15 @@ impl Profile {
             "open = {}\n",
             list(self.open.iter().map(|s| format!("\"{s}\"")).collect())
         ));
+        match &self.stun {
+            Some(s) => out.push_str(&format!("stun = {}\n", quote(s))),
+            None => out.push_str(
+                "# stun = \"stun.example.net:3478\"  (behind a NAT: learn the public address to bind knocks to)\n",
+            ),
+        }
+        if !self.bind_address {
+            out.push_str("bind_address = false\n");
+        }
         out
     }
 }

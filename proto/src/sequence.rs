@@ -6,8 +6,8 @@ use crate::kdf::ClientKeys;
 use crate::params::{KnockParams, KnockProtocol};
 use crate::service::Proto;
 
-pub(crate) const LABEL_PORT: &[u8] = b"sesame v1 port";
-pub(crate) const LABEL_PROTO: &[u8] = b"sesame v1 proto";
+pub(crate) const LABEL_PORT: &[u8] = b"sesame v2 port";
+pub(crate) const LABEL_PROTO: &[u8] = b"sesame v2 proto";
 
 /// HMAC blocks tried per position before giving up (each block yields 8 candidates). With the
 /// range checks of [`KnockParams::new`] a candidate is accepted with probability at least 1/4,
@@ -82,7 +82,7 @@ pub(crate) fn derive_sequence_traced(
         ports.push(port);
         if position < params.length {
             knocks.push(Knock {
-                proto: knock_proto(&keys.seq, params.protocol, counter, position),
+                proto: knock_proto(&keys.seq, params, counter, position),
                 port,
             });
         }
@@ -108,9 +108,13 @@ fn derive_port(
     // `v mod n` is uniform.
     let limit = (1u64 << 32) - ((1u64 << 32) % n);
     let counter_be = counter.to_be_bytes();
+    // The step length is part of the input: a sequence of one step length is never valid
+    // under another, so changing `step_seconds` cannot make old knocks valid again.
+    let step_be = params.step_seconds.to_be_bytes();
     for block_index in 0..MAX_BLOCKS {
         let mut ctx = hmac::Context::with_key(key);
         ctx.update(LABEL_PORT);
+        ctx.update(&step_be);
         ctx.update(&counter_be);
         ctx.update(&[position, block_index as u8]);
         let block = ctx.sign();
@@ -133,13 +137,14 @@ fn derive_port(
     Err(SequenceError::Exhausted { position })
 }
 
-fn knock_proto(key: &hmac::Key, protocol: KnockProtocol, counter: u64, position: u8) -> Proto {
-    match protocol {
+fn knock_proto(key: &hmac::Key, params: &KnockParams, counter: u64, position: u8) -> Proto {
+    match params.protocol {
         KnockProtocol::Udp => Proto::Udp,
         KnockProtocol::Tcp => Proto::Tcp,
         KnockProtocol::Mixed => {
             let mut ctx = hmac::Context::with_key(key);
             ctx.update(LABEL_PROTO);
+            ctx.update(&params.step_seconds.to_be_bytes());
             ctx.update(&counter.to_be_bytes());
             ctx.update(&[position]);
             if ctx.sign().as_ref()[0] & 1 == 0 {

@@ -12,8 +12,20 @@
 //!   progress and becomes its new first hit, so a range scan never completes a sequence;
 //! * duplicates and reordering are harmless by construction (a hit is a bit in a mask).
 //!
+//! A completed sequence waits for its payload until `timeout_ms` after its first knock: stray
+//! packets from the source (a scan, or one spoofed in its name) do not discard that slot, and
+//! neither does a datagram that fails the MAC gate. In `optional` mode the sequence-only grant
+//! comes only when no payload arrived by then ([`Tracker::handle_timeout`]).
+//!
+//! Payloads are checked in order of cost: length and window, then the cache of gate MACs
+//! already seen (a replayed datagram stops here, before any key is used), then the MAC gate,
+//! then a per-client cap on X25519 operations, then X25519 and the AEAD, then the replay state
+//! (a windowed set of accepted datagrams per client, [`ReplayState`]) and the policy.
+//!
 //! State is bounded: at most `max_sources` sources (least recently active evicted first), at
-//! most `max_candidates` partial sequences per source, at most one buffered payload per source.
+//! most `max_candidates` partial sequences and [`MAX_AWAITING`] completed ones per source, at
+//! most one buffered payload per source, at most [`MAX_SEEN`] gate MACs, and per client at most
+//! [`MAX_ACCEPTED`] accepted payloads and [`MAX_STEPS`] used steps.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -21,14 +33,29 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use sesame_keys::PrivateKey;
+use sesame_keys::{PrivateKey, PublicKey};
 
 use crate::kdf::ClientKeys;
 use crate::params::{KnockParams, PayloadMode};
-use crate::payload::{DATAGRAM_LEN, Opener, RejectReason, Request, check_len};
+use crate::payload::{
+    DATAGRAM_LEN, MAC_LEN, Opener, RejectReason, Request, carried_mac, check_len, is_payload_len,
+};
 use crate::sequence::{SequenceError, derive_sequence};
 use crate::service::{Proto, Service};
 use crate::time::{TimeWindow, UnixMillis};
+
+/// Most completed sequences one source can have waiting for their payload at once.
+pub const MAX_AWAITING: usize = 4;
+/// Most gate MACs remembered (every datagram that passed the gate, until its step leaves the
+/// window). Only holders of a client's key can make datagrams that pass the gate, so this is
+/// reached only by a flood of distinct valid datagrams; past it, new ones are not remembered
+/// and the per-client X25519 cap bounds their cost.
+pub const MAX_SEEN: usize = 1 << 20;
+/// Most accepted payloads remembered per client (the oldest is dropped first, raising
+/// [`ReplayState::floor`]).
+pub const MAX_ACCEPTED: usize = 64;
+/// Most used steps remembered per client (as for [`MAX_ACCEPTED`]).
+pub const MAX_STEPS: usize = 32;
 
 /// Tracker settings (the server's `[knock]` section plus resource caps).
 #[derive(Clone, Debug)]
@@ -41,6 +68,10 @@ pub struct TrackerConfig {
     pub timeout_ms: u64,
     /// Whether a payload is required, optional or unused.
     pub payload: PayloadMode,
+    /// How far ahead of `now` a payload's timestamp may be, in milliseconds.
+    pub max_ahead_ms: u64,
+    /// Per client, X25519 operations allowed per second (and in a burst).
+    pub x25519_per_second: u32,
     /// Most sources tracked at once; the least recently active is evicted first.
     pub max_sources: usize,
     /// Most partial sequences per source; the oldest is evicted first.
@@ -52,6 +83,29 @@ impl TrackerConfig {
     pub const DEFAULT_MAX_SOURCES: usize = 65_536;
     /// See [`TrackerConfig::DEFAULT_MAX_SOURCES`].
     pub const DEFAULT_MAX_CANDIDATES: usize = 8;
+    /// Default of [`TrackerConfig::x25519_per_second`].
+    pub const DEFAULT_X25519_PER_SECOND: u32 = 100;
+
+    /// A configuration with the default caps, `max_ahead_ms` of `skew_steps` steps, and the
+    /// default X25519 rate.
+    pub fn new(
+        params: KnockParams,
+        skew_steps: u32,
+        timeout_ms: u64,
+        payload: PayloadMode,
+    ) -> Self {
+        let max_ahead_ms = u64::from(skew_steps) * u64::from(params.step_seconds) * 1000;
+        TrackerConfig {
+            params,
+            skew_steps,
+            timeout_ms,
+            payload,
+            max_ahead_ms,
+            x25519_per_second: Self::DEFAULT_X25519_PER_SECOND,
+            max_sources: Self::DEFAULT_MAX_SOURCES,
+            max_candidates: Self::DEFAULT_MAX_CANDIDATES,
+        }
+    }
 
     fn window(&self) -> TimeWindow {
         TimeWindow {
@@ -80,6 +134,8 @@ pub struct Policy {
     pub sources: Vec<IpNet>,
     /// Whether its payload may name an address other than the packet source.
     pub allow_other_ip: bool,
+    /// Whether its payload must name an address (a knock without one is refused).
+    pub require_address: bool,
     /// After this moment it is refused.
     pub expires: Option<UnixMillis>,
 }
@@ -104,13 +160,131 @@ impl fmt::Debug for ClientEntry {
     }
 }
 
-/// Per-client replay state: the last accepted payload timestamp and sequence-only counter.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// A payload that was accepted: its timestamp and gate MAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AcceptedPayload {
+    /// The payload's timestamp.
+    pub timestamp: UnixMillis,
+    /// Its gate MAC (it identifies the datagram).
+    pub mac: [u8; MAC_LEN],
+}
+
+/// A time step in which a client was granted something: its length and counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UsedStep {
+    /// The step length the knock was derived with.
+    pub step_seconds: u32,
+    /// The step.
+    pub counter: u64,
+}
+
+impl UsedStep {
+    /// When the step starts.
+    pub fn start(&self) -> UnixMillis {
+        UnixMillis::from_secs(self.counter.saturating_mul(u64::from(self.step_seconds)))
+    }
+
+    /// When the step ends (exclusive).
+    pub fn end(&self) -> UnixMillis {
+        UnixMillis::from_secs(
+            self.counter
+                .saturating_add(1)
+                .saturating_mul(u64::from(self.step_seconds)),
+        )
+    }
+}
+
+/// Per-client replay state, kept in time (not in counters of one step length), so it stays
+/// right when `step_seconds` changes.
+///
+/// * A payload is refused if its gate MAC is among `accepted` (the same datagram twice), or if
+///   its timestamp is at or before `floor`. Any other timestamp inside the window is accepted,
+///   even one older than a payload accepted before (two devices, a clock a little ahead).
+/// * A sequence-only knock is refused if its step is among `steps`, or starts at or before
+///   `floor`: one grant per client per step.
+///
+/// Entries leave the lists once they have left the acceptance window, and `floor` rises to
+/// cover them, so the lists stay small and nothing they held becomes valid again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplayState {
-    /// Timestamp of the last accepted payload.
-    pub last_timestamp: Option<UnixMillis>,
-    /// Counter of the last accepted sequence-only knock.
-    pub last_counter: Option<u64>,
+    /// Accepted payloads that the window may still admit, oldest first.
+    pub accepted: Vec<AcceptedPayload>,
+    /// Steps with a grant that the window may still admit, oldest first.
+    pub steps: Vec<UsedStep>,
+    /// Nothing at or before this moment is accepted.
+    pub floor: Option<UnixMillis>,
+}
+
+impl ReplayState {
+    /// Whether the state holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.accepted.is_empty() && self.steps.is_empty() && self.floor.is_none()
+    }
+
+    fn below_floor(&self, t: UnixMillis) -> bool {
+        self.floor.is_some_and(|f| t <= f)
+    }
+
+    fn raise_floor(&mut self, t: UnixMillis) {
+        self.floor = Some(self.floor.map_or(t, |f| f.max(t)));
+    }
+
+    /// Whether a payload with this timestamp and MAC was accepted before, or is too old.
+    pub fn payload_replayed(&self, timestamp: UnixMillis, mac: &[u8; MAC_LEN]) -> bool {
+        self.below_floor(timestamp) || self.accepted.iter().any(|a| a.mac == *mac)
+    }
+
+    /// Whether a sequence-only grant for this step was given before, or is too old.
+    pub fn step_used(&self, step: UsedStep) -> bool {
+        self.below_floor(step.start()) || self.steps.contains(&step)
+    }
+
+    fn record_payload(&mut self, accepted: AcceptedPayload) {
+        self.accepted.push(accepted);
+        if self.accepted.len() > MAX_ACCEPTED {
+            let oldest = (0..self.accepted.len())
+                .min_by_key(|&i| self.accepted[i].timestamp)
+                .unwrap_or(0);
+            let gone = self.accepted.remove(oldest);
+            self.raise_floor(gone.timestamp);
+        }
+    }
+
+    fn record_step(&mut self, step: UsedStep) {
+        if self.steps.contains(&step) {
+            return;
+        }
+        self.steps.push(step);
+        if self.steps.len() > MAX_STEPS {
+            let oldest = (0..self.steps.len())
+                .min_by_key(|&i| self.steps[i].end())
+                .unwrap_or(0);
+            let gone = self.steps.remove(oldest);
+            self.raise_floor(UnixMillis(gone.end().0.saturating_sub(1)));
+        }
+    }
+
+    /// Drops the entries that the window starting at `window_start` no longer admits, raising
+    /// `floor` to cover them.
+    pub fn prune(&mut self, window_start: UnixMillis) {
+        let mut floor = self.floor;
+        let mut raise = |t: UnixMillis| floor = Some(floor.map_or(t, |f: UnixMillis| f.max(t)));
+        self.accepted.retain(|a| {
+            let keep = a.timestamp >= window_start;
+            if !keep {
+                raise(a.timestamp);
+            }
+            keep
+        });
+        self.steps.retain(|s| {
+            let keep = s.end() > window_start;
+            if !keep {
+                raise(UnixMillis(s.end().0.saturating_sub(1)));
+            }
+            keep
+        });
+        self.floor = floor;
+    }
 }
 
 /// Access granted: open `services` for `address`.
@@ -122,12 +296,18 @@ pub struct Grant {
     pub source: IpAddr,
     /// The address to open (the source, or the payload's address).
     pub address: IpAddr,
+    /// Whether the payload named the address (false: the packets' source was taken).
+    pub bound: bool,
     /// The services to open.
     pub services: Vec<Service>,
     /// The step of the knock.
     pub counter: u64,
     /// The payload's timestamp, if a payload was accepted.
     pub timestamp: Option<UnixMillis>,
+    /// The payload's gate MAC, if a payload was accepted.
+    pub mac: Option<[u8; MAC_LEN]>,
+    /// The client's replay state including this grant: persist it before acting.
+    pub replay: ReplayState,
 }
 
 /// Why a knock was refused.
@@ -135,12 +315,19 @@ pub struct Grant {
 pub enum Reason {
     /// The payload datagram failed to open.
     Payload(RejectReason),
-    /// The payload timestamp (or the sequence's counter) is not newer than the last accepted.
+    /// The same datagram (or the same step, for a sequence-only knock) was seen before, or
+    /// is older than what the replay state still remembers.
     Replay,
+    /// The payload's timestamp is further ahead of the server's clock than `max_ahead_ms`.
+    TooFarAhead,
+    /// The client's X25519 budget for this second is spent.
+    RateLimited,
     /// The client's `expires` has passed.
     Expired,
     /// The source address is outside the client's `source` prefixes.
     SourceNotAllowed,
+    /// The client must name an address in its payload (`require_address`) and did not.
+    AddressRequired,
     /// The payload names another address and the client lacks `allow_other_ip`.
     OtherIpNotAllowed(IpAddr),
     /// The payload names an address that cannot be opened (unspecified, loopback, multicast,
@@ -148,11 +335,13 @@ pub enum Reason {
     BadAddress(IpAddr),
     /// The payload asks for a service outside the client's `allow` list.
     ServiceNotAllowed(Service),
+    /// The payload names an action the client may not run.
+    ActionNotAllowed,
 }
 
 impl Reason {
     /// Every reason code, in a fixed order (for metrics).
-    pub const CODES: [&'static str; 15] = [
+    pub const CODES: [&'static str; 19] = [
         "truncated",
         "too_long",
         "stale",
@@ -163,11 +352,15 @@ impl Reason {
         "malformed",
         "counter_mismatch",
         "replay",
+        "too_far_ahead",
+        "rate_limited",
         "expired",
         "source_not_allowed",
+        "address_required",
         "other_ip_not_allowed",
         "bad_address",
         "service_not_allowed",
+        "action_not_allowed",
     ];
 
     /// A short stable identifier (`bad_mac`, `replay`, ...).
@@ -175,11 +368,15 @@ impl Reason {
         match self {
             Reason::Payload(r) => r.code(),
             Reason::Replay => "replay",
+            Reason::TooFarAhead => "too_far_ahead",
+            Reason::RateLimited => "rate_limited",
             Reason::Expired => "expired",
             Reason::SourceNotAllowed => "source_not_allowed",
+            Reason::AddressRequired => "address_required",
             Reason::OtherIpNotAllowed(_) => "other_ip_not_allowed",
             Reason::BadAddress(_) => "bad_address",
             Reason::ServiceNotAllowed(_) => "service_not_allowed",
+            Reason::ActionNotAllowed => "action_not_allowed",
         }
     }
 
@@ -194,8 +391,15 @@ impl fmt::Display for Reason {
         match self {
             Reason::Payload(r) => write!(f, "{r}"),
             Reason::Replay => f.write_str("replayed or old knock"),
+            Reason::TooFarAhead => f.write_str("timestamp too far ahead of the server's clock"),
+            Reason::RateLimited => {
+                f.write_str("too many payloads from this client this second (x25519 cap)")
+            }
             Reason::Expired => f.write_str("client expired"),
             Reason::SourceNotAllowed => f.write_str("source address not allowed for this client"),
+            Reason::AddressRequired => {
+                f.write_str("the payload names no address (require_address is on)")
+            }
             Reason::OtherIpNotAllowed(a) => {
                 write!(
                     f,
@@ -204,6 +408,7 @@ impl fmt::Display for Reason {
             }
             Reason::BadAddress(a) => write!(f, "asks to open {a}, which cannot be opened"),
             Reason::ServiceNotAllowed(s) => write!(f, "asks for {s}, which is not allowed"),
+            Reason::ActionNotAllowed => f.write_str("asks for an action it may not run"),
         }
     }
 }
@@ -211,7 +416,7 @@ impl fmt::Display for Reason {
 /// Something the server should act on or log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// Open the services; the caller must persist [`Tracker::replay_states`] first.
+    /// Open the services; the caller must persist [`Grant::replay`] first.
     Granted(Grant),
     /// A knock or payload was refused.
     Rejected {
@@ -230,6 +435,14 @@ pub enum Event {
         client: ClientId,
         /// The step.
         counter: u64,
+    },
+    /// A completed sequence got no payload within `timeout_ms` (in `required` mode the knock
+    /// is lost; in `optional` mode the sequence-only grant follows).
+    PayloadMissing {
+        /// Where the sequence came from.
+        source: IpAddr,
+        /// The client.
+        client: ClientId,
     },
 }
 
@@ -261,12 +474,18 @@ pub struct Stats {
     pub resets: u64,
     /// Sequences completed.
     pub sequences_completed: u64,
-    /// Payload datagrams examined (of the right size, at a payload port).
+    /// Payload datagrams examined (of a payload's size, at a payload port).
     pub payloads_seen: u64,
-    /// Payloads that passed the MAC gate (each costs one X25519).
+    /// Payloads whose gate MAC had been seen before (refused before any key was used).
+    pub replays_cached: u64,
+    /// Payloads that passed the MAC gate.
+    pub gate_passed: u64,
+    /// X25519 operations (each payload that passed the gate and the rate cap).
     pub x25519: u64,
     /// Payloads accepted.
     pub payloads_accepted: u64,
+    /// Completed sequences that got no payload in time.
+    pub payloads_missing: u64,
     /// Grants issued.
     pub grants: u64,
     /// Sources evicted because of the cap.
@@ -447,6 +666,26 @@ impl StepTable {
     }
 }
 
+impl StepTable {
+    /// The position of the payload in this table's sequences, if it is indexed.
+    fn payload_position(&self, length: usize) -> Option<u8> {
+        if length == 0 {
+            Some(0)
+        } else {
+            (self.stride > length).then_some(length as u8)
+        }
+    }
+
+    /// The clients whose payload port at this counter is `port`.
+    fn payload_clients(&self, port: u16, length: usize) -> impl Iterator<Item = u32> + '_ {
+        let position = self.payload_position(length);
+        self.slots_on(port)
+            .iter()
+            .filter(move |s| Some(s.position) == position && s.proto == Proto::Udp)
+            .map(|s| s.client)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Candidate {
     counter: u64,
@@ -454,12 +693,40 @@ struct Candidate {
     mask: u32,
 }
 
-#[derive(Clone, Copy, Debug)]
+/// A completed sequence waiting for its payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Awaiting {
     counter: u64,
     client: u32,
     payload_port: u16,
     deadline: UnixMillis,
+    /// `optional` mode: grant the sequence alone if no payload came by the deadline.
+    fallback: bool,
+    /// Its entry in the deadline queue.
+    id: u64,
+}
+
+impl Awaiting {
+    /// The same completed sequence (whatever its queue entry).
+    fn same(&self, other: &Awaiting) -> bool {
+        (self.counter, self.client, self.payload_port, self.deadline)
+            == (
+                other.counter,
+                other.client,
+                other.payload_port,
+                other.deadline,
+            )
+    }
+}
+
+/// A payload that arrived before its sequence was complete, already through the MAC gate of
+/// `(client, counter)` (and remembered in the seen cache).
+#[derive(Debug)]
+struct Pending {
+    port: u16,
+    client: u32,
+    counter: u64,
+    datagram: Box<[u8; DATAGRAM_LEN]>,
 }
 
 #[derive(Debug)]
@@ -472,10 +739,10 @@ struct SourceState {
     first: Option<(u16, Proto)>,
     /// Sequences containing every port hit since the last reset (after two hits).
     candidates: Vec<Candidate>,
-    /// Completed sequences waiting for their payload.
-    awaiting: Option<Awaiting>,
-    /// A payload-sized datagram that arrived before its sequence completed.
-    pending: Option<(u16, Box<[u8; DATAGRAM_LEN]>)>,
+    /// Completed sequences waiting for their payload (at most [`MAX_AWAITING`]).
+    awaiting: Vec<Awaiting>,
+    /// A payload that arrived before its sequence completed.
+    pending: Option<Pending>,
 }
 
 impl SourceState {
@@ -485,7 +752,7 @@ impl SourceState {
             started: now,
             first: None,
             candidates: Vec::new(),
-            awaiting: None,
+            awaiting: Vec::new(),
             pending: None,
         }
     }
@@ -499,9 +766,38 @@ impl SourceState {
     fn is_empty(&self) -> bool {
         self.first.is_none()
             && self.candidates.is_empty()
-            && self.awaiting.is_none()
+            && self.awaiting.is_empty()
             && self.pending.is_none()
     }
+}
+
+/// A gate MAC seen before: whose, and until when it matters.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    client: PublicKey,
+    expires: UnixMillis,
+}
+
+/// A remembered gate MAC, as the server saves it at a clean shutdown ([`Tracker::seen_list`])
+/// and gives it back at the next start ([`Tracker::remember_seen`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeenMac {
+    /// The datagram's gate MAC.
+    pub mac: [u8; MAC_LEN],
+    /// The client whose gate it passed.
+    pub client: PublicKey,
+    /// When its step has left every window (it is forgotten then).
+    pub expires: UnixMillis,
+}
+
+/// A completed sequence's deadline, in the timer queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Deadline {
+    at: UnixMillis,
+    seq: u64,
+    source: IpAddr,
+    client: u32,
+    counter: u64,
 }
 
 /// The knock tracker. See the module documentation.
@@ -509,12 +805,24 @@ pub struct Tracker {
     config: TrackerConfig,
     opener: Opener,
     clients: Arc<Vec<ClientEntry>>,
+    /// Client index by public key.
+    by_key: HashMap<PublicKey, u32>,
     replay: Vec<ReplayState>,
+    /// Per client: X25519 credits and when they were last topped up.
+    credits: Vec<(f64, UnixMillis)>,
     /// Step tables, oldest first, covering the window and one step ahead.
     tables: VecDeque<StepTable>,
     sources: HashMap<IpAddr, SourceState, foldhash::quality::RandomState>,
     lru: VecDeque<(IpAddr, u64)>,
     generation: u64,
+    /// Gate MACs of every datagram that passed the gate while its step is in the window.
+    seen: HashMap<[u8; MAC_LEN], Seen, foldhash::quality::RandomState>,
+    /// Deadlines of completed sequences, earliest first.
+    deadlines: std::collections::BinaryHeap<std::cmp::Reverse<Deadline>>,
+    deadline_seq: u64,
+    /// Unbound payloads (naming no address) stamped before this are refused: see
+    /// [`Tracker::refuse_unbound_before`].
+    unbound_floor: Option<UnixMillis>,
     stats: Stats,
     knock_mask: u32,
 }
@@ -524,6 +832,7 @@ impl fmt::Debug for Tracker {
         f.debug_struct("Tracker")
             .field("clients", &self.clients.len())
             .field("sources", &self.sources.len())
+            .field("seen", &self.seen.len())
             .field("tables", &self.tables)
             .finish_non_exhaustive()
     }
@@ -548,7 +857,8 @@ fn openable(ip: IpAddr) -> bool {
 
 impl Tracker {
     /// A tracker for `clients`, with their persisted replay state (missing entries start
-    /// empty), primed for `now`.
+    /// empty), primed for `now`. The gate MACs of the accepted payloads in `replay` are
+    /// remembered, so a replay of them after a restart costs no X25519.
     pub fn new(
         config: TrackerConfig,
         server_key: PrivateKey,
@@ -559,15 +869,27 @@ impl Tracker {
         let mut replay = replay;
         replay.resize(clients.len(), ReplayState::default());
         let length = u32::from(config.params.length);
+        let by_key = clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (*c.keys.client_public(), i as u32))
+            .collect();
+        let burst = f64::from(config.x25519_per_second.max(1));
         let mut tracker = Tracker {
             opener: Opener::new(server_key, config.window()),
+            credits: vec![(burst, now); clients.len()],
             config,
             clients: Arc::new(clients),
+            by_key,
             replay,
             tables: VecDeque::new(),
             sources: HashMap::with_hasher(foldhash::quality::RandomState::default()),
             lru: VecDeque::new(),
             generation: 0,
+            seen: HashMap::with_hasher(foldhash::quality::RandomState::default()),
+            deadlines: std::collections::BinaryHeap::new(),
+            deadline_seq: 0,
+            unbound_floor: None,
             stats: Stats::default(),
             knock_mask: if length >= 32 {
                 u32::MAX
@@ -575,8 +897,76 @@ impl Tracker {
                 (1u32 << length) - 1
             },
         };
+        let step = tracker.config.params.step_seconds;
+        for i in 0..tracker.clients.len() {
+            let key = *tracker.clients[i].keys.client_public();
+            for a in tracker.replay[i].accepted.clone() {
+                let expires = tracker.seen_expiry(a.timestamp.counter(step));
+                if expires > now && tracker.seen.len() < MAX_SEEN {
+                    tracker.seen.insert(
+                        a.mac,
+                        Seen {
+                            client: key,
+                            expires,
+                        },
+                    );
+                }
+            }
+        }
         tracker.advance(now)?;
         Ok(tracker)
+    }
+
+    /// Refuses, from now on, every payload that names no address and is stamped before `t`.
+    /// The server calls it when it starts after a crash, with its start time plus
+    /// `max_ahead_ms`: the MACs of *accepted* payloads are in the replay state, and the others
+    /// are saved at a clean shutdown ([`Tracker::seen_list`]), but a crash loses those of
+    /// datagrams that passed the gate and were refused (a sequence broken by a spoofed packet,
+    /// the X25519 cap, a timestamp too far ahead); an unbound one of those, stamped at most
+    /// `max_ahead_ms` ahead of the old server's clock, could otherwise be used from anywhere. A
+    /// bound one is useless to anyone else anyway. Costs unbound knocks for `max_ahead_ms`
+    /// after a crash.
+    pub fn refuse_unbound_before(&mut self, t: UnixMillis) {
+        self.unbound_floor = Some(self.unbound_floor.map_or(t, |f| f.max(t)));
+    }
+
+    /// Every gate MAC remembered now (saved at a clean shutdown: the ones of refused datagrams
+    /// are in no replay state).
+    pub fn seen_list(&self) -> Vec<SeenMac> {
+        self.seen
+            .iter()
+            .map(|(mac, s)| SeenMac {
+                mac: *mac,
+                client: s.client,
+                expires: s.expires,
+            })
+            .collect()
+    }
+
+    /// Remembers gate MACs saved by [`Tracker::seen_list`] (the expired ones are dropped).
+    pub fn remember_seen(&mut self, list: &[SeenMac], now: UnixMillis) {
+        for m in list {
+            if m.expires > now && self.seen.len() < MAX_SEEN {
+                self.seen.entry(m.mac).or_insert(Seen {
+                    client: m.client,
+                    expires: m.expires,
+                });
+            }
+        }
+    }
+
+    /// Takes over the gate MACs `old` has seen (after a reload), so that datagrams seen by the
+    /// old tracker stay refused before any key work.
+    pub fn inherit_seen(&mut self, old: &Tracker) {
+        if let Some(f) = old.unbound_floor {
+            self.refuse_unbound_before(f);
+        }
+        for (mac, s) in &old.seen {
+            if self.seen.len() >= MAX_SEEN {
+                break;
+            }
+            self.seen.entry(*mac).or_insert(*s);
+        }
     }
 
     /// The configuration.
@@ -594,8 +984,7 @@ impl Tracker {
         Arc::clone(&self.clients)
     }
 
-    /// Replay state of every client, in [`ClientId`] order. Persist it before acting on a
-    /// [`Event::Granted`].
+    /// Replay state of every client, in [`ClientId`] order.
     pub fn replay_states(&self) -> &[ReplayState] {
         &self.replay
     }
@@ -610,14 +999,29 @@ impl Tracker {
         self.sources.len()
     }
 
+    /// Number of gate MACs remembered.
+    pub fn seen_macs(&self) -> usize {
+        self.seen.len()
+    }
+
     /// Checks the state caps (for tests and fuzzing): panics if one is exceeded.
     pub fn assert_invariants(&self) {
         assert!(self.sources.len() <= self.config.max_sources);
         assert!(self.lru.len() <= 2 * self.config.max_sources + 64);
         for s in self.sources.values() {
             assert!(s.candidates.len() <= self.config.max_candidates);
+            assert!(s.awaiting.len() <= MAX_AWAITING);
         }
         assert!(self.tables.len() <= 2 * self.config.skew_steps as usize + 2);
+        assert!(self.seen.len() <= MAX_SEEN);
+        assert!(self.deadlines.len() <= self.max_deadlines());
+        for r in &self.replay {
+            assert!(r.accepted.len() <= MAX_ACCEPTED && r.steps.len() <= MAX_STEPS);
+        }
+    }
+
+    fn max_deadlines(&self) -> usize {
+        4 * self.config.max_sources + 64
     }
 
     /// The counters whose tables are missing for `now` (the window and one step ahead).
@@ -645,7 +1049,8 @@ impl Tracker {
         self.tables.insert(at, table);
     }
 
-    /// Drops the tables that left the window and builds the missing ones (synchronously).
+    /// Drops the tables that left the window and builds the missing ones (synchronously);
+    /// forgets the gate MACs whose step left the window.
     pub fn advance(&mut self, now: UnixMillis) -> Result<(), SequenceError> {
         let w = self.config.window().counters(now);
         while self.tables.front().is_some_and(|t| t.counter < *w.start()) {
@@ -667,6 +1072,7 @@ impl Tracker {
             )?;
             self.install(table, now);
         }
+        self.seen.retain(|_, s| s.expires > now);
         Ok(())
     }
 
@@ -677,6 +1083,55 @@ impl Tracker {
 
     fn table(&self, counter: u64) -> Option<&StepTable> {
         self.tables.iter().find(|t| t.counter == counter)
+    }
+
+    /// When the window that admits `counter` last ends: the end of step `counter + skew`.
+    fn seen_expiry(&self, counter: u64) -> UnixMillis {
+        let step = u64::from(self.config.params.step_seconds);
+        let last = counter
+            .saturating_add(u64::from(self.config.skew_steps))
+            .saturating_add(1);
+        UnixMillis::from_secs(last.saturating_mul(step))
+    }
+
+    /// The start of the acceptance window at `now`.
+    fn window_start(&self, now: UnixMillis) -> UnixMillis {
+        let w = self.config.window().counters(now);
+        UnixMillis::from_secs(
+            w.start()
+                .saturating_mul(u64::from(self.config.params.step_seconds)),
+        )
+    }
+
+    /// The earliest moment [`Tracker::handle_timeout`] has something to do, if any.
+    pub fn poll_timeout(&self) -> Option<UnixMillis> {
+        self.deadlines.peek().map(|d| d.0.at)
+    }
+
+    /// Ends the completed sequences whose payload did not come in time: a
+    /// [`Event::PayloadMissing`] for each, and in `optional` mode the sequence-only grant.
+    pub fn handle_timeout(&mut self, now: UnixMillis, events: &mut Vec<Event>) {
+        while self.deadlines.peek().is_some_and(|d| d.0.at <= now) {
+            let Some(std::cmp::Reverse(d)) = self.deadlines.pop() else {
+                break;
+            };
+            let Some(state) = self.sources.get_mut(&d.source) else {
+                continue;
+            };
+            let Some(i) = state.awaiting.iter().position(|a| a.id == d.seq) else {
+                continue;
+            };
+            let slot = state.awaiting.remove(i);
+            self.stats.payloads_missing += 1;
+            events.push(Event::PayloadMissing {
+                source: d.source,
+                client: ClientId(slot.client),
+            });
+            if slot.fallback {
+                self.sequence_grant(now, d.source, slot.client, slot.counter, events);
+            }
+            self.forget_if_empty(d.source);
+        }
     }
 
     /// Feeds one packet: `datagram` is the UDP payload (None for TCP SYNs).
@@ -706,10 +1161,52 @@ impl Tracker {
             // Errors are impossible with validated parameters; without tables nothing matches.
             let _ = self.advance(now);
         }
+        if self.poll_timeout().is_some_and(|t| t <= now) {
+            self.handle_timeout(now, events);
+        }
         if self.config.params.length == 0 {
             return self.single_packet(now, source, proto, port, datagram, events);
         }
         self.sequence_packet(now, source, proto, port, datagram, events)
+    }
+
+    /// The client a remembered gate MAC belongs to, if it is seen.
+    fn seen_client(&self, mac: &[u8; MAC_LEN]) -> Option<Option<ClientId>> {
+        self.seen
+            .get(mac)
+            .map(|s| self.by_key.get(&s.client).map(|&i| ClientId(i)))
+    }
+
+    /// Remembers the gate MAC of a datagram that passed the gate for `(client, counter)`.
+    fn remember(&mut self, mac: [u8; MAC_LEN], client: u32, counter: u64) {
+        self.stats.gate_passed += 1;
+        if self.seen.len() >= MAX_SEEN {
+            return;
+        }
+        let expires = self.seen_expiry(counter);
+        let key = *self.clients[client as usize].keys.client_public();
+        self.seen.insert(
+            mac,
+            Seen {
+                client: key,
+                expires,
+            },
+        );
+    }
+
+    /// Refuses a datagram whose gate MAC was seen before (before any key is used).
+    fn refuse_if_seen(
+        &mut self,
+        source: IpAddr,
+        mac: &[u8; MAC_LEN],
+        events: &mut Vec<Event>,
+    ) -> bool {
+        let Some(client) = self.seen_client(mac) else {
+            return false;
+        };
+        self.stats.replays_cached += 1;
+        self.reject(events, source, client, Reason::Replay);
+        true
     }
 
     /// Single-packet mode: the payload alone, on the client's rotating payload port.
@@ -727,22 +1224,28 @@ impl Tracker {
         };
         let mut matches: Vec<(u64, u32)> = Vec::new();
         for t in self.in_window(now) {
-            for s in t.slots_on(port) {
-                matches.push((t.counter, s.client));
+            for client in t.payload_clients(port, 0) {
+                matches.push((t.counter, client));
             }
         }
         if matches.is_empty() {
             return Outcome::Ignored;
         }
         self.stats.payloads_seen += 1;
-        if let Err(r) = check_len(datagram) {
-            self.reject(events, source, None, Reason::Payload(r));
+        let Some(mac) = carried_mac(datagram).filter(|_| check_len(datagram).is_ok()) else {
+            if let Err(r) = check_len(datagram) {
+                self.reject(events, source, None, Reason::Payload(r));
+            }
+            return Outcome::Payload;
+        };
+        if self.refuse_if_seen(source, &mac, events) {
             return Outcome::Payload;
         }
         for (counter, client) in matches {
             let keys = &self.clients[client as usize].keys;
             if self.opener.check_gate(now, keys, counter, datagram).is_ok() {
-                self.open_payload(now, source, client, counter, datagram, events);
+                self.remember(mac, client, counter);
+                self.open_payload(now, source, client, counter, datagram, mac, events);
                 return Outcome::Payload;
             }
         }
@@ -809,6 +1312,116 @@ impl Tracker {
         self.lru = live.into();
     }
 
+    /// A payload-sized datagram to some client's payload port, from a source whose sequence is
+    /// not complete: if it passes the gate, it is remembered (so a copy replayed from elsewhere
+    /// is refused even if this source never completes its sequence) and kept for the
+    /// sequence's completion. A datagram seen before is refused; one that passes no gate is
+    /// not kept.
+    fn gate_pending(
+        &mut self,
+        now: UnixMillis,
+        source: IpAddr,
+        port: u16,
+        datagram: &[u8],
+        events: &mut Vec<Event>,
+    ) -> Option<Pending> {
+        if !is_payload_len(datagram.len()) {
+            return None;
+        }
+        let length = usize::from(self.config.params.length);
+        let mut matches: Vec<(u64, u32)> = Vec::new();
+        for t in self.in_window(now) {
+            for client in t.payload_clients(port, length) {
+                matches.push((t.counter, client));
+            }
+        }
+        if matches.is_empty() {
+            return None;
+        }
+        self.stats.payloads_seen += 1;
+        let mac = carried_mac(datagram)?;
+        if self.refuse_if_seen(source, &mac, events) {
+            return None;
+        }
+        for (counter, client) in matches {
+            let keys = &self.clients[client as usize].keys;
+            if self.opener.check_mac(keys, counter, datagram).is_ok() {
+                self.remember(mac, client, counter);
+                let mut buf = Box::new([0u8; DATAGRAM_LEN]);
+                buf.copy_from_slice(&datagram[..DATAGRAM_LEN]);
+                return Some(Pending {
+                    port,
+                    client,
+                    counter,
+                    datagram: buf,
+                });
+            }
+        }
+        None
+    }
+
+    /// A datagram to the payload port of one of the source's completed sequences. A datagram
+    /// that was seen before or fails the gate is refused and the sequence keeps waiting.
+    fn awaited_payload(
+        &mut self,
+        now: UnixMillis,
+        source: IpAddr,
+        port: u16,
+        datagram: &[u8],
+        events: &mut Vec<Event>,
+    ) -> Outcome {
+        self.stats.payloads_seen += 1;
+        let slots: Vec<Awaiting> = self
+            .sources
+            .get(&source)
+            .map(|s| {
+                s.awaiting
+                    .iter()
+                    .filter(|a| a.payload_port == port)
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let first = slots.first().map(|a| ClientId(a.client));
+        let mac = match check_len(datagram).map(|()| carried_mac(datagram)) {
+            Ok(Some(mac)) => mac,
+            Ok(None) | Err(_) => {
+                let r = check_len(datagram).err().unwrap_or(RejectReason::BadMac);
+                self.reject(events, source, first, Reason::Payload(r));
+                return Outcome::Payload;
+            }
+        };
+        if self.refuse_if_seen(source, &mac, events) {
+            return Outcome::Payload;
+        }
+        let mut last_error = RejectReason::BadMac;
+        for slot in slots {
+            let keys = &self.clients[slot.client as usize].keys;
+            match self.opener.check_gate(now, keys, slot.counter, datagram) {
+                Ok(()) => {
+                    if let Some(state) = self.sources.get_mut(&source) {
+                        state.awaiting.retain(|a| *a != slot);
+                    }
+                    self.remember(mac, slot.client, slot.counter);
+                    self.open_payload(
+                        now,
+                        source,
+                        slot.client,
+                        slot.counter,
+                        datagram,
+                        mac,
+                        events,
+                    );
+                    self.forget_if_empty(source);
+                    return Outcome::Payload;
+                }
+                Err(r) => last_error = r,
+            }
+        }
+        self.reject(events, source, first, Reason::Payload(last_error));
+        Outcome::Payload
+    }
+
     fn sequence_packet(
         &mut self,
         now: UnixMillis,
@@ -820,49 +1433,52 @@ impl Tracker {
     ) -> Outcome {
         let length = usize::from(self.config.params.length);
         let timeout = self.config.timeout_ms;
-        let has_slots = self
-            .in_window(now)
-            .any(|t| t.slots_on(port).iter().any(|s| s.proto == proto));
-        let Some(state) = self.sources.get_mut(&source) else {
-            if !has_slots {
-                return Outcome::Ignored;
+        if let Some(state) = self.sources.get_mut(&source) {
+            // Expire progress older than the timeout, and completed sequences past their
+            // deadline (normally `handle_timeout` did).
+            if now.since(state.started) > timeout {
+                state.clear_progress();
             }
-            let state = self.touch(source, now);
-            state.started = now;
-            state.first = Some((port, proto));
-            Self::maybe_buffer(state, port, proto, datagram);
-            return Outcome::Progress;
-        };
-
-        // Expire progress older than the timeout.
-        if now.since(state.started) > timeout {
-            state.clear_progress();
-        }
-        if state.awaiting.is_some_and(|a| now > a.deadline) {
-            state.awaiting = None;
-        }
-
-        // The payload of a completed sequence, or a late duplicate of one of its knocks.
-        if let Some(a) = state.awaiting {
-            if port == a.payload_port && proto == Proto::Udp {
-                if let Some(d) = datagram {
-                    state.awaiting = None;
-                    self.stats.payloads_seen += 1;
-                    self.open_payload(now, source, a.client, a.counter, d, events);
-                    self.forget_if_empty(source);
-                    return Outcome::Payload;
+            state.awaiting.retain(|a| now <= a.deadline);
+            // The payload of a completed sequence.
+            if let (Proto::Udp, Some(d)) = (proto, datagram) {
+                if is_payload_len(d.len()) && state.awaiting.iter().any(|a| a.payload_port == port)
+                {
+                    return self.awaited_payload(now, source, port, d, events);
                 }
             }
-            let member = self
-                .tables
-                .iter()
-                .find(|t| t.counter == a.counter)
-                .and_then(|t| t.position_of(a.client, proto, port))
-                .is_some();
+            // A late duplicate of a knock of a completed sequence, with no other progress.
+            let tables = &self.tables;
+            let member = state.awaiting.iter().any(|a| {
+                tables
+                    .iter()
+                    .find(|t| t.counter == a.counter)
+                    .and_then(|t| t.position_of(a.client, proto, port))
+                    .is_some()
+            });
             if member && state.first.is_none() && state.candidates.is_empty() {
                 return Outcome::Progress;
             }
         }
+        let has_slots = self
+            .in_window(now)
+            .any(|t| t.slots_on(port).iter().any(|s| s.proto == proto));
+        if !has_slots && !self.sources.contains_key(&source) {
+            return Outcome::Ignored;
+        }
+        // A payload that may belong to a sequence that is not complete yet.
+        let mut pending = match (proto, datagram) {
+            (Proto::Udp, Some(d)) if has_slots => self.gate_pending(now, source, port, d, events),
+            _ => None,
+        };
+
+        let Some(state) = self.sources.get_mut(&source) else {
+            let state = self.touch(source, now);
+            state.started = now;
+            state.first = Some((port, proto));
+            state.pending = pending;
+            return Outcome::Progress;
+        };
 
         let outcome = if !state.candidates.is_empty() {
             let tables = &self.tables;
@@ -907,21 +1523,20 @@ impl Tracker {
                 }
             }
         } else {
-            // No progress (e.g. only an awaited payload): this packet starts anew.
+            // No progress (e.g. only completed sequences): this packet starts anew.
             Outcome::Reset
         };
 
         if outcome == Outcome::Reset {
             let fresh = state.first.is_none() && state.candidates.is_empty();
             state.clear_progress();
-            state.awaiting = None;
             if !fresh {
                 self.stats.resets += 1;
             }
             if has_slots {
                 state.started = now;
                 state.first = Some((port, proto));
-                Self::maybe_buffer(state, port, proto, datagram);
+                state.pending = pending;
                 self.touch(source, now);
                 return if fresh {
                     Outcome::Progress
@@ -937,7 +1552,9 @@ impl Tracker {
             };
         }
 
-        Self::maybe_buffer(state, port, proto, datagram);
+        if pending.is_some() {
+            state.pending = pending.take();
+        }
         // Completion: every knock position hit by one candidate.
         let knock_mask = self.knock_mask;
         let done = state
@@ -951,18 +1568,6 @@ impl Tracker {
         };
         self.complete(now, source, done, length, events);
         Outcome::Complete
-    }
-
-    /// Keeps a payload-sized UDP datagram that may be the payload of a sequence not yet
-    /// complete (the payload overtook a knock).
-    fn maybe_buffer(state: &mut SourceState, port: u16, proto: Proto, datagram: Option<&[u8]>) {
-        if let (Proto::Udp, Some(d)) = (proto, datagram) {
-            if d.len() == DATAGRAM_LEN {
-                let mut buf = Box::new([0u8; DATAGRAM_LEN]);
-                buf.copy_from_slice(d);
-                state.pending = Some((port, buf));
-            }
-        }
     }
 
     fn forget_if_empty(&mut self, source: IpAddr) {
@@ -988,37 +1593,67 @@ impl Tracker {
         let payload_port = self
             .table(done.counter)
             .and_then(|t| t.payload_port(done.client, length));
+        let mode = self.config.payload;
+        let deadline = match self.sources.get(&source) {
+            Some(state) => state.started.plus_millis(self.config.timeout_ms),
+            None => return,
+        };
+        let max_deadlines = self.max_deadlines();
         let Some(state) = self.sources.get_mut(&source) else {
             return;
         };
-        let started = state.started;
         let pending = state.pending.take();
         state.clear_progress();
-        let mode = self.config.payload;
-        if mode != PayloadMode::None {
-            if let Some(payload_port) = payload_port {
-                state.awaiting = Some(Awaiting {
-                    counter: done.counter,
-                    client: done.client,
-                    payload_port,
-                    deadline: started.plus_millis(self.config.timeout_ms),
-                });
-            }
+        if mode == PayloadMode::None {
+            self.sequence_grant(now, source, done.client, done.counter, events);
+            self.forget_if_empty(source);
+            return;
         }
-        if mode != PayloadMode::Required {
-            self.sequence_grant(now, source, done, events);
+        let Some(payload_port) = payload_port else {
+            return;
+        };
+        // The payload overtook the last knock: it is already through the gate.
+        if let Some(p) = pending.filter(|p| {
+            p.port == payload_port && p.client == done.client && p.counter == done.counter
+        }) {
+            let mac = carried_mac(&p.datagram[..]).unwrap_or([0; MAC_LEN]);
+            self.open_payload(
+                now,
+                source,
+                done.client,
+                done.counter,
+                &p.datagram[..],
+                mac,
+                events,
+            );
+            self.forget_if_empty(source);
+            return;
         }
-        // A payload that overtook the last knock.
-        if let (Some((port, d)), Some(payload_port)) = (pending, payload_port) {
-            if port == payload_port && mode != PayloadMode::None {
-                if let Some(state) = self.sources.get_mut(&source) {
-                    state.awaiting = None;
-                }
-                self.stats.payloads_seen += 1;
-                self.open_payload(now, source, done.client, done.counter, &d[..], events);
-            }
+        let slot = Awaiting {
+            counter: done.counter,
+            client: done.client,
+            payload_port,
+            deadline,
+            fallback: mode == PayloadMode::Optional,
+            id: self.deadline_seq + 1,
+        };
+        if state.awaiting.iter().any(|a| a.same(&slot)) {
+            return;
         }
-        self.forget_if_empty(source);
+        if state.awaiting.len() >= MAX_AWAITING {
+            state.awaiting.remove(0);
+        }
+        state.awaiting.push(slot);
+        self.deadline_seq += 1;
+        if self.deadlines.len() < max_deadlines {
+            self.deadlines.push(std::cmp::Reverse(Deadline {
+                at: deadline,
+                seq: self.deadline_seq,
+                source,
+                client: done.client,
+                counter: done.counter,
+            }));
+        }
     }
 
     fn reject(
@@ -1048,36 +1683,73 @@ impl Tracker {
         Ok(())
     }
 
-    /// A sequence alone opens every allowed service for the source (`optional`, `none`).
+    /// A sequence alone opens every allowed service for the source (`none` mode, and
+    /// `optional` mode when no payload came): once per client and step.
     fn sequence_grant(
         &mut self,
         now: UnixMillis,
         source: IpAddr,
-        done: Candidate,
+        client: u32,
+        counter: u64,
         events: &mut Vec<Event>,
     ) {
-        let client = ClientId(done.client);
-        if let Err(reason) = self.check_client(now, done.client, source) {
-            self.reject(events, source, Some(client), reason);
+        let id = ClientId(client);
+        if let Err(reason) = self.check_client(now, client, source) {
+            self.reject(events, source, Some(id), reason);
             return;
         }
-        let replay = &mut self.replay[client.index()];
-        if replay.last_counter.is_some_and(|c| done.counter <= c) {
-            self.reject(events, source, Some(client), Reason::Replay);
+        if self.clients[id.index()].policy.require_address {
+            self.reject(events, source, Some(id), Reason::AddressRequired);
             return;
         }
-        replay.last_counter = Some(done.counter);
+        let step = UsedStep {
+            step_seconds: self.config.params.step_seconds,
+            counter,
+        };
+        let window_start = self.window_start(now);
+        let replay = &mut self.replay[id.index()];
+        replay.prune(window_start);
+        if replay.step_used(step) {
+            self.reject(events, source, Some(id), Reason::Replay);
+            return;
+        }
+        replay.record_step(step);
+        let replay = replay.clone();
         self.stats.grants += 1;
         events.push(Event::Granted(Grant {
-            client,
+            client: id,
             source,
             address: source,
-            services: self.clients[client.index()].policy.allow.clone(),
-            counter: done.counter,
+            bound: false,
+            services: self.clients[id.index()].policy.allow.clone(),
+            counter,
             timestamp: None,
+            mac: None,
+            replay,
         }));
     }
 
+    /// Takes one X25519 credit of `client` (a token bucket: `x25519_per_second` credits, one
+    /// more every `1 / x25519_per_second` seconds).
+    fn take_credit(&mut self, now: UnixMillis, client: u32) -> bool {
+        let rate = f64::from(self.config.x25519_per_second.max(1));
+        let Some((credits, at)) = self.credits.get_mut(client as usize) else {
+            return false;
+        };
+        let earned = now.since(*at) as f64 / 1000.0 * rate;
+        *credits = (*credits + earned).min(rate);
+        *at = now.max(*at);
+        if *credits >= 1.0 {
+            *credits -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Opens a datagram that passed the gate of `(client, counter)` (and whose MAC is
+    /// remembered): the X25519 cap, X25519 and the AEAD, then the replay state and the policy.
+    #[allow(clippy::too_many_arguments)]
     fn open_payload(
         &mut self,
         now: UnixMillis,
@@ -1085,17 +1757,16 @@ impl Tracker {
         client: u32,
         counter: u64,
         datagram: &[u8],
+        mac: [u8; MAC_LEN],
         events: &mut Vec<Event>,
     ) {
         let id = ClientId(client);
-        let keys = &self.clients[client as usize].keys;
-        if let Err(r) = self.opener.check_gate(now, keys, counter, datagram) {
-            // In sequence mode the ports identified the client; in single-packet mode only a
-            // passed gate does.
-            self.reject(events, source, Some(id), Reason::Payload(r));
+        if !self.take_credit(now, client) {
+            self.reject(events, source, Some(id), Reason::RateLimited);
             return;
         }
         self.stats.x25519 += 1;
+        let keys = &self.clients[client as usize].keys;
         let request = match self.opener.open_after_gate(keys, counter, datagram) {
             Ok(r) => r,
             Err(r) => {
@@ -1104,9 +1775,8 @@ impl Tracker {
             }
         };
         self.stats.payloads_accepted += 1;
-        match self.payload_grant(now, source, client, counter, &request) {
+        match self.payload_grant(now, source, client, counter, &request, mac) {
             Ok(grant) => {
-                self.replay[client as usize].last_timestamp = Some(request.timestamp);
                 self.stats.grants += 1;
                 events.push(Event::Granted(grant));
             }
@@ -1115,27 +1785,39 @@ impl Tracker {
     }
 
     fn payload_grant(
-        &self,
+        &mut self,
         now: UnixMillis,
         source: IpAddr,
         client: u32,
         counter: u64,
         request: &Request,
+        mac: [u8; MAC_LEN],
     ) -> Result<Grant, Reason> {
-        if self.replay[client as usize]
-            .last_timestamp
-            .is_some_and(|t| request.timestamp <= t)
+        let window_start = self.window_start(now);
+        self.replay[client as usize].prune(window_start);
+        if self.replay[client as usize].payload_replayed(request.timestamp, &mac)
+            || (request.address.is_none()
+                && self.unbound_floor.is_some_and(|f| request.timestamp < f))
         {
             return Err(Reason::Replay);
         }
+        if request.timestamp > now.plus_millis(self.config.max_ahead_ms) {
+            return Err(Reason::TooFarAhead);
+        }
         self.check_client(now, client, source)?;
         let policy = &self.clients[client as usize].policy;
+        if request.address.is_none() && policy.require_address {
+            return Err(Reason::AddressRequired);
+        }
         let address = request.address.map_or(source, canonical_ip);
         if !openable(address) {
             return Err(Reason::BadAddress(address));
         }
         if address != source && !policy.allow_other_ip {
             return Err(Reason::OtherIpNotAllowed(address));
+        }
+        if request.action.is_some() {
+            return Err(Reason::ActionNotAllowed);
         }
         let services = if request.services.is_empty() {
             policy.allow.clone()
@@ -1151,13 +1833,26 @@ impl Tracker {
             }
             out
         };
+        let step_seconds = self.config.params.step_seconds;
+        let replay = &mut self.replay[client as usize];
+        replay.record_payload(AcceptedPayload {
+            timestamp: request.timestamp,
+            mac,
+        });
+        replay.record_step(UsedStep {
+            step_seconds,
+            counter,
+        });
         Ok(Grant {
             client: ClientId(client),
             source,
             address,
+            bound: request.address.is_some(),
             services,
             counter,
             timestamp: Some(request.timestamp),
+            mac: Some(mac),
+            replay: replay.clone(),
         })
     }
 }

@@ -2,8 +2,9 @@
 //! phones and laptops.
 //!
 //! ```text
-//! sesame://1/<base64url without padding of:>
-//!   u8 flags            bit 0: a private key follows, bit 1: a PSK follows
+//! sesame://2/<base64url without padding of:>
+//!   u8 flags            bit 0: a private key follows, bit 1: a PSK follows,
+//!                       bit 2: bind_address = false
 //!   u8 n, n bytes       suggested profile name (letters, digits, '.', '_', '-')
 //!   u8 n, n bytes       host
 //!   32 bytes            server public key
@@ -14,11 +15,15 @@
 //!   u8                  payload: 0 required, 1 optional, 2 none
 //!   u8 n, n x u16 be    exclude_ports
 //!   u8 n, n x (u8 ip protocol, u16 be port)   open (n <= 8)
+//!   u8 n, n bytes       STUN server host:port (n = 0: none)
 //!   [32 bytes]          private key (flag bit 0)
 //!   [32 bytes]          PSK (flag bit 1)
 //! ```
 //!
 //! Nothing may follow. A URI with a private key or PSK is a secret: whoever holds it can knock.
+//!
+//! Version 2 goes with protocol 2 (the knock of sesame 0.2); a version-1 URI describes a server
+//! of protocol 1 and is refused with a message saying so.
 
 use std::path::PathBuf;
 
@@ -33,9 +38,10 @@ use crate::profile::Profile;
 use crate::service::{Proto, Service};
 
 /// The scheme and the version this implementation writes and reads.
-pub const URI_PREFIX: &str = "sesame://1/";
+pub const URI_PREFIX: &str = "sesame://2/";
 const FLAG_PRIVATE_KEY: u8 = 1;
 const FLAG_PSK: u8 = 2;
+const FLAG_NO_BIND: u8 = 4;
 
 /// Why a URI was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,8 +50,13 @@ pub enum UriError {
     #[error("not a sesame:// URI")]
     Scheme,
     /// It is a sesame URI of another version.
-    #[error("sesame URI version '{0}' is not supported (this sesame reads version 1)")]
+    #[error("sesame URI version '{0}' is not supported (this sesame reads version 2)")]
     Version(String),
+    /// It is a version-1 URI, for a server of protocol 1.
+    #[error(
+        "this is a version-1 URI, for a server of sesame protocol 1; this sesame speaks protocol 2: ask the server's admin for a new export (sesamed export-client --uri)"
+    )]
+    OldVersion,
     /// The data is not base64url.
     #[error("the URI data is not valid base64url")]
     Base64,
@@ -123,6 +134,9 @@ impl ProfileUri {
         if self.psk.is_some() {
             flags |= FLAG_PSK;
         }
+        if !self.profile.bind_address {
+            flags |= FLAG_NO_BIND;
+        }
         out.push(flags);
         for (what, text) in [("name", &self.name), ("host", &p.host)] {
             let len = u8::try_from(text.len())
@@ -156,6 +170,12 @@ impl ProfileUri {
             out.push(s.proto.number());
             out.extend_from_slice(&s.port.to_be_bytes());
         }
+        let stun = p.stun.as_deref().unwrap_or("");
+        out.push(
+            u8::try_from(stun.len())
+                .map_err(|_| UriError::Field("stun", "longer than 255 bytes".into()))?,
+        );
+        out.extend_from_slice(stun.as_bytes());
         if let Some(k) = &self.private_key {
             out.extend_from_slice(k.expose_bytes());
         }
@@ -177,7 +197,10 @@ impl ProfileUri {
             return Err(UriError::Scheme);
         };
         let (version, data) = rest.split_once('/').unwrap_or((rest, ""));
-        if version != "1" {
+        if version == "1" {
+            return Err(UriError::OldVersion);
+        }
+        if version != "2" {
             return Err(UriError::Version(version.chars().take(16).collect()));
         }
         let bytes = Zeroizing::new(URL_SAFE_NO_PAD.decode(data).map_err(|_| UriError::Base64)?);
@@ -186,7 +209,7 @@ impl ProfileUri {
             at: 0,
         };
         let flags = r.u8("flags")?;
-        if flags & !(FLAG_PRIVATE_KEY | FLAG_PSK) != 0 {
+        if flags & !(FLAG_PRIVATE_KEY | FLAG_PSK | FLAG_NO_BIND) != 0 {
             return Err(UriError::Field(
                 "flags",
                 format!("unknown bits {flags:#04x}"),
@@ -250,6 +273,13 @@ impl ProfileUri {
             }
             open.push(Service::new(proto, port));
         }
+        let stun = r.text("stun")?;
+        if !stun.is_empty() && !crate::profile::is_host_port(&stun) {
+            return Err(UriError::Field(
+                "stun",
+                format!("'{stun}' is not host:port"),
+            ));
+        }
         let private_key = if flags & FLAG_PRIVATE_KEY != 0 {
             Some(PrivateKey::from_bytes(r.array32("private key")?))
         } else {
@@ -273,6 +303,8 @@ impl ProfileUri {
             params,
             payload,
             open,
+            stun: (!stun.is_empty()).then_some(stun),
+            bind_address: flags & FLAG_NO_BIND == 0,
         };
         Ok(ProfileUri {
             name,
@@ -343,6 +375,8 @@ mod tests {
                     Service::new(Proto::Tcp, 22),
                     Service::new(Proto::Udp, 51820),
                 ],
+                stun: secret.then(|| "stun.example.net:3478".to_owned()),
+                bind_address: !secret,
             },
             private_key: secret.then(PrivateKey::generate),
             psk: secret.then(PresharedKey::generate),
@@ -354,7 +388,7 @@ mod tests {
         for secret in [false, true] {
             let u = sample(secret);
             let text = u.encode().unwrap();
-            assert!(text.starts_with("sesame://1/"));
+            assert!(text.starts_with("sesame://2/"));
             assert!(text.len() < 240, "{} chars", text.len());
             let back = ProfileUri::decode(&text).unwrap();
             assert_eq!(back.name, u.name);
@@ -372,10 +406,14 @@ mod tests {
             UriError::Scheme
         );
         assert!(
-            matches!(ProfileUri::decode("sesame://2/AAAA"), Err(UriError::Version(v)) if v == "2")
+            matches!(ProfileUri::decode("sesame://3/AAAA"), Err(UriError::Version(v)) if v == "3")
         );
         assert_eq!(
-            ProfileUri::decode("sesame://1/!!!").unwrap_err(),
+            ProfileUri::decode("sesame://1/AAAA").unwrap_err(),
+            UriError::OldVersion
+        );
+        assert_eq!(
+            ProfileUri::decode("sesame://2/!!!").unwrap_err(),
             UriError::Base64
         );
         for cut in [12, 20, 40, good.len() - 3] {
@@ -389,10 +427,10 @@ mod tests {
             );
         }
         let mut bytes = URL_SAFE_NO_PAD
-            .decode(&good["sesame://1/".len()..])
+            .decode(&good["sesame://2/".len()..])
             .unwrap();
         bytes.push(0);
-        let e = ProfileUri::decode(&format!("sesame://1/{}", URL_SAFE_NO_PAD.encode(&bytes)))
+        let e = ProfileUri::decode(&format!("sesame://2/{}", URL_SAFE_NO_PAD.encode(&bytes)))
             .unwrap_err();
         assert_eq!(e, UriError::Trailing(1));
         for e in [

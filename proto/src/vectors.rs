@@ -15,7 +15,7 @@ use crate::payload::{PLAINTEXT_LEN, remac, seal};
 use crate::sequence::{PortTrace, derive_sequence_traced};
 use crate::{
     ClientKeys, DATAGRAM_LEN, KnockParams, KnockProtocol, Proto, Request, Service, UnixMillis,
-    build_payload, encode_plaintext,
+    WireNoise, build_payload, encode_plaintext,
 };
 
 fn hex(bytes: &[u8]) -> String {
@@ -176,7 +176,7 @@ fn sequences() -> Value {
                 server: key(9),
                 psk: None,
             },
-            at(58_800_345, 30),
+            at(58_800_033, 30),
             30,
             16,
             (50000, 50035),
@@ -190,7 +190,7 @@ fn sequences() -> Value {
                 server: key(9),
                 psk: None,
             },
-            at(58_800_124, 30),
+            at(58_800_019, 30),
             30,
             16,
             (50000, 50035),
@@ -204,7 +204,7 @@ fn sequences() -> Value {
                 server: key(11),
                 psk: None,
             },
-            at(49_972, 86400),
+            at(61_556, 86400),
             86400,
             16,
             (100, 65274),
@@ -277,6 +277,7 @@ fn request_json(r: &Request) -> Value {
         "random": hex(&r.random),
         "services": r.services.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         "address": r.address.map(|a| a.to_string()),
+        "action": r.action.as_ref().map(|a| json!({"name": a.name, "argument": a.argument})),
         "flags": r.flags,
     })
 }
@@ -287,6 +288,7 @@ struct PayloadCase {
     step: u32,
     skew: u32,
     request: Request,
+    noise: WireNoise,
 }
 
 fn payload_cases() -> Vec<PayloadCase> {
@@ -307,8 +309,10 @@ fn payload_cases() -> Vec<PayloadCase> {
                 random: [0xa5; 16],
                 services: vec![svc(Proto::Tcp, 22)],
                 address: None,
+                action: None,
                 flags: 0,
             },
+            noise: WireNoise::default(),
         },
         PayloadCase {
             case: Case {
@@ -325,7 +329,12 @@ fn payload_cases() -> Vec<PayloadCase> {
                 random: *b"0123456789abcdef",
                 services: vec![svc(Proto::Tcp, 22), svc(Proto::Udp, 51820)],
                 address: Some("198.18.0.2".parse::<IpAddr>().unwrap()),
+                action: None,
                 flags: 0,
+            },
+            noise: WireNoise {
+                high_bit: true,
+                padding: Vec::new(),
             },
         },
         PayloadCase {
@@ -343,7 +352,12 @@ fn payload_cases() -> Vec<PayloadCase> {
                 random: [0; 16],
                 services: vec![],
                 address: Some("2001:db8::1:2".parse::<IpAddr>().unwrap()),
+                action: None,
                 flags: 0,
+            },
+            noise: WireNoise {
+                high_bit: false,
+                padding: (0..13).map(|i| i * 19).collect(),
             },
         },
         PayloadCase {
@@ -363,8 +377,59 @@ fn payload_cases() -> Vec<PayloadCase> {
                     .map(|i| svc(if i % 2 == 0 { Proto::Tcp } else { Proto::Udp }, 1000 + i))
                     .collect(),
                 address: Some("198.19.255.254".parse::<IpAddr>().unwrap()),
+                action: None,
                 flags: 0,
             },
+            noise: WireNoise {
+                high_bit: true,
+                padding: vec![0xee; crate::MAX_PADDING],
+            },
+        },
+        PayloadCase {
+            case: Case {
+                name: "action-with-argument",
+                client: key(8),
+                server: key(2),
+                psk: None,
+            },
+            eph: key(104),
+            step: 30,
+            skew: 1,
+            request: Request {
+                timestamp: UnixMillis(1_764_000_045_000),
+                random: [0x3c; 16],
+                services: vec![],
+                address: Some("198.18.7.9".parse::<IpAddr>().unwrap()),
+                action: Some(crate::Action::new("wake-host_2", "aa:bb:cc:dd:ee:ff").unwrap()),
+                flags: 0,
+            },
+            noise: WireNoise {
+                high_bit: false,
+                padding: vec![1],
+            },
+        },
+        PayloadCase {
+            case: Case {
+                name: "action-longest",
+                client: key(8),
+                server: key(2),
+                psk: Some(psk(0x11)),
+            },
+            eph: key(105),
+            step: 30,
+            skew: 1,
+            request: Request {
+                timestamp: UnixMillis(1_764_000_046_000),
+                random: [0x5a; 16],
+                services: vec![svc(Proto::Tcp, 22)],
+                address: None,
+                action: Some(
+                    crate::Action::new("restart-vpn-0123", "!\"#$%&'()*+,-./0123456789:;<=>?@")
+                        .unwrap(),
+                ),
+                flags: 0,
+            },
+            noise: WireNoise::default(),
         },
     ]
 }
@@ -389,13 +454,16 @@ fn payloads() -> Value {
     let mut out = Vec::new();
     for p in payload_cases() {
         let counter = p.request.timestamp.counter(p.step);
-        let dgram = build_payload(&p.case.client_keys(), counter, &p.request, &p.eph).unwrap();
+        let dgram =
+            build_payload(&p.case.client_keys(), counter, &p.request, &p.eph, &p.noise).unwrap();
         let pt = encode_plaintext(&p.request).unwrap();
         // The server receives it 250 ms after it was built.
         let now_ms = p.request.timestamp.0 + 250;
         out.push(merge(
             payload_case_json(&p, counter, now_ms),
             json!({
+                "e_high_bit": p.noise.high_bit,
+                "padding": hex(&p.noise.padding),
                 "request": request_json(&p.request),
                 "plaintext": hex(&pt),
                 "datagram": hex(&dgram),
@@ -403,7 +471,7 @@ fn payloads() -> Value {
         ));
     }
     json!({
-        "description": "Payload datagrams: keys, PSK, ephemeral key, counter and request give the exact 136-byte datagram (PROTOCOL.md section 6). Opening it at now_ms with the window (step_seconds, skew_steps) gives the request back.",
+        "description": "Payload datagrams: keys, PSK, ephemeral key, the high bit of E, padding, counter and request give the exact datagram of 184 bytes plus the padding (PROTOCOL.md section 6). Opening it at now_ms with the window (step_seconds, skew_steps) gives the request back.",
         "vectors": out,
     })
 }
@@ -416,7 +484,16 @@ fn fail_payloads() -> Value {
     let counter = base.request.timestamp.counter(base.step);
     let now_ms = base.request.timestamp.0 + 250;
     let keys = base.case.client_keys();
-    let good = build_payload(&keys, counter, &base.request, &base.eph).unwrap();
+    let good: [u8; DATAGRAM_LEN] = build_payload(
+        &keys,
+        counter,
+        &base.request,
+        &base.eph,
+        &WireNoise::default(),
+    )
+    .unwrap()
+    .try_into()
+    .unwrap();
     let mut push = |name: &str,
                     why: &str,
                     case: &PayloadCase,
@@ -432,7 +509,7 @@ fn fail_payloads() -> Value {
 
     push(
         "truncated",
-        "135 bytes",
+        "183 bytes",
         base,
         counter,
         now_ms,
@@ -440,10 +517,10 @@ fn fail_payloads() -> Value {
         "truncated",
     );
     let mut long = good.to_vec();
-    long.push(0);
+    long.extend_from_slice(&[0; crate::MAX_PADDING + 1]);
     push(
         "too-long",
-        "137 bytes",
+        "241 bytes (57 bytes of padding)",
         base,
         counter,
         now_ms,
@@ -468,12 +545,25 @@ fn fail_payloads() -> Value {
         &good,
         "stale",
     );
-    for (i, byte) in [0usize, 40, 110, 130].into_iter().enumerate() {
+    for (i, byte) in [0usize, 40, 110, 170].into_iter().enumerate() {
         let mut d = good;
         d[byte] ^= 0x01 << i;
         push(
             "bit-flip",
             "one bit flipped",
+            base,
+            counter,
+            now_ms,
+            &d,
+            "bad_mac",
+        );
+    }
+    {
+        let mut d = good;
+        d[31] ^= 0x80;
+        push(
+            "high-bit-flip",
+            "the most significant bit of E flipped (X25519 ignores it, the MAC does not)",
             base,
             counter,
             now_ms,
@@ -498,7 +588,14 @@ fn fail_payloads() -> Value {
             server: key(2),
             psk: Some(psk(9)),
         };
-        let d = build_payload(&with_psk.client_keys(), counter, &base.request, &base.eph).unwrap();
+        let d = build_payload(
+            &with_psk.client_keys(),
+            counter,
+            &base.request,
+            &base.eph,
+            &WireNoise::default(),
+        )
+        .unwrap();
         push(
             "wrong-psk",
             "built with a PSK the server does not have",
@@ -516,7 +613,14 @@ fn fail_payloads() -> Value {
             server: key(2),
             psk: None,
         };
-        let d = build_payload(&other.client_keys(), counter, &base.request, &base.eph).unwrap();
+        let d = build_payload(
+            &other.client_keys(),
+            counter,
+            &base.request,
+            &base.eph,
+            &WireNoise::default(),
+        )
+        .unwrap();
         push(
             "other-client",
             "built by another client of the same server",
@@ -557,11 +661,11 @@ fn fail_payloads() -> Value {
     }
     {
         let mut pt = encode_plaintext(&base.request).unwrap();
-        pt[0] = 2;
-        let d = seal(&keys, counter, &pt, &base.eph).unwrap();
+        pt[0] = 1;
+        let d = seal(&keys, counter, &pt, &base.eph, false).unwrap();
         push(
             "bad-version",
-            "plaintext version 2",
+            "plaintext version 1",
             base,
             counter,
             now_ms,
@@ -583,12 +687,28 @@ fn fail_payloads() -> Value {
         ),
         ("family", Box::new(|pt| pt[51] = 5)),
         ("address-without-family", Box::new(|pt| pt[60] = 1)),
-        ("padding", Box::new(|pt| pt[71] = 1)),
+        ("action-uppercase", Box::new(|pt| pt[68] = b'W')),
+        (
+            "action-after-nul",
+            Box::new(|pt| {
+                pt[68] = b'w';
+                pt[70] = b'x';
+            }),
+        ),
+        ("argument-without-action", Box::new(|pt| pt[84] = b'x')),
+        (
+            "argument-space",
+            Box::new(|pt| {
+                pt[68] = b'w';
+                pt[84] = b' ';
+            }),
+        ),
+        ("padding", Box::new(|pt| pt[119] = 1)),
     ];
     for (name, tweak) in malformed {
         let mut pt = encode_plaintext(&base.request).unwrap();
         tweak(&mut pt);
-        let d = seal(&keys, counter, &pt, &base.eph).unwrap();
+        let d = seal(&keys, counter, &pt, &base.eph, false).unwrap();
         let full = format!("malformed-{name}");
         push(
             &full,
@@ -605,7 +725,7 @@ fn fail_payloads() -> Value {
         let counter2 = base2.request.timestamp.counter(base2.step);
         let mut pt = encode_plaintext(&base2.request).unwrap();
         pt[52 + 4] = 1;
-        let d = seal(&keys2, counter2, &pt, &base2.eph).unwrap();
+        let d = seal(&keys2, counter2, &pt, &base2.eph, true).unwrap();
         push(
             "malformed-ipv4-address-padding",
             "family 4 with a non-zero byte after the 4 address bytes",
@@ -618,7 +738,7 @@ fn fail_payloads() -> Value {
         let mut pt = encode_plaintext(&base2.request).unwrap();
         pt[0] = 7;
         pt[1] = 0x80;
-        let d = seal(&keys2, counter2, &pt, &base2.eph).unwrap();
+        let d = seal(&keys2, counter2, &pt, &base2.eph, true).unwrap();
         push(
             "version-checked-first",
             "version 7 and an unknown flag: the version is checked first",
@@ -632,7 +752,7 @@ fn fail_payloads() -> Value {
     {
         let mut req = base.request.clone();
         req.timestamp = req.timestamp.plus_millis(30_000);
-        let d = build_payload(&keys, counter, &req, &base.eph).unwrap();
+        let d = build_payload(&keys, counter, &req, &base.eph, &WireNoise::default()).unwrap();
         push(
             "counter-mismatch",
             "timestamp one step after the counter it was built for",
@@ -646,7 +766,14 @@ fn fail_payloads() -> Value {
     {
         let keys2 = base2.case.client_keys();
         let counter2 = base2.request.timestamp.counter(base2.step);
-        let d = build_payload(&keys2, counter2, &base2.request, &base2.eph).unwrap();
+        let d = build_payload(
+            &keys2,
+            counter2,
+            &base2.request,
+            &base2.eph,
+            &WireNoise::default(),
+        )
+        .unwrap();
         push(
             "stale-skew-2",
             "valid datagram opened 3 steps later with skew 2",

@@ -14,13 +14,14 @@ use corpus::{Target, fuzz_dir};
 
 use sesame_proto::fuzz_targets;
 
-const TARGETS: [(&str, Target); 6] = [
+const TARGETS: [(&str, Target); 7] = [
     ("payload_open", fuzz_targets::payload_open),
     ("plaintext_decode", fuzz_targets::plaintext_decode),
     ("key_parse", fuzz_targets::key_parse),
     ("profile_parse", fuzz_targets::profile_parse),
     ("tracker_stateful", fuzz_targets::tracker_stateful),
     ("payload_open_bypass", fuzz_targets::payload_open_bypass),
+    ("stun_parse", fuzz_targets::stun_parse),
 ];
 
 corpus::replay_tests!(TARGETS);

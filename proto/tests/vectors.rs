@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use serde_json::Value;
 use sesame_keys::{PresharedKey, PrivateKey, PublicKey};
 use sesame_proto::{
-    ClientKeys, KnockParams, Opener, Request, Service, TimeWindow, UnixMillis, build_payload,
-    derive_sequence, encode_plaintext,
+    Action, ClientKeys, KnockParams, Opener, Request, Service, TimeWindow, UnixMillis, WireNoise,
+    build_payload, derive_sequence, encode_plaintext,
 };
 
 fn load(name: &str) -> Value {
@@ -68,6 +68,9 @@ fn request(v: &Value) -> Request {
             .map(|s| s.as_str().unwrap().parse::<Service>().unwrap())
             .collect(),
         address: v["address"].as_str().map(|a| a.parse().unwrap()),
+        action: v["action"].as_object().map(|a| {
+            Action::new(a["name"].as_str().unwrap(), a["argument"].as_str().unwrap()).unwrap()
+        }),
         flags: v["flags"].as_u64().unwrap() as u8,
     }
 }
@@ -135,7 +138,11 @@ fn payloads() {
             hex(&encode_plaintext(&req).unwrap()),
             v["plaintext"].as_str().unwrap()
         );
-        let dgram = build_payload(&ck, counter, &req, &eph).unwrap();
+        let noise = WireNoise {
+            high_bit: v["e_high_bit"].as_bool().unwrap(),
+            padding: unhex(v["padding"].as_str().unwrap()),
+        };
+        let dgram = build_payload(&ck, counter, &req, &eph, &noise).unwrap();
         assert_eq!(
             hex(&dgram),
             v["datagram"].as_str().unwrap(),

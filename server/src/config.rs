@@ -66,6 +66,12 @@ pub struct KnockConfig {
     pub timeout_ms: u64,
     /// Payload mode.
     pub payload: PayloadMode,
+    /// Refuse payloads that name no address (default for every client).
+    pub require_address: bool,
+    /// How far ahead of the server's clock a payload's timestamp may be, in milliseconds.
+    pub max_ahead_ms: u64,
+    /// Per client, X25519 operations allowed per second (and in a burst).
+    pub x25519_per_client_per_second: u32,
 }
 
 /// The `[firewall]` section.
@@ -112,6 +118,8 @@ pub struct ClientConfig {
     pub source: Vec<IpNet>,
     /// Whether it may ask to open another address.
     pub allow_other_ip: bool,
+    /// Whether its payloads must name an address (`[knock] require_address` unless set).
+    pub require_address: bool,
     /// When it stops being accepted.
     pub expires: Option<UnixMillis>,
 }
@@ -195,6 +203,16 @@ struct RawKnock {
     timeout_ms: Spanned<u64>,
     #[serde(default)]
     payload: PayloadMode,
+    #[serde(default)]
+    require_address: Option<Spanned<bool>>,
+    #[serde(default)]
+    max_ahead_ms: Option<Spanned<u64>>,
+    #[serde(default = "default_x25519_rate")]
+    x25519_per_client_per_second: Spanned<u32>,
+}
+
+fn default_x25519_rate() -> Spanned<u32> {
+    Spanned::new(0..0, sesame_proto::TrackerConfig::DEFAULT_X25519_PER_SECOND)
 }
 
 impl Default for RawKnock {
@@ -208,6 +226,9 @@ impl Default for RawKnock {
             protocol: KnockProtocol::default(),
             timeout_ms: default_timeout(),
             payload: PayloadMode::default(),
+            require_address: None,
+            max_ahead_ms: None,
+            x25519_per_client_per_second: default_x25519_rate(),
         }
     }
 }
@@ -300,6 +321,8 @@ struct RawClient {
     source: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     allow_other_ip: bool,
+    #[serde(default)]
+    require_address: Option<Spanned<bool>>,
     #[serde(default)]
     expires: Option<Spanned<toml::Value>>,
 }
@@ -427,6 +450,41 @@ impl Config {
                 span_of(&k.timeout_ms),
                 "knock.timeout_ms",
                 format!("must be between 1 and 600000, found {timeout_ms}"),
+            ));
+        }
+        let payload = k.payload;
+        let require_address = k.require_address.as_ref().is_some_and(|r| *r.get_ref());
+        if require_address && payload == PayloadMode::None {
+            return Err(err(
+                k.require_address.as_ref().and_then(span_of),
+                "knock.require_address",
+                "needs a payload to carry the address, but knock.payload is \"none\"".into(),
+            ));
+        }
+        let step_ms = u64::from(params.step_seconds) * 1000;
+        let max_ahead_ms = match &k.max_ahead_ms {
+            Some(m) => {
+                let v = *m.get_ref();
+                let most = u64::from(skew_steps + 1) * step_ms;
+                if v > most {
+                    return Err(err(
+                        span_of(m),
+                        "knock.max_ahead_ms",
+                        format!(
+                            "must be at most (skew_steps + 1) x step_seconds = {most} ms (the window admits nothing later), found {v}"
+                        ),
+                    ));
+                }
+                v
+            }
+            None => u64::from(skew_steps) * step_ms,
+        };
+        let x25519_rate = *k.x25519_per_client_per_second.get_ref();
+        if !(1..=100_000).contains(&x25519_rate) {
+            return Err(err(
+                span_of(&k.x25519_per_client_per_second),
+                "knock.x25519_per_client_per_second",
+                format!("must be between 1 and 100000, found {x25519_rate}"),
             ));
         }
 
@@ -601,6 +659,19 @@ impl Config {
                 }
                 None => None,
             };
+            let client_requires = match &c.require_address {
+                Some(r) if *r.get_ref() && payload == PayloadMode::None => {
+                    return Err(err(
+                        span_of(r),
+                        "client.require_address",
+                        format!(
+                            "client '{name}': needs a payload to carry the address, but knock.payload is \"none\""
+                        ),
+                    ));
+                }
+                Some(r) => *r.get_ref(),
+                None => require_address,
+            };
             clients.push(ClientConfig {
                 name,
                 public_key,
@@ -608,6 +679,7 @@ impl Config {
                 allow,
                 source,
                 allow_other_ip: c.allow_other_ip,
+                require_address: client_requires,
                 expires,
             });
         }
@@ -623,7 +695,10 @@ impl Config {
                 params,
                 skew_steps,
                 timeout_ms,
-                payload: k.payload,
+                payload,
+                require_address,
+                max_ahead_ms,
+                x25519_per_client_per_second: x25519_rate,
             },
             firewall: FirewallConfig {
                 backend: fw.backend,
@@ -694,6 +769,8 @@ impl Config {
                 .map(|_| PathBuf::from(format!("~/.config/sesame/{name}.psk"))),
             params: self.knock.params.clone(),
             payload: self.knock.payload,
+            stun: None,
+            bind_address: true,
             open: c
                 .allow
                 .iter()

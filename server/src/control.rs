@@ -53,10 +53,19 @@ pub struct Counters {
     pub sequences_completed: u64,
     /// Payload datagrams examined.
     pub payloads_seen: u64,
-    /// X25519 operations (payloads that passed the MAC gate).
+    /// Payloads whose gate MAC had been seen before: refused before any key was used.
+    #[serde(default)]
+    pub replays_cached: u64,
+    /// Payloads that passed the MAC gate.
+    #[serde(default)]
+    pub gate_passed: u64,
+    /// X25519 operations (payloads that passed the MAC gate and the per-client cap).
     pub x25519: u64,
     /// Payloads that opened (decrypted and decoded); policy may still refuse them.
     pub payloads_accepted: u64,
+    /// Completed sequences that got no payload within `timeout_ms`.
+    #[serde(default)]
+    pub payloads_missing: u64,
     /// Grants decided (before the firewall).
     pub grants: u64,
     /// Leases opened in the firewall.
@@ -76,6 +85,9 @@ pub struct Counters {
     pub sources_evicted: u64,
     /// Sources tracked now.
     pub sources_tracked: u64,
+    /// Gate MACs remembered now (datagrams seen while their step is in the window).
+    #[serde(default)]
+    pub macs_remembered: u64,
     /// Rejections by reason code.
     pub rejections: std::collections::BTreeMap<String, u64>,
 }
@@ -238,9 +250,21 @@ pub fn prometheus(status: &Status) -> String {
         c.payloads_seen,
     );
     metric(
+        "replays_cached_total",
+        "counter",
+        "Payloads refused because their gate MAC was seen before (no key work).",
+        c.replays_cached,
+    );
+    metric(
+        "gate_passed_total",
+        "counter",
+        "Payloads that passed the MAC gate.",
+        c.gate_passed,
+    );
+    metric(
         "x25519_total",
         "counter",
-        "X25519 operations (payloads past the MAC gate).",
+        "X25519 operations (payloads past the MAC gate and the per-client cap).",
         c.x25519,
     );
     metric(
@@ -248,6 +272,12 @@ pub fn prometheus(status: &Status) -> String {
         "counter",
         "Payloads that opened (decrypted and decoded); policy may still refuse them.",
         c.payloads_accepted,
+    );
+    metric(
+        "payloads_missing_total",
+        "counter",
+        "Completed sequences that got no payload within timeout_ms.",
+        c.payloads_missing,
     );
     metric("grants_total", "counter", "Grants decided.", c.grants);
     metric(
@@ -297,6 +327,12 @@ pub fn prometheus(status: &Status) -> String {
         "gauge",
         "Sources tracked now.",
         c.sources_tracked,
+    );
+    metric(
+        "macs_remembered",
+        "gauge",
+        "Gate MACs remembered now.",
+        c.macs_remembered,
     );
     metric(
         "leases_active",

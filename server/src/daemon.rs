@@ -170,6 +170,8 @@ struct Core {
     state_write_failures: u64,
     /// Clients whose last grant could not be saved (refused): saved with the next grant.
     unsaved: Vec<PublicKey>,
+    /// Wakes the timer task when the tracker has an earlier deadline.
+    timer: Rc<tokio::sync::Notify>,
 }
 
 impl Core {
@@ -178,8 +180,24 @@ impl Core {
             return;
         };
         let now = system_now();
+        let armed = self.tracker.poll_timeout();
         self.tracker
             .packet(now, p.source, p.proto, p.port, p.payload, &mut self.events);
+        self.flush_events(now);
+        let next = self.tracker.poll_timeout();
+        if next.is_some() && (armed.is_none() || next < armed) {
+            self.timer.notify_one();
+        }
+    }
+
+    /// Ends the completed sequences whose payload did not come in time.
+    fn handle_timeout(&mut self) {
+        let now = system_now();
+        self.tracker.handle_timeout(now, &mut self.events);
+        self.flush_events(now);
+    }
+
+    fn flush_events(&mut self, now: UnixMillis) {
         if !self.events.is_empty() {
             let events = std::mem::take(&mut self.events);
             for event in &events {
@@ -204,17 +222,17 @@ impl Core {
         match event {
             Event::Granted(g) => {
                 // Persist before granting: a restart must never make this knock valid again.
-                // Only this client's state changed (the tracker changes replay state only when
-                // it grants), plus any whose earlier save failed.
+                // Only this client's state changed (the grant carries it), plus any whose
+                // earlier save failed.
                 let replay = self.tracker.replay_states();
                 let key = self.keys[g.client.0 as usize];
-                let mut states = vec![(key, replay[g.client.0 as usize])];
+                let mut states = vec![(key, g.replay.clone())];
                 for k in self.unsaved.iter().filter(|k| **k != key) {
                     if let Some(i) = self.keys.iter().position(|x| x == k) {
-                        states.push((*k, replay[i]));
+                        states.push((*k, replay[i].clone()));
                     }
                 }
-                if let Err(e) = self.store.save(states.iter().map(|(k, s)| (k, *s))) {
+                if let Err(e) = self.store.save(states.iter().map(|(k, s)| (k, s.clone()))) {
                     if !self.unsaved.contains(&key) {
                         self.unsaved.push(key);
                     }
@@ -271,6 +289,30 @@ impl Core {
                     }
                 }
             }
+            Event::PayloadMissing { source, client } => {
+                let optional = self.config.knock.payload == sesame_proto::PayloadMode::Optional;
+                if !optional {
+                    self.remember(*client, now, *source, "payload_missing");
+                }
+                if self.limiter.allow() {
+                    if optional {
+                        tracing::info!(
+                            source = %source,
+                            client = %self.name(*client),
+                            timeout_ms = self.config.knock.timeout_ms,
+                            "sequence completed, no payload within timeout_ms: the sequence alone decides (payload = optional)"
+                        );
+                    } else {
+                        tracing::warn!(
+                            source = %source,
+                            client = %self.name(*client),
+                            reason = "payload_missing",
+                            timeout_ms = self.config.knock.timeout_ms,
+                            "sequence completed, no payload within timeout_ms (is UDP to the knock range blocked on the client's network?)"
+                        );
+                    }
+                }
+            }
             Event::SequenceComplete {
                 source,
                 client,
@@ -318,11 +360,26 @@ fn client_entries(config: &Config, secrets: &Secrets) -> Result<Vec<ClientEntry>
                     allow: c.allow.clone(),
                     sources: c.source.clone(),
                     allow_other_ip: c.allow_other_ip,
+                    require_address: c.require_address,
                     expires: c.expires,
                 },
             })
         })
         .collect()
+}
+
+/// The tracker's settings for a configuration.
+fn tracker_config(config: &Config) -> TrackerConfig {
+    TrackerConfig {
+        params: config.knock.params.clone(),
+        skew_steps: config.knock.skew_steps,
+        timeout_ms: config.knock.timeout_ms,
+        payload: config.knock.payload,
+        max_ahead_ms: config.knock.max_ahead_ms,
+        x25519_per_second: config.knock.x25519_per_client_per_second,
+        max_sources: TrackerConfig::DEFAULT_MAX_SOURCES,
+        max_candidates: TrackerConfig::DEFAULT_MAX_CANDIDATES,
+    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -389,8 +446,11 @@ fn status(config: &Config, started: Instant, core: &Core, leases: &Leases) -> St
             resets: stats.resets,
             sequences_completed: stats.sequences_completed,
             payloads_seen: stats.payloads_seen,
+            replays_cached: stats.replays_cached,
+            gate_passed: stats.gate_passed,
             x25519: stats.x25519,
             payloads_accepted: stats.payloads_accepted,
+            payloads_missing: stats.payloads_missing,
             grants: stats.grants,
             leases_opened: leases.opened,
             leases_refreshed: leases.refreshed,
@@ -400,6 +460,7 @@ fn status(config: &Config, started: Instant, core: &Core, leases: &Leases) -> St
             state_write_failures: core.state_write_failures,
             sources_evicted: stats.sources_evicted,
             sources_tracked: core.tracker.tracked_sources() as u64,
+            macs_remembered: core.tracker.seen_macs() as u64,
             rejections,
         },
     }
@@ -413,26 +474,38 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     }
     crate::privileges::check_capabilities(&needed)?;
     let store = ReplayStore::open(&config.state_dir)?;
+    if store.found_legacy() {
+        tracing::info!(
+            state_dir = %config.state_dir.display(),
+            "replay state of sesame protocol 1 found and ignored (no protocol-1 knock is valid under protocol 2); it is replaced by the next write"
+        );
+    }
     let entries = client_entries(&config, &secrets)?;
     let keys: Vec<PublicKey> = config.clients.iter().map(|c| c.public_key).collect();
     let names: Vec<String> = config.clients.iter().map(|c| c.name.clone()).collect();
     let replay = keys.iter().map(|k| store.get(k)).collect();
-    let tracker_config = TrackerConfig {
-        params: config.knock.params.clone(),
-        skew_steps: config.knock.skew_steps,
-        timeout_ms: config.knock.timeout_ms,
-        payload: config.knock.payload,
-        max_sources: TrackerConfig::DEFAULT_MAX_SOURCES,
-        max_candidates: TrackerConfig::DEFAULT_MAX_CANDIDATES,
-    };
     let tracker = Tracker::new(
-        tracker_config,
+        tracker_config(&config),
         secrets.server_key.clone(),
         entries,
         replay,
         system_now(),
     )
     .map_err(|e| StartError::Sequences(e.to_string()))?;
+    // The gate MACs saved at the last clean shutdown stay refused before any key work. After a
+    // crash, those of datagrams that passed the gate but were refused are lost: unbound payloads
+    // that may have been made before this start (their timestamps run at most max_ahead_ms
+    // ahead) are refused; bound ones are useless to anyone else.
+    let mut tracker = tracker;
+    tracker.remember_seen(store.seen(), system_now());
+    let crashed = store.mark_running().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "replay state: cannot mark the state as in use; treating the last stop as a crash");
+        true
+    });
+    let unbound_from = system_now().plus_millis(config.knock.max_ahead_ms);
+    if crashed {
+        tracker.refuse_unbound_before(unbound_from);
+    }
 
     let mut firewall = AnyFirewall::from_config(&config);
     firewall.setup().await?;
@@ -467,6 +540,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
 
     let (grants_tx, grants_rx) = mpsc::unbounded_channel();
     let last = vec![None; names.len()];
+    let timer = Rc::new(tokio::sync::Notify::new());
     let core = Rc::new(RefCell::new(Core {
         tracker,
         store,
@@ -480,6 +554,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         unsaved: Vec::new(),
         config: config.clone(),
         server_key: secrets.server_key.clone(),
+        timer: Rc::clone(&timer),
     }));
     let leases = Rc::new(RefCell::new(Leases::default()));
 
@@ -511,6 +586,25 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
                     tracing::error!(error = %e, "step tables could not be computed");
                 }
                 core.limiter.flush_if_due();
+            }
+        });
+    }
+    {
+        // Completed sequences whose payload did not come: wake at the tracker's next deadline.
+        let core = Rc::clone(&core);
+        tokio::task::spawn_local(async move {
+            loop {
+                let next = core.borrow().tracker.poll_timeout();
+                match next {
+                    None => timer.notified().await,
+                    Some(at) => {
+                        let wait = Duration::from_millis(at.since(system_now()));
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => core.borrow_mut().handle_timeout(),
+                            () = timer.notified() => {}
+                        }
+                    }
+                }
             }
         });
     }
@@ -557,6 +651,12 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         });
     }
 
+    if crashed && config.knock.payload != sesame_proto::PayloadMode::None {
+        tracing::warn!(
+            until = %rfc3339(unbound_from),
+            "sesamed did not stop cleanly last time: payloads that name no address and may have been made before this start are refused until then (knocks bound to an address are not affected)"
+        );
+    }
     tracing::info!(
         clients = config.clients.len(),
         backend = %backend,
@@ -578,9 +678,22 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     {
         tracing::warn!("closing leases took too long; exiting anyway");
     }
-    // The journal into the snapshot, so the snapshot alone is the whole state at rest.
-    if let Err(e) = core.borrow_mut().store.checkpoint() {
-        tracing::warn!(error = %e, "replay state: could not move the journal into the snapshot; it stays in the journal");
+    // The journal into the snapshot, so the snapshot alone is the whole state at rest, with the
+    // remembered gate MACs; then the marker goes: this was a clean stop.
+    {
+        let mut core = core.borrow_mut();
+        let seen = core.tracker.seen_list();
+        core.store.set_seen(seen);
+        match core.store.checkpoint() {
+            Ok(()) => {
+                if let Err(e) = core.store.mark_stopped() {
+                    tracing::warn!(error = %e, "replay state: could not mark the stop as clean; the next start treats it as a crash");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "replay state: could not write the snapshot; the journal keeps the state and the next start treats this stop as a crash")
+            }
+        }
     }
     let _ = std::fs::remove_file(&config.control_socket);
     Ok(())
@@ -658,23 +771,25 @@ async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
         .keys
         .iter()
         .copied()
-        .zip(c.tracker.replay_states().iter().copied())
+        .zip(c.tracker.replay_states().iter().cloned())
         .collect();
     let keys: Vec<PublicKey> = new.clients.iter().map(|x| x.public_key).collect();
     let replay = keys
         .iter()
-        .map(|k| current.get(k).copied().unwrap_or_else(|| c.store.get(k)))
+        .map(|k| current.get(k).cloned().unwrap_or_else(|| c.store.get(k)))
         .collect();
-    let tracker_config = TrackerConfig {
-        params: new.knock.params.clone(),
-        skew_steps: new.knock.skew_steps,
-        timeout_ms: new.knock.timeout_ms,
-        payload: new.knock.payload,
-        max_sources: TrackerConfig::DEFAULT_MAX_SOURCES,
-        max_candidates: TrackerConfig::DEFAULT_MAX_CANDIDATES,
-    };
-    let tracker = match Tracker::new(tracker_config, server_key, entries, replay, system_now()) {
-        Ok(t) => t,
+    let tracker = match Tracker::new(
+        tracker_config(&new),
+        server_key,
+        entries,
+        replay,
+        system_now(),
+    ) {
+        Ok(mut t) => {
+            // Datagrams the running tracker saw stay refused before any key work.
+            t.inherit_seen(&c.tracker);
+            t
+        }
         Err(e) => {
             drop(c);
             return refuse(format!("knock sequences: {e}"));

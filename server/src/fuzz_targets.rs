@@ -11,7 +11,7 @@ use etherparse::PacketBuilder;
 use sesame_keys::{PrivateKey, PublicKey};
 use sesame_proto::{
     ClientEntry, ClientKeys, Event, KnockParams, KnockProtocol, PayloadMode, Policy, Proto,
-    Request, Service, Tracker, TrackerConfig, UnixMillis, build_payload, canonical_ip,
+    Request, Service, Tracker, TrackerConfig, UnixMillis, WireNoise, build_payload, canonical_ip,
     derive_sequence,
 };
 
@@ -50,12 +50,9 @@ fn frame_config(sel: u8) -> TrackerConfig {
             Err(e) => panic!("valid parameters: {e}"),
         };
     TrackerConfig {
-        params,
-        skew_steps: 1,
-        timeout_ms: 5000,
-        payload: mode,
         max_sources: 16,
         max_candidates: 4,
+        ..TrackerConfig::new(params, 1, 5000, mode)
     }
 }
 
@@ -216,6 +213,9 @@ pub fn frame_tracker_run(data: &[u8]) -> FrameSummary {
                         Event::Rejected { source, .. } => {
                             assert_eq!(source, canonical_ip(p.source));
                         }
+                        Event::PayloadMissing { client, .. } => {
+                            assert!(length > 0 && mode != PayloadMode::None && client.0 < 2);
+                        }
                     }
                 }
             }
@@ -299,10 +299,12 @@ pub fn frame_tracker_seeds() -> Vec<Vec<u8>> {
                     random: [i as u8; 16],
                     services: vec![Service::new(Proto::Tcp, 22)],
                     address: None,
+                    action: None,
                     flags: 0,
                 };
                 let eph = PrivateKey::from_bytes([0x33 + i as u8; 32]);
-                match build_payload(&keys, counter, &request, &eph) {
+                let noise = WireNoise::from_random(&[0x5c + i as u8; 64]);
+                match build_payload(&keys, counter, &request, &eph, &noise) {
                     Ok(d) => input.extend(frame(&ip_packet(src, Proto::Udp, seq.payload_port, &d))),
                     Err(e) => panic!("payload: {e}"),
                 }
@@ -320,7 +322,7 @@ pub fn frame_tracker_seeds() -> Vec<Vec<u8>> {
         input.extend(frame(
             &ip_packet(noise_src, Proto::Udp, 15000, b"hello")[..30],
         ));
-        let mut fragment = ip_packet(noise_src, Proto::Udp, 15001, &[0; 136]);
+        let mut fragment = ip_packet(noise_src, Proto::Udp, 15001, &[0; 184]);
         if let Some(b) = fragment.get_mut(6) {
             *b |= 0x20; // more fragments
         }

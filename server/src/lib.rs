@@ -448,7 +448,9 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                         &*uri
                     );
                     println!("{qr}");
-                    println!("on the device: sesame import 'URI' (or scan the code)");
+                    println!(
+                        "on the device: run `sesame import -` and paste the URI (it stays out of the shell history), or scan the code"
+                    );
                 }
                 request_reload(&config)
             }
@@ -494,6 +496,9 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             let text = profile_uri(&config, &name, &host, None)?;
             if uri {
                 println!("{}", &*text);
+                eprintln!(
+                    "sesamed: on the device, run `sesame import -` and paste the line above (not `sesame import URI`, which leaves it in the shell history and in ps), or scan --qr"
+                );
             }
             if qr {
                 print!("{}", qr_for_stdout(&text).map_err(runtime_error)?);

@@ -1,24 +1,35 @@
-//! Persistent replay state: the last accepted payload timestamp and sequence counter of every
-//! client, keyed by public key, durable before any grant.
+//! Persistent replay state: for every client, keyed by public key, the payloads it had accepted
+//! and the steps it was granted in while they may still be in the window, and its floor
+//! ([`ReplayState`]); durable before any grant.
 //!
 //! Two files in `state_dir`. The snapshot, `replay.state`, is written atomically (temporary
 //! file, fsync, rename, fsync of the directory):
 //!
 //! ```text
-//! sesame-replay 1
-//! <client public key> <last timestamp ms or -> <last counter or ->
+//! sesame-replay 2
+//! <client public key> <floor ms or -> <accepted or -> <steps or ->
 //! ...
 //! sha256 <hex digest of every preceding byte>
 //! ```
+//!
+//! where `<accepted>` is a comma-separated list of `<timestamp ms>:<gate MAC, 32 hex digits>`
+//! and `<steps>` one of `<step_seconds>:<counter>`. At a clean shutdown the snapshot also holds
+//! every gate MAC the tracker remembers (datagrams that passed the gate but were refused are in
+//! no client's state), one per line: `seen <MAC> <client public key> <until ms>`. Everything is in time (milliseconds), not
+//! in counters of one step length, so a change of `step_seconds` keeps it meaningful.
 //!
 //! A grant appends the changed clients to the journal, `replay.journal`, with one write and
 //! one `fdatasync` (a fraction of the snapshot's two fsyncs and a rename; BENCHMARKS.md):
 //!
 //! ```text
-//! sesame-replay-journal 1
-//! <client public key> <last timestamp ms or -> <last counter or -> <check>
+//! sesame-replay-journal 2
+//! <client public key> <floor> <accepted> <steps> <check>
 //! ...
 //! ```
+//!
+//! Files of version 1 (protocol 1: a last timestamp and a last counter per client) are
+//! ignored: no protocol-1 knock is valid under protocol 2, so they protect nothing. They are
+//! replaced by the next write.
 //!
 //! where `<check>` is the first 16 hex digits of the SHA-256 of the rest of the line. Loading
 //! reads the snapshot, then applies the journal's records in order. Every
@@ -38,16 +49,21 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sesame_keys::PublicKey;
-use sesame_proto::{ReplayState, UnixMillis};
+use sesame_proto::{AcceptedPayload, MAC_LEN, ReplayState, SeenMac, UnixMillis, UsedStep};
 
-const HEADER: &str = "sesame-replay 1";
-const JOURNAL_HEADER: &str = "sesame-replay-journal 1";
+const HEADER: &str = "sesame-replay 2";
+const JOURNAL_HEADER: &str = "sesame-replay-journal 2";
+const HEADER_V1: &str = "sesame-replay 1";
+const JOURNAL_HEADER_V1: &str = "sesame-replay-journal 1";
 /// The snapshot's name inside `state_dir`.
 pub const FILE_NAME: &str = "replay.state";
 /// The journal's name inside `state_dir`.
 pub const JOURNAL_NAME: &str = "replay.journal";
 /// Journal records after which the snapshot is rewritten and the journal emptied.
 pub const COMPACT_AFTER: usize = 4096;
+/// The marker that sesamed runs on this state (removed at a clean shutdown): found at start,
+/// it means the last run crashed.
+pub const RUNNING_NAME: &str = "sesamed.running";
 
 /// Why the state could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +104,10 @@ pub struct ReplayStore {
     journal_records: usize,
     /// Bytes past `journal_len` may exist (a torn record, a failed write): cut them first.
     journal_dirty: bool,
+    /// Files of the protocol-1 format were found (and ignored).
+    legacy: bool,
+    /// Gate MACs saved at the last clean shutdown (written with every snapshot).
+    seen: Vec<SeenMac>,
 }
 
 impl ReplayStore {
@@ -104,16 +124,26 @@ impl ReplayStore {
                 })?;
         }
         let path = dir.join(FILE_NAME);
-        let mut entries = match std::fs::read(&path) {
+        let mut legacy = false;
+        let (mut entries, seen) = match std::fs::read(&path) {
+            Ok(bytes) if bytes.starts_with(format!("{HEADER_V1}\n").as_bytes()) => {
+                legacy = true;
+                (BTreeMap::new(), Vec::new())
+            }
             Ok(bytes) => parse(&bytes).map_err(|why| StateError::Corrupt {
                 path: path.clone(),
                 why,
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (BTreeMap::new(), Vec::new()),
             Err(source) => return Err(StateError::Io { path, source }),
         };
         let jpath = dir.join(JOURNAL_NAME);
         let (journal_len, journal_records, journal_dirty) = match std::fs::read(&jpath) {
+            Ok(bytes) if bytes.starts_with(format!("{JOURNAL_HEADER_V1}\n").as_bytes()) => {
+                // Rewritten from its start (with the new header) by the next save.
+                legacy = true;
+                (0, 0, true)
+            }
             Ok(bytes) => {
                 let j = parse_journal(&bytes).map_err(|why| StateError::Corrupt {
                     path: jpath.clone(),
@@ -139,7 +169,65 @@ impl ReplayStore {
             journal_len,
             journal_records,
             journal_dirty,
+            legacy,
+            seen,
         })
+    }
+
+    /// The gate MACs saved at the last clean shutdown.
+    pub fn seen(&self) -> &[SeenMac] {
+        &self.seen
+    }
+
+    /// The gate MACs the next snapshot holds (set just before the shutdown's checkpoint).
+    pub fn set_seen(&mut self, seen: Vec<SeenMac>) {
+        self.seen = seen;
+    }
+
+    /// Marks the state as in use by a running sesamed; returns whether the marker was there
+    /// already, i.e. whether the last run ended without [`ReplayStore::mark_stopped`] (a
+    /// crash, a kill -9, a power loss).
+    pub fn mark_running(&self) -> Result<bool, StateError> {
+        let path = self.dir.join(RUNNING_NAME);
+        let io = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(f) => {
+                f.sync_all().map_err(io)?;
+                File::open(&self.dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|source| StateError::Io {
+                        path: self.dir.clone(),
+                        source,
+                    })?;
+                Ok(false)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(true),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// Removes the marker of [`ReplayStore::mark_running`] (after the shutdown's checkpoint).
+    pub fn mark_stopped(&self) -> Result<(), StateError> {
+        let path = self.dir.join(RUNNING_NAME);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
+    }
+
+    /// Whether files of the protocol-1 format were found (and ignored).
+    pub fn found_legacy(&self) -> bool {
+        self.legacy
     }
 
     /// The journal.
@@ -154,7 +242,7 @@ impl ReplayStore {
 
     /// The stored state of `key` (empty if unknown).
     pub fn get(&self, key: &PublicKey) -> ReplayState {
-        self.entries.get(key).copied().unwrap_or_default()
+        self.entries.get(key).cloned().unwrap_or_default()
     }
 
     /// Records the current state of these clients: the ones that changed are appended to the
@@ -166,9 +254,7 @@ impl ReplayStore {
     ) -> Result<(), StateError> {
         let changed: Vec<(PublicKey, ReplayState)> = states
             .into_iter()
-            .filter(|(key, state)| {
-                *state != ReplayState::default() && self.entries.get(*key) != Some(state)
-            })
+            .filter(|(key, state)| !state.is_empty() && self.entries.get(*key) != Some(state))
             .map(|(key, state)| (*key, state))
             .collect();
         if changed.is_empty() {
@@ -199,6 +285,9 @@ impl ReplayStore {
             source,
         };
         if self.journal.is_none() {
+            if self.journal_len == 0 {
+                self.journal_dirty = false;
+            }
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -239,10 +328,10 @@ impl ReplayStore {
         Ok(())
     }
 
-    /// Moves the journal into the snapshot if it holds anything (at a clean shutdown, so the
-    /// snapshot alone is the whole state).
+    /// Moves the journal into the snapshot (at a clean shutdown, so the snapshot alone is the
+    /// whole state, with the remembered gate MACs of [`ReplayStore::set_seen`]).
     pub fn checkpoint(&mut self) -> Result<(), StateError> {
-        if self.journal_records == 0 {
+        if self.journal_records == 0 && self.seen.is_empty() && !self.path().exists() {
             return Ok(());
         }
         self.compact()
@@ -281,7 +370,7 @@ impl ReplayStore {
 
     /// Writes the snapshot atomically (temporary file, fsync, rename, fsync of the directory).
     fn write_snapshot(&self) -> Result<(), StateError> {
-        let text = render(&self.entries);
+        let text = render(&self.entries, &self.seen);
         let path = self.path();
         let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
         let io = |p: &Path| {
@@ -312,13 +401,94 @@ fn check16(body: &str) -> String {
 }
 
 fn journal_record(key: &PublicKey, s: &ReplayState) -> String {
-    let body = format!(
-        "{key} {} {}",
-        field(s.last_timestamp.map(|t| t.0)),
-        field(s.last_counter)
-    );
+    let body = line(key, s);
     let check = check16(&body);
     format!("{body} {check}\n")
+}
+
+/// `<key> <floor> <accepted> <steps>`.
+fn line(key: &PublicKey, s: &ReplayState) -> String {
+    let list = |items: Vec<String>| {
+        if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(",")
+        }
+    };
+    format!(
+        "{key} {} {} {}",
+        s.floor.map_or_else(|| "-".to_owned(), |f| f.0.to_string()),
+        list(
+            s.accepted
+                .iter()
+                .map(|a| format!("{}:{}", a.timestamp.0, hex(&a.mac)))
+                .collect()
+        ),
+        list(
+            s.steps
+                .iter()
+                .map(|u| format!("{}:{}", u.step_seconds, u.counter))
+                .collect()
+        ),
+    )
+}
+
+/// Parses `<key> <floor> <accepted> <steps>`.
+fn parse_line(line: &str) -> Option<(PublicKey, ReplayState)> {
+    let mut parts = line.split(' ');
+    let (Some(key), Some(floor), Some(accepted), Some(steps), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let items = |text: &str| -> Option<Vec<(String, String)>> {
+        if text == "-" {
+            return Some(Vec::new());
+        }
+        text.split(',')
+            .map(|item| {
+                let (a, b) = item.split_once(':')?;
+                Some((a.to_owned(), b.to_owned()))
+            })
+            .collect()
+    };
+    let mut state = ReplayState {
+        floor: if floor == "-" {
+            None
+        } else {
+            Some(UnixMillis(floor.parse().ok()?))
+        },
+        ..ReplayState::default()
+    };
+    for (ts, mac) in items(accepted)? {
+        let bytes = unhex(&mac)?;
+        let mac: [u8; MAC_LEN] = bytes.try_into().ok()?;
+        state.accepted.push(AcceptedPayload {
+            timestamp: UnixMillis(ts.parse().ok()?),
+            mac,
+        });
+    }
+    for (step, counter) in items(steps)? {
+        state.steps.push(UsedStep {
+            step_seconds: step.parse().ok()?,
+            counter: counter.parse().ok()?,
+        });
+    }
+    Some((PublicKey::from_base64(key).ok()?, state))
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
 }
 
 /// A journal, read.
@@ -367,39 +537,21 @@ fn parse_record(line: &[u8]) -> Option<(PublicKey, ReplayState)> {
     if check16(body) != check {
         return None;
     }
-    let mut parts = body.split(' ');
-    let (Some(key), Some(ts), Some(counter), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return None;
-    };
-    let num = |s: &str| -> Option<Option<u64>> {
-        if s == "-" {
-            Some(None)
-        } else {
-            s.parse().ok().map(Some)
-        }
-    };
-    Some((
-        PublicKey::from_base64(key).ok()?,
-        ReplayState {
-            last_timestamp: num(ts)?.map(UnixMillis),
-            last_counter: num(counter)?,
-        },
-    ))
+    parse_line(body)
 }
 
-fn field(v: Option<u64>) -> String {
-    v.map_or_else(|| "-".to_owned(), |n| n.to_string())
-}
-
-fn render(entries: &BTreeMap<PublicKey, ReplayState>) -> String {
+fn render(entries: &BTreeMap<PublicKey, ReplayState>, seen: &[SeenMac]) -> String {
     let mut body = format!("{HEADER}\n");
     for (key, s) in entries {
+        body.push_str(&line(key, s));
+        body.push('\n');
+    }
+    for m in seen {
         body.push_str(&format!(
-            "{key} {} {}\n",
-            field(s.last_timestamp.map(|t| t.0)),
-            field(s.last_counter)
+            "seen {} {} {}\n",
+            hex(&m.mac),
+            m.client,
+            m.expires.0
         ));
     }
     let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
@@ -407,7 +559,27 @@ fn render(entries: &BTreeMap<PublicKey, ReplayState>) -> String {
     body
 }
 
-fn parse(bytes: &[u8]) -> Result<BTreeMap<PublicKey, ReplayState>, String> {
+type Snapshot = (BTreeMap<PublicKey, ReplayState>, Vec<SeenMac>);
+
+fn parse_seen(line: &str) -> Option<SeenMac> {
+    let mut parts = line.split(' ');
+    let (Some("seen"), Some(mac), Some(key), Some(until), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    Some(SeenMac {
+        mac: unhex(mac)?.try_into().ok()?,
+        client: PublicKey::from_base64(key).ok()?,
+        expires: UnixMillis(until.parse().ok()?),
+    })
+}
+
+fn parse(bytes: &[u8]) -> Result<Snapshot, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
     let Some(body_end) = text.rfind("sha256 ") else {
         return Err("no checksum line (truncated?)".into());
@@ -426,31 +598,23 @@ fn parse(bytes: &[u8]) -> Result<BTreeMap<PublicKey, ReplayState>, String> {
         return Err(format!("first line is not '{HEADER}'"));
     }
     let mut out = BTreeMap::new();
+    let mut seen = Vec::new();
     for (i, line) in lines.enumerate() {
-        let bad = || format!("line {}: expected '<key> <timestamp|-> <counter|->'", i + 2);
-        let mut parts = line.split(' ');
-        let (Some(key), Some(ts), Some(counter), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad());
-        };
-        let key = PublicKey::from_base64(key).map_err(|_| bad())?;
-        let num = |s: &str| -> Result<Option<u64>, String> {
-            if s == "-" {
-                Ok(None)
-            } else {
-                s.parse().map(Some).map_err(|_| bad())
-            }
-        };
-        out.insert(
-            key,
-            ReplayState {
-                last_timestamp: num(ts)?.map(UnixMillis),
-                last_counter: num(counter)?,
-            },
-        );
+        if line.starts_with("seen ") {
+            seen.push(parse_seen(line).ok_or_else(|| {
+                format!("line {}: expected 'seen <mac> <key> <until ms>'", i + 2)
+            })?);
+            continue;
+        }
+        let (key, state) = parse_line(line).ok_or_else(|| {
+            format!(
+                "line {}: expected '<key> <floor|-> <accepted|-> <steps|->'",
+                i + 2
+            )
+        })?;
+        out.insert(key, state);
     }
-    Ok(out)
+    Ok((out, seen))
 }
 
 #[cfg(test)]
@@ -470,15 +634,28 @@ mod tests {
         let b = sesame_keys::PrivateKey::generate().public_key();
         let mut store = ReplayStore::open(&dir).unwrap();
         let sa = ReplayState {
-            last_timestamp: Some(UnixMillis(1234)),
-            last_counter: None,
+            accepted: vec![AcceptedPayload {
+                timestamp: UnixMillis(1234),
+                mac: [0xab; MAC_LEN],
+            }],
+            ..ReplayState::default()
         };
-        store.save([(&a, sa)]).unwrap();
+        store.save([(&a, sa.clone())]).unwrap();
         let sb = ReplayState {
-            last_timestamp: None,
-            last_counter: Some(99),
+            steps: vec![
+                UsedStep {
+                    step_seconds: 30,
+                    counter: 99,
+                },
+                UsedStep {
+                    step_seconds: 10,
+                    counter: 300,
+                },
+            ],
+            floor: Some(UnixMillis(77)),
+            ..ReplayState::default()
         };
-        store.save([(&b, sb)]).unwrap();
+        store.save([(&b, sb.clone())]).unwrap();
         let again = ReplayStore::open(&dir).unwrap();
         assert_eq!(again.get(&a), sa, "entries not saved again are kept");
         assert_eq!(again.get(&b), sb);
@@ -490,11 +667,8 @@ mod tests {
         let dir = tmpdir("trunc");
         let a = sesame_keys::PrivateKey::generate().public_key();
         let mut store = ReplayStore::open(&dir).unwrap();
-        let s = ReplayState {
-            last_timestamp: Some(UnixMillis(1_764_000_000_000)),
-            last_counter: Some(58_800_000),
-        };
-        store.save([(&a, s)]).unwrap();
+        let s = state(1_764_000_000_000);
+        store.save([(&a, s.clone())]).unwrap();
         store.compact().unwrap();
         let full = std::fs::read(store.path()).unwrap();
         for cut in [0, 5, full.len() / 2, full.len() - 1] {
@@ -515,9 +689,75 @@ mod tests {
 
     fn state(ts: u64) -> ReplayState {
         ReplayState {
-            last_timestamp: Some(UnixMillis(ts)),
-            last_counter: Some(ts / 1000),
+            accepted: vec![
+                AcceptedPayload {
+                    timestamp: UnixMillis(ts),
+                    mac: [ts as u8; MAC_LEN],
+                },
+                AcceptedPayload {
+                    timestamp: UnixMillis(ts + 1),
+                    mac: [(ts as u8).wrapping_add(1); MAC_LEN],
+                },
+            ],
+            steps: vec![UsedStep {
+                step_seconds: 30,
+                counter: ts / 30_000,
+            }],
+            floor: Some(UnixMillis(ts / 2)),
         }
+    }
+
+    #[test]
+    fn seen_macs_and_the_running_marker_survive_a_clean_restart() {
+        let dir = tmpdir("seen");
+        let a = sesame_keys::PrivateKey::generate().public_key();
+        let mut store = ReplayStore::open(&dir).unwrap();
+        assert!(
+            !store.mark_running().unwrap(),
+            "no marker at the first start"
+        );
+        let seen = vec![SeenMac {
+            mac: [7; MAC_LEN],
+            client: a,
+            expires: UnixMillis(123_456),
+        }];
+        store.set_seen(seen.clone());
+        store.checkpoint().unwrap();
+        store.mark_stopped().unwrap();
+        let again = ReplayStore::open(&dir).unwrap();
+        assert_eq!(again.seen(), &seen[..]);
+        assert!(!again.mark_running().unwrap(), "clean stop: no crash");
+        // No mark_stopped: the next start sees a crash.
+        let third = ReplayStore::open(&dir).unwrap();
+        assert!(third.mark_running().unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn protocol_1_files_are_ignored_and_replaced() {
+        let dir = tmpdir("v1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = sesame_keys::PrivateKey::generate().public_key();
+        std::fs::write(
+            dir.join(FILE_NAME),
+            format!("{HEADER_V1}\n{a} 1000 -\nsha256 00\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(JOURNAL_NAME),
+            format!("{JOURNAL_HEADER_V1}\n{a} 2000 - 0123456789abcdef\n"),
+        )
+        .unwrap();
+        let mut store = ReplayStore::open(&dir).unwrap();
+        assert!(store.found_legacy());
+        assert_eq!(store.get(&a), ReplayState::default());
+        store.save([(&a, state(5000))]).unwrap();
+        let j = std::fs::read_to_string(store.journal_path()).unwrap();
+        assert!(j.starts_with(&format!("{JOURNAL_HEADER}\n")), "{j}");
+        assert_eq!(j.lines().count(), 2, "{j}");
+        let again = ReplayStore::open(&dir).unwrap();
+        assert_eq!(again.get(&a), state(5000));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -634,10 +874,6 @@ mod tests {
         let mut store = ReplayStore::open(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let a = sesame_keys::PrivateKey::generate().public_key();
-        let s = ReplayState {
-            last_timestamp: Some(UnixMillis(1)),
-            last_counter: None,
-        };
-        assert!(store.save([(&a, s)]).is_err());
+        assert!(store.save([(&a, state(1))]).is_err());
     }
 }

@@ -173,7 +173,7 @@ fn export_client_qr_decodes_to_the_uri() {
         let uri_out = sesamed(&a.iter().map(String::as_str).collect::<Vec<_>>(), &dir.0);
         assert!(uri_out.status.success(), "{}", text(&uri_out));
         let uri = stdout(&uri_out).trim().to_owned();
-        assert!(uri.starts_with("sesame://1/"), "{uri}");
+        assert!(uri.starts_with("sesame://2/"), "{uri}");
         let a = args("--qr");
         let qr_out = sesamed(&a.iter().map(String::as_str).collect::<Vec<_>>(), &dir.0);
         assert!(qr_out.status.success(), "{}", text(&qr_out));
@@ -228,7 +228,7 @@ fn generated_key_qr_matches_the_configuration() {
     let out = stdout(&o);
     let uri = out
         .lines()
-        .find(|l| l.starts_with("sesame://1/"))
+        .find(|l| l.starts_with("sesame://2/"))
         .unwrap_or_else(|| panic!("no URI in:\n{out}"))
         .to_owned();
     let qr: String = out
@@ -445,7 +445,7 @@ fn man_page_renders() {
 /// what is between is the code a camera decodes.
 #[test]
 fn terminal_qr_sets_its_own_colours() {
-    let uri = "sesame://1/AAZsYXB0b3AKMTk4LjE4LjAuMd6e2317fcG001thwuzkNTc_g0PIW3hnTa38fhRviCtPAAAAHh5OIFXvAAAAAQYAFg";
+    let uri = "sesame://2/AAZsYXB0b3AKMTk4LjE4LjAuMd6e2317fcG001thwuzkNTc_g0PIW3hnTa38fhRviCtPAAAAHh5OIFXvAAAAAQYAFg";
     let plain = sesame_server::qr_colored(uri, false).unwrap();
     assert!(!plain.contains('\x1b'));
     let colored = sesame_server::qr_colored(uri, true).unwrap();

@@ -13,7 +13,7 @@
 //! modes (raw frames on --iface, spoofed sources):
 //!   udp        UDP datagrams (random 0..=32 bytes) to random ports of the knock range
 //!   syn        TCP SYNs to random ports of the knock range
-//!   payload    136-byte random datagrams to the current payload ports of the client of
+//!   payload    184-byte random datagrams to the current payload ports of the client of
 //!              --profile (the attacker knows the client's key: the worst case); with
 //!              --with-knocks each payload follows that step's knocks from the same source, so
 //!              every fake payload reaches the MAC gate even with length > 0
@@ -299,8 +299,9 @@ fn set_port(frame: &mut [u8], l4: usize, csum: usize, udp: bool, port: u16) {
 // ---------------------------------------------------------------------------------------------
 // The raw sender
 
-/// Largest frame this tool builds (Ethernet + IPv6 + UDP + 136 bytes is 198).
-const SLOT: usize = 256;
+/// Largest frame this tool builds (Ethernet + IPv6 + UDP + a payload of 240 bytes with all
+/// its padding is 302).
+const SLOT: usize = 320;
 
 /// An AF_PACKET socket bound to one interface, with `batch` frame slots sent by `sendmmsg`.
 struct RawSender {
@@ -816,6 +817,7 @@ fn knock(a: &Args) -> Result<()> {
             random,
             services: Vec::new(),
             address: (!allow.is_empty()).then(|| allow[(i as usize) % allow.len()]),
+            action: None,
             flags: 0,
         };
         let datagram = build_payload(
@@ -823,6 +825,7 @@ fn knock(a: &Args) -> Result<()> {
             counter,
             &request,
             &sesame_keys::PrivateKey::generate(),
+            &sesame_proto::WireNoise::default(),
         )
         .map_err(|e| e.to_string())?;
         match udp.send_to(&datagram, SocketAddr::new(dest, seq.payload_port)) {

@@ -169,8 +169,8 @@ pub fn replay_capture(f: &Fixture, host: Host, pcap_path: &Path, family: Family)
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Checks a replay state file: header, one well-formed line per client, and the SHA-256
-/// trailer over everything before it. Returns the client lines.
+/// Checks a replay state file: header, one well-formed line per client (and per remembered
+/// gate MAC), and the SHA-256 trailer over everything before it. Returns the client lines.
 pub fn check_state_file(bytes: &[u8]) -> Result<Vec<String>, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
     let at = text.rfind("sha256 ").ok_or("no sha256 trailer")?;
@@ -185,23 +185,62 @@ pub fn check_state_file(bytes: &[u8]) -> Result<Vec<String>, String> {
         return Err(format!("checksum mismatch: trailer {want}, content {got}"));
     }
     let mut lines = body.lines();
-    if lines.next() != Some("sesame-replay 1") {
+    if lines.next() != Some("sesame-replay 2") {
         return Err("bad header".into());
     }
-    let entries: Vec<String> = lines.map(str::to_owned).collect();
-    for l in &entries {
-        let parts: Vec<&str> = l.split(' ').collect();
-        let num = |s: &str| s == "-" || s.parse::<u64>().is_ok();
-        if parts.len() != 3 || parts[0].len() != 44 || !num(parts[1]) || !num(parts[2]) {
+    let mut entries = Vec::new();
+    for l in lines {
+        // `seen <MAC> <client key> <until ms>`: a remembered gate MAC (clean shutdown).
+        if let Some(rest) = l.strip_prefix("seen ") {
+            let parts: Vec<&str> = rest.split(' ').collect();
+            let ok = parts.len() == 3
+                && parts[0].len() == 32
+                && parts[0].bytes().all(|b| b.is_ascii_hexdigit())
+                && parts[1].len() == 44
+                && parts[2].parse::<u64>().is_ok();
+            if !ok {
+                return Err(format!("bad line: {l}"));
+            }
+            continue;
+        }
+        if !state_line_ok(l) {
             return Err(format!("bad line: {l}"));
         }
+        entries.push(l.to_owned());
     }
     Ok(entries)
 }
 
+/// `<key> <floor|-> <accepted|-> <steps|->`: accepted is `ts:mac` (32 hex digits) items,
+/// steps `step_seconds:counter` items, comma-separated.
+fn state_line_ok(l: &str) -> bool {
+    let parts: Vec<&str> = l.split(' ').collect();
+    let num = |s: &str| s.parse::<u64>().is_ok();
+    let list = |s: &str, item: &dyn Fn(&str, &str) -> bool| {
+        s == "-"
+            || s.split(',')
+                .all(|i| i.split_once(':').is_some_and(|(a, b)| item(a, b)))
+    };
+    parts.len() == 4
+        && parts[0].len() == 44
+        && (parts[1] == "-" || num(parts[1]))
+        && list(parts[2], &|ts, mac| {
+            num(ts) && mac.len() == 32 && mac.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+        && list(parts[3], &|step, counter| num(step) && num(counter))
+}
+
+/// The number of accepted payloads a state line records.
+pub fn accepted_in(line: &str) -> usize {
+    match line.split(' ').nth(2) {
+        Some("-") | None => 0,
+        Some(list) => list.split(',').count(),
+    }
+}
+
 /// The replay state as sesamed loads it: the snapshot (checked by [`check_state_file`]) if
 /// there is one, then the journal's records, each with its check (a torn last record is
-/// skipped, as sesamed does). Returns one `<key> <timestamp> <counter>` line per client.
+/// skipped, as sesamed does). Returns one `<key> <floor> <accepted> <steps>` line per client.
 pub fn check_replay_state(
     snapshot: Option<&[u8]>,
     journal: Option<&[u8]>,
@@ -213,7 +252,7 @@ pub fn check_replay_state(
     if let Some(j) = journal {
         let text = std::str::from_utf8(j).map_err(|_| "journal: not UTF-8".to_owned())?;
         let mut lines = text.split_inclusive('\n');
-        if lines.next() != Some("sesame-replay-journal 1\n") {
+        if lines.next() != Some("sesame-replay-journal 2\n") {
             return Err("journal: bad header".into());
         }
         let lines: Vec<&str> = lines.collect();
@@ -480,7 +519,7 @@ fn fault_nft_failing_at_run_time_refuses_the_grant_and_keeps_serving() {
     assert!(
         entries
             .iter()
-            .any(|l| l.starts_with(&f.client_key.public) && !l.contains(" - ")),
+            .any(|l| l.starts_with(&f.client_key.public) && accepted_in(l) == 1),
         "the failed knock was recorded before the grant: {entries:?}"
     );
     eprintln!("while nft fails: {failed}");
@@ -928,7 +967,9 @@ fn nft_durations_parse() {
 /// own) and a third host floods the knock range; sesamed is restarted each time. Every restart
 /// reads its state; no lease ever has a timeout beyond `lease_seconds`; access closes on time
 /// after the last grant; and every knock sent during the test, replayed after a final restart,
-/// opens nothing.
+/// opens nothing for the attacker, is never accepted twice, and opens nothing but the client's
+/// own address when replayed from it (knocks sent while sesamed was dead were never accepted,
+/// and are bound to the client).
 #[test]
 fn fault_kill9_during_a_knock_flood_then_restart() {
     if !require_netns() {
@@ -957,7 +998,7 @@ fn fault_kill9_during_a_knock_flood_then_restart() {
             "--pps".to_owned(),
             "500".to_owned(),
             "--len".to_owned(),
-            "136".to_owned(),
+            "184".to_owned(),
         ],
         &[],
     );
@@ -999,7 +1040,7 @@ fn fault_kill9_during_a_knock_flood_then_restart() {
                             "udp".to_owned(),
                             format!("{server}:{port}"),
                             "--len".to_owned(),
-                            "136".to_owned(),
+                            "184".to_owned(),
                         ],
                     );
                     assert!(o.status.success(), "netprobe udp: {}", text(&o));
@@ -1073,11 +1114,31 @@ fn fault_kill9_during_a_knock_flood_then_restart() {
     // Replay everything the client sent, from the client and from the attacker.
     let payloads = packets
         .iter()
-        .filter(|p| matches!(&p.l4, pcap::L4::Udp { payload, .. } if payload.len() == 136))
+        .filter(|p| matches!(&p.l4, pcap::L4::Udp { payload, .. } if sesame_proto::is_payload_len(payload.len())))
         .count();
+    // From the client's own address: a knock that never reached a running sesamed (sent while
+    // it was dead) was never accepted, and, bound to the client's address, it may still open
+    // that address once while its step is in the window (PROTOCOL.md section 8, shared NAT).
+    // Nothing accepted before is accepted again, and nothing opens any other address.
     let mark = f.mark();
     let path = f.lab.path("flood.pcap");
     replay_capture(&f, Host::Client, &path, Family::V4);
+    std::thread::sleep(SETTLE);
+    let from_client = f.daemon().matching(mark, &["granted client="]);
+    for g in &from_client {
+        assert!(
+            g.contains(&format!("address={client} ")),
+            "a replay from the client opened another address: {g}"
+        );
+    }
+    let accepted_before = grants_during + 1;
+    assert!(
+        from_client.len() + accepted_before <= payloads,
+        "replays from the client were granted more often ({}) than knocks went unaccepted ({payloads} payloads, {accepted_before} granted before): a datagram was accepted twice",
+        from_client.len()
+    );
+    // From the attacker: nothing, ever.
+    let mark = f.mark();
     // The attacker reaches the server on the other link; the datagrams go to the same ports.
     let o = f.lab.netprobe(
         Host::Attacker,
@@ -1090,24 +1151,31 @@ fn fault_kill9_during_a_knock_flood_then_restart() {
     assert!(o.status.success(), "{}", text(&o));
     std::thread::sleep(SETTLE);
     assert_no_grant_line(&f, mark, "replay of every knock after kill -9 and restarts");
-    let replays = f
-        .daemon()
-        .matching(mark, &["rejected", "reason=replay"])
-        .len();
+    let refused = f.daemon().matching(mark, &["rejected"]);
     assert!(
-        replays > 0,
-        "the replayed knocks were judged (as replays):\n{}",
+        !refused.is_empty(),
+        "the replayed knocks were judged (as replays, or bound to another address):\n{}",
         f.daemon().output()
     );
-    f.assert_closed(Family::V4, 22, "after the replays");
+    for r in &refused {
+        assert!(
+            r.contains("reason=replay") || r.contains("reason=other_ip_not_allowed"),
+            "{r}"
+        );
+    }
+    assert!(
+        !f.connects(Host::Attacker, Family::V4, 22),
+        "the attacker's replay opened the service"
+    );
     let s = status(&f);
     eprintln!(
-        "kill -9 flood: {kills} kills + 1, {knocks} knocks and {strays} stray datagrams from the client, {grants_during} grants during the flood; {} packets captured ({payloads} payloads); replay rejections logged: {replays} (log rate limit 50/s), counted: {}; largest lease timeout seen {max_timeout} ms in {samples} samples; last lease closed {closed:?} after its grant; counters after the replay: {}",
+        "kill -9 flood: {kills} kills + 1, {knocks} knocks and {strays} stray datagrams from the client, {grants_during} grants during the flood; {} packets captured ({payloads} payloads); replayed from the client: {} granted (never accepted before, bound to the client); from the attacker: {} refused; largest lease timeout seen {max_timeout} ms in {samples} samples; last lease closed {closed:?} after its grant; counters after the replay: {}",
         packets.len(),
-        s["counters"]["rejections"]["replay"],
+        from_client.len(),
+        refused.len(),
         s["counters"]
     );
-    assert_eq!(counter(&s, "grants"), 0, "{s}");
+    assert_eq!(counter(&s, "grants"), from_client.len() as u64, "{s}");
     assert!(grants_during > 0, "no knock was granted during the flood");
 }
 

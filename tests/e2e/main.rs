@@ -13,6 +13,7 @@ mod faults;
 mod flood;
 mod harness;
 mod lease;
+mod nat;
 mod netbench;
 mod netlink;
 mod operator;

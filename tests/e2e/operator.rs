@@ -58,7 +58,7 @@ pub fn install_laptop_profile(f: &Fixture, home: &Path, name: &str) {
     let host = f.server(Family::V4).to_string();
     let uri = sesamed_ok(f, &["export-client", "laptop", "--host", &host, "--uri"]);
     let uri = uri.trim();
-    assert!(uri.starts_with("sesame://1/"), "{uri}");
+    assert!(uri.starts_with("sesame://2/"), "{uri}");
     let o = sesame_at_home(&f.lab, Host::Client, home, &["import", uri, "--name", name]);
     assert!(o.status.success(), "sesame import: {}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
@@ -143,9 +143,9 @@ fn captured_knock(f: &Fixture, profile: &Path, name: &str, json: bool) -> PathBu
     knock_granted_as(f, Host::Client, profile, "laptop", json);
     let packets = cap.stop();
     assert!(
-        packets
-            .iter()
-            .any(|p| p.dst == f.server(Family::V4) && p.to_string().contains("136 bytes")),
+        packets.iter().any(|p| p.dst == f.server(Family::V4)
+            && matches!(&p.l4, sesame_tests::pcap::L4::Udp { payload, .. }
+                    if sesame_proto::is_payload_len(payload.len()))),
         "the payload was captured: {packets:#?}"
     );
     f.lab.path(&format!("{name}.pcap"))
@@ -667,7 +667,7 @@ fn rejections_scenario(tag: &str, format: &str) -> (Fixture, Vec<IpAddr>) {
             "udp".to_owned(),
             format!("{}:{port}", f.server(Family::V4)),
             "--len".to_owned(),
-            "136".to_owned(),
+            "184".to_owned(),
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
@@ -831,8 +831,9 @@ fn open_wait_by_name_confirms_that_the_service_answers() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         out.contains(&format!(
-            "{} tcp/22 answers (after 1 knock, asking for tcp/22 for the source address)",
-            f.server(Family::V4)
+            "{} tcp/22 answers (after 1 knock, asking for tcp/22 for {} (this host's public address))",
+            f.server(Family::V4),
+            f.lab.addr(Host::Client, Family::V4)
         )),
         "{out}"
     );
@@ -1026,12 +1027,12 @@ fn a_generated_key_profile_opens_from_a_new_device() {
     expect_log(&f, mark, &["reloaded: 2 clients"]);
     let uri = out
         .lines()
-        .find(|l| l.starts_with("sesame://1/"))
+        .find(|l| l.starts_with("sesame://2/"))
         .unwrap_or_else(|| panic!("no URI in: {out}"));
     assert!(
         !std::fs::read_to_string(&f.config)
             .unwrap()
-            .contains(&uri["sesame://1/".len()..]),
+            .contains(&uri["sesame://2/".len()..]),
         "the URI (with the private key) is not stored"
     );
     // The phone is the attacker's host here: it has no lease, so --wait proves the knock.

@@ -278,7 +278,7 @@ fn secrets_never_appear_in_logs_or_errors_at_trace_level() {
             "udp".into(),
             plan.1.to_string(),
             "--len".into(),
-            "136".into(),
+            "184".into(),
         ],
     );
     assert!(o.status.success(), "{}", text(&o));

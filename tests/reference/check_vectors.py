@@ -81,6 +81,8 @@ def request_from_json(r: dict) -> ref.Request:
         services=tuple(ref.parse_service(s) for s in r["services"]),
         address=None if r["address"] is None else ipaddress.ip_address(r["address"]),
         flags=r["flags"],
+        action=None if r["action"] is None
+        else ref.Action(r["action"]["name"], r["action"]["argument"]),
     )
 
 
@@ -91,6 +93,8 @@ def request_to_json(req: ref.Request) -> dict:
         "services": [ref.format_service(s) for s in req.services],
         "address": None if req.address is None else str(req.address),
         "flags": req.flags,
+        "action": None if req.action is None
+        else {"name": req.action.name, "argument": req.action.argument},
     }
 
 
@@ -113,7 +117,7 @@ def check_sequences(c: Checks, data: dict) -> None:
             kc = ref.client_keys(cpriv, spub, psk)
             ks = ref.server_keys(spriv, cpub, psk)
             c.eq(name, "client and server key schedules agree", ks, kc)
-            seq = ref.sequence(kc.k_seq, v["counter"], params)
+            seq = ref.sequence(kc.k_seq, p["step_seconds"], v["counter"], params)
             want_knocks = [(k["proto"], k["port"]) for k in v["knocks"]]
             c.eq(name, "knocks", seq.knocks, want_knocks)
             c.eq(name, "payload_port", seq.payload_port, v["payload_port"])
@@ -149,10 +153,22 @@ def check_payloads(c: Checks, data: dict) -> None:
             c.eq(name, "plaintext decodes to request",
                  ref.decode_plaintext(bytes.fromhex(v["plaintext"])), req)
 
+            # Every request field survives the JSON mapping (addresses compared as values).
+            back = request_to_json(req)
+            c.eq(name, "request JSON fields", {k: x for k, x in back.items() if k != "address"},
+                 {k: x for k, x in v["request"].items() if k != "address"})
+
             kc = ref.client_keys(cpriv, spub, psk)
-            datagram = ref.build_payload(kc, counter, v["step_seconds"], req, e)
+            padding = bytes.fromhex(v["padding"])
+            datagram = ref.build_payload(kc, counter, v["step_seconds"], req, e,
+                                         e_high_bit=v["e_high_bit"], padding=padding)
             c.eq(name, "datagram", datagram.hex(), v["datagram"])
-            c.eq(name, "datagram length", len(bytes.fromhex(v["datagram"])), ref.DATAGRAM_LEN)
+            want = bytes.fromhex(v["datagram"])
+            c.eq(name, "datagram length", len(want), ref.AUTH_LEN + len(padding))
+            c.ok(f"{name}: datagram length in 184..=240",
+                 ref.MIN_DATAGRAM_LEN <= len(want) <= ref.MAX_DATAGRAM_LEN, str(len(want)))
+            c.eq(name, "padding follows the authenticated part", want[ref.AUTH_LEN:], padding)
+            c.eq(name, "top bit of E is e_high_bit", bool(want[31] & 0x80), v["e_high_bit"])
 
             ks = ref.server_keys(spriv, cpub, psk)
             try:
@@ -164,6 +180,16 @@ def check_payloads(c: Checks, data: dict) -> None:
                      f"got {request_to_json(got)}, want {v['request']}")
             except ref.OpenError as err:
                 c.ok(f"{name}: open", False, f"refused with {err.reason} ({err})")
+            # Padding is not authenticated: other padding (none, or the longest) opens the same.
+            for other_pad in (b"", bytes(ref.MAX_PADDING)):
+                try:
+                    got = ref.open_payload(spriv, ks, counter, want[:ref.AUTH_LEN] + other_pad,
+                                           v["now_ms"], v["step_seconds"], v["skew_steps"])
+                    c.ok(f"{name}: opened with {len(other_pad)} bytes of other padding",
+                         got == req, f"got {request_to_json(got)}")
+                except ref.OpenError as err:
+                    c.ok(f"{name}: open with {len(other_pad)} bytes of other padding", False,
+                         f"refused with {err.reason} ({err})")
 
         c.run(name, one)
 
@@ -316,23 +342,40 @@ def self_tests(c: Checks, data_fail_keys: dict | None) -> None:
 
     # Parameter validation (§5): bounds and the two availability rules.
     for args, valid in (
-        ((0, (1, 2)), True), ((1, (1, 3)), False), ((1, (1, 4)), True),
+        ((0, (1, 2)), True), ((1, (1, 3)), False), ((1, (1, 4)), False),
+        ((1, (1, 65535)), False), ((2, (1, 6)), True), ((2, (1, 5)), False),
+        ((16, (1, 34)), True), ((16, (1, 33)), False),
         ((17, (1, 65535)), False), ((3, (0, 100)), False), ((3, (100, 99)), False),
         ((3, (1, 65536)), False), ((0, (10, 13), [11, 12]), True),
-        ((0, (10, 14), [11, 12, 13]), False), ((1, (1, 9), [1, 2, 3, 4, 5]), False),
-        ((0, (1, 2), [], "sctp"), False), ((1, (10, 13), [1, 2, 3, 65535]), True),
+        ((0, (10, 14), [11, 12, 13]), False), ((2, (1, 11), [1, 2, 3, 4, 5, 6]), False),
+        ((0, (1, 2), [], "sctp"), False), ((2, (10, 15), [1, 2, 3, 65535]), True),
     ):
         try:
             params = ref.make_params(*args)
             ok = c.ok(name, valid, f"params {args} accepted")
             if ok:
-                seq = ref.sequence(os.urandom(32), 12345, params)
+                seq = ref.sequence(os.urandom(32), step, 12345, params)
                 ports = [p for _, p in seq.knocks] + [seq.payload_port]
                 c.ok(name, len(set(ports)) == len(ports) and
                      all(params.lo <= p <= params.hi and p not in params.exclude_ports for p in ports),
                      f"bad sequence {ports} for {args}")
         except ref.ParamError:
             c.ok(name, not valid, f"params {args} refused")
+
+    # The step length is an input of the port and protocol derivations (§5).
+    k_seq = os.urandom(32)
+    params = ref.make_params(16, (1024, 65535), protocol="mixed")
+    seqs = {st: ref.sequence(k_seq, st, 12345, params) for st in (10, 20, 30)}
+    c.ok(name, len({(tuple(s_.knocks), s_.payload_port) for s_ in seqs.values()}) == 3,
+         "sequences of one counter with different step lengths are equal")
+    for bad_step in (0, 86401):
+        try:
+            ref.sequence(k_seq, bad_step, 12345, params)
+            c.ok(name, False, f"step_seconds {bad_step} accepted")
+        except ref.ParamError:
+            c.ok(name, True)
+    for _ in range(200):
+        c.ok(name, 8 <= len(ref.udp_knock_bytes()) <= 120, "UDP knock length outside 8..=120")
 
     # Payload round trip with a random ephemeral key, at the window edges.
     ks_client = ref.client_keys(cpriv, spub, psk)
@@ -342,8 +385,10 @@ def self_tests(c: Checks, data_fail_keys: dict | None) -> None:
     counter = ref.counter_from_ms(now_ms, step)
     req = ref.Request(now_ms, os.urandom(16), (("tcp", 22), ("udp", 51820)),
                       ipaddress.ip_address("2001:db8::7"))
-    datagram = ref.build_payload(ks_client, counter, step, req, os.urandom(32))
-    c.eq(name, "datagram length", len(datagram), 136)
+    datagram = ref.build_payload(ks_client, counter, step, req, os.urandom(32),
+                                 e_high_bit=True, padding=os.urandom(ref.MAX_PADDING))
+    c.eq(name, "datagram length", len(datagram), 240)
+    c.ok(name, datagram[31] & 0x80 == 0x80, "top bit of E not set")
     for open_at in (now_ms, now_ms + step * 1000, now_ms - step * 1000):
         try:
             got = ref.open_payload(spriv, ks_server, counter, datagram, open_at, step, skew)
@@ -358,11 +403,27 @@ def self_tests(c: Checks, data_fail_keys: dict | None) -> None:
             c.eq(name, f"outside window at {open_at}", err.reason, want)
     datagram2 = ref.build_payload(ks_client, counter, step, req, os.urandom(32))
     c.ok(name, datagram2 != datagram, "two datagrams of the same request are equal")
+    c.ok(name, 184 <= len(datagram2) <= 240, f"random padding gave {len(datagram2)} bytes")
 
-    # Any single bit flip anywhere in the datagram is refused (it always fails the gate).
+    # The same e with either top bit: same edh, different E, so different datagrams, both valid.
+    e = os.urandom(32)
+    d0 = ref.build_payload(ks_client, counter, step, req, e, e_high_bit=False, padding=b"")
+    d1 = ref.build_payload(ks_client, counter, step, req, e, e_high_bit=True, padding=b"")
+    c.eq(name, "top bit is the only difference in E", bytes(a ^ b for a, b in zip(d0[:32], d1[:32])),
+         bytes(31) + b"\x80")
+    c.ok(name, d0[32:] != d1[32:], "E's top bit does not reach the AEAD and MAC inputs")
+    for d in (d0, d1):
+        try:
+            c.eq(name, "either top bit opens", ref.open_payload(spriv, ks_server, counter, d,
+                                                                now_ms, step, skew), req)
+        except ref.OpenError as err:
+            c.ok(name, False, f"top bit {d[31] >> 7} refused: {err}")
+
+    # Any single bit flip in the authenticated part is refused (it always fails the gate); a
+    # flip in the padding is not noticed.
     flips_refused = 0
     flip_reasons: set[str] = set()
-    for bit in range(8 * len(datagram)):
+    for bit in range(8 * ref.AUTH_LEN):
         bad = bytearray(datagram)
         bad[bit // 8] ^= 1 << (bit % 8)
         try:
@@ -371,8 +432,16 @@ def self_tests(c: Checks, data_fail_keys: dict | None) -> None:
         except ref.OpenError as err:
             flips_refused += 1
             flip_reasons.add(err.reason)
-    c.eq(name, "all single bit flips refused", flips_refused, 8 * len(datagram))
+    c.eq(name, "all single bit flips refused", flips_refused, 8 * ref.AUTH_LEN)
     c.eq(name, "bit flips refused by the gate", flip_reasons, {"bad_mac"})
+    for bit in range(8 * ref.AUTH_LEN, 8 * len(datagram), 7):
+        bad = bytearray(datagram)
+        bad[bit // 8] ^= 1 << (bit % 8)
+        try:
+            c.eq(name, f"padding bit flip {bit}",
+                 ref.open_payload(spriv, ks_server, counter, bytes(bad), now_ms, step, skew), req)
+        except ref.OpenError as err:
+            c.ok(name, False, f"padding bit flip {bit} refused: {err}")
 
     # Wrong keys / counter / PSK are refused by the gate; truncation and extension by length.
     other = ref.server_keys(spriv, ref.pub(ref.clamp(os.urandom(32))), psk)
@@ -381,9 +450,12 @@ def self_tests(c: Checks, data_fail_keys: dict | None) -> None:
         ("other client", other, counter, datagram, "bad_mac"),
         ("missing PSK", no_psk, counter, datagram, "bad_mac"),
         ("next counter", ks_server, counter + 1, datagram, "bad_mac"),
-        ("truncated", ks_server, counter, datagram[:-1], "truncated"),
+        ("truncated", ks_server, counter, datagram[:183], "truncated"),
         ("empty", ks_server, counter, b"", "truncated"),
         ("too long", ks_server, counter, datagram + b"\0", "too_long"),
+        ("too long, stale", ks_server, counter + 5, datagram + b"\0", "too_long"),
+        ("truncated, wrong key", other, counter, datagram[:183], "truncated"),
+        ("stale, wrong key", other, counter + 5, datagram, "stale"),
     ):
         try:
             ref.open_payload(spriv, keys, ctr, dg, now_ms, step, skew)
@@ -403,8 +475,8 @@ def self_tests(c: Checks, data_fail_keys: dict | None) -> None:
 
     cases = [
         ("version 0", patched(v=(0, 0)), "bad_version"),
-        ("version 2", patched(v=(0, 2)), "bad_version"),
-        ("version 2 and flags", patched(v=(0, 2), f=(1, 1)), "bad_version"),
+        ("version 1 and flags", patched(v=(0, 1), f=(1, 1)), "bad_version"),
+        ("version 255 and padding", patched(v=(0, 255), p=(119, 1)), "bad_version"),
         ("flags bit 7", patched(f=(1, 0x80)), "malformed"),
         ("count 9", patched(c=(26, 9)), "malformed"),
         ("count 3 with zero entry", patched(c=(26, 3)), "malformed"),
@@ -424,6 +496,35 @@ def self_tests(c: Checks, data_fail_keys: dict | None) -> None:
                   "counter_mismatch"))
     cases.append(("timestamp last ms of step", ref.encode_plaintext(
         ref.Request(ts_next - 1, req.random, req.services, req.address)), None))
+    A = ref.Action
+
+    def with_action(name_b: bytes, arg_b: bytes) -> bytes:
+        p = bytearray(good)
+        p[68:84] = name_b.ljust(16, b"\0")
+        p[84:116] = arg_b.ljust(32, b"\0")
+        return bytes(p)
+
+    cases += [
+        ("version 1", patched(v=(0, 1)), "bad_version"),
+        ("version 3", patched(v=(0, 3)), "bad_version"),
+        ("padding first byte", patched(p=(116, 1)), "malformed"),
+        ("padding last byte", patched(p=(119, 0x80)), "malformed"),
+        ("action", with_action(b"open-all_9", b""), None),
+        ("action, argument", with_action(b"x", b"~!"), None),
+        ("action 16, argument 32", with_action(b"a" * 16, b"~" * 32), None),
+        ("action uppercase", with_action(b"Wake", b""), "malformed"),
+        ("action dot", with_action(b"wake.host", b""), "malformed"),
+        ("action space", with_action(b"wake host", b""), "malformed"),
+        ("action byte after nul", with_action(b"wake\0x", b""), "malformed"),
+        ("action starts with nul", with_action(b"\0wake", b""), "malformed"),
+        ("action high byte", with_action(b"w\xe9", b""), "malformed"),
+        ("argument without action", with_action(b"", b"x"), "malformed"),
+        ("argument space", with_action(b"wake", b"a b"), "malformed"),
+        ("argument DEL", with_action(b"wake", b"a\x7f"), "malformed"),
+        ("argument tab", with_action(b"wake", b"\t"), "malformed"),
+        ("argument byte after nul", with_action(b"wake", b"ab\0c"), "malformed"),
+        ("argument starts with nul", with_action(b"wake", b"\0c"), "malformed"),
+    ]
     for what, pt, want in cases:
         dg = ref.seal_plaintext(ks_client, counter, os.urandom(32), pt)
         try:
@@ -434,18 +535,20 @@ def self_tests(c: Checks, data_fail_keys: dict | None) -> None:
 
     # A low-order E with a correct gate is refused as bad_ephemeral, before the AEAD.
     if data_fail_keys is not None:
-        for hx in data_fail_keys["low_order_public"]:
+        for hx, top in [(hx, top) for hx in data_fail_keys["low_order_public"]
+                        for top in (0, 0x80)]:
             E = bytes.fromhex(hx)
-            ct_tag = os.urandom(88)
+            E = E[:31] + bytes([E[31] | top])
+            ct_tag = os.urandom(136)
             dg = E + ct_tag + ref._gate(ks_client.k_mac, counter, E, ct_tag)
             try:
                 ref.open_payload(spriv, ks_server, counter, dg, now_ms, step, skew)
                 c.ok(name, False, "low-order E accepted")
             except ref.OpenError as err:
-                c.eq(name, f"low-order E {hx[:8]}..", err.reason, "bad_ephemeral")
+                c.eq(name, f"low-order E {hx[:8]}.. top {top:#x}", err.reason, "bad_ephemeral")
     # Garbage ciphertext with a correct gate and a valid E is bad_aead.
     E = ref.pub(ref.clamp(os.urandom(32)))
-    ct_tag = os.urandom(88)
+    ct_tag = os.urandom(136)
     dg = E + ct_tag + ref._gate(ks_client.k_mac, counter, E, ct_tag)
     try:
         ref.open_payload(spriv, ks_server, counter, dg, now_ms, step, skew)
@@ -459,12 +562,22 @@ def self_tests(c: Checks, data_fail_keys: dict | None) -> None:
         ("9 services", ref.Request(now_ms, bytes(16), tuple(("tcp", p) for p in range(1, 10)))),
         ("port 0", ref.Request(now_ms, bytes(16), (("tcp", 0),))),
         ("random length", ref.Request(now_ms, bytes(15))),
+        ("empty action name", ref.Request(now_ms, bytes(16), action=ref.Action(""))),
+        ("action name 17", ref.Request(now_ms, bytes(16), action=ref.Action("a" * 17))),
+        ("action uppercase", ref.Request(now_ms, bytes(16), action=ref.Action("A"))),
+        ("argument 33", ref.Request(now_ms, bytes(16), action=ref.Action("a", "b" * 33))),
+        ("argument space", ref.Request(now_ms, bytes(16), action=ref.Action("a", "b c"))),
+        ("argument non-ASCII", ref.Request(now_ms, bytes(16), action=ref.Action("a", "\u00e9"))),
     ):
         try:
             ref.encode_plaintext(bad_req)
             c.ok(name, False, f"encoder accepted {what}")
         except ref.EncodeError:
             c.ok(name, True)
+    for act in (ref.Action("a"), ref.Action("restart-vpn-0123", "!" * 32), ref.Action("x_", "-")):
+        r = ref.Request(now_ms, os.urandom(16), (("udp", 1),), ipaddress.ip_address("::ffff:1.2.3.4"),
+                        action=act)
+        c.eq(name, f"action {act} round trip", ref.decode_plaintext(ref.encode_plaintext(r)), r)
     try:
         ref.build_payload(ks_client, counter + 1, step, req, os.urandom(32))
         c.ok(name, False, "builder accepted a timestamp outside the counter's step")

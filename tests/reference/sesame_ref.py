@@ -1,4 +1,4 @@
-"""Independent Python reference implementation of the sesame knock protocol, version 1.
+"""Independent Python reference implementation of the sesame knock protocol, version 2.
 
 Written from docs/PROTOCOL.md alone (section numbers below refer to it). It is meant to be
 read next to the spec, not to be fast: every derivation is spelled out once, in spec order.
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hmac as _hmac
 import ipaddress
+import os
+import secrets
 import struct
 from dataclasses import dataclass, field
 
@@ -39,7 +41,7 @@ class ParamError(ValueError):
 
 
 class EncodeError(ValueError):
-    """A request that cannot be encoded as a version-1 plaintext (section 6.1)."""
+    """A request that cannot be encoded as a version-2 plaintext (section 6.1)."""
 
 
 class DecodeError(ValueError):
@@ -119,6 +121,9 @@ def x25519(k: bytes, u: bytes) -> bytes:
     """
     if len(k) != 32 or len(u) != 32:
         raise ValueError("X25519 inputs must be 32 bytes")
+    # RFC 7748 section 5: the most significant bit of the u-coordinate is ignored. Mask it here
+    # rather than rely on the backend (a payload's E carries a random top bit, section 6.2).
+    u = u[:31] + bytes([u[31] & 0x7F])
     try:
         out = X25519PrivateKey.from_private_bytes(k).exchange(X25519PublicKey.from_public_bytes(u))
     except ValueError as e:
@@ -214,14 +219,14 @@ def key_schedule(
     if len(psk) != 32:
         raise ValueError("PSK must be 32 bytes")
     dh = x25519(own_private, peer_public)
-    prk = hkdf_extract(b"sesame v1 static", dh + psk)
+    prk = hkdf_extract(b"sesame v2 static", dh + psk)
     ids = client_public + server_public
     return ClientKeys(
         C=client_public,
         S=server_public,
-        k_seq=hkdf_expand(prk, b"sesame v1 sequence" + ids, 32),
-        k_mac=hkdf_expand(prk, b"sesame v1 mac key" + ids, 32),
-        k_pay=hkdf_expand(prk, b"sesame v1 payload key" + ids, 32),
+        k_seq=hkdf_expand(prk, b"sesame v2 sequence" + ids, 32),
+        k_mac=hkdf_expand(prk, b"sesame v2 mac key" + ids, 32),
+        k_pay=hkdf_expand(prk, b"sesame v2 payload key" + ids, 32),
     )
 
 
@@ -262,6 +267,7 @@ def in_window(counter: int, counter_now: int, skew_steps: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 PROTOCOLS = ("udp", "tcp", "mixed")
+MAX_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -273,8 +279,9 @@ class Params:
     protocol: str = "udp"
 
     def __post_init__(self) -> None:
-        if not (0 <= self.length <= 16):
-            raise ParamError("length must be 0..=16")
+        # 0 (single-packet mode) or 2..=16; 1 MUST be refused.
+        if not (self.length == 0 or 2 <= self.length <= MAX_LENGTH):
+            raise ParamError("length must be 0 or 2..=16")
         if not (1 <= self.lo <= self.hi <= 65535):
             raise ParamError("port_range must satisfy 1 <= lo <= hi <= 65535")
         if self.protocol not in PROTOCOLS:
@@ -305,11 +312,15 @@ class Exhausted(RuntimeError):
     """Rejection sampling ran out of candidates (unreachable with valid parameters)."""
 
 
-def port_at(k_seq: bytes, counter: int, i: int, params: Params, used: list[int]) -> int:
+def port_at(
+    k_seq: bytes, step_seconds: int, counter: int, i: int, params: Params, used: list[int],
+) -> int:
+    check_step_seconds(step_seconds)
     n = params.n
     limit = 2**32 - (2**32 % n)
     for j in range(256):
-        block = hmac_sha256(k_seq, b"sesame v1 port" + u64be(counter) + u8(i) + u8(j))
+        block = hmac_sha256(
+            k_seq, b"sesame v2 port" + u32be(step_seconds) + u64be(counter) + u8(i) + u8(j))
         for t in range(8):
             v = int.from_bytes(block[4 * t: 4 * t + 4], "big")
             if v >= limit:
@@ -323,10 +334,12 @@ def port_at(k_seq: bytes, counter: int, i: int, params: Params, used: list[int])
     raise Exhausted(f"no port for position {i}")
 
 
-def knock_proto(k_seq: bytes, counter: int, i: int, params: Params) -> str:
+def knock_proto(k_seq: bytes, step_seconds: int, counter: int, i: int, params: Params) -> str:
     if params.protocol in ("udp", "tcp"):
         return params.protocol
-    b = hmac_sha256(k_seq, b"sesame v1 proto" + u64be(counter) + u8(i))[0] & 1
+    check_step_seconds(step_seconds)
+    b = hmac_sha256(
+        k_seq, b"sesame v2 proto" + u32be(step_seconds) + u64be(counter) + u8(i))[0] & 1
     return "tcp" if b else "udp"
 
 
@@ -337,24 +350,43 @@ class Sequence:
     payload_port: int  # position `length`, always UDP
 
 
-def sequence(k_seq: bytes, counter: int, params: Params) -> Sequence:
+def sequence(k_seq: bytes, step_seconds: int, counter: int, params: Params) -> Sequence:
     used: list[int] = []
     for i in range(params.length + 1):
-        used.append(port_at(k_seq, counter, i, params, used))
-    knocks = [(knock_proto(k_seq, counter, i, params), used[i]) for i in range(params.length)]
+        used.append(port_at(k_seq, step_seconds, counter, i, params, used))
+    knocks = [(knock_proto(k_seq, step_seconds, counter, i, params), used[i])
+              for i in range(params.length)]
     return Sequence(counter, knocks, used[params.length])
+
+
+def udp_knock_bytes() -> bytes:
+    """Content of a UDP knock (section 5, SHOULD): L random bytes, L uniform in 8..=120."""
+    return os.urandom(8 + secrets.randbelow(120 - 8 + 1))
 
 
 # ---------------------------------------------------------------------------------------------
 # Section 6.1: plaintext
 # ---------------------------------------------------------------------------------------------
 
-PLAINTEXT_LEN = 72
-DATAGRAM_LEN = 136
-VERSION = 1
+PLAINTEXT_LEN = 120
+AUTH_LEN = 184  # E (32) || ct (120) || tag (16) || mac (16): the authenticated part
+MAX_PADDING = 56
+MIN_DATAGRAM_LEN = AUTH_LEN
+MAX_DATAGRAM_LEN = AUTH_LEN + MAX_PADDING  # 240
+VERSION = 2
 MAX_SERVICES = 8
+ACTION_LEN = 16
+ARGUMENT_LEN = 32
 IP_PROTO = {"tcp": 6, "udp": 17}
 IP_PROTO_NAME = {v: k for k, v in IP_PROTO.items()}
+ACTION_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_-")
+ARGUMENT_CHARS = frozenset(range(0x21, 0x7F))  # printable ASCII without space
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str  # 1..=16 characters of a-z 0-9 _ -
+    argument: str = ""  # 0..=32 characters of 0x21..=0x7E
 
 
 @dataclass(frozen=True)
@@ -364,6 +396,7 @@ class Request:
     services: tuple[tuple[str, int], ...] = ()  # ("tcp"|"udp", port); empty = all allowed
     address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     flags: int = 0
+    action: Action | None = None
 
 
 def parse_service(text: str) -> tuple[str, int]:
@@ -377,9 +410,21 @@ def format_service(svc: tuple[str, int]) -> str:
     return f"{svc[0]}/{svc[1]}"
 
 
+def _encode_text_field(text: str, size: int, min_len: int, charset: frozenset, what: str) -> bytes:
+    try:
+        raw = text.encode("ascii")
+    except UnicodeEncodeError as e:
+        raise EncodeError(f"{what} is not ASCII") from e
+    if not (min_len <= len(raw) <= size):
+        raise EncodeError(f"{what} must be {min_len}..={size} bytes")
+    if any(b not in charset for b in raw):
+        raise EncodeError(f"{what} {text!r} has a character outside its set")
+    return raw.ljust(size, b"\0")
+
+
 def encode_plaintext(req: Request) -> bytes:
     if req.flags != 0:
-        raise EncodeError("version 1 defines no flags")
+        raise EncodeError("version 2 defines no flags")
     if not (0 <= req.timestamp_ms < 2**64):
         raise EncodeError("timestamp_ms must fit in u64")
     if len(req.random) != 16:
@@ -400,19 +445,39 @@ def encode_plaintext(req: Request) -> bytes:
         family, addr = 6, req.address.packed
     else:
         raise EncodeError("address must be IPv4, IPv6 or None")
+    if req.action is None:
+        action, argument = bytes(ACTION_LEN), bytes(ARGUMENT_LEN)
+    else:
+        action = _encode_text_field(req.action.name, ACTION_LEN, 1, ACTION_CHARS, "action name")
+        argument = _encode_text_field(req.action.argument, ARGUMENT_LEN, 0, ARGUMENT_CHARS,
+                                      "action argument")
     out = (
         u8(VERSION) + u8(req.flags) + u64be(req.timestamp_ms) + req.random
-        + u8(len(req.services)) + services + u8(family) + addr + bytes(4)
+        + u8(len(req.services)) + services + u8(family) + addr + action + argument + bytes(4)
     )
     assert len(out) == PLAINTEXT_LEN
     return out
+
+
+def _decode_text_field(raw: bytes, charset: frozenset, what: str) -> str:
+    """`raw` is 0 or more characters of `charset`, then zero bytes up to the end. Returns the
+    characters (possibly empty)."""
+    end = raw.find(b"\0")
+    if end < 0:
+        end = len(raw)
+    text, rest = raw[:end], raw[end:]
+    if any(b not in charset for b in text):
+        raise DecodeError("malformed", f"{what}: character outside its set")
+    if rest != bytes(len(rest)):
+        raise DecodeError("malformed", f"{what}: non-zero byte after the first zero byte")
+    return text.decode("ascii")
 
 
 def decode_plaintext(p: bytes) -> Request:
     """Strict decoder. Version is checked first (bad_version); every other field error is
     `malformed`."""
     if len(p) != PLAINTEXT_LEN:
-        raise DecodeError("malformed", f"plaintext is {len(p)} bytes, not 72")
+        raise DecodeError("malformed", f"plaintext is {len(p)} bytes, not {PLAINTEXT_LEN}")
     if p[0] != VERSION:
         raise DecodeError("bad_version", f"version {p[0]}")
 
@@ -454,9 +519,17 @@ def decode_plaintext(p: bytes) -> Request:
         address = ipaddress.IPv6Address(addr)
     else:
         raise bad(f"family {family}")
-    if p[68:72] != bytes(4):
+    name = _decode_text_field(p[68:84], ACTION_CHARS, "action name")
+    argument = _decode_text_field(p[84:116], ARGUMENT_CHARS, "action argument")
+    if name:
+        action = Action(name, argument)
+    elif argument:
+        raise bad("argument without an action")
+    else:
+        action = None
+    if p[116:120] != bytes(4):
         raise bad("non-zero padding")
-    return Request(timestamp_ms, random, tuple(services), address, flags)
+    return Request(timestamp_ms, random, tuple(services), address, flags, action)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,38 +542,60 @@ def _aad(counter: int, E: bytes) -> bytes:
 
 
 def _k_aead(k_pay: bytes, edh: bytes, counter: int, E: bytes) -> bytes:
-    return hkdf(salt=k_pay, ikm=edh, info=b"sesame v1 aead" + _aad(counter, E), length=32)
+    # info = "sesame v2 aead" || u8(2) || u64be(counter) || E, which is the label then the AAD.
+    return hkdf(salt=k_pay, ikm=edh, info=b"sesame v2 aead" + _aad(counter, E), length=32)
 
 
 def _gate(k_mac: bytes, counter: int, E: bytes, ct_tag: bytes) -> bytes:
-    return hmac_sha256(k_mac, b"sesame v1 mac" + u64be(counter) + E + ct_tag)[:16]
+    return hmac_sha256(k_mac, b"sesame v2 mac" + u64be(counter) + E + ct_tag)[:16]
 
 
-def seal_plaintext(keys: ClientKeys, counter: int, e: bytes, plaintext: bytes) -> bytes:
-    """The 6.2 construction on an already encoded 72-byte plaintext (also used by tests to seal
-    deliberately malformed plaintexts)."""
+def ephemeral_public(e: bytes, e_high_bit: bool) -> bytes:
+    """E = pub(e) with bit 7 of byte 31 (the most significant bit of the little-endian
+    u-coordinate) set to `e_high_bit`."""
+    E = bytearray(pub(e))
+    E[31] = (E[31] & 0x7F) | (0x80 if e_high_bit else 0)
+    return bytes(E)
+
+
+def seal_plaintext(
+    keys: ClientKeys, counter: int, e: bytes, plaintext: bytes,
+    e_high_bit: bool | None = None, padding: bytes | None = None,
+) -> bytes:
+    """The 6.2 construction on an already encoded 120-byte plaintext (also used by tests to seal
+    deliberately malformed plaintexts). `e_high_bit` and `padding` are random when None."""
     if len(plaintext) != PLAINTEXT_LEN:
-        raise ValueError("plaintext must be 72 bytes")
+        raise ValueError(f"plaintext must be {PLAINTEXT_LEN} bytes")
     if not (0 <= counter < 2**64):
         raise ValueError("counter must fit in u64")
-    E = pub(e)
+    if e_high_bit is None:
+        e_high_bit = bool(secrets.randbits(1))
+    if padding is None:
+        padding = os.urandom(secrets.randbelow(MAX_PADDING + 1))
+    if len(padding) > MAX_PADDING:
+        raise ValueError(f"padding is at most {MAX_PADDING} bytes")
+    E = ephemeral_public(e, e_high_bit)
     edh = x25519(e, keys.S)
     k_aead = _k_aead(keys.k_pay, edh, counter, E)
     ct_tag = aead_seal(k_aead, bytes(12), _aad(counter, E), plaintext)
-    datagram = E + ct_tag + _gate(keys.k_mac, counter, E, ct_tag)
-    assert len(datagram) == DATAGRAM_LEN
-    return datagram
+    authenticated = E + ct_tag + _gate(keys.k_mac, counter, E, ct_tag)
+    assert len(authenticated) == AUTH_LEN
+    return authenticated + padding
 
 
-def build_payload(keys: ClientKeys, counter: int, step_seconds: int, req: Request, e: bytes) -> bytes:
-    """Build the datagram. `e` MUST be fresh random bytes for every datagram (os.urandom(32))."""
+def build_payload(
+    keys: ClientKeys, counter: int, step_seconds: int, req: Request, e: bytes,
+    e_high_bit: bool | None = None, padding: bytes | None = None,
+) -> bytes:
+    """Build the datagram. `e` MUST be fresh random bytes for every datagram (os.urandom(32));
+    `e_high_bit` and `padding` SHOULD be random (the default); vectors pass them explicitly."""
     if counter_from_ms(req.timestamp_ms, step_seconds) != counter:
         raise EncodeError("timestamp_ms does not lie in the step `counter`")
-    return seal_plaintext(keys, counter, e, encode_plaintext(req))
+    return seal_plaintext(keys, counter, e, encode_plaintext(req), e_high_bit, padding)
 
 
 # ---------------------------------------------------------------------------------------------
-# Section 6.3: opening (server), steps 1-7 (step 8, replay, is server state)
+# Section 6.3: opening (server), steps 1-7 (steps 8 and 9, replay and ahead, are server state)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -509,20 +604,22 @@ def open_payload(
     now_ms: int, step_seconds: int, skew_steps: int,
 ) -> Request:
     """Open one candidate (client, counter). Raises OpenError with the section 6.3 reason."""
-    # 1. length
-    if len(datagram) < DATAGRAM_LEN:
+    # 1. length; only the authenticated part is used from here on.
+    if len(datagram) < MIN_DATAGRAM_LEN:
         raise OpenError("truncated", f"{len(datagram)} bytes")
-    if len(datagram) > DATAGRAM_LEN:
+    if len(datagram) > MAX_DATAGRAM_LEN:
         raise OpenError("too_long", f"{len(datagram)} bytes")
+    auth = datagram[:AUTH_LEN]
     # 2. window
     counter_now = counter_from_ms(now_ms, step_seconds)
     if not in_window(counter, counter_now, skew_steps):
         raise OpenError("stale", f"counter {counter}, now {counter_now}, skew {skew_steps}")
-    E, ct_tag, mac = datagram[:32], datagram[32:120], datagram[120:136]
+    # E is used as sent (top bit included) in the MAC, the AAD and the HKDF info.
+    E, ct_tag, mac = auth[:32], auth[32:168], auth[168:184]
     # 3. gate (constant-time compare)
     if not _hmac.compare_digest(_gate(keys.k_mac, counter, E, ct_tag), mac):
         raise OpenError("bad_mac")
-    # 4. ephemeral
+    # 4. ephemeral (X25519 ignores the top bit of E)
     try:
         edh = x25519(server_private, E)
     except NonContributory:

@@ -20,8 +20,17 @@ fn request(now: UnixMillis) -> Request {
             Service::new(Proto::Udp, 51820),
         ],
         address: Some("198.18.0.7".parse().unwrap()),
+        action: None,
         flags: 0,
     }
+}
+
+fn noise() -> WireNoise {
+    WireNoise::default()
+}
+
+fn opener_for(s: &PrivateKey) -> Opener {
+    Opener::new(s.clone(), window())
 }
 
 fn window() -> TimeWindow {
@@ -37,8 +46,19 @@ fn round_trip() {
     let now = UnixMillis(1_764_000_000_123);
     let counter = now.counter(STEP);
     let req = request(now);
-    let dgram = build_payload(&ck, counter, &req, &PrivateKey::generate()).unwrap();
+    let dgram = build_payload(&ck, counter, &req, &PrivateKey::generate(), &noise()).unwrap();
     assert_eq!(dgram.len(), DATAGRAM_LEN);
+    // With noise: a random high bit of E and padding, which the opener ignores.
+    for (bit, pad) in [(true, 0usize), (false, 1), (true, MAX_PADDING)] {
+        let noisy = WireNoise {
+            high_bit: bit,
+            padding: vec![0xa5; pad],
+        };
+        let d = build_payload(&ck, counter, &req, &PrivateKey::generate(), &noisy).unwrap();
+        assert_eq!(d.len(), DATAGRAM_LEN + pad);
+        assert_eq!(d[31] & 0x80 != 0, bit);
+        assert_eq!(opener_for(&s).open(now, &sk, counter, &d).unwrap(), req);
+    }
     let opener = Opener::new(s, window());
     assert_eq!(opener.open(now, &sk, counter, &dgram).unwrap(), req);
     // The neighbouring steps are inside the window.
@@ -67,7 +87,14 @@ fn other_clients_and_servers_are_refused() {
     let (_, s, ck, _) = setup();
     let now = UnixMillis(1_764_000_000_000);
     let counter = now.counter(STEP);
-    let dgram = build_payload(&ck, counter, &request(now), &PrivateKey::generate()).unwrap();
+    let dgram = build_payload(
+        &ck,
+        counter,
+        &request(now),
+        &PrivateKey::generate(),
+        &noise(),
+    )
+    .unwrap();
     let other = PrivateKey::generate();
     let other_keys = ClientKeys::for_server(&s, &other.public_key(), None).unwrap();
     let opener = Opener::new(s, window());
@@ -94,7 +121,14 @@ fn psk_changes_everything() {
     let sk = ClientKeys::for_server(&s, &c.public_key(), Some(&psk)).unwrap();
     let now = UnixMillis(1_764_000_000_000);
     let counter = now.counter(STEP);
-    let dgram = build_payload(&ck, counter, &request(now), &PrivateKey::generate()).unwrap();
+    let dgram = build_payload(
+        &ck,
+        counter,
+        &request(now),
+        &PrivateKey::generate(),
+        &noise(),
+    )
+    .unwrap();
     let opener = Opener::new(s, window());
     assert_eq!(
         opener.open(now, &sk_nopsk, counter, &dgram),
@@ -110,13 +144,24 @@ fn lengths_are_checked_first() {
     let now = UnixMillis(1_764_000_000_000);
     let c = now.counter(STEP);
     assert_eq!(
-        opener.open(now, &sk, c, &[0; 135]),
-        Err(RejectReason::Truncated { len: 135 })
+        opener.open(now, &sk, c, &[0; DATAGRAM_LEN - 1]),
+        Err(RejectReason::Truncated {
+            len: DATAGRAM_LEN - 1
+        })
     );
     assert_eq!(
-        opener.open(now, &sk, c, &[0; 137]),
-        Err(RejectReason::TooLong { len: 137 })
+        opener.open(now, &sk, c, &[0; MAX_DATAGRAM_LEN + 1]),
+        Err(RejectReason::TooLong {
+            len: MAX_DATAGRAM_LEN + 1
+        })
     );
+    // Anything from the shortest to the longest length gets to the gate.
+    for len in [DATAGRAM_LEN, DATAGRAM_LEN + 1, MAX_DATAGRAM_LEN] {
+        assert_eq!(
+            opener.open(now, &sk, c, &vec![0; len]),
+            Err(RejectReason::BadMac)
+        );
+    }
     assert_eq!(
         opener.open(now, &sk, c, &[]),
         Err(RejectReason::Truncated { len: 0 })
@@ -130,7 +175,7 @@ fn timestamp_must_match_the_step() {
     let counter = now.counter(STEP);
     // Built for `counter` but stamped a step later.
     let req = request(now.plus_millis(30_000));
-    let dgram = build_payload(&ck, counter, &req, &PrivateKey::generate()).unwrap();
+    let dgram = build_payload(&ck, counter, &req, &PrivateKey::generate(), &noise()).unwrap();
     let opener = Opener::new(s, window());
     assert_eq!(
         opener.open(now, &sk, counter, &dgram),
@@ -144,8 +189,8 @@ fn codec_is_strict() {
     let pt = encode_plaintext(&req).unwrap();
     assert_eq!(decode_plaintext(&pt).unwrap(), req);
     let mut bad = pt;
-    bad[OFF_VERSION] = 2;
-    assert_eq!(decode_plaintext(&bad), Err(RejectReason::BadVersion(2)));
+    bad[OFF_VERSION] = 1;
+    assert_eq!(decode_plaintext(&bad), Err(RejectReason::BadVersion(1)));
     let mut bad = pt;
     bad[OFF_FLAGS] = 1;
     assert_eq!(
@@ -195,6 +240,45 @@ fn codec_is_strict() {
         decode_plaintext(&bad),
         Err(RejectReason::Malformed("padding"))
     );
+    // Actions: name and argument in their charsets, NUL-padded, no argument without a name.
+    let with_action = Request {
+        action: Some(Action::new("wake", "aa:bb:cc:dd:ee:ff").unwrap()),
+        ..req.clone()
+    };
+    let apt = encode_plaintext(&with_action).unwrap();
+    assert_eq!(decode_plaintext(&apt).unwrap(), with_action);
+    for (at, value, field) in [
+        (OFF_ACTION, b'A', "action"),
+        (OFF_ACTION + 5, b'x', "action"),
+        (OFF_ARGUMENT, b' ', "argument"),
+        (OFF_ARGUMENT + 20, b'x', "argument"),
+    ] {
+        let mut bad = apt;
+        bad[at] = value;
+        assert_eq!(
+            decode_plaintext(&bad),
+            Err(RejectReason::Malformed(field)),
+            "{at}"
+        );
+    }
+    let mut bad = pt;
+    bad[OFF_ARGUMENT] = b'x';
+    assert_eq!(
+        decode_plaintext(&bad),
+        Err(RejectReason::Malformed("argument"))
+    );
+    assert_eq!(Action::new("", ""), Err(BuildError::ActionName));
+    assert_eq!(Action::new("Wake", ""), Err(BuildError::ActionName));
+    assert_eq!(
+        Action::new("a".repeat(17).as_str(), ""),
+        Err(BuildError::ActionName)
+    );
+    assert_eq!(Action::new("wake", "a b"), Err(BuildError::ActionArgument));
+    assert_eq!(
+        Action::new("wake", &"a".repeat(33)),
+        Err(BuildError::ActionArgument)
+    );
+    assert!(Action::new(&"a".repeat(16), &"~".repeat(32)).is_ok());
     let too_many = Request {
         services: vec![Service::new(Proto::Tcp, 1); 9],
         ..req.clone()
@@ -206,13 +290,14 @@ fn codec_is_strict() {
 }
 
 #[test]
-fn every_datagram_has_the_same_size() {
+fn every_datagram_without_padding_has_the_same_size() {
     let (_, _, ck, _) = setup();
     let minimal = Request {
         timestamp: UnixMillis(0),
         random: [0; 16],
         services: vec![],
         address: None,
+        action: None,
         flags: 0,
     };
     let maximal = Request {
@@ -220,12 +305,13 @@ fn every_datagram_has_the_same_size() {
         random: [0xff; 16],
         services: vec![Service::new(Proto::Udp, 65535); MAX_SERVICES],
         address: Some("2001:db8::ffff:1".parse().unwrap()),
+        action: Some(Action::new(&"z".repeat(16), &"~".repeat(32)).unwrap()),
         flags: 0,
     };
     let e = PrivateKey::generate();
     assert_eq!(
-        build_payload(&ck, 0, &minimal, &e).unwrap().len(),
-        build_payload(&ck, 0, &maximal, &e).unwrap().len()
+        build_payload(&ck, 0, &minimal, &e, &noise()).unwrap().len(),
+        build_payload(&ck, 0, &maximal, &e, &noise()).unwrap().len()
     );
 }
 
@@ -266,8 +352,8 @@ proptest! {
         let sk = ClientKeys::for_server(&s, &c.public_key(), psk.as_ref()).unwrap();
         let now = UnixMillis(now_ms);
         let counter = now.counter(step);
-        let req = Request { timestamp: now, random, services, address, flags: 0 };
-        let dgram = build_payload(&ck, counter, &req, &PrivateKey::from_bytes(eph)).unwrap();
+        let req = Request { timestamp: now, random, services, address, action: None, flags: 0 };
+        let dgram = build_payload(&ck, counter, &req, &PrivateKey::from_bytes(eph), &noise()).unwrap();
         let opener = Opener::new(s, TimeWindow { step_seconds: step, skew_steps: skew });
         prop_assert_eq!(opener.open(now, &sk, counter, &dgram).unwrap(), req);
     }
@@ -278,7 +364,7 @@ proptest! {
         let (_, s, ck, sk) = setup();
         let now = UnixMillis(1_764_000_000_000);
         let counter = now.counter(STEP);
-        let mut dgram = build_payload(&ck, counter, &request(now), &PrivateKey::from_bytes([3; 32])).unwrap();
+        let mut dgram = build_payload(&ck, counter, &request(now), &PrivateKey::from_bytes([3; 32]), &noise()).unwrap();
         dgram[bit / 8] ^= 1 << (bit % 8);
         let opener = Opener::new(s, window());
         prop_assert_eq!(opener.open(now, &sk, counter, &dgram), Err(RejectReason::BadMac));
@@ -292,7 +378,7 @@ proptest! {
         let current = now.counter(STEP);
         let counter = if later { current + delta } else { current - delta };
         let ts = UnixMillis(counter * u64::from(STEP) * 1000);
-        let dgram = build_payload(&ck, counter, &request(ts), &PrivateKey::generate()).unwrap();
+        let dgram = build_payload(&ck, counter, &request(ts), &PrivateKey::generate(), &noise()).unwrap();
         let opener = Opener::new(s, window());
         let rejected = matches!(
             opener.open(now, &sk, counter, &dgram),
@@ -303,7 +389,7 @@ proptest! {
 
     /// Decoding arbitrary bytes never panics, and whatever decodes re-encodes identically.
     #[test]
-    fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
+    fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..140)) {
         if let Ok(req) = decode_plaintext(&bytes) {
             prop_assert_eq!(&encode_plaintext(&req).unwrap()[..], &bytes[..]);
         }
@@ -311,7 +397,7 @@ proptest! {
 
     /// Opening arbitrary bytes never panics.
     #[test]
-    fn open_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+    fn open_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..260)) {
         let (_, s, _, sk) = setup();
         let opener = Opener::new(s, window());
         let now = UnixMillis(1_764_000_000_000);

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::params::KnockProtocol;
-use crate::payload::build_payload;
+use crate::payload::{WireNoise, build_payload};
 use crate::sequence::Sequence;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -22,12 +22,9 @@ fn params(length: u64, protocol: KnockProtocol) -> KnockParams {
 
 fn config(length: u64, protocol: KnockProtocol, payload: PayloadMode) -> TrackerConfig {
     TrackerConfig {
-        params: params(length, protocol),
-        skew_steps: 1,
-        timeout_ms: 5000,
-        payload,
         max_sources: 1024,
         max_candidates: 8,
+        ..TrackerConfig::new(params(length, protocol), 1, 5000, payload)
     }
 }
 
@@ -93,9 +90,9 @@ impl World {
             counter,
             &request,
             &PrivateKey::generate(),
+            &WireNoise::from_random(&[i as u8 ^ (at.0 as u8); 64]),
         )
         .unwrap()
-        .to_vec()
     }
 
     fn request(at: UnixMillis) -> Request {
@@ -104,6 +101,7 @@ impl World {
             random: [1; 16],
             services: vec![tcp22()],
             address: None,
+            action: None,
             flags: 0,
         }
     }
@@ -193,7 +191,12 @@ fn required_mode_opens_after_sequence_and_payload() {
     assert_eq!(grants[0].client, ClientId(1));
     assert_eq!(grants[0].address, src);
     assert_eq!(grants[0].services, vec![tcp22()]);
-    assert_eq!(w.tracker.replay_states()[1].last_timestamp, Some(T0));
+    assert!(!grants[0].bound);
+    let replay = &w.tracker.replay_states()[1];
+    assert_eq!(replay.accepted.len(), 1);
+    assert_eq!(replay.accepted[0].timestamp, T0);
+    assert_eq!(grants[0].replay, *replay);
+    assert_eq!(Some(replay.accepted[0].mac), carried_mac(&d));
     assert_eq!(w.tracker.stats().x25519, 1);
 }
 
@@ -319,10 +322,15 @@ fn replayed_payload_is_refused() {
         assert!(w.grants().is_empty());
         assert!(w.rejections().contains(&Reason::Replay));
     }
-    // A fresh payload (newer timestamp) from the client works.
+    assert_eq!(w.tracker.stats().x25519, 1, "replays refused before X25519");
+    // A fresh payload from the client works, even one with an older timestamp (another
+    // device, or this one after its clock was corrected).
     let t = T0.plus_millis(2000);
     w.knock(0, t, src, &[0, 1, 2], Some(World::request(t)));
     assert_eq!(w.grants().len(), 1);
+    let older = T0.plus_millis(1);
+    w.knock(0, t, src, &[0, 1, 2], Some(World::request(older)));
+    assert_eq!(w.grants().len(), 1, "{:?}", w.rejections());
 }
 
 #[test]
@@ -355,27 +363,172 @@ fn replay_state_survives_a_restart() {
     w.send(t, v4(2), Proto::Udp, seq.payload_port, Some(&d));
     assert!(w.grants().is_empty());
     assert_eq!(w.rejections(), vec![Reason::Replay]);
+    assert_eq!(
+        w.tracker.stats().x25519,
+        0,
+        "the restarted tracker knows the MAC: no X25519 for the replay"
+    );
+}
+
+impl World {
+    /// Sequence-only modes: the grant comes at once (`none`) or when the payload's time is up
+    /// (`optional`).
+    fn sequence_grants(&mut self, mode: PayloadMode, now: UnixMillis) -> Vec<Grant> {
+        if mode == PayloadMode::Optional {
+            assert!(
+                self.grants().is_empty(),
+                "optional mode waits for the payload"
+            );
+            let deadline = self.tracker.poll_timeout().expect("a deadline");
+            self.tracker
+                .handle_timeout(deadline.max(now), &mut self.events);
+        }
+        self.grants()
+    }
 }
 
 #[test]
-fn sequence_only_modes_need_a_newer_counter() {
+fn unbound_payloads_from_before_a_restart_are_refused() {
+    // A payload refused before a crash (here: by the X25519 cap) is remembered in memory only.
+    // After the restart an unbound one stamped before it is refused; a bound one, and a fresh
+    // unbound one, are accepted.
+    let mut cfg = config(0, KnockProtocol::Udp, PayloadMode::Required);
+    cfg.x25519_per_second = 1;
+    let mut w = world_with(cfg.clone(), 1, default_policy);
+    let seq = w.sequence(0, T0.counter(STEP));
+    let first = w.payload(0, T0, World::request(T0));
+    let refused = w.payload(0, T0.plus_millis(1), World::request(T0.plus_millis(1)));
+    w.send(T0, v4(2), Proto::Udp, seq.payload_port, Some(&first));
+    w.send(T0, v4(2), Proto::Udp, seq.payload_port, Some(&refused));
+    assert_eq!(w.grants().len(), 1);
+    assert_eq!(w.rejections(), vec![Reason::RateLimited]);
+    let saved = w.tracker.replay_states().to_vec();
+    let restart = T0.plus_millis(2000);
+    // What the server does at start: its start time plus max_ahead_ms (here 30 s).
+    let entries = vec![ClientEntry {
+        name: "c".into(),
+        keys: ClientKeys::for_server(&w.server, &w.clients[0].public_key(), None).unwrap(),
+        policy: default_policy(0),
+    }];
+    w.tracker = Tracker::new(cfg, w.server.clone(), entries, saved, restart).unwrap();
+    w.tracker.refuse_unbound_before(restart.plus_millis(30_000));
+    w.send(
+        restart,
+        v4(66),
+        Proto::Udp,
+        seq.payload_port,
+        Some(&refused),
+    );
+    assert!(w.grants().is_empty());
+    assert_eq!(w.rejections(), vec![Reason::Replay]);
+    let t = restart.plus_millis(1500);
+    let bound = Request {
+        address: Some(v4(2)),
+        ..World::request(T0.plus_millis(5))
+    };
+    let d = w.payload(0, T0.plus_millis(5), bound);
+    w.send(t, v4(2), Proto::Udp, seq.payload_port, Some(&d));
+    assert_eq!(w.grants().len(), 1, "{:?}", w.rejections());
+    // A fresh unbound one: refused until max_ahead_ms after the start, then accepted.
+    let d = w.payload(0, t, World::request(t));
+    w.send(
+        t.plus_millis(1000),
+        v4(2),
+        Proto::Udp,
+        seq.payload_port,
+        Some(&d),
+    );
+    assert_eq!(w.rejections(), vec![Reason::Replay]);
+    let later = restart.plus_millis(31_000);
+    w.tracker.advance(later).unwrap();
+    let seq = w.sequence(0, later.counter(STEP));
+    let d = w.payload(0, later, World::request(later));
+    w.send(later, v4(2), Proto::Udp, seq.payload_port, Some(&d));
+    assert_eq!(w.grants().len(), 1, "{:?}", w.rejections());
+}
+
+#[test]
+fn sequence_only_modes_grant_once_per_step() {
     for mode in [PayloadMode::None, PayloadMode::Optional] {
         let mut w = world(mode, 1);
         w.knock(0, T0, v4(2), &[0, 1, 2], None);
-        let g = w.grants();
+        let g = w.sequence_grants(mode, T0);
         assert_eq!(g.len(), 1, "{mode}");
         assert_eq!(g[0].services, default_policy(0).allow);
         assert_eq!(g[0].address, v4(2));
+        assert!(!g[0].bound);
         // The same step again (a replay of the knocks) is refused.
-        w.knock(0, T0.plus_millis(100), v4(3), &[0, 1, 2], None);
+        let t = T0.plus_millis(5100);
+        w.knock(0, t, v4(3), &[0, 1, 2], None);
+        if mode == PayloadMode::Optional {
+            w.tracker.handle_timeout(t.plus_millis(5000), &mut w.events);
+        }
         assert!(w.grants().is_empty());
-        assert_eq!(w.rejections(), vec![Reason::Replay]);
-        // The next step works.
+        assert_eq!(w.rejections(), vec![Reason::Replay], "{mode}");
+        // The next step works, and so does the previous one (inside the window, unused).
         let t = T0.plus_millis(u64::from(STEP) * 1000);
         w.tracker.advance(t).unwrap();
         w.knock(0, t, v4(2), &[0, 1, 2], None);
-        assert_eq!(w.grants().len(), 1);
+        assert_eq!(w.sequence_grants(mode, t).len(), 1, "{mode}");
     }
+}
+
+#[test]
+fn a_step_of_another_length_is_another_sequence() {
+    // Replay state is kept in time, and the step length is part of the derivation: after
+    // `step_seconds` changes (10 s to 20 s), the client's next knock opens (it is not taken for
+    // a replay of a higher counter of the old step), and old knocks are never valid again.
+    let config_with = |step: u32| TrackerConfig {
+        max_sources: 64,
+        max_candidates: 8,
+        ..TrackerConfig::new(
+            KnockParams::new(step, 3, (10000, 19999), &[], KnockProtocol::Udp).unwrap(),
+            1,
+            5000,
+            PayloadMode::None,
+        )
+    };
+    let mut w = world_with(config_with(10), 1, default_policy);
+    let now = T0.plus_millis(3000);
+    let old = derive_sequence(&w.client_keys(0), &config_with(10).params, now.counter(10)).unwrap();
+    for k in &old.knocks {
+        w.send(now, v4(2), k.proto, k.port, None);
+    }
+    assert_eq!(w.grants().len(), 1);
+    let saved = w.tracker.replay_states().to_vec();
+    let entries = vec![ClientEntry {
+        name: "c".into(),
+        keys: ClientKeys::for_server(&w.server, &w.clients[0].public_key(), None).unwrap(),
+        policy: default_policy(0),
+    }];
+    let later = now.plus_millis(1000);
+    w.tracker = Tracker::new(config_with(20), w.server.clone(), entries, saved, later).unwrap();
+    // The step-10 knock again: no sequence of the step-20 tables holds those ports as a whole.
+    for k in &old.knocks {
+        w.send(later, v4(66), k.proto, k.port, None);
+    }
+    assert!(w.grants().is_empty());
+    // The client with the new step length gets in at once.
+    let new = derive_sequence(
+        &w.client_keys(0),
+        &config_with(20).params,
+        later.counter(20),
+    )
+    .unwrap();
+    assert_ne!(new.knocks, old.knocks);
+    for k in &new.knocks {
+        w.send(later, v4(2), k.proto, k.port, None);
+    }
+    assert_eq!(w.grants().len(), 1, "{:?}", w.rejections());
+    // The step-10 sequence whose counter equals the current step-20 counter is not valid
+    // either: the step length is in the derivation.
+    let same_counter = derive_sequence(
+        &w.client_keys(0),
+        &config_with(10).params,
+        later.counter(20),
+    )
+    .unwrap();
+    assert_ne!(same_counter.knocks, new.knocks);
 }
 
 #[test]
@@ -396,11 +549,16 @@ fn optional_mode_payload_can_name_another_address_and_a_subset() {
         ..World::request(T0)
     };
     w.knock(0, T0, v4(2), &[0, 1, 2], Some(req));
+    // One grant: the payload's. The sequence alone grants nothing once a payload came.
     let g = w.grants();
-    assert_eq!(g.len(), 2, "{g:?}");
-    assert_eq!((g[0].address, g[0].services.len()), (v4(2), 2));
-    assert_eq!(g[1].address, other);
-    assert_eq!(g[1].services, vec![Service::new(Proto::Tcp, 443)]);
+    assert_eq!(g.len(), 1, "{g:?}");
+    assert_eq!(g[0].address, other);
+    assert!(g[0].bound);
+    assert_eq!(g[0].services, vec![Service::new(Proto::Tcp, 443)]);
+    w.tracker
+        .handle_timeout(T0.plus_millis(60_000), &mut w.events);
+    assert!(w.grants().is_empty());
+    assert!(w.tracker.poll_timeout().is_none());
 }
 
 #[test]
@@ -413,6 +571,7 @@ fn policy_is_enforced() {
             vec![]
         },
         allow_other_ip: false,
+        require_address: false,
         expires: (i == 2).then_some(T0),
     };
     let mut w = world_with(
@@ -526,6 +685,312 @@ fn a_scan_does_not_burn_the_sequence_for_the_client() {
     }
     w.knock(0, T0, v4(2), &[0, 1, 2], Some(World::request(T0)));
     assert_eq!(w.grants().len(), 1);
+}
+
+#[test]
+fn a_stray_packet_after_the_sequence_does_not_discard_the_payload_slot() {
+    // The attack: an observer spoofs one in-range packet in the client's name between its
+    // last knock and its payload. The slot must survive it (and a datagram that fails the
+    // gate), so the client's own payload opens and a replay of the capture opens nothing.
+    let mut w = world(PayloadMode::Required, 2);
+    let src = v4(2);
+    let seq = w.sequence(0, T0.counter(STEP));
+    let stray = (10000..20000)
+        .find(|p| *p != 10022 && !seq.knocks.iter().any(|k| k.port == *p) && *p != seq.payload_port)
+        .unwrap();
+    w.knock(0, T0, src, &[0, 1, 2], None);
+    w.send(T0, src, Proto::Udp, stray, None);
+    w.send(T0, src, Proto::Tcp, stray + 1, None);
+    // Garbage at the payload port: refused, the slot stays.
+    let garbage = [9u8; DATAGRAM_LEN + 3];
+    w.send(T0, src, Proto::Udp, seq.payload_port, Some(&garbage));
+    assert_eq!(w.rejections(), vec![Reason::Payload(RejectReason::BadMac)]);
+    let d = w.payload(0, T0, World::request(T0));
+    w.send(
+        T0.plus_millis(400),
+        src,
+        Proto::Udp,
+        seq.payload_port,
+        Some(&d),
+    );
+    let g = w.grants();
+    assert_eq!(g.len(), 1, "{:?}", w.rejections());
+    assert_eq!(g[0].source, src);
+    // The observer replays the whole capture from its own address.
+    let attacker = v4(66);
+    w.knock(0, T0.plus_millis(900), attacker, &[0, 1, 2], None);
+    w.send(
+        T0.plus_millis(900),
+        attacker,
+        Proto::Udp,
+        seq.payload_port,
+        Some(&d),
+    );
+    assert!(w.grants().is_empty());
+    assert_eq!(w.rejections(), vec![Reason::Replay]);
+    assert_eq!(w.tracker.stats().x25519, 1);
+}
+
+#[test]
+fn a_payload_whose_sequence_broke_is_burnt() {
+    // The same observer spoofs in the middle of the sequence instead: the client's knock
+    // fails, but its payload (which names no address) passed the gate and is remembered, so
+    // the observer's replay of the capture from elsewhere is refused before any X25519.
+    let mut w = world(PayloadMode::Required, 1);
+    let src = v4(2);
+    let seq = w.sequence(0, T0.counter(STEP));
+    let stray = (10000..20000)
+        .find(|p| *p != 10022 && !seq.knocks.iter().any(|k| k.port == *p) && *p != seq.payload_port)
+        .unwrap();
+    let d = w.payload(0, T0, World::request(T0));
+    w.knock(0, T0, src, &[0, 1], None);
+    w.send(T0, src, Proto::Udp, stray, None);
+    w.knock(0, T0, src, &[2], None);
+    w.send(T0, src, Proto::Udp, seq.payload_port, Some(&d));
+    assert!(w.grants().is_empty());
+    let attacker = v4(66);
+    w.knock(0, T0.plus_millis(100), attacker, &[0, 1, 2], None);
+    w.send(
+        T0.plus_millis(100),
+        attacker,
+        Proto::Udp,
+        seq.payload_port,
+        Some(&d),
+    );
+    assert!(w.grants().is_empty());
+    assert_eq!(w.rejections(), vec![Reason::Replay]);
+    assert_eq!(w.tracker.stats().x25519, 0);
+    // The client knocks again with a fresh payload and gets in.
+    let t = T0.plus_millis(200);
+    w.knock(0, t, src, &[0, 1, 2], Some(World::request(t)));
+    assert_eq!(w.grants().len(), 1);
+}
+
+#[test]
+fn optional_mode_waits_for_the_payload_then_falls_back() {
+    let mut w = world(PayloadMode::Optional, 1);
+    let src = v4(2);
+    w.knock(0, T0, src, &[0, 1, 2], None);
+    assert!(w.grants().is_empty());
+    w.events.clear();
+    assert_eq!(w.tracker.poll_timeout(), Some(T0.plus_millis(5000)));
+    w.tracker
+        .handle_timeout(T0.plus_millis(4999), &mut w.events);
+    assert!(w.grants().is_empty());
+    w.tracker
+        .handle_timeout(T0.plus_millis(5000), &mut w.events);
+    let g = w.grants();
+    assert_eq!(g.len(), 1);
+    assert_eq!(g[0].services, default_policy(0).allow);
+    assert_eq!(
+        w.events,
+        vec![Event::PayloadMissing {
+            source: src,
+            client: ClientId(0)
+        }]
+    );
+    assert!(w.tracker.poll_timeout().is_none());
+    assert_eq!(w.tracker.tracked_sources(), 0);
+}
+
+#[test]
+fn required_mode_reports_a_missing_payload() {
+    let mut w = world(PayloadMode::Required, 1);
+    w.knock(0, T0, v4(2), &[0, 1, 2], None);
+    w.events.clear();
+    w.tracker
+        .handle_timeout(T0.plus_millis(5000), &mut w.events);
+    assert!(w.grants().is_empty());
+    assert_eq!(w.tracker.stats().payloads_missing, 1);
+    assert!(matches!(w.events[..], [Event::PayloadMissing { .. }]));
+}
+
+#[test]
+fn a_captured_payload_replayed_from_many_sources_costs_one_x25519() {
+    let mut w = world_with(
+        config(0, KnockProtocol::Udp, PayloadMode::Required),
+        3,
+        default_policy,
+    );
+    let seq = w.sequence(1, T0.counter(STEP));
+    let d = w.payload(1, T0, World::request(T0));
+    w.send(T0, v4(2), Proto::Udp, seq.payload_port, Some(&d));
+    assert_eq!(w.grants().len(), 1);
+    for i in 0..5000u32 {
+        let src = IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i));
+        let mut replayed = d.clone();
+        replayed.push(i as u8); // different padding: still the same datagram
+        w.send(T0, src, Proto::Udp, seq.payload_port, Some(&replayed));
+    }
+    let stats = w.tracker.stats();
+    assert_eq!(stats.x25519, 1);
+    assert_eq!(stats.replays_cached, 5000);
+    assert_eq!(w.rejections().len(), 5000);
+    // Legitimate knocks still open.
+    for n in 1..=5u64 {
+        let at = T0.plus_millis(n * 10);
+        let d = w.payload(1, at, World::request(at));
+        w.send(at, v4(2), Proto::Udp, seq.payload_port, Some(&d));
+        assert_eq!(w.grants().len(), 1);
+    }
+    // A remembered MAC is forgotten once its step has left the window.
+    assert!(w.tracker.seen_macs() >= 6);
+    w.tracker
+        .advance(T0.plus_millis(3 * u64::from(STEP) * 1000))
+        .unwrap();
+    assert_eq!(w.tracker.seen_macs(), 0);
+}
+
+#[test]
+fn x25519_is_capped_per_client() {
+    let mut cfg = config(0, KnockProtocol::Udp, PayloadMode::Required);
+    cfg.x25519_per_second = 3;
+    let mut w = world_with(cfg, 2, default_policy);
+    let seq = w.sequence(0, T0.counter(STEP));
+    for n in 0..5u64 {
+        let at = T0.plus_millis(n);
+        let d = w.payload(0, at, World::request(at));
+        w.send(at, v4(2), Proto::Udp, seq.payload_port, Some(&d));
+    }
+    assert_eq!(w.grants().len(), 3);
+    assert_eq!(w.rejections(), vec![Reason::RateLimited; 2]);
+    assert_eq!(w.tracker.stats().x25519, 3);
+    // Another client is not affected; a third of a second later one more credit is earned.
+    let seq1 = w.sequence(1, T0.counter(STEP));
+    let d = w.payload(1, T0, World::request(T0));
+    w.send(T0, v4(3), Proto::Udp, seq1.payload_port, Some(&d));
+    assert_eq!(w.grants().len(), 1);
+    let at = T0.plus_millis(340);
+    let d = w.payload(0, at, World::request(at));
+    w.send(at, v4(2), Proto::Udp, seq.payload_port, Some(&d));
+    assert_eq!(w.grants().len(), 1);
+}
+
+#[test]
+fn timestamps_ahead_do_not_lock_the_client_out() {
+    // Two devices share a key; one clock runs 25 s ahead. Both get in, in either order, and
+    // neither payload can be used twice.
+    let mut w = world(PayloadMode::Required, 1);
+    let now = T0.plus_millis(2000);
+    let ahead = now.plus_millis(25_000);
+    let d_ahead = w.payload(0, ahead, World::request(ahead));
+    let d_now = w.payload(0, now, World::request(now));
+    let knocks = |w: &mut World, at: UnixMillis, src: IpAddr, d: &[u8]| {
+        let seq = w.sequence(0, at.counter(STEP));
+        for k in &seq.knocks {
+            w.send(now, src, k.proto, k.port, None);
+        }
+        w.send(now, src, Proto::Udp, seq.payload_port, Some(d));
+    };
+    knocks(&mut w, ahead, v4(2), &d_ahead);
+    knocks(&mut w, now, v4(3), &d_now);
+    assert_eq!(w.grants().len(), 2, "{:?}", w.rejections());
+    knocks(&mut w, now, v4(3), &d_now);
+    assert_eq!(w.rejections(), vec![Reason::Replay]);
+}
+
+#[test]
+fn timestamps_too_far_ahead_are_refused() {
+    let mut w = world(PayloadMode::Required, 1);
+    // T0 starts a step: the next step is inside the window, but its end is 59 s ahead, more
+    // than max_ahead_ms (one step, 30 s).
+    let far = T0.plus_millis(59_000);
+    let seq = w.sequence(0, far.counter(STEP));
+    for k in &seq.knocks {
+        w.send(T0, v4(2), k.proto, k.port, None);
+    }
+    let d = w.payload(0, far, World::request(far));
+    w.send(T0, v4(2), Proto::Udp, seq.payload_port, Some(&d));
+    assert_eq!(w.rejections(), vec![Reason::TooFarAhead]);
+    // 30 s ahead is allowed.
+    let edge = T0.plus_millis(30_000);
+    let d = w.payload(0, edge, World::request(edge));
+    for k in &seq.knocks {
+        w.send(T0, v4(3), k.proto, k.port, None);
+    }
+    w.send(T0, v4(3), Proto::Udp, seq.payload_port, Some(&d));
+    assert_eq!(w.grants().len(), 1, "{:?}", w.rejections());
+}
+
+#[test]
+fn require_address_refuses_unbound_knocks() {
+    for mode in [PayloadMode::Required, PayloadMode::Optional] {
+        let mut w = world_with(config(3, KnockProtocol::Udp, mode), 1, |_| Policy {
+            allow: vec![tcp22()],
+            require_address: true,
+            ..Policy::default()
+        });
+        w.knock(0, T0, v4(2), &[0, 1, 2], Some(World::request(T0)));
+        assert!(w.grants().is_empty());
+        assert_eq!(w.rejections(), vec![Reason::AddressRequired]);
+        let t = T0.plus_millis(10);
+        let bound = Request {
+            address: Some(v4(2)),
+            ..World::request(t)
+        };
+        w.knock(0, t, v4(2), &[0, 1, 2], Some(bound));
+        let g = w.grants();
+        assert_eq!(g.len(), 1);
+        assert!(g[0].bound);
+        if mode == PayloadMode::Optional {
+            // The sequence alone names no address either.
+            w.knock(0, T0.plus_millis(6000), v4(2), &[0, 1, 2], None);
+            w.tracker
+                .handle_timeout(T0.plus_millis(20_000), &mut w.events);
+            assert!(w.grants().is_empty());
+            assert!(w.rejections().contains(&Reason::AddressRequired));
+        }
+    }
+}
+
+#[test]
+fn actions_are_refused_until_configured() {
+    let mut w = world(PayloadMode::Required, 1);
+    let req = Request {
+        action: Some(crate::payload::Action::new("wake", "").unwrap()),
+        ..World::request(T0)
+    };
+    w.knock(0, T0, v4(2), &[0, 1, 2], Some(req));
+    assert!(w.grants().is_empty());
+    assert_eq!(w.rejections(), vec![Reason::ActionNotAllowed]);
+}
+
+#[test]
+fn replay_state_prunes_what_left_the_window_and_raises_its_floor() {
+    let mut r = ReplayState::default();
+    let mac = |b: u8| [b; MAC_LEN];
+    for (i, t) in [1000u64, 5000, 3000].into_iter().enumerate() {
+        r.record_payload(AcceptedPayload {
+            timestamp: UnixMillis(t),
+            mac: mac(i as u8),
+        });
+    }
+    r.record_step(UsedStep {
+        step_seconds: 1,
+        counter: 2,
+    });
+    assert!(r.payload_replayed(UnixMillis(9999), &mac(1)));
+    assert!(!r.payload_replayed(UnixMillis(2), &mac(9)));
+    r.prune(UnixMillis(3001));
+    assert_eq!(r.floor, Some(UnixMillis(3000)));
+    assert_eq!(r.accepted.len(), 1);
+    assert!(r.steps.is_empty());
+    assert!(r.payload_replayed(UnixMillis(3000), &mac(9)));
+    assert!(!r.payload_replayed(UnixMillis(3001), &mac(9)));
+    assert!(r.step_used(UsedStep {
+        step_seconds: 1,
+        counter: 2
+    }));
+    // The caps drop the oldest and raise the floor to it.
+    let mut r = ReplayState::default();
+    for t in 0..=MAX_ACCEPTED as u64 {
+        r.record_payload(AcceptedPayload {
+            timestamp: UnixMillis(100 + t),
+            mac: mac(t as u8),
+        });
+    }
+    assert_eq!(r.accepted.len(), MAX_ACCEPTED);
+    assert_eq!(r.floor, Some(UnixMillis(100)));
 }
 
 #[test]
@@ -751,7 +1216,7 @@ fn a_step_table_that_left_the_window_never_completes_a_sequence() {
         );
         // The client's current sequence still opens.
         w.knock(0, t, v4(2), &[0, 1, 2], None);
-        let grants = w.grants();
+        let grants = w.sequence_grants(mode, t);
         assert_eq!(grants.len(), 1, "{mode}");
         assert_eq!(grants[0].counter, counter + 1);
     }
