@@ -136,44 +136,47 @@ pub fn stun_discover(stun: &str, target: IpAddr) -> anyhow::Result<IpAddr> {
 }
 
 /// Chooses the address to bind a knock to `target`: `--allow-ip`, else (with `stun` in the
-/// profile) what the STUN server reports, else this host's source address toward `target`
-/// if it is public. `warn` receives one line when STUN fails.
+/// profile) what the STUN server reports, or an error if it reports nothing usable, else this
+/// host's source address toward `target` if it is public.
+///
+/// A STUN answer is not authenticated: someone on the path can forge it. A forged address
+/// only makes the server refuse the knock (it names another address than its source); the
+/// client sends nothing that stays valid later for it (see `wait::probe_shifts`).
 pub fn choose_binding(
     allow_ip: Option<IpAddr>,
     bind_address: bool,
     stun: Option<&str>,
     target: IpAddr,
-    warn: &mut dyn FnMut(&str),
-) -> Binding {
+) -> anyhow::Result<Binding> {
     if let Some(a) = allow_ip {
-        return Binding {
+        return Ok(Binding {
             address: Some(a),
             how: "--allow-ip".into(),
-        };
+        });
     }
     if !bind_address {
-        return Binding {
+        return Ok(Binding {
             address: None,
             how: "not bound (bind_address = false or --no-bind)".into(),
-        };
+        });
     }
     if let Some(stun) = stun {
-        match stun_discover(stun, target) {
-            Ok(a) if a.is_ipv4() == target.is_ipv4() => {
-                return Binding {
-                    address: Some(a),
-                    how: format!("the public address STUN ({stun}) reported"),
-                };
-            }
-            Ok(a) => warn(&format!(
-                "STUN ({stun}) reported {a}, of another family than the server {target}"
+        // The profile asks for STUN: without its answer, do not quietly knock unbound (a
+        // knock anyone can use); the user decides with --no-bind or --allow-ip.
+        return match stun_discover(stun, target) {
+            Ok(a) if a.is_ipv4() == target.is_ipv4() => Ok(Binding {
+                address: Some(a),
+                how: format!("the public address STUN ({stun}) reported"),
+            }),
+            Ok(a) => Err(anyhow::anyhow!(
+                "STUN ({stun}) reported {a}, not an address of the server's family ({target}); knock with --allow-ip ADDR, or --no-bind to send no address (anyone who captures the knock can then use it)"
             )),
-            Err(e) => warn(&format!(
-                "{e:#}; the knock is not bound to an address unless this host's own address is public"
+            Err(e) => Err(anyhow::anyhow!(
+                "{e:#}; knock with --allow-ip ADDR, or --no-bind to send no address (anyone who captures the knock can then use it)"
             )),
-        }
+        };
     }
-    match local_source(target) {
+    Ok(match local_source(target) {
         Ok(a) if sesame_proto::is_bindable(a) => Binding {
             address: Some(a),
             how: "this host's public address".into(),
@@ -188,7 +191,7 @@ pub fn choose_binding(
             address: None,
             how: format!("not bound: no route to {target}? ({e})"),
         },
-    }
+    })
 }
 
 /// Builds the packets of a knock at `now` to `target`, with randomness from the OS.

@@ -527,13 +527,16 @@ fn describe(services: &[Service], binding: &knock::Binding) -> (String, String) 
 }
 
 /// The binding of a knock to `target`, as the arguments and the profile ask.
-fn binding_for(args: &BindArgs, profile: &Profile, target: IpAddr) -> knock::Binding {
+fn binding_for(
+    args: &BindArgs,
+    profile: &Profile,
+    target: IpAddr,
+) -> anyhow::Result<knock::Binding> {
     knock::choose_binding(
         args.allow_ip,
         profile.bind_address && !args.no_bind,
         profile.stun.as_deref(),
         target,
-        &mut |line| eprintln!("sesame: warning: {line}"),
     )
 }
 
@@ -590,7 +593,7 @@ fn open(args: OpenArgs) -> anyhow::Result<()> {
             how: "not bound: a sequence-only knock (mode none) names no address".into(),
         }
     } else {
-        binding_for(&args.bind, profile, target)
+        binding_for(&args.bind, profile, target)?
     };
     let plan = k.plan(target, args.time_offset, &services, binding.address)?;
     let (what, whom) = describe(&services, &binding);
@@ -677,7 +680,7 @@ fn proxy(
                 how: "not bound: a sequence-only knock (mode none) names no address".into(),
             }
         } else {
-            binding_for(bind, &k.profile, knock_target)
+            binding_for(bind, &k.profile, knock_target)?
         };
     let opened = wait::knock_and_wait(
         &|shift| {

@@ -80,13 +80,16 @@ pub struct Opened {
     pub clock_offset: Option<i64>,
 }
 
-/// The clock shifts `--wait` probes with after the plain knocks failed, in steps. A probe with
-/// the clock ahead is a knock that the server may accept only later: whoever captured it could
-/// use it then, so forward probes are sent only when the knock names this host's address
-/// (`bound`); backward ones are never valid later than a plain knock would be.
+/// The clock shifts `--wait` probes with after the plain knocks failed, in seconds. A probe
+/// with the clock ahead is a knock that the server may accept only later: whoever captured it
+/// could use it then. So there is one forward probe, of one step, and only when the knock names
+/// an address (`bound`): with a clock that agrees with the server's it lands inside the
+/// server's window (or the step after it, whose payloads the server burns on arrival), so it
+/// is never valid later; and a forged binding (a spoofed STUN answer) gains the forger nothing.
+/// Backward probes are never valid later than a plain knock would be.
 pub fn probe_shifts(step_seconds: u32, bound: bool) -> Vec<i64> {
     let step = i64::from(step_seconds);
-    let all = [step, -step, 2 * step, -2 * step, 4 * step, -4 * step];
+    let all = [step, -step, -2 * step, -4 * step];
     all.into_iter().filter(|s| bound || *s < 0).collect()
 }
 

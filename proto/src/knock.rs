@@ -114,6 +114,20 @@ pub enum KnockError {
     NoPayload(&'static str),
 }
 
+/// A number uniform in `0..n` (`n` at most 256) from random bytes: a byte at or above the
+/// largest multiple of `n` is drawn again (rejection sampling, so no length is likelier than
+/// another).
+fn uniform_below(n: usize, rng: &mut dyn FnMut(&mut [u8])) -> usize {
+    let limit = 256 - 256 % n;
+    loop {
+        let mut b = [0u8; 1];
+        rng(&mut b);
+        if usize::from(b[0]) < limit {
+            return usize::from(b[0]) % n;
+        }
+    }
+}
+
 /// Builds the packets of one knock. `rng` fills buffers with random bytes (the OS generator
 /// in the client; anything deterministic in tests): the ephemeral key, the payload's random
 /// field, the wire noise and the knock bodies come from it.
@@ -142,10 +156,8 @@ pub fn plan_knock(
         let data = match k.proto {
             Proto::Tcp => Vec::new(),
             Proto::Udp => {
-                let mut len = [0u8; 1];
-                rng(&mut len);
-                let n =
-                    KNOCK_BODY_MIN + usize::from(len[0]) % (KNOCK_BODY_MAX - KNOCK_BODY_MIN + 1);
+                let span = KNOCK_BODY_MAX - KNOCK_BODY_MIN + 1;
+                let n = KNOCK_BODY_MIN + uniform_below(span, rng);
                 let mut body = vec![0u8; n];
                 rng(&mut body);
                 body

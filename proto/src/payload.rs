@@ -139,10 +139,20 @@ pub struct WireNoise {
 }
 
 impl WireNoise {
-    /// Noise from 64 random bytes: bit 0 of byte 0 is the high bit, byte 1 modulo
-    /// `MAX_PADDING + 1` the padding length, and bytes 8.. the padding.
+    /// Noise from 64 random bytes: bit 0 of byte 0 is the high bit; the padding length is the
+    /// first of bytes 1..8 below 228 (the largest multiple of 57 under 256), modulo
+    /// `MAX_PADDING + 1`, so every length is equally likely (byte 7 is taken whatever it is
+    /// when all seven are at or above 228, a chance of 1 in 5 million); bytes 8.. are the
+    /// padding.
     pub fn from_random(bytes: &[u8; 64]) -> Self {
-        let len = usize::from(bytes[1]) % (MAX_PADDING + 1);
+        let n = MAX_PADDING + 1;
+        let limit = 256 - 256 % n;
+        let pick = bytes[1..8]
+            .iter()
+            .copied()
+            .find(|b| usize::from(*b) < limit)
+            .unwrap_or(bytes[7]);
+        let len = usize::from(pick) % n;
         WireNoise {
             high_bit: bytes[0] & 1 == 1,
             padding: bytes[8..8 + len].to_vec(),

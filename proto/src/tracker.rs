@@ -46,11 +46,8 @@ use crate::time::{TimeWindow, UnixMillis};
 
 /// Most completed sequences one source can have waiting for their payload at once.
 pub const MAX_AWAITING: usize = 4;
-/// Most gate MACs remembered (every datagram that passed the gate, until its step leaves the
-/// window). Only holders of a client's key can make datagrams that pass the gate, so this is
-/// reached only by a flood of distinct valid datagrams; past it, new ones are not remembered
-/// and the per-client X25519 cap bounds their cost.
-pub const MAX_SEEN: usize = 1 << 20;
+use seen::{GONE, SeenCache};
+pub use seen::{MAX_SEEN, MAX_SEEN_PER_CLIENT};
 /// Most accepted payloads remembered per client (the oldest is dropped first, raising
 /// [`ReplayState::floor`]).
 pub const MAX_ACCEPTED: usize = 64;
@@ -771,13 +768,6 @@ impl SourceState {
     }
 }
 
-/// A gate MAC seen before: whose, and until when it matters.
-#[derive(Clone, Copy, Debug)]
-struct Seen {
-    client: PublicKey,
-    expires: UnixMillis,
-}
-
 /// A remembered gate MAC, as the server saves it at a clean shutdown ([`Tracker::seen_list`])
 /// and gives it back at the next start ([`Tracker::remember_seen`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -816,13 +806,16 @@ pub struct Tracker {
     lru: VecDeque<(IpAddr, u64)>,
     generation: u64,
     /// Gate MACs of every datagram that passed the gate while its step is in the window.
-    seen: HashMap<[u8; MAC_LEN], Seen, foldhash::quality::RandomState>,
+    seen: SeenCache,
     /// Deadlines of completed sequences, earliest first.
     deadlines: std::collections::BinaryHeap<std::cmp::Reverse<Deadline>>,
     deadline_seq: u64,
     /// Unbound payloads (naming no address) stamped before this are refused: see
     /// [`Tracker::refuse_unbound_before`].
     unbound_floor: Option<UnixMillis>,
+    /// `optional` mode: no sequence-only grant for a step that starts before this (set after a
+    /// crash, [`Tracker::after_crash`]).
+    fallback_floor: Option<UnixMillis>,
     stats: Stats,
     knock_mask: u32,
 }
@@ -875,6 +868,7 @@ impl Tracker {
             .map(|(i, c)| (*c.keys.client_public(), i as u32))
             .collect();
         let burst = f64::from(config.x25519_per_second.max(1));
+        let n_clients = clients.len();
         let mut tracker = Tracker {
             opener: Opener::new(server_key, config.window()),
             credits: vec![(burst, now); clients.len()],
@@ -886,10 +880,11 @@ impl Tracker {
             sources: HashMap::with_hasher(foldhash::quality::RandomState::default()),
             lru: VecDeque::new(),
             generation: 0,
-            seen: HashMap::with_hasher(foldhash::quality::RandomState::default()),
+            seen: SeenCache::new(n_clients),
             deadlines: std::collections::BinaryHeap::new(),
             deadline_seq: 0,
             unbound_floor: None,
+            fallback_floor: None,
             stats: Stats::default(),
             knock_mask: if length >= 32 {
                 u32::MAX
@@ -899,17 +894,13 @@ impl Tracker {
         };
         let step = tracker.config.params.step_seconds;
         for i in 0..tracker.clients.len() {
-            let key = *tracker.clients[i].keys.client_public();
             for a in tracker.replay[i].accepted.clone() {
-                let expires = tracker.seen_expiry(a.timestamp.counter(step));
-                if expires > now && tracker.seen.len() < MAX_SEEN {
-                    tracker.seen.insert(
-                        a.mac,
-                        Seen {
-                            client: key,
-                            expires,
-                        },
-                    );
+                let counter = a.timestamp.counter(step);
+                let expires = tracker.seen_expiry(counter);
+                if expires > now {
+                    tracker.seen.insert(a.mac, i as u32, expires);
+                    let gated_until = expires.plus_millis(tracker.config.timeout_ms);
+                    tracker.seen.gated(i as u32, counter, gated_until);
                 }
             }
         }
@@ -930,15 +921,37 @@ impl Tracker {
         self.unbound_floor = Some(self.unbound_floor.map_or(t, |f| f.max(t)));
     }
 
+    /// What a server starting at `start` after a crash must refuse: every datagram that passed
+    /// the gate before the crash had a counter at most `counter(start) + skew_steps`, so an
+    /// unbound payload stamped before the end of that step, or `max_ahead_ms` after `start`
+    /// (whichever is later), may be one whose MAC the crash lost; and `optional` mode grants
+    /// no sequence alone for a step that starts before then (the record of which steps had a
+    /// payload is lost too). Returns that moment.
+    pub fn after_crash(&mut self, start: UnixMillis) -> UnixMillis {
+        let step = u64::from(self.config.params.step_seconds);
+        let last = start
+            .counter(self.config.params.step_seconds)
+            .saturating_add(u64::from(self.config.skew_steps))
+            .saturating_add(1);
+        let until = UnixMillis::from_secs(last.saturating_mul(step))
+            .max(start.plus_millis(self.config.max_ahead_ms));
+        self.refuse_unbound_before(until);
+        self.fallback_floor = Some(self.fallback_floor.map_or(until, |f| f.max(until)));
+        until
+    }
+
     /// Every gate MAC remembered now (saved at a clean shutdown: the ones of refused datagrams
     /// are in no replay state).
     pub fn seen_list(&self) -> Vec<SeenMac> {
         self.seen
             .iter()
-            .map(|(mac, s)| SeenMac {
-                mac: *mac,
-                client: s.client,
-                expires: s.expires,
+            .filter_map(|(mac, s)| {
+                let client = *self.clients.get(s.client as usize)?.keys.client_public();
+                Some(SeenMac {
+                    mac: *mac,
+                    client,
+                    expires: s.expires,
+                })
             })
             .collect()
     }
@@ -946,11 +959,9 @@ impl Tracker {
     /// Remembers gate MACs saved by [`Tracker::seen_list`] (the expired ones are dropped).
     pub fn remember_seen(&mut self, list: &[SeenMac], now: UnixMillis) {
         for m in list {
-            if m.expires > now && self.seen.len() < MAX_SEEN {
-                self.seen.entry(m.mac).or_insert(Seen {
-                    client: m.client,
-                    expires: m.expires,
-                });
+            if m.expires > now {
+                let client = self.by_key.get(&m.client).copied().unwrap_or(GONE);
+                self.seen.insert(m.mac, client, m.expires);
             }
         }
     }
@@ -961,11 +972,27 @@ impl Tracker {
         if let Some(f) = old.unbound_floor {
             self.refuse_unbound_before(f);
         }
-        for (mac, s) in &old.seen {
-            if self.seen.len() >= MAX_SEEN {
-                break;
+        if let Some(f) = old.fallback_floor {
+            self.fallback_floor = Some(self.fallback_floor.map_or(f, |g| g.max(f)));
+        }
+        for (mac, s) in old.seen.iter() {
+            let client = old
+                .clients
+                .get(s.client as usize)
+                .and_then(|c| self.by_key.get(c.keys.client_public()))
+                .copied()
+                .unwrap_or(GONE);
+            self.seen.insert(*mac, client, s.expires);
+        }
+        for (i, c) in old.clients.iter().enumerate() {
+            let Some(&new) = self.by_key.get(c.keys.client_public()) else {
+                continue;
+            };
+            for (client, counter, expires) in old.seen.gated_steps() {
+                if client == i as u32 {
+                    self.seen.gated(new, counter, expires);
+                }
             }
-            self.seen.entry(*mac).or_insert(*s);
         }
     }
 
@@ -1014,6 +1041,7 @@ impl Tracker {
         }
         assert!(self.tables.len() <= 2 * self.config.skew_steps as usize + 2);
         assert!(self.seen.len() <= MAX_SEEN);
+        assert!(self.seen.shares().iter().all(|n| *n <= MAX_SEEN_PER_CLIENT));
         assert!(self.deadlines.len() <= self.max_deadlines());
         for r in &self.replay {
             assert!(r.accepted.len() <= MAX_ACCEPTED && r.steps.len() <= MAX_STEPS);
@@ -1049,8 +1077,7 @@ impl Tracker {
         self.tables.insert(at, table);
     }
 
-    /// Drops the tables that left the window and builds the missing ones (synchronously);
-    /// forgets the gate MACs whose step left the window.
+    /// Drops the tables that left the window and builds the missing ones (synchronously).
     pub fn advance(&mut self, now: UnixMillis) -> Result<(), SequenceError> {
         let w = self.config.window().counters(now);
         while self.tables.front().is_some_and(|t| t.counter < *w.start()) {
@@ -1072,7 +1099,6 @@ impl Tracker {
             )?;
             self.install(table, now);
         }
-        self.seen.retain(|_, s| s.expires > now);
         Ok(())
     }
 
@@ -1109,8 +1135,16 @@ impl Tracker {
     }
 
     /// Ends the completed sequences whose payload did not come in time: a
-    /// [`Event::PayloadMissing`] for each, and in `optional` mode the sequence-only grant.
+    /// [`Event::PayloadMissing`] for each, and in `optional` mode the sequence-only grant; then
+    /// forgets the gate MACs whose step has left the window. Call it when
+    /// [`Tracker::poll_timeout`] says, and now and then (the server does twice a second).
     pub fn handle_timeout(&mut self, now: UnixMillis, events: &mut Vec<Event>) {
+        self.end_waits(now, events);
+        // After the waits: a fallback that was due must still see its step's record.
+        self.seen.expire(now);
+    }
+
+    fn end_waits(&mut self, now: UnixMillis, events: &mut Vec<Event>) {
         while self.deadlines.peek().is_some_and(|d| d.0.at <= now) {
             let Some(std::cmp::Reverse(d)) = self.deadlines.pop() else {
                 break;
@@ -1162,7 +1196,7 @@ impl Tracker {
             let _ = self.advance(now);
         }
         if self.poll_timeout().is_some_and(|t| t <= now) {
-            self.handle_timeout(now, events);
+            self.end_waits(now, events);
         }
         if self.config.params.length == 0 {
             return self.single_packet(now, source, proto, port, datagram, events);
@@ -1174,24 +1208,31 @@ impl Tracker {
     fn seen_client(&self, mac: &[u8; MAC_LEN]) -> Option<Option<ClientId>> {
         self.seen
             .get(mac)
-            .map(|s| self.by_key.get(&s.client).map(|&i| ClientId(i)))
+            .map(|s| (s.client != GONE).then_some(ClientId(s.client)))
     }
 
-    /// Remembers the gate MAC of a datagram that passed the gate for `(client, counter)`.
-    fn remember(&mut self, mac: [u8; MAC_LEN], client: u32, counter: u64) {
+    /// Remembers the gate MAC of a datagram that passed the gate for `(client, counter)`, and
+    /// that the step had a payload. When the client's share of the cache (or the cache) is
+    /// full, nothing is remembered and the datagram is refused (`rate_limited`): a datagram is
+    /// never processed unremembered.
+    fn remember(
+        &mut self,
+        mac: [u8; MAC_LEN],
+        client: u32,
+        counter: u64,
+        source: IpAddr,
+        events: &mut Vec<Event>,
+    ) -> bool {
         self.stats.gate_passed += 1;
-        if self.seen.len() >= MAX_SEEN {
-            return;
-        }
         let expires = self.seen_expiry(counter);
-        let key = *self.clients[client as usize].keys.client_public();
-        self.seen.insert(
-            mac,
-            Seen {
-                client: key,
-                expires,
-            },
-        );
+        if !self.seen.insert(mac, client, expires) {
+            self.reject(events, source, Some(ClientId(client)), Reason::RateLimited);
+            return false;
+        }
+        // Kept until every deadline of a sequence of that step has passed.
+        let gated_until = expires.plus_millis(self.config.timeout_ms);
+        self.seen.gated(client, counter, gated_until);
+        true
     }
 
     /// Refuses a datagram whose gate MAC was seen before (before any key is used).
@@ -1209,6 +1250,58 @@ impl Tracker {
         true
     }
 
+    /// A payload for the step after the window (sent by a clock ahead, or a forward clock
+    /// probe): nothing can use it now, and later it would be a knock valid long after it was
+    /// sent, for whoever captured it. If it passes the gate of that step its MAC is remembered,
+    /// so it never opens anything, and it is refused as stale. True if the datagram was that.
+    fn burn_ahead(
+        &mut self,
+        now: UnixMillis,
+        source: IpAddr,
+        port: u16,
+        datagram: &[u8],
+        events: &mut Vec<Event>,
+    ) -> bool {
+        if !is_payload_len(datagram.len()) {
+            return false;
+        }
+        let ahead = self.config.window().counters(now).end().saturating_add(1);
+        let length = usize::from(self.config.params.length);
+        let owners: Vec<u32> = match self.table(ahead) {
+            Some(t) => t.payload_clients(port, length).collect(),
+            None => return false,
+        };
+        if owners.is_empty() {
+            return false;
+        }
+        let Some(mac) = carried_mac(datagram) else {
+            return false;
+        };
+        if self.seen.get(&mac).is_some() {
+            return false; // the normal path refuses it as a replay
+        }
+        for client in owners {
+            let keys = &self.clients[client as usize].keys;
+            if self.opener.check_mac(keys, ahead, datagram).is_ok() {
+                self.stats.payloads_seen += 1;
+                if self.remember(mac, client, ahead, source, events) {
+                    let offset_steps = i64::from(self.config.skew_steps) + 1;
+                    self.reject(
+                        events,
+                        source,
+                        Some(ClientId(client)),
+                        Reason::Payload(RejectReason::Stale {
+                            counter: ahead,
+                            offset_steps,
+                        }),
+                    );
+                }
+                return true;
+            }
+        }
+        false
+    }
+
     /// Single-packet mode: the payload alone, on the client's rotating payload port.
     fn single_packet(
         &mut self,
@@ -1222,6 +1315,9 @@ impl Tracker {
         let (Proto::Udp, Some(datagram)) = (proto, datagram) else {
             return Outcome::Ignored;
         };
+        if self.burn_ahead(now, source, port, datagram, events) {
+            return Outcome::Payload;
+        }
         let mut matches: Vec<(u64, u32)> = Vec::new();
         for t in self.in_window(now) {
             for client in t.payload_clients(port, 0) {
@@ -1244,8 +1340,9 @@ impl Tracker {
         for (counter, client) in matches {
             let keys = &self.clients[client as usize].keys;
             if self.opener.check_gate(now, keys, counter, datagram).is_ok() {
-                self.remember(mac, client, counter);
-                self.open_payload(now, source, client, counter, datagram, mac, events);
+                if self.remember(mac, client, counter, source, events) {
+                    self.open_payload(now, source, client, counter, datagram, mac, events);
+                }
                 return Outcome::Payload;
             }
         }
@@ -1346,7 +1443,9 @@ impl Tracker {
         for (counter, client) in matches {
             let keys = &self.clients[client as usize].keys;
             if self.opener.check_mac(keys, counter, datagram).is_ok() {
-                self.remember(mac, client, counter);
+                if !self.remember(mac, client, counter, source, events) {
+                    return None;
+                }
                 let mut buf = Box::new([0u8; DATAGRAM_LEN]);
                 buf.copy_from_slice(&datagram[..DATAGRAM_LEN]);
                 return Some(Pending {
@@ -1399,10 +1498,13 @@ impl Tracker {
             let keys = &self.clients[slot.client as usize].keys;
             match self.opener.check_gate(now, keys, slot.counter, datagram) {
                 Ok(()) => {
+                    if !self.remember(mac, slot.client, slot.counter, source, events) {
+                        // Refused (the client's share of the cache is full); the slot waits.
+                        return Outcome::Payload;
+                    }
                     if let Some(state) = self.sources.get_mut(&source) {
                         state.awaiting.retain(|a| *a != slot);
                     }
-                    self.remember(mac, slot.client, slot.counter);
                     self.open_payload(
                         now,
                         source,
@@ -1433,6 +1535,11 @@ impl Tracker {
     ) -> Outcome {
         let length = usize::from(self.config.params.length);
         let timeout = self.config.timeout_ms;
+        if let (Proto::Udp, Some(d)) = (proto, datagram) {
+            if self.burn_ahead(now, source, port, d, events) {
+                return Outcome::Payload;
+            }
+        }
         if let Some(state) = self.sources.get_mut(&source) {
             // Expire progress older than the timeout, and completed sequences past their
             // deadline (normally `handle_timeout` did).
@@ -1706,10 +1813,15 @@ impl Tracker {
             step_seconds: self.config.params.step_seconds,
             counter,
         };
+        // `optional`: a step for which some datagram passed the gate (from any source) had a
+        // payload, which alone decides; and after a crash that record is lost.
+        let fallback_refused = self.config.payload == PayloadMode::Optional
+            && (self.seen.was_gated(client, counter)
+                || self.fallback_floor.is_some_and(|f| step.start() < f));
         let window_start = self.window_start(now);
         let replay = &mut self.replay[id.index()];
         replay.prune(window_start);
-        if replay.step_used(step) {
+        if fallback_refused || replay.step_used(step) {
             self.reject(events, source, Some(id), Reason::Replay);
             return;
         }
@@ -1857,5 +1969,6 @@ impl Tracker {
     }
 }
 
+mod seen;
 #[cfg(test)]
 mod tests;

@@ -23,7 +23,9 @@
 //!   opened if it was built for that sequence, else the completed sequence waits for its
 //!   payload until `timeout_ms` after its first packet; stray packets do not end that wait
 //!   (they only reset progress), nor does a datagram that is seen or fails the gate. When the
-//!   wait ends without a payload, `optional` grants the sequence alone;
+//!   wait ends without a payload, `optional` grants the sequence alone, unless some datagram
+//!   (from any source) passed the gate for that (client, counter): a payload came, and it
+//!   alone decides;
 //! * a sequence alone grants once per client and step (client not expired, source inside its
 //!   prefixes);
 //! * while a completed sequence awaits its payload, a late duplicate of one of its ports is
@@ -298,6 +300,8 @@ struct Model {
     sources: HashMap<IpAddr, SourceModel>,
     /// MACs of every datagram that passed the gate.
     seen: Vec<[u8; 16]>,
+    /// (client, counter) of every datagram that passed the gate.
+    gated: Vec<(usize, u64)>,
     replay: Vec<ReplayModel>,
     next_seq: u64,
 }
@@ -432,7 +436,14 @@ impl Model {
         })
     }
 
-    /// A sequence alone: once per client and step.
+    /// Records that a datagram passed the gate of (client, counter).
+    fn gate_passed(&mut self, client: usize, counter: u64, d: &[u8]) {
+        self.seen.push(Self::mac(d));
+        self.gated.push((client, counter));
+    }
+
+    /// A sequence alone: once per client and step, and in `optional` mode never for a step
+    /// some datagram passed the gate for (a payload came: it alone decides).
     fn sequence_grant(
         &mut self,
         now: UnixMillis,
@@ -441,6 +452,9 @@ impl Model {
         counter: u64,
     ) -> Option<Grant> {
         if !self.check_client(now, client, source) {
+            return None;
+        }
+        if self.mode == PayloadMode::Optional && self.gated.contains(&(client, counter)) {
             return None;
         }
         let r = &mut self.replay[client];
@@ -501,7 +515,7 @@ impl Model {
                 return grants;
             }
             if let Some(&(c, k)) = owners.iter().find(|&&(c, k)| self.gate(c, k, &d)) {
-                self.seen.push(Self::mac(&d));
+                self.gate_passed(c, k, &d);
                 grants.extend(self.open(now, source, c, k, &d));
             }
             return grants;
@@ -526,7 +540,7 @@ impl Model {
                     });
                     if let Some(a) = hit {
                         st.awaiting.retain(|x| *x != a);
-                        self.seen.push(Self::mac(d));
+                        self.gate_passed(a.client, a.counter, d);
                         grants.extend(self.open(now, source, a.client, a.counter, d));
                     }
                 }
@@ -552,7 +566,7 @@ impl Model {
             let owners = self.payload_owners(now, p.port);
             if !owners.is_empty() && !self.seen.contains(&Self::mac(d)) {
                 if let Some(&(c, k)) = owners.iter().find(|&&(c, k)| self.gate(c, k, d)) {
-                    self.seen.push(Self::mac(d));
+                    self.gate_passed(c, k, d);
                     pending = Some((p.port, c, k, d.clone()));
                 }
             }
@@ -703,6 +717,7 @@ fn run(setup: &Setup, ops: &[Op]) -> Result<usize, String> {
         built: HashMap::new(),
         sources: HashMap::new(),
         seen: Vec::new(),
+        gated: Vec::new(),
         replay: vec![ReplayModel::default(); setup.clients],
         next_seq: 0,
     };

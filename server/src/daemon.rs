@@ -585,6 +585,8 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
                 if let Err(e) = core.tracker.advance(now) {
                     tracing::error!(error = %e, "step tables could not be computed");
                 }
+                // Also forgets the gate MACs whose step has left the window.
+                core.handle_timeout();
                 core.limiter.flush_if_due();
             }
         });

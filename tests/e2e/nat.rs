@@ -78,7 +78,7 @@ fn stun_binds_a_knock_behind_a_nat_and_a_replay_from_elsewhere_opens_nothing() {
     }
     let mut f = Fixture::new("nat-stun");
     f.lab.add_nat_lan(1);
-    let _stun = start_stun(&f);
+    let stun = start_stun(&f);
     f.start();
     let public = f.lab.addr(Host::Client, Family::V4);
     let lan = f.lab.v4(Host::Lan(1));
@@ -138,6 +138,33 @@ fn stun_binds_a_knock_behind_a_nat_and_a_replay_from_elsewhere_opens_nothing() {
     std::thread::sleep(SETTLE);
     f.assert_no_grant(mark, "the attacker's replay of a STUN-bound knock");
     assert!(!f.connects(Host::Attacker, Family::V4, 22));
+
+    // With the STUN server gone, the client does not quietly knock unbound: it says how to
+    // choose, and sends nothing.
+    drop(stun);
+    let mark = f.mark();
+    let o = f.lab.sesame(
+        Host::Lan(1),
+        &["open".as_ref(), "--profile".as_ref(), profile.as_os_str()],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("STUN server") && err.contains("--no-bind"),
+        "{}",
+        text(&o)
+    );
+    std::thread::sleep(SETTLE);
+    assert!(
+        f.daemon()
+            .matching(mark, &["client=laptop", "source="])
+            .is_empty(),
+        "the client sent a knock without its STUN answer"
+    );
+    // --no-bind knocks unbound: the server opens the NAT's address (the packets' source).
+    let mark = f.mark();
+    f.knock_from(Host::Lan(1), &profile, &["--no-bind"]);
+    f.expect_grant(mark, public);
 }
 
 #[test]

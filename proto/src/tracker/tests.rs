@@ -836,8 +836,7 @@ fn a_captured_payload_replayed_from_many_sources_costs_one_x25519() {
     // A remembered MAC is forgotten once its step has left the window.
     assert!(w.tracker.seen_macs() >= 6);
     w.tracker
-        .advance(T0.plus_millis(3 * u64::from(STEP) * 1000))
-        .unwrap();
+        .handle_timeout(T0.plus_millis(3 * u64::from(STEP) * 1000), &mut w.events);
     assert_eq!(w.tracker.seen_macs(), 0);
 }
 
@@ -1219,5 +1218,291 @@ fn a_step_table_that_left_the_window_never_completes_a_sequence() {
         let grants = w.sequence_grants(mode, t);
         assert_eq!(grants.len(), 1, "{mode}");
         assert_eq!(grants[0].counter, counter + 1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// An independent security review of protocol 2 found these attacks; each test asserts the secure
+// behaviour and failed on the code it reviewed.
+mod review {
+    use super::*;
+
+    fn stray_for(seq: &Sequence) -> u16 {
+        (10000..20000)
+            .find(|p| {
+                *p != 10022 && !seq.knocks.iter().any(|k| k.port == *p) && *p != seq.payload_port
+            })
+            .unwrap()
+    }
+
+    fn restart(w: &mut World, cfg: TrackerConfig, at: UnixMillis) {
+        let saved = w.tracker.replay_states().to_vec();
+        let entries = (0..w.clients.len())
+            .map(|i| ClientEntry {
+                name: format!("client{i}"),
+                keys: ClientKeys::for_server(&w.server, &w.clients[i].public_key(), None).unwrap(),
+                policy: default_policy(i),
+            })
+            .collect();
+        w.tracker = Tracker::new(cfg, w.server.clone(), entries, saved, at).unwrap();
+    }
+
+    /// `optional` mode: the observer spoofs ONE in-range packet in the client's name between
+    /// its knocks (no drop, no delay, no race), so the client's sequence never completes and
+    /// its bound payload is burnt on arrival. The observer replays the client's knocks from its
+    /// own address, sends no payload, and the sequence-only fallback opens every allowed
+    /// service for the observer's address.
+    #[test]
+    fn review_optional_mode_one_spoofed_stray_hands_a_bound_clients_step_to_the_observer() {
+        let mut w = world(PayloadMode::Optional, 1);
+        let client = v4(2);
+        let observer = v4(66);
+        let seq = w.sequence(0, T0.counter(STEP));
+        w.knock(0, T0, client, &[0, 1], None);
+        w.send(T0, client, Proto::Udp, stray_for(&seq), None); // spoofed as the client
+        w.knock(0, T0, client, &[2], None);
+        let bound = Request {
+            address: Some(client),
+            ..World::request(T0)
+        };
+        let d = w.payload(0, T0, bound);
+        w.send(T0, client, Proto::Udp, seq.payload_port, Some(&d));
+        assert!(w.grants().is_empty());
+        // The observer's copy of the knocks, from its own address, a few ms later.
+        let t = T0.plus_millis(20);
+        w.knock(0, t, observer, &[0, 1, 2], None);
+        let deadline = w.tracker.poll_timeout().expect("a deadline");
+        w.tracker.handle_timeout(deadline, &mut w.events);
+        let g = w.grants();
+        assert!(
+            g.iter().all(|g| g.address != observer),
+            "the observer got a lease for its own address from a bound client's knock: {g:?}"
+        );
+    }
+
+    /// A crash loses the gate MACs of refused datagrams; the restart refuses unbound payloads
+    /// stamped before start + max_ahead_ms, claiming that covers every knock made before the
+    /// crash. A payload refused as `too_far_ahead` is by definition stamped later than that.
+    #[test]
+    fn review_an_unbound_too_far_ahead_payload_is_a_bearer_token_after_a_crash() {
+        let cfg = config(3, KnockProtocol::Udp, PayloadMode::Required);
+        let mut w = world_with(cfg.clone(), 1, default_policy);
+        let client = v4(2);
+        let observer = v4(66);
+        // The client's clock runs 50 s ahead: its step is the next one (inside the window), its
+        // timestamp more than max_ahead_ms (30 s) ahead.
+        let now = T0.plus_millis(1000);
+        let ahead = now.plus_millis(50_000);
+        assert_eq!(ahead.counter(STEP), T0.counter(STEP) + 1);
+        let seq = w.sequence(0, ahead.counter(STEP));
+        let d = w.payload(0, ahead, World::request(ahead));
+        for k in &seq.knocks {
+            w.send(now, client, k.proto, k.port, None);
+        }
+        w.send(now, client, Proto::Udp, seq.payload_port, Some(&d));
+        assert_eq!(w.rejections(), vec![Reason::TooFarAhead]);
+        // sesamed crashes and is restarted (systemd Restart=) 2 s later; what the daemon does.
+        let start = now.plus_millis(2000);
+        restart(&mut w, cfg.clone(), start);
+        w.tracker.after_crash(start);
+        // 25 s after the capture, the observer replays it from its own address.
+        let later = now.plus_millis(25_000);
+        for k in &seq.knocks {
+            w.send(later, observer, k.proto, k.port, None);
+        }
+        w.send(later, observer, Proto::Udp, seq.payload_port, Some(&d));
+        let g = w.grants();
+        assert!(
+            g.is_empty(),
+            "a captured unbound payload opened for the observer after a crash: {g:?}"
+        );
+    }
+
+    /// A client whose STUN answer is forged by the observer on its Wi-Fi binds every knock to
+    /// the observer's address. Its plain knocks fail (other_ip_not_allowed: locked out while
+    /// the observer answers its STUN queries); `--wait`/`proxy` then send forward clock probes
+    /// because the knock is "bound"; the +2-step probe is outside the window when sent, so it
+    /// is not burnt, and replayed later from the observer's address it opens that address.
+    #[test]
+    fn review_forward_probe_bound_to_a_forged_stun_address_opens_it_for_the_observer() {
+        let mut w = world(PayloadMode::Required, 1);
+        let client = v4(2);
+        let observer = v4(66);
+        let bound = |at: UnixMillis| Request {
+            address: Some(observer),
+            ..World::request(at)
+        };
+        w.knock(0, T0, client, &[0, 1, 2], Some(bound(T0)));
+        assert_eq!(w.rejections(), vec![Reason::OtherIpNotAllowed(observer)]);
+        // 15 s later (after the retries), the +2-step probe (+60 s), bound like every knock.
+        let probe_at = T0.plus_millis(15_000);
+        let shifted = probe_at.plus_millis(2 * u64::from(STEP) * 1000);
+        let seq = w.sequence(0, shifted.counter(STEP));
+        let d = w.payload(0, shifted, bound(shifted));
+        for k in &seq.knocks {
+            w.send(probe_at, client, k.proto, k.port, None);
+        }
+        w.send(probe_at, client, Proto::Udp, seq.payload_port, Some(&d));
+        assert!(w.grants().is_empty());
+        // The probe is for the step after the window: gated and burnt on arrival.
+        assert_eq!(
+            w.tracker.stats().gate_passed,
+            2,
+            "the probe was burnt on arrival"
+        );
+        // 35 s later the observer replays the captured probe from its own address.
+        let later = probe_at.plus_millis(35_000);
+        for k in &seq.knocks {
+            w.send(later, observer, k.proto, k.port, None);
+        }
+        w.send(later, observer, Proto::Udp, seq.payload_port, Some(&d));
+        let g = w.grants();
+        assert!(
+            g.is_empty(),
+            "the observer opened its own address with the client's probe: {g:?}"
+        );
+    }
+
+    /// Any one client key (an insider, or a stolen key of a client allowed nothing) fills the
+    /// server-wide seen cache: gate-passing datagrams need only k_mac (no X25519, no valid
+    /// AEAD), and a datagram that passed the gate is remembered before any rate cap. Once the
+    /// cache is full, other clients' datagrams are no longer remembered: a payload whose
+    /// sequence was broken is no longer burnt, and the observer who broke it with one spoofed
+    /// stray uses it from its own address (here an unbound knock: the default behind a NAT
+    /// without STUN).
+    #[test]
+    fn review_one_client_key_fills_the_seen_cache_and_disables_burning_for_everyone() {
+        let mut w = world(PayloadMode::Required, 2);
+        let insider = 0;
+        let victim = 1;
+        let counter = T0.counter(STEP);
+        let insider_keys = w.client_keys(insider);
+        let insider_port = w.sequence(insider, counter).payload_port;
+        let mut d = [0u8; DATAGRAM_LEN];
+        for i in 0..u64::from(MAX_SEEN_PER_CLIENT) + 100 {
+            d[..8].copy_from_slice(&i.to_le_bytes());
+            crate::payload::remac(&insider_keys, counter, &mut d);
+            w.tracker
+                .packet(T0, v4(9), Proto::Udp, insider_port, Some(&d), &mut w.events);
+            if w.events.len() > 1024 {
+                w.events.clear();
+            }
+        }
+        w.events.clear();
+        assert_eq!(w.tracker.seen_macs(), MAX_SEEN_PER_CLIENT as usize);
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        for l in status
+            .lines()
+            .filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS"))
+        {
+            eprintln!("after filling the seen cache: {l}");
+        }
+        // The victim knocks (unbound); the observer spoofs one stray in its name mid-sequence.
+        let client = v4(2);
+        let observer = v4(66);
+        let t = T0.plus_millis(100);
+        let seq = w.sequence(victim, counter);
+        let p = w.payload(victim, t, World::request(t));
+        w.knock(victim, t, client, &[0, 1], None);
+        w.send(t, client, Proto::Udp, stray_for(&seq), None);
+        w.knock(victim, t, client, &[2], None);
+        w.send(t, client, Proto::Udp, seq.payload_port, Some(&p));
+        assert!(w.grants().is_empty());
+        // The observer replays knocks and payload from its own address.
+        let later = t.plus_millis(50);
+        w.knock(victim, later, observer, &[0, 1, 2], None);
+        w.send(later, observer, Proto::Udp, seq.payload_port, Some(&p));
+        let g = w.grants();
+        assert!(
+            g.is_empty(),
+            "a payload whose sequence broke was not burnt (seen cache full): {g:?}"
+        );
+    }
+
+    /// The same full cache, single-packet mode: the observer replays a victim's captured
+    /// payload (accepted after the cache filled) from spoofed sources; each copy now costs an
+    /// X25519 charged to the victim's cap, so the victim's own fresh knocks are `rate_limited`
+    /// for as long as ~100 copies a second arrive.
+    #[test]
+    fn review_with_the_seen_cache_full_replays_drain_the_victims_x25519_cap() {
+        let mut w = world_with(
+            config(0, KnockProtocol::Udp, PayloadMode::Required),
+            2,
+            default_policy,
+        );
+        let (insider, victim) = (0, 1);
+        let counter = T0.counter(STEP);
+        let insider_keys = w.client_keys(insider);
+        let insider_port = w.sequence(insider, counter).payload_port;
+        let mut d = [0u8; DATAGRAM_LEN];
+        for i in 0..u64::from(MAX_SEEN_PER_CLIENT) + 100 {
+            d[..8].copy_from_slice(&i.to_le_bytes());
+            crate::payload::remac(&insider_keys, counter, &mut d);
+            w.tracker
+                .packet(T0, v4(9), Proto::Udp, insider_port, Some(&d), &mut w.events);
+            if w.events.len() > 1024 {
+                w.events.clear();
+            }
+        }
+        w.events.clear();
+        assert_eq!(w.tracker.seen_macs(), MAX_SEEN_PER_CLIENT as usize);
+        let port = w.sequence(victim, counter).payload_port;
+        let t = T0.plus_millis(10);
+        let captured = w.payload(victim, t, World::request(t));
+        w.send(t, v4(2), Proto::Udp, port, Some(&captured));
+        assert_eq!(w.grants().len(), 1);
+        let x = w.tracker.stats().x25519;
+        for i in 0..150u32 {
+            let src = IpAddr::V4(Ipv4Addr::from(0xc612_1000 + i));
+            w.send(t.plus_millis(1), src, Proto::Udp, port, Some(&captured));
+        }
+        w.events.clear();
+        let fresh_at = t.plus_millis(2);
+        let fresh = w.payload(victim, fresh_at, World::request(fresh_at));
+        w.send(fresh_at, v4(2), Proto::Udp, port, Some(&fresh));
+        let spent = w.tracker.stats().x25519 - x;
+        assert_eq!(
+            w.grants().len(),
+            1,
+            "the victim is rate-limited ({:?}) after {spent} X25519s spent on replays of one datagram",
+            w.rejections()
+        );
+    }
+
+    /// `optional` mode, no injection at all: any refusal of the client's own payload after
+    /// the gate (here `too_far_ahead`: its clock runs 50 s ahead; likewise
+    /// `other_ip_not_allowed` for a wrong binding, `rate_limited`, `service_not_allowed`)
+    /// consumes the client's slot without recording the step, and the observer's copy of the
+    /// knocks from its own address gets the sequence-only fallback.
+    #[test]
+    fn review_optional_mode_a_refused_payload_hands_the_step_to_whoever_copied_the_knocks() {
+        let mut w = world(PayloadMode::Optional, 1);
+        let client = v4(2);
+        let observer = v4(66);
+        let now = T0.plus_millis(1000);
+        let ahead = now.plus_millis(50_000);
+        let seq = w.sequence(0, ahead.counter(STEP));
+        let bound = Request {
+            address: Some(client),
+            ..World::request(ahead)
+        };
+        let d = w.payload(0, ahead, bound);
+        for k in &seq.knocks {
+            w.send(now, client, k.proto, k.port, None);
+        }
+        w.send(now, client, Proto::Udp, seq.payload_port, Some(&d));
+        assert_eq!(w.rejections(), vec![Reason::TooFarAhead]);
+        let t = now.plus_millis(20);
+        for k in &seq.knocks {
+            w.send(t, observer, k.proto, k.port, None);
+        }
+        while let Some(deadline) = w.tracker.poll_timeout() {
+            w.tracker.handle_timeout(deadline, &mut w.events);
+        }
+        let g = w.grants();
+        assert!(
+            g.iter().all(|g| g.address != observer),
+            "the observer got the step of a client whose bound payload was refused: {g:?}"
+        );
     }
 }
