@@ -875,8 +875,9 @@ fn open_wait_finds_a_clock_offset_and_says_so() {
     if !require_netns() {
         return;
     }
-    // Steps of 30 s, one step of skew: a client 90 s behind is three steps off and never
-    // opens by itself; the clock probe finds that +60 s (two steps) gets in.
+    // Steps of 30 s, one step of skew: a client 60 s behind is two steps off and never opens
+    // by itself; the clock probe finds that +30 s (one step, the only forward probe: a knock
+    // shifted further would stay valid later) gets in.
     let mut f = Fixture::new("op-clock");
     f.spec.knock.step_seconds = 30;
     f.spec.knock.skew_steps = 1;
@@ -897,23 +898,23 @@ fn open_wait_finds_a_clock_offset_and_says_so() {
             "--retries",
             "0",
             "--time-offset",
-            "-90",
+            "-60",
         ],
     );
     assert!(o.status.success(), "the clock probe opens it: {}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(out.contains("tcp/22 answers (after 4 knocks"), "{out}");
+    assert!(out.contains("tcp/22 answers (after 2 knocks"), "{out}");
     assert!(
-        err.contains("opened only with the clock shifted by -30 s, not by the -90 s given"),
+        err.contains("opened only with the clock shifted by -30 s, not by the -60 s given"),
         "the detected offset is printed: {err}"
     );
     expect_log(&f, mark, &[" granted client=laptop "]);
-    // The advice must work when followed: this client already passes --time-offset -90, so
-    // the offset that opened is -90 + 60 = -30.
+    // The advice must work when followed: this client already passes --time-offset -60, so
+    // the offset that opened is -60 + 30 = -30.
     assert!(
         err.contains("--time-offset -30"),
-        "sesame open --time-offset -90 opened with the clock shifted by +60 s, so the offset to pass is -30; the advice was: {err}"
+        "sesame open --time-offset -60 opened with the clock shifted by +30 s, so the offset to pass is -30; the advice was: {err}"
     );
     let o = sesame_at_home(
         &f.lab,
@@ -974,7 +975,7 @@ fn open_wait_with_a_wrong_key_says_what_is_likely_wrong() {
     let last = err.lines().last().unwrap_or_default();
     assert!(
         last.starts_with(&format!(
-            "sesame: {} never answered after 8 knocks",
+            "sesame: {} never answered after 6 knocks",
             f.svc(Family::V4, 22)
         )),
         "{err}"
