@@ -46,6 +46,28 @@ pub enum Backend {
     Log,
 }
 
+/// What a lease admits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseKind {
+    /// New connections from the address, until the lease ends.
+    #[default]
+    Window,
+    /// New connections until the first one is made (nftables: ended in the kernel by that
+    /// connection's first packet); the connection lives on through conntrack.
+    Connection,
+}
+
+impl LeaseKind {
+    /// `"window"` or `"connection"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LeaseKind::Window => "window",
+            LeaseKind::Connection => "connection",
+        }
+    }
+}
+
 /// Which interfaces to capture on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Interfaces {
@@ -75,10 +97,12 @@ pub struct KnockConfig {
 }
 
 /// The `[firewall]` section.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FirewallConfig {
     /// The backend.
     pub backend: Backend,
+    /// What a lease admits.
+    pub lease: LeaseKind,
     /// Name of the nftables table (family `inet`).
     pub table: String,
     /// The `nft` program.
@@ -260,6 +284,8 @@ fn default_timeout() -> Spanned<u64> {
 struct RawFirewall {
     #[serde(default)]
     backend: Backend,
+    #[serde(default = "default_lease_kind")]
+    lease: Spanned<LeaseKind>,
     #[serde(default = "default_table")]
     table: Spanned<String>,
     #[serde(default = "default_nft")]
@@ -283,6 +309,9 @@ struct RawFirewall {
     command_concurrency: Spanned<usize>,
 }
 
+fn default_lease_kind() -> Spanned<LeaseKind> {
+    Spanned::new(0..0, LeaseKind::Window)
+}
 fn default_table() -> Spanned<String> {
     Spanned::new(0..0, "sesame".into())
 }
@@ -556,6 +585,13 @@ impl Config {
             }
         }
 
+        if *fw.lease.get_ref() == LeaseKind::Connection && fw.backend != Backend::Nftables {
+            return Err(err(
+                span_of(&fw.lease),
+                "firewall.lease",
+                "\"connection\" needs backend = \"nftables\" (the kernel ends the lease on the first connection)".into(),
+            ));
+        }
         let concurrency = *fw.command_concurrency.get_ref();
         if !(1..=64).contains(&concurrency) {
             return Err(err(
@@ -702,6 +738,7 @@ impl Config {
             },
             firewall: FirewallConfig {
                 backend: fw.backend,
+                lease: *fw.lease.get_ref(),
                 table: fw.table.get_ref().clone(),
                 nft: PathBuf::from(&fw.nft),
                 netlink: fw.netlink,

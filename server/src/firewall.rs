@@ -2,7 +2,12 @@
 //!
 //! * [`Nftables`]: sesamed owns one table (`inet sesame` by default), applied atomically with
 //!   one `nft -f` transaction. Granted (address, protocol, port) triples live in sets whose
-//!   elements carry a kernel timeout, so access closes on time even if sesamed dies.
+//!   elements carry a kernel timeout, so access closes on time even if sesamed dies. The gate
+//!   hooks `prerouting` before destination NAT, so services that Docker (or any DNAT) publishes
+//!   are hidden too, matched by the port the client connects to; it judges only packets to
+//!   this host's own addresses (`fib daddr type local`), never traffic routed through it.
+//!   With `lease = "connection"` the first new connection of a granted address deletes its
+//!   element in the kernel (a `delete @set` statement in the packet path).
 //! * [`CommandHooks`]: `open_command` / `close_command` argv arrays (no shell) with
 //!   placeholders, run with a time limit.
 //! * [`LogOnly`]: logs the grant.
@@ -19,7 +24,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::{Backend, Config};
 
-/// One lease: a service opened for an address on behalf of a client.
+/// One backend operation's lease: a service opened for an address on behalf of a client,
+/// for `timeout_ms` from now.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Lease {
     /// The client's name.
@@ -28,8 +34,15 @@ pub struct Lease {
     pub address: IpAddr,
     /// The service opened.
     pub service: Service,
-    /// Length of the lease.
-    pub lease_seconds: u32,
+    /// How long from now the element lasts (its kernel timeout for nftables).
+    pub timeout_ms: u64,
+}
+
+impl Lease {
+    /// The time left in whole seconds, rounded up (the `{lease_seconds}` placeholder).
+    pub fn seconds(&self) -> u64 {
+        self.timeout_ms.div_ceil(1000)
+    }
 }
 
 /// Why a firewall action failed.
@@ -141,6 +154,8 @@ pub struct Nftables {
     nft: PathBuf,
     /// Grants and revocations over netlink (`firewall.netlink`); `nft -f` otherwise.
     netlink: bool,
+    /// Connection-bound leases: the first new connection ends the lease in the kernel.
+    connection: bool,
     table: String,
     protect: Vec<Service>,
     port_lo: u16,
@@ -151,6 +166,8 @@ pub struct Nftables {
 const SET_V4: &str = "granted4";
 const SET_V6: &str = "granted6";
 const CHAIN: &str = "gate";
+/// The gate's priority: after conntrack (-200), before destination NAT (-100).
+const PRIORITY: i32 = -150;
 const NFT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Nftables {
@@ -159,6 +176,7 @@ impl Nftables {
         Nftables {
             nft,
             netlink: true,
+            connection: false,
             table,
             protect,
             port_lo: params.port_lo,
@@ -179,26 +197,39 @@ impl Nftables {
         };
         let mut out = String::new();
         out.push_str(&format!("add table {t}\n"));
+        // `dynamic`: the packet path may delete elements (connection-bound leases).
         out.push_str(&format!(
-            "add set {t} {SET_V4} {{ type ipv4_addr . inet_proto . inet_service; flags timeout; }}\n"
+            "add set {t} {SET_V4} {{ type ipv4_addr . inet_proto . inet_service; flags dynamic,timeout; }}\n"
         ));
         out.push_str(&format!(
-            "add set {t} {SET_V6} {{ type ipv6_addr . inet_proto . inet_service; flags timeout; }}\n"
+            "add set {t} {SET_V6} {{ type ipv6_addr . inet_proto . inet_service; flags dynamic,timeout; }}\n"
         ));
+        // Before destination NAT (priority -100): a port published by Docker is judged by the
+        // port the client connects to, before it is rewritten and forwarded.
         out.push_str(&format!(
-            "add chain {t} {CHAIN} {{ type filter hook input priority filter - 10; policy accept; }}\n"
+            "add chain {t} {CHAIN} {{ type filter hook prerouting priority {PRIORITY}; policy accept; }}\n"
         ));
         out.push_str(&format!("flush chain {t} {CHAIN}\n"));
         out.push_str(&format!(
             "add rule {t} {CHAIN} ct state established,related accept\n"
         ));
         out.push_str(&format!("add rule {t} {CHAIN} iif lo accept\n"));
+        // Only this host's own addresses: traffic routed through it is not ours to judge.
         out.push_str(&format!(
-            "add rule {t} {CHAIN} ip saddr . meta l4proto . th dport @{SET_V4} accept\n"
+            "add rule {t} {CHAIN} fib daddr type != local accept\n"
         ));
-        out.push_str(&format!(
-            "add rule {t} {CHAIN} ip6 saddr . meta l4proto . th dport @{SET_V6} accept\n"
-        ));
+        for (family, set) in [("ip", SET_V4), ("ip6", SET_V6)] {
+            let matched = format!("{family} saddr . meta l4proto . th dport");
+            if self.connection {
+                // The first new connection uses the lease up: its element goes, in the
+                // kernel, before any other packet can use it.
+                out.push_str(&format!(
+                    "add rule {t} {CHAIN} {matched} @{set} ct state new delete @{set} {{ {matched} }} accept\n"
+                ));
+            } else {
+                out.push_str(&format!("add rule {t} {CHAIN} {matched} @{set} accept\n"));
+            }
+        }
         out.push_str(&format!(
             "add rule {t} {CHAIN} meta l4proto . th dport {{ {} }} drop\n",
             services(&self.protect)
@@ -237,10 +268,16 @@ impl Nftables {
     /// so a re-knock refreshes the lease atomically.
     pub fn grant_script(&self, lease: &Lease) -> String {
         let (t, set, e) = self.element(lease);
-        let timeout = lease.lease_seconds;
+        let timeout = lease.timeout_ms.max(1);
         format!(
-            "add element {t} {set} {{ {e} timeout {timeout}s }}\ndelete element {t} {set} {{ {e} }}\nadd element {t} {set} {{ {e} timeout {timeout}s }}\n"
+            "add element {t} {set} {{ {e} timeout {timeout}ms }}\ndelete element {t} {set} {{ {e} }}\nadd element {t} {set} {{ {e} timeout {timeout}ms }}\n"
         )
+    }
+
+    /// Connection-bound leases (`[firewall] lease = "connection"`).
+    pub fn with_connection_leases(mut self, connection: bool) -> Self {
+        self.connection = connection;
+        self
     }
 
     /// Whether grants and revocations talk netlink (the default) or run `nft -f`.
@@ -318,7 +355,7 @@ impl Firewall for Nftables {
 
     async fn grant(&mut self, lease: &Lease, refresh: bool) -> Result<(), FirewallError> {
         use crate::netlink::ElementOp;
-        let timeout_ms = u64::from(lease.lease_seconds) * 1000;
+        let timeout_ms = lease.timeout_ms.max(1);
         if self.netlink && !refresh {
             // A new lease: one message. If the element is there after all (kept across a
             // restart), the refresh below replaces it with the full lease.
@@ -373,6 +410,7 @@ pub struct CommandHooks {
     open: Vec<String>,
     close: Vec<String>,
     timeout: Duration,
+    concurrency: usize,
 }
 
 impl CommandHooks {
@@ -382,7 +420,14 @@ impl CommandHooks {
             open,
             close,
             timeout,
+            concurrency: 1,
         }
+    }
+
+    /// Most hooks running at once (`command_concurrency`).
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
     }
 
     /// Substitutes `{ip}`, `{proto}`, `{port}`, `{client}` and `{lease_seconds}` in every
@@ -395,7 +440,7 @@ impl CommandHooks {
                     .replace("{proto}", lease.service.proto.as_str())
                     .replace("{port}", &lease.service.port.to_string())
                     .replace("{client}", &lease.client)
-                    .replace("{lease_seconds}", &lease.lease_seconds.to_string())
+                    .replace("{lease_seconds}", &lease.seconds().to_string())
             })
             .collect()
     }
@@ -465,6 +510,39 @@ pub enum AnyFirewall {
 }
 
 impl AnyFirewall {
+    /// How the backend wants leases handled (see [`crate::lease::Traits`]).
+    pub fn traits(&self) -> crate::lease::Traits {
+        use crate::lease::Traits;
+        match self {
+            AnyFirewall::Nftables(_) => Traits {
+                shared_elements: true,
+                expires_itself: true,
+                refresh_costs: true,
+                hooks: false,
+                concurrency: 1,
+            },
+            AnyFirewall::Command(c) => Traits {
+                shared_elements: false,
+                expires_itself: false,
+                refresh_costs: false,
+                hooks: true,
+                concurrency: c.concurrency,
+            },
+            AnyFirewall::Log(_) => Traits {
+                shared_elements: false,
+                expires_itself: true,
+                refresh_costs: false,
+                hooks: false,
+                concurrency: 1,
+            },
+        }
+    }
+
+    /// The capabilities the backend needs (beyond CAP_NET_RAW for the capture).
+    pub fn needs_net_admin(&self) -> bool {
+        matches!(self, AnyFirewall::Nftables(_))
+    }
+
     /// The backend a configuration asks for.
     pub fn from_config(config: &Config) -> Self {
         let fw = &config.firewall;
@@ -476,13 +554,17 @@ impl AnyFirewall {
                     fw.protect.clone(),
                     &config.knock.params,
                 )
-                .with_netlink(fw.netlink),
+                .with_netlink(fw.netlink)
+                .with_connection_leases(fw.lease == crate::config::LeaseKind::Connection),
             ),
-            Backend::Command => AnyFirewall::Command(CommandHooks::new(
-                fw.open_command.clone(),
-                fw.close_command.clone(),
-                Duration::from_millis(fw.command_timeout_ms),
-            )),
+            Backend::Command => AnyFirewall::Command(
+                CommandHooks::new(
+                    fw.open_command.clone(),
+                    fw.close_command.clone(),
+                    Duration::from_millis(fw.command_timeout_ms),
+                )
+                .with_concurrency(fw.command_concurrency),
+            ),
             Backend::Log => AnyFirewall::Log(LogOnly),
         }
     }
@@ -546,7 +628,7 @@ mod tests {
             client: "laptop".into(),
             address: addr.parse().unwrap(),
             service: Service::new(Proto::Tcp, 22),
-            lease_seconds: 30,
+            timeout_ms: 30_000,
         }
     }
 
@@ -590,7 +672,14 @@ mod tests {
             &params,
         );
         let r = nft.ruleset();
-        assert!(r.contains("add chain inet sesame gate { type filter hook input priority filter - 10; policy accept; }"), "{r}");
+        assert!(r.contains("add chain inet sesame gate { type filter hook prerouting priority -150; policy accept; }"), "{r}");
+        assert!(r.contains("fib daddr type != local accept"), "{r}");
+        assert!(!r.contains("delete @"), "{r}");
+        let conn = nft.clone().with_connection_leases(true).ruleset();
+        assert!(
+            conn.contains("ip saddr . meta l4proto . th dport @granted4 ct state new delete @granted4 { ip saddr . meta l4proto . th dport } accept"),
+            "{conn}"
+        );
         assert!(
             r.contains("meta l4proto . th dport { tcp . 22, udp . 51820 } drop"),
             "{r}"
@@ -604,7 +693,7 @@ mod tests {
         let g = nft.grant_script(&lease("198.18.0.2"));
         assert_eq!(g.lines().count(), 3);
         assert!(
-            g.contains("granted4 { 198.18.0.2 . tcp . 22 timeout 30s }"),
+            g.contains("granted4 { 198.18.0.2 . tcp . 22 timeout 30000ms }"),
             "{g}"
         );
         assert!(

@@ -1,0 +1,255 @@
+//! The packet path: capture → tracker → replay state persisted → grants to the firewall task;
+//! rejections and missing payloads logged (rate-limited).
+
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use sesame_keys::PublicKey;
+use sesame_proto::{ClientId, Event, Service, Tracker, UnixMillis};
+use tokio::sync::mpsc;
+
+use super::firewall_task::FwMsg;
+use super::system_now;
+use crate::capture;
+use crate::config::Config;
+use crate::state::ReplayStore;
+
+/// A grant to carry out: open `services` for `address`.
+#[derive(Debug)]
+pub(super) struct GrantJob {
+    pub(super) client: PublicKey,
+    pub(super) client_name: String,
+    pub(super) source: IpAddr,
+    pub(super) address: IpAddr,
+    pub(super) services: Vec<Service>,
+}
+
+const REJECTION_LINES_PER_SECOND: u32 = 50;
+
+pub(super) struct LogLimiter {
+    window: Instant,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    pub(super) fn new() -> Self {
+        LogLimiter {
+            window: Instant::now(),
+            lines: 0,
+            suppressed: 0,
+        }
+    }
+
+    pub(super) fn allow(&mut self) -> bool {
+        self.flush_if_due();
+        if self.lines < REJECTION_LINES_PER_SECOND {
+            self.lines += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    pub(super) fn flush_if_due(&mut self) {
+        if self.window.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        if self.suppressed > 0 {
+            tracing::warn!(
+                suppressed = self.suppressed,
+                "rejection log lines suppressed in the last second (rate limit)"
+            );
+        }
+        self.window = Instant::now();
+        self.lines = 0;
+        self.suppressed = 0;
+    }
+}
+
+/// A client's last knock: when, from where, and what came of it.
+#[derive(Clone, Debug)]
+pub(super) struct LastKnock {
+    pub(super) at: UnixMillis,
+    pub(super) source: IpAddr,
+    pub(super) result: &'static str,
+}
+
+/// Everything the packet path touches.
+pub(super) struct Core {
+    pub(super) tracker: Tracker,
+    pub(super) store: ReplayStore,
+    pub(super) names: Vec<String>,
+    pub(super) keys: Vec<PublicKey>,
+    pub(super) last: Vec<Option<LastKnock>>,
+    pub(super) grants: mpsc::UnboundedSender<FwMsg>,
+    /// The configuration in force.
+    pub(super) config: Config,
+    /// The server's private key (kept: key files may not be readable after the privilege drop).
+    pub(super) server_key: sesame_keys::PrivateKey,
+    pub(super) events: Vec<Event>,
+    pub(super) limiter: LogLimiter,
+    pub(super) state_write_failures: u64,
+    /// Clients whose last grant could not be saved (refused): saved with the next grant.
+    pub(super) unsaved: Vec<PublicKey>,
+    /// Wakes the timer task when the tracker has an earlier deadline.
+    pub(super) timer: Rc<tokio::sync::Notify>,
+}
+
+impl Core {
+    pub(super) fn handle_packet(&mut self, raw: &[u8]) {
+        let Some(p) = capture::parse_ip(raw) else {
+            return;
+        };
+        let now = system_now();
+        let armed = self.tracker.poll_timeout();
+        self.tracker
+            .packet(now, p.source, p.proto, p.port, p.payload, &mut self.events);
+        self.flush_events(now);
+        let next = self.tracker.poll_timeout();
+        if next.is_some() && (armed.is_none() || next < armed) {
+            self.timer.notify_one();
+        }
+    }
+
+    /// Ends the completed sequences whose payload did not come in time.
+    pub(super) fn handle_timeout(&mut self) {
+        let now = system_now();
+        self.tracker.handle_timeout(now, &mut self.events);
+        self.flush_events(now);
+    }
+
+    fn flush_events(&mut self, now: UnixMillis) {
+        if !self.events.is_empty() {
+            let events = std::mem::take(&mut self.events);
+            for event in &events {
+                self.handle_event(now, event);
+            }
+            self.events = events;
+            self.events.clear();
+        }
+    }
+
+    fn name(&self, id: ClientId) -> &str {
+        self.names.get(id.0 as usize).map_or("?", String::as_str)
+    }
+
+    fn remember(&mut self, client: ClientId, at: UnixMillis, source: IpAddr, result: &'static str) {
+        if let Some(slot) = self.last.get_mut(client.0 as usize) {
+            *slot = Some(LastKnock { at, source, result });
+        }
+    }
+
+    fn handle_event(&mut self, now: UnixMillis, event: &Event) {
+        match event {
+            Event::Granted(g) => {
+                // Persist before granting: a restart must never make this knock valid again.
+                // Only this client's state changed (the grant carries it), plus any whose
+                // earlier save failed.
+                let replay = self.tracker.replay_states();
+                let key = self.keys[g.client.0 as usize];
+                let mut states = vec![(key, g.replay.clone())];
+                for k in self.unsaved.iter().filter(|k| **k != key) {
+                    if let Some(i) = self.keys.iter().position(|x| x == k) {
+                        states.push((*k, replay[i].clone()));
+                    }
+                }
+                if let Err(e) = self.store.save(states.iter().map(|(k, s)| (k, s.clone()))) {
+                    if !self.unsaved.contains(&key) {
+                        self.unsaved.push(key);
+                    }
+                    self.state_write_failures += 1;
+                    self.remember(g.client, now, g.source, "state_write_failed");
+                    tracing::error!(
+                        client = %self.name(g.client),
+                        source = %g.source,
+                        error = %e,
+                        "replay state could not be written: nothing granted (fail closed)"
+                    );
+                    return;
+                }
+                self.unsaved.clear();
+                self.remember(g.client, now, g.source, "granted");
+                tracing::debug!(
+                    client = %self.name(g.client),
+                    source = %g.source,
+                    "knock accepted; replay state saved"
+                );
+                let job = GrantJob {
+                    client: key,
+                    client_name: self.name(g.client).to_owned(),
+                    source: g.source,
+                    address: g.address,
+                    services: g.services.clone(),
+                };
+                if self.grants.send(FwMsg::Grant(job)).is_err() {
+                    tracing::error!("firewall task is gone; grant dropped");
+                }
+            }
+            Event::Rejected {
+                source,
+                client,
+                reason,
+            } => {
+                if let Some(c) = client {
+                    self.remember(*c, now, *source, reason.code());
+                }
+                if self.limiter.allow() {
+                    match client {
+                        Some(c) => tracing::warn!(
+                            source = %source,
+                            client = %self.name(*c),
+                            reason = %reason.code(),
+                            detail = %reason,
+                            "rejected"
+                        ),
+                        None => tracing::warn!(
+                            source = %source,
+                            reason = %reason.code(),
+                            detail = %reason,
+                            "rejected"
+                        ),
+                    }
+                }
+            }
+            Event::PayloadMissing { source, client } => {
+                let optional = self.config.knock.payload == sesame_proto::PayloadMode::Optional;
+                if !optional {
+                    self.remember(*client, now, *source, "payload_missing");
+                }
+                if self.limiter.allow() {
+                    if optional {
+                        tracing::info!(
+                            source = %source,
+                            client = %self.name(*client),
+                            timeout_ms = self.config.knock.timeout_ms,
+                            "sequence completed, no payload within timeout_ms: the sequence alone decides (payload = optional)"
+                        );
+                    } else {
+                        tracing::warn!(
+                            source = %source,
+                            client = %self.name(*client),
+                            reason = "payload_missing",
+                            timeout_ms = self.config.knock.timeout_ms,
+                            "sequence completed, no payload within timeout_ms (is UDP to the knock range blocked on the client's network?)"
+                        );
+                    }
+                }
+            }
+            Event::SequenceComplete {
+                source,
+                client,
+                counter,
+            } => {
+                tracing::debug!(
+                    source = %source,
+                    client = %self.name(*client),
+                    counter,
+                    "sequence complete"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The firewall task: feeds grants, reloads, ticks and table rebuilds to the pure
+//! [`LeaseTable`] and carries out the actions it returns with the backend, at most
+//! `concurrency` at once (one at a time for nftables, which keeps them in order).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::time::Duration;
+
+use sesame_keys::PublicKey;
+use sesame_proto::UnixMillis;
+use tokio::sync::mpsc;
+
+use super::Clock;
+use super::core::GrantJob;
+use crate::firewall::{AnyFirewall, Firewall, Lease};
+use crate::lease::{Action, Granted, LeaseTable, Op, Policy};
+
+/// What the firewall task is asked to do.
+pub(super) enum FwMsg {
+    /// Open (or refresh) leases.
+    Grant(GrantJob),
+    /// Use another backend and policy from now on (after a reload).
+    Replace(Box<AnyFirewall>, Policy),
+    /// End the leases of every client key not in the set (removed, or its key replaced).
+    KeepOnly(HashSet<PublicKey>),
+}
+
+/// The firewall task's state, readable by the control socket.
+pub(super) struct FwState {
+    /// The leases.
+    pub(super) table: LeaseTable,
+    /// Per client name, when a grant of theirs last failed in the firewall (shown by
+    /// `status` as the last knock's result while no newer knock came).
+    pub(super) failed_at: HashMap<String, UnixMillis>,
+}
+
+/// A grant whose services are being opened (for its one log line).
+struct JobProgress {
+    client: String,
+    source: std::net::IpAddr,
+    address: std::net::IpAddr,
+    remaining: usize,
+    opened: Vec<String>,
+}
+
+/// The result of one backend action.
+struct Done {
+    action: Action,
+    /// The grant job it belongs to, if any.
+    job: Option<u64>,
+    result: Result<(), crate::firewall::FirewallError>,
+}
+
+/// Runs until `stop` fires: then closes the leases a backend does not expire by itself.
+pub(super) async fn firewall_task(
+    mut firewall: AnyFirewall,
+    mut jobs: mpsc::UnboundedReceiver<FwMsg>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    state: Rc<RefCell<FwState>>,
+    clock: Clock,
+) {
+    let mut limit = Rc::new(tokio::sync::Semaphore::new(
+        firewall.traits().concurrency.max(1),
+    ));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let mut progress: HashMap<u64, JobProgress> = HashMap::new();
+    let mut next_job = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut verify = tokio::time::interval(Duration::from_secs(5));
+    verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let spawn = |firewall: &AnyFirewall,
+                 limit: &Rc<tokio::sync::Semaphore>,
+                 action: Action,
+                 job: Option<u64>| {
+        let mut fw = firewall.clone();
+        let limit = Rc::clone(limit);
+        let done = done_tx.clone();
+        let now = clock.now();
+        tokio::task::spawn_local(async move {
+            let _permit = limit.acquire().await;
+            let result = run_action(&mut fw, &action, now).await;
+            let _ = done.send(Done {
+                action,
+                job,
+                result,
+            });
+        });
+    };
+
+    loop {
+        tokio::select! {
+            _ = &mut stop => {
+                let actions = state.borrow_mut().table.drain(clock.now());
+                let now = clock.now();
+                for action in actions {
+                    match run_action(&mut firewall, &action, now).await {
+                        Ok(()) => tracing::info!(client = %action.client_name, address = %action.lease.address, service = %action.lease.service, "lease closed at shutdown"),
+                        Err(e) => tracing::error!(client = %action.client_name, address = %action.lease.address, service = %action.lease.service, error = %e, "closing the lease failed"),
+                    }
+                }
+                return;
+            }
+            msg = jobs.recv() => {
+                let job = match msg {
+                    None => break,
+                    Some(FwMsg::Grant(job)) => job,
+                    Some(FwMsg::Replace(fw, policy)) => {
+                        firewall = *fw;
+                        limit = Rc::new(tokio::sync::Semaphore::new(firewall.traits().concurrency.max(1)));
+                        state.borrow_mut().table.reconfigure(firewall.traits(), policy);
+                        continue;
+                    }
+                    Some(FwMsg::KeepOnly(keep)) => {
+                        let actions = state.borrow_mut().table.revoke(clock.now(), |k| keep.contains(k));
+                        for action in actions {
+                            tracing::info!(client = %action.client_name, address = %action.lease.address, service = %action.lease.service, "lease ended: client removed or its key replaced");
+                            spawn(&firewall, &limit, action, None);
+                        }
+                        continue;
+                    }
+                };
+                let id = next_job;
+                next_job += 1;
+                let (actions, outcome) = state.borrow_mut().table.grant(
+                    clock.now(),
+                    job.client,
+                    &job.client_name,
+                    job.address,
+                    &job.services,
+                );
+                let mut entry = JobProgress {
+                    client: job.client_name.clone(),
+                    source: job.source,
+                    address: job.address,
+                    remaining: actions.len(),
+                    opened: Vec::new(),
+                };
+                for (service, granted) in outcome {
+                    match granted {
+                        Granted::Kept | Granted::Extended => entry.opened.push(service.to_string()),
+                        Granted::Cooldown => tracing::warn!(
+                            client = %job.client_name,
+                            address = %job.address,
+                            service = %service,
+                            "hook cooldown: open_command not run for this new lease"
+                        ),
+                        Granted::Opening | Granted::Refreshing => {}
+                    }
+                }
+                if actions.is_empty() {
+                    log_granted(&entry, &state.borrow().table);
+                } else {
+                    progress.insert(id, entry);
+                    for action in actions {
+                        spawn(&firewall, &limit, action, Some(id));
+                    }
+                }
+            }
+            Some(done) = done_rx.recv() => {
+                let now = clock.now();
+                let ok = done.result.is_ok();
+                state.borrow_mut().table.done(now, done.action.id, ok);
+                if let Err(e) = &done.result {
+                    let what = match done.action.op {
+                        Op::Open { .. } => "firewall grant failed",
+                        Op::Close => "closing the lease failed",
+                    };
+                    state.borrow_mut().failed_at.insert(done.action.client_name.clone(), super::system_now());
+                    tracing::error!(
+                        client = %done.action.client_name,
+                        address = %done.action.lease.address,
+                        service = %done.action.lease.service,
+                        error = %e,
+                        "{what}"
+                    );
+                }
+                if let Some(job) = done.job {
+                    if let Some(entry) = progress.get_mut(&job) {
+                        entry.remaining -= 1;
+                        if ok {
+                            entry.opened.push(done.action.lease.service.to_string());
+                        }
+                        if entry.remaining == 0 {
+                            if let Some(entry) = progress.remove(&job) {
+                                log_granted(&entry, &state.borrow().table);
+                            }
+                        }
+                    }
+                }
+            }
+            _ = verify.tick() => {
+                let _permit = limit.acquire().await;
+                match firewall.verify().await {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        let actions = state.borrow_mut().table.rebuilt(clock.now());
+                        tracing::error!(
+                            backend = %firewall,
+                            leases = actions.len(),
+                            "the firewall table had been removed (e.g. nft flush ruleset): the protected services were exposed; it is rebuilt, and the active leases are restored"
+                        );
+                        drop(_permit);
+                        for action in actions {
+                            spawn(&firewall, &limit, action, None);
+                        }
+                    }
+                    Err(e) => tracing::error!(backend = %firewall, error = %e, "cannot check or rebuild the firewall table"),
+                }
+            }
+            _ = tick.tick() => {
+                let (actions, ended) = state.borrow_mut().table.tick(clock.now());
+                for (key, name) in ended {
+                    tracing::info!(client = %name, address = %key.address, service = %key.service, "lease ended");
+                }
+                for action in actions {
+                    spawn(&firewall, &limit, action, None);
+                }
+            }
+        }
+    }
+}
+
+/// Carries out one action with the backend.
+async fn run_action(
+    firewall: &mut AnyFirewall,
+    action: &Action,
+    now: UnixMillis,
+) -> Result<(), crate::firewall::FirewallError> {
+    let lease = |until: UnixMillis| Lease {
+        client: action.client_name.clone(),
+        address: action.lease.address,
+        service: action.lease.service,
+        timeout_ms: until.since(now).max(1000),
+    };
+    match action.op {
+        Op::Open { refresh, until } => firewall.grant(&lease(until), refresh).await,
+        Op::Close => firewall.revoke(&lease(now)).await,
+    }
+}
+
+/// One line per grant, once the firewall has every rule, so a client that connects after this
+/// line is let in.
+fn log_granted(entry: &JobProgress, table: &LeaseTable) {
+    if entry.opened.is_empty() {
+        return;
+    }
+    tracing::info!(
+        client = %entry.client,
+        source = %entry.source,
+        address = %entry.address,
+        services = %entry.opened.join(","),
+        lease_seconds = table.policy().lease_ms / 1000,
+        "granted"
+    );
+}

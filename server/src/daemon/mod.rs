@@ -1,0 +1,427 @@
+//! The daemon: capture → tracker → (persist replay state) → firewall, on one thread.
+//!
+//! Everything runs on a single-threaded tokio runtime: the capture tasks feed packets straight
+//! into the tracker (no queue, no allocation per packet), grants go to the firewall task over a
+//! channel, and the control socket reads the shared state between packets.
+//!
+//! * `mod.rs`: starting, wiring the tasks, stopping;
+//! * [`core`]: the packet path and the persistence of replay state;
+//! * [`firewall_task`]: leases ([`crate::lease::LeaseTable`]) and the backend;
+//! * [`reload`]: a new configuration without a restart;
+//! * [`status`]: what the control socket reports.
+
+mod core;
+mod firewall_task;
+mod reload;
+mod status;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sesame_keys::PublicKey;
+use sesame_proto::{ClientEntry, ClientKeys, Policy, Tracker, TrackerConfig, UnixMillis};
+use tokio::sync::mpsc;
+
+use self::core::{Core, LogLimiter};
+use self::firewall_task::{FwState, firewall_task};
+use crate::capture;
+use crate::config::{Config, Interfaces, Secrets};
+use crate::control;
+use crate::firewall::{AnyFirewall, Firewall, FirewallError};
+use crate::lease::LeaseTable;
+use crate::state::{ReplayStore, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The replay state could not be read.
+    #[error("replay state: {0}")]
+    State(#[from] StateError),
+    /// A client's keys could not be combined with the server key.
+    #[error("client '{0}': key exchange with the server key failed (low-order key)")]
+    Keys(String),
+    /// The knock sequences could not be derived.
+    #[error("knock sequences: {0}")]
+    Sequences(String),
+    /// The firewall could not be set up.
+    #[error("firewall setup failed: {0}")]
+    Firewall(#[from] FirewallError),
+    /// Packet capture could not start.
+    #[error("packet capture on {interface} failed: {source} (sesamed needs CAP_NET_RAW)")]
+    Capture {
+        /// The interface.
+        interface: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The control socket could not be created.
+    #[error("control socket {path}: {source}")]
+    Control {
+        /// The socket path.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Capabilities are missing, or could not be dropped.
+    #[error("privileges: {0}")]
+    Privileges(#[from] crate::privileges::PrivilegeError),
+    /// The async runtime could not start.
+    #[error("runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// The current time from the system clock.
+pub fn system_now() -> UnixMillis {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    UnixMillis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn rfc3339(t: UnixMillis) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0) * 1_000_000)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.0.to_string())
+}
+
+/// A millisecond clock that never jumps: the wall clock at start plus the monotonic time since
+/// (leases are timed with it, so an NTP step does not end or stretch them).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    base: UnixMillis,
+    started: Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            base: system_now(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Now.
+    pub(crate) fn now(&self) -> UnixMillis {
+        self.base
+            .plus_millis(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+fn client_entries(config: &Config, secrets: &Secrets) -> Result<Vec<ClientEntry>, StartError> {
+    config
+        .clients
+        .iter()
+        .zip(&secrets.psks)
+        .map(|(c, psk)| {
+            let keys = ClientKeys::for_server(&secrets.server_key, &c.public_key, psk.as_ref())
+                .map_err(|_| StartError::Keys(c.name.clone()))?;
+            Ok(ClientEntry {
+                name: c.name.clone(),
+                keys,
+                policy: Policy {
+                    allow: c.allow.clone(),
+                    sources: c.source.clone(),
+                    allow_other_ip: c.allow_other_ip,
+                    require_address: c.require_address,
+                    expires: c.expires,
+                },
+            })
+        })
+        .collect()
+}
+
+/// The tracker's settings for a configuration.
+fn tracker_config(config: &Config) -> TrackerConfig {
+    TrackerConfig {
+        params: config.knock.params.clone(),
+        skew_steps: config.knock.skew_steps,
+        timeout_ms: config.knock.timeout_ms,
+        payload: config.knock.payload,
+        max_ahead_ms: config.knock.max_ahead_ms,
+        x25519_per_second: config.knock.x25519_per_client_per_second,
+        max_sources: TrackerConfig::DEFAULT_MAX_SOURCES,
+        max_candidates: TrackerConfig::DEFAULT_MAX_CANDIDATES,
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(config: Config, secrets: Secrets) -> Result<(), StartError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, run_local(config, secrets))
+}
+
+async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
+    let started = Instant::now();
+    let mut firewall = AnyFirewall::from_config(&config);
+    let mut needed = vec![caps::Capability::CAP_NET_RAW];
+    if firewall.needs_net_admin() {
+        needed.push(caps::Capability::CAP_NET_ADMIN);
+    }
+    crate::privileges::check_capabilities(&needed)?;
+    let store = ReplayStore::open(&config.state_dir)?;
+    if store.found_legacy() {
+        tracing::info!(
+            state_dir = %config.state_dir.display(),
+            "replay state of sesame protocol 1 found and ignored (no protocol-1 knock is valid under protocol 2); it is replaced by the next write"
+        );
+    }
+    let entries = client_entries(&config, &secrets)?;
+    let keys: Vec<PublicKey> = config.clients.iter().map(|c| c.public_key).collect();
+    let names: Vec<String> = config.clients.iter().map(|c| c.name.clone()).collect();
+    let replay = keys.iter().map(|k| store.get(k)).collect();
+    let tracker = Tracker::new(
+        tracker_config(&config),
+        secrets.server_key.clone(),
+        entries,
+        replay,
+        system_now(),
+    )
+    .map_err(|e| StartError::Sequences(e.to_string()))?;
+    // The gate MACs saved at the last clean shutdown stay refused before any key work. After a
+    // crash, those of datagrams that passed the gate but were refused are lost: unbound payloads
+    // that may have been made before this start (their timestamps run at most max_ahead_ms
+    // ahead) are refused; bound ones are useless to anyone else.
+    let mut tracker = tracker;
+    tracker.remember_seen(store.seen(), system_now());
+    let crashed = store.mark_running().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "replay state: cannot mark the state as in use; treating the last stop as a crash");
+        true
+    });
+    let unbound_from = system_now().plus_millis(config.knock.max_ahead_ms);
+    if crashed {
+        tracker.refuse_unbound_before(unbound_from);
+    }
+
+    firewall.setup().await?;
+
+    // Open the capture sockets now, so a missing capability fails the start.
+    let (lo, hi) = (config.knock.params.port_lo, config.knock.params.port_hi);
+    let interfaces: Vec<Option<String>> = match &config.interfaces {
+        Interfaces::Any => vec![None],
+        Interfaces::Named(names) => names.iter().cloned().map(Some).collect(),
+    };
+    for iface in &interfaces {
+        if let Err(source) = capture::open_socket(iface.as_deref(), lo, hi) {
+            let interface = iface.clone().unwrap_or_else(|| "any".into());
+            if iface.is_none() || source.raw_os_error() == Some(libc::EPERM) {
+                return Err(StartError::Capture { interface, source });
+            }
+            tracing::warn!(interface, error = %source, "interface not available yet; will retry");
+        }
+    }
+    let control = control::bind(&config.control_socket).map_err(|source| StartError::Control {
+        path: config.control_socket.display().to_string(),
+        source,
+    })?;
+
+    // Setup is done: keep only CAP_NET_RAW and CAP_NET_ADMIN, and switch user if asked.
+    let dropped = crate::privileges::drop_privileges(config.user.as_deref(), &config.state_dir)?;
+    tracing::info!(
+        uid = dropped.uid,
+        gid = dropped.gid,
+        "privileges dropped: only CAP_NET_RAW and CAP_NET_ADMIN kept"
+    );
+
+    let (grants_tx, grants_rx) = mpsc::unbounded_channel();
+    let last = vec![None; names.len()];
+    let timer = Rc::new(tokio::sync::Notify::new());
+    let core = Rc::new(RefCell::new(Core {
+        tracker,
+        store,
+        names,
+        keys,
+        last,
+        grants: grants_tx,
+        events: Vec::new(),
+        limiter: LogLimiter::new(),
+        state_write_failures: 0,
+        unsaved: Vec::new(),
+        config: config.clone(),
+        server_key: secrets.server_key.clone(),
+        timer: Rc::clone(&timer),
+    }));
+    let clock = Clock::new();
+    let fw_state = Rc::new(RefCell::new(FwState {
+        table: LeaseTable::new(firewall.traits(), lease_policy(&config)),
+        failed_at: std::collections::HashMap::new(),
+    }));
+
+    let backend = firewall.to_string();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let fw_task = tokio::task::spawn_local(firewall_task(
+        firewall,
+        grants_rx,
+        stop_rx,
+        Rc::clone(&fw_state),
+        clock,
+    ));
+    for iface in interfaces {
+        let core = Rc::clone(&core);
+        tokio::task::spawn_local(capture::run_capture(iface, lo, hi, move |raw| {
+            core.borrow_mut().handle_packet(raw);
+        }));
+    }
+    {
+        let core = Rc::clone(&core);
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let now = system_now();
+                let mut core = core.borrow_mut();
+                if let Err(e) = core.tracker.advance(now) {
+                    tracing::error!(error = %e, "step tables could not be computed");
+                }
+                // Also forgets the gate MACs whose step has left the window.
+                core.handle_timeout();
+                core.limiter.flush_if_due();
+            }
+        });
+    }
+    {
+        // Completed sequences whose payload did not come: wake at the tracker's next deadline.
+        let core = Rc::clone(&core);
+        tokio::task::spawn_local(async move {
+            loop {
+                let next = core.borrow().tracker.poll_timeout();
+                match next {
+                    None => timer.notified().await,
+                    Some(at) => {
+                        let wait = Duration::from_millis(at.since(system_now()));
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => core.borrow_mut().handle_timeout(),
+                            () = timer.notified() => {}
+                        }
+                    }
+                }
+            }
+        });
+    }
+    {
+        let core = Rc::clone(&core);
+        let fw_state = Rc::clone(&fw_state);
+        tokio::task::spawn_local(control::serve(control, move |request| {
+            let core = Rc::clone(&core);
+            let fw_state = Rc::clone(&fw_state);
+            let request = request.to_owned();
+            Box::pin(async move {
+                let answer = match request.as_str() {
+                    "status" => {
+                        let s = {
+                            let core = core.borrow();
+                            status::status(
+                                &core.config,
+                                started,
+                                &core,
+                                &fw_state.borrow(),
+                                clock.now(),
+                            )
+                        };
+                        serde_json::to_value(&s)
+                    }
+                    "reload" => serde_json::to_value(reload::reload(&core).await),
+                    other => {
+                        Ok(serde_json::json!({ "error": format!("unknown request '{other}'") }))
+                    }
+                };
+                answer.map_or_else(
+                    |e| serde_json::json!({ "error": e.to_string() }).to_string(),
+                    |v| v.to_string(),
+                )
+            })
+        }));
+    }
+    {
+        let core = Rc::clone(&core);
+        tokio::task::spawn_local(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                tracing::error!("cannot watch SIGHUP; use `sesamed reload`");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = reload::reload(&core).await;
+            }
+        });
+    }
+
+    if crashed && config.knock.payload != sesame_proto::PayloadMode::None {
+        tracing::warn!(
+            until = %rfc3339(unbound_from),
+            "sesamed did not stop cleanly last time: payloads that name no address and may have been made before this start are refused until then (knocks bound to an address are not affected)"
+        );
+    }
+    tracing::info!(
+        clients = config.clients.len(),
+        backend = %backend,
+        interfaces = ?config.interfaces,
+        port_range = %format!("{lo}-{hi}"),
+        payload = %config.knock.payload,
+        control = %config.control_socket.display(),
+        "ready"
+    );
+
+    wait_for_stop().await;
+    tracing::info!("stopping");
+    // The firewall task closes what needs closing (command-backend leases); the nftables
+    // table stays, so the services stay hidden and granted elements expire in the kernel.
+    let _ = stop_tx.send(());
+    if tokio::time::timeout(Duration::from_secs(15), fw_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("closing leases took too long; exiting anyway");
+    }
+    // The journal into the snapshot, so the snapshot alone is the whole state at rest, with the
+    // remembered gate MACs; then the marker goes: this was a clean stop.
+    {
+        let mut core = core.borrow_mut();
+        let seen = core.tracker.seen_list();
+        core.store.set_seen(seen);
+        match core.store.checkpoint() {
+            Ok(()) => {
+                if let Err(e) = core.store.mark_stopped() {
+                    tracing::warn!(error = %e, "replay state: could not mark the stop as clean; the next start treats it as a crash");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "replay state: could not write the snapshot; the journal keeps the state and the next start treats this stop as a crash")
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&config.control_socket);
+    Ok(())
+}
+
+fn lease_policy(config: &Config) -> crate::lease::Policy {
+    crate::lease::Policy {
+        lease_ms: u64::from(config.firewall.lease_seconds) * 1000,
+        cooldown_ms: config.firewall.command_cooldown_ms,
+        burst: config.firewall.command_burst,
+    }
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot watch SIGTERM/SIGINT; stop sesamed with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

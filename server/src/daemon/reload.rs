@@ -1,0 +1,166 @@
+//! `sesamed reload` and SIGHUP: a new configuration without a restart.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use sesame_keys::PublicKey;
+
+use super::core::{Core, LastKnock};
+use super::firewall_task::FwMsg;
+use super::{client_entries, lease_policy, system_now, tracker_config};
+use crate::config::{Config, Secrets};
+use crate::control;
+use crate::firewall::{AnyFirewall, Firewall};
+use sesame_proto::Tracker;
+
+/// Re-reads the configuration: clients added, removed or changed take effect, knock and
+/// firewall settings are applied, leases and replay state are kept. A configuration with
+/// errors is refused and the running one keeps serving.
+pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
+    let refuse = |message: String| {
+        tracing::error!(error = %message, "reload refused; the running configuration stays");
+        control::ReloadResult { ok: false, message }
+    };
+    let (path, old, server_key) = {
+        let c = core.borrow();
+        (
+            c.config.path.clone(),
+            c.config.clone(),
+            c.server_key.clone(),
+        )
+    };
+    let new = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let mut psks = Vec::with_capacity(new.clients.len());
+    for c in &new.clients {
+        match &c.psk_file {
+            Some(p) => match sesame_keys::read_psk_file(p) {
+                Ok(k) => psks.push(Some(k)),
+                Err(e) => {
+                    return refuse(format!("{}: client '{}': {e}", path.display(), c.name));
+                }
+            },
+            None => psks.push(None),
+        }
+    }
+    let mut notes = Vec::new();
+    if new.private_key_file != old.private_key_file
+        || new.state_dir != old.state_dir
+        || new.interfaces != old.interfaces
+        || new.control_socket != old.control_socket
+        || new.user != old.user
+    {
+        notes.push(
+            "changes to private_key_file, state_dir, interfaces, control_socket or user take effect at the next restart",
+        );
+    }
+    let secrets = Secrets {
+        server_key: server_key.clone(),
+        psks,
+    };
+    let entries = match client_entries(&new, &secrets) {
+        Ok(e) => e,
+        Err(e) => return refuse(e.to_string()),
+    };
+    // The firewall first: if its new setup fails, nothing changes.
+    let firewall_changed = new.firewall != old.firewall || new.knock.params != old.knock.params;
+    let replacement = if firewall_changed {
+        let mut fw = AnyFirewall::from_config(&new);
+        if let Err(e) = fw.setup().await {
+            return refuse(format!(
+                "firewall setup for the new configuration failed: {e}"
+            ));
+        }
+        Some(fw)
+    } else {
+        None
+    };
+    let mut c = core.borrow_mut();
+    // Replay state: what the running tracker holds (it may be ahead of the disk), else the
+    // store, for every client kept or added.
+    let current: HashMap<PublicKey, sesame_proto::ReplayState> = c
+        .keys
+        .iter()
+        .copied()
+        .zip(c.tracker.replay_states().iter().cloned())
+        .collect();
+    let keys: Vec<PublicKey> = new.clients.iter().map(|x| x.public_key).collect();
+    let replay = keys
+        .iter()
+        .map(|k| current.get(k).cloned().unwrap_or_else(|| c.store.get(k)))
+        .collect();
+    let tracker = match Tracker::new(
+        tracker_config(&new),
+        server_key,
+        entries,
+        replay,
+        system_now(),
+    ) {
+        Ok(mut t) => {
+            // Datagrams the running tracker saw stay refused before any key work.
+            t.inherit_seen(&c.tracker);
+            t
+        }
+        Err(e) => {
+            drop(c);
+            return refuse(format!("knock sequences: {e}"));
+        }
+    };
+    let old_names = std::mem::take(&mut c.names);
+    let names: Vec<String> = new.clients.iter().map(|x| x.name.clone()).collect();
+    let added: Vec<String> = names
+        .iter()
+        .filter(|n| !old_names.contains(n))
+        .cloned()
+        .collect();
+    let removed: Vec<String> = old_names
+        .iter()
+        .filter(|n| !names.contains(n))
+        .cloned()
+        .collect();
+    // Keep the last-knock record of the clients that stay.
+    let last: Vec<Option<LastKnock>> = names
+        .iter()
+        .map(|n| {
+            old_names
+                .iter()
+                .position(|o| o == n)
+                .and_then(|i| c.last.get(i).cloned().flatten())
+        })
+        .collect();
+    if let Some(fw) = replacement {
+        let policy = lease_policy(&new);
+        let _ = c.grants.send(FwMsg::Replace(Box::new(fw), policy));
+    }
+    // Leases of keys that are gone (a client removed, or its key replaced) end now.
+    let keep: std::collections::HashSet<PublicKey> = keys.iter().copied().collect();
+    if c.keys.iter().any(|k| !keep.contains(k)) {
+        let _ = c.grants.send(FwMsg::KeepOnly(keep));
+    }
+    c.tracker = tracker;
+    c.keys = keys;
+    c.names = names;
+    c.last = last;
+    c.config = new;
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    let message = format!(
+        "reloaded: {} clients (added: {}; removed: {}){}",
+        c.names.len(),
+        list(&added),
+        list(&removed),
+        notes
+            .first()
+            .map_or_else(String::new, |n| format!("; note: {n}"))
+    );
+    tracing::info!("{message}");
+    control::ReloadResult { ok: true, message }
+}
