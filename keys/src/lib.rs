@@ -383,10 +383,44 @@ impl Eq for PresharedKey {}
 /// Permission bits that must be clear on a secret key file (group and other access).
 pub const SECRET_FILE_FORBIDDEN_MODE: u32 = 0o077;
 
+/// Whether reading a secret follows a symbolic link at its path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Links {
+    /// Follow it (the client: key files under a dotfiles manager may be links).
+    Follow,
+    /// Refuse it (the daemon, which reads as root).
+    Refuse,
+}
+
 /// Reads a secret file after checking it is a small regular file that group and others cannot
-/// access. The content is returned in a buffer that is zeroized on drop.
+/// access. The content is returned in a buffer that is zeroized on drop. The file is opened
+/// without blocking (a FIFO or a device at the path is refused, never waited on) and checked
+/// with `fstat` on the open file, so what is read is what was checked.
 pub fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, KeyFileError> {
-    let mut file = File::open(path).map_err(|e| KeyFileError::io(path, e))?;
+    read_secret_file_with(path, Links::Follow)
+}
+
+/// [`read_secret_file`], choosing whether a symbolic link is followed.
+pub fn read_secret_file_with(path: &Path, links: Links) -> Result<Zeroizing<String>, KeyFileError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
+    if links == Links::Refuse {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                KeyFileError::NotAKeyFile {
+                    path: path.to_path_buf(),
+                    why: "a symbolic link (sesamed reads secrets only from the file itself)",
+                }
+            } else {
+                KeyFileError::io(path, e)
+            }
+        })?;
     let meta = file.metadata().map_err(|e| KeyFileError::io(path, e))?;
     if !meta.is_file() {
         return Err(KeyFileError::NotAKeyFile {
@@ -421,7 +455,12 @@ pub fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, KeyFileError> 
 
 /// Reads a private key file (refusing files accessible by group or others).
 pub fn read_private_key_file(path: &Path) -> Result<PrivateKey, KeyFileError> {
-    let text = read_secret_file(path)?;
+    read_private_key_file_with(path, Links::Follow)
+}
+
+/// [`read_private_key_file`], choosing whether a symbolic link is followed.
+pub fn read_private_key_file_with(path: &Path, links: Links) -> Result<PrivateKey, KeyFileError> {
+    let text = read_secret_file_with(path, links)?;
     PrivateKey::from_base64(&text).map_err(|source| KeyFileError::Parse {
         path: path.to_path_buf(),
         source,
@@ -430,7 +469,12 @@ pub fn read_private_key_file(path: &Path) -> Result<PrivateKey, KeyFileError> {
 
 /// Reads a pre-shared key file (refusing files accessible by group or others).
 pub fn read_psk_file(path: &Path) -> Result<PresharedKey, KeyFileError> {
-    let text = read_secret_file(path)?;
+    read_psk_file_with(path, Links::Follow)
+}
+
+/// [`read_psk_file`], choosing whether a symbolic link is followed.
+pub fn read_psk_file_with(path: &Path, links: Links) -> Result<PresharedKey, KeyFileError> {
+    let text = read_secret_file_with(path, links)?;
     PresharedKey::from_base64(&text).map_err(|source| KeyFileError::Parse {
         path: path.to_path_buf(),
         source,

@@ -369,6 +369,26 @@ fn is_simple_name(s: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Reads a configuration file without blocking on a FIFO or a device at its path: it must be
+/// a regular file (a symbolic link to one is fine: only root can put one in /etc/sesame).
+pub fn read_config_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut text = String::new();
+    file.take(16 << 20).read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// Parses an RFC 3339 time into milliseconds since the epoch.
 pub fn parse_rfc3339(s: &str) -> Result<UnixMillis, String> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
@@ -382,7 +402,7 @@ impl Config {
     /// Reads and validates a configuration file (secrets are not read; see
     /// [`Config::load_secrets`]).
     pub fn load(path: &Path) -> Result<Config, ConfigFileError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigFileError {
+        let text = read_config_text(path).map_err(|e| ConfigFileError {
             path: path.to_path_buf(),
             error: ConfigError {
                 line: None,
@@ -766,8 +786,11 @@ impl Config {
                 message,
             },
         };
-        let server_key = sesame_keys::read_private_key_file(&self.private_key_file)
-            .map_err(|e| fail("private_key_file", e.to_string()))?;
+        let server_key = sesame_keys::read_private_key_file_with(
+            &self.private_key_file,
+            sesame_keys::Links::Refuse,
+        )
+        .map_err(|e| fail("private_key_file", e.to_string()))?;
         let mut psks = Vec::with_capacity(self.clients.len());
         for c in &self.clients {
             if server_key.diffie_hellman(&c.public_key).is_err() {
@@ -777,11 +800,11 @@ impl Config {
                 ));
             }
             psks.push(match &c.psk_file {
-                Some(p) => {
-                    Some(sesame_keys::read_psk_file(p).map_err(|e| {
-                        fail("client.psk_file", format!("client '{}': {e}", c.name))
-                    })?)
-                }
+                Some(p) => Some(
+                    sesame_keys::read_psk_file_with(p, sesame_keys::Links::Refuse).map_err(
+                        |e| fail("client.psk_file", format!("client '{}': {e}", c.name)),
+                    )?,
+                ),
                 None => None,
             });
         }

@@ -33,7 +33,8 @@ fn strings(items: &[String]) -> Array {
 }
 
 fn parse(path: &Path) -> Result<(String, DocumentMut), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text =
+        crate::config::read_config_text(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let doc = text.parse::<DocumentMut>().map_err(|e| {
         format!(
             "{}: {}",

@@ -326,6 +326,83 @@ impl Nftables {
         self.apply(&script).await
     }
 
+    /// The transaction that replaces the table whole (an incompatible table of another
+    /// version is in the way).
+    fn replace_script(&self) -> String {
+        format!(
+            "add table inet {t}\ndelete table inet {t}\n{script}",
+            t = self.table,
+            script = self.ruleset()
+        )
+    }
+
+    /// Adds what the kernel may lack to a refusal of the table.
+    fn with_hint(&self, e: FirewallError) -> FirewallError {
+        match e {
+            FirewallError::Failed {
+                program,
+                status,
+                stderr,
+            } if self.connection => FirewallError::Failed {
+                program,
+                status,
+                stderr: format!(
+                    "{stderr} (lease = \"connection\" deletes set elements from the packet path: it needs Linux 5.4 and nft 0.9.3 or later; lease = \"window\" does not)"
+                ),
+            },
+            e => e,
+        }
+    }
+
+    /// Asks the kernel, through `nft -c`, whether it would accept the table, without changing
+    /// anything (`sesamed check`). `Ok(false)`: nft could not ask (not installed, or no
+    /// CAP_NET_ADMIN); the error is what it said.
+    pub fn check_ruleset(&self) -> Result<bool, FirewallError> {
+        use std::io::Write;
+        let mut child = match std::process::Command::new(&self.nft)
+            .args(["-c", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => {
+                return Err(FirewallError::Spawn {
+                    program: self.nft.clone(),
+                    source,
+                });
+            }
+        };
+        if let Some(mut pipe) = child.stdin.take() {
+            let _ = pipe.write_all(self.replace_script().as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|source| FirewallError::Spawn {
+                program: self.nft.clone(),
+                source,
+            })?;
+        if out.status.success() {
+            return Ok(true);
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("Operation not permitted") {
+            return Ok(false);
+        }
+        let stderr: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(3)
+            .collect();
+        Err(self.with_hint(FirewallError::Failed {
+            program: self.nft.clone(),
+            status: out.status.to_string(),
+            stderr: stderr.join(" | "),
+        }))
+    }
+
     async fn apply(&self, script: &str) -> Result<(), FirewallError> {
         let argv = vec![
             self.nft.to_string_lossy().into_owned(),
@@ -343,11 +420,9 @@ impl Firewall for Nftables {
             Ok(()) => Ok(()),
             Err(FirewallError::Failed { .. }) => {
                 // An incompatible table from another version: replace it whole.
-                let replace = format!(
-                    "add table inet {t}\ndelete table inet {t}\n{script}",
-                    t = self.table
-                );
-                self.apply(&replace).await
+                self.apply(&self.replace_script())
+                    .await
+                    .map_err(|e| self.with_hint(e))
             }
             Err(e) => Err(e),
         }

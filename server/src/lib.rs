@@ -225,8 +225,11 @@ fn profile_uri(
     host: &str,
     private_key: Option<sesame_keys::PrivateKey>,
 ) -> Result<zeroize::Zeroizing<String>, Failure> {
-    let key = sesame_keys::read_private_key_file(&config.private_key_file)
-        .map_err(|e| config_error(format!("{}: private_key_file: {e}", config.path.display())))?;
+    let key = sesame_keys::read_private_key_file_with(
+        &config.private_key_file,
+        sesame_keys::Links::Refuse,
+    )
+    .map_err(|e| config_error(format!("{}: private_key_file: {e}", config.path.display())))?;
     let text = config
         .export_profile(name, host, key.public_key())
         .ok_or_else(|| {
@@ -238,7 +241,10 @@ fn profile_uri(
     let profile = sesame_proto::Profile::parse(&text).map_err(|e| runtime_error(e.to_string()))?;
     let client = config.clients.iter().find(|c| c.name == name);
     let psk = match client.and_then(|c| c.psk_file.as_ref()) {
-        Some(p) => Some(sesame_keys::read_psk_file(p).map_err(|e| config_error(e.to_string()))?),
+        Some(p) => Some(
+            sesame_keys::read_psk_file_with(p, sesame_keys::Links::Refuse)
+                .map_err(|e| config_error(e.to_string()))?,
+        ),
         None => None,
     };
     if psk.is_some() {
@@ -338,6 +344,29 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Check { config } => {
             let config = Config::load(&config).map_err(config_error)?;
             config.load_secrets().map_err(config_error)?;
+            if config.user.is_none() {
+                eprintln!(
+                    "sesamed: warning: user is not set: started as root, sesamed stays uid 0 (its capabilities are dropped, its access to files is not); set user = \"sesame\", or start it as that user (the shipped systemd unit does)"
+                );
+            }
+            if let firewall::AnyFirewall::Nftables(nft) =
+                firewall::AnyFirewall::from_config(&config)
+            {
+                match nft.check_ruleset() {
+                    Ok(true) => {}
+                    Ok(false) => eprintln!(
+                        "sesamed: note: the nftables table was not tried against the kernel (nft is missing or this user lacks CAP_NET_ADMIN); run check as root to try it"
+                    ),
+                    Err(e) => {
+                        return Err(Failure {
+                            code: 1,
+                            message: format!(
+                                "the kernel refuses the nftables table sesamed would build: {e}"
+                            ),
+                        });
+                    }
+                }
+            }
             let p = &config.knock.params;
             println!(
                 "{}: ok ({} clients, knock range {}-{}, length {}, {} knocks, payload {}, backend {:?}, protecting {})",
@@ -511,10 +540,13 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             config, name, host, ..
         } => {
             let config = Config::load(&config).map_err(config_error)?;
-            let key =
-                sesame_keys::read_private_key_file(&config.private_key_file).map_err(|e| {
-                    config_error(format!("{}: private_key_file: {e}", config.path.display()))
-                })?;
+            let key = sesame_keys::read_private_key_file_with(
+                &config.private_key_file,
+                sesame_keys::Links::Refuse,
+            )
+            .map_err(|e| {
+                config_error(format!("{}: private_key_file: {e}", config.path.display()))
+            })?;
             let Some(profile) = config.export_profile(&name, &host, key.public_key()) else {
                 let known: Vec<&str> = config.clients.iter().map(|c| c.name.as_str()).collect();
                 return Err(config_error(format!(

@@ -43,6 +43,20 @@ pub enum PrivilegeError {
     /// A capability sesamed needs is missing.
     #[error("missing capability {0} (sesamed needs CAP_NET_RAW and CAP_NET_ADMIN)")]
     Missing(Capability),
+    /// The state directory holds an entry sesamed did not create (or one that is not a plain
+    /// file): handing it to the service account could hand over whatever it points at.
+    #[error(
+        "state_dir {dir}: '{entry}' {why}; sesamed hands only its own files to the service account: remove it",
+        dir = .dir.display()
+    )]
+    UnexpectedEntry {
+        /// The state directory.
+        dir: std::path::PathBuf,
+        /// The entry's name.
+        entry: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 fn sys(what: &'static str) -> impl Fn(caps::errors::CapsError) -> PrivilegeError {
@@ -79,19 +93,57 @@ pub struct Dropped {
     pub gid: u32,
 }
 
-/// Hands `state_dir` (and the files in it) to `uid`/`gid`, so the replay state can still be
-/// written after the switch.
+/// Hands `state_dir` and the files sesamed keeps in it to `uid`/`gid`, so the replay state can
+/// still be written after the switch. The service account can write that directory, so what
+/// is in it is not trusted: every entry must be one of sesamed's own files and a plain file
+/// (never a symbolic link, which a chown as root would follow to whatever it names, say
+/// /etc/shadow), and is changed with `fchownat(AT_SYMLINK_NOFOLLOW)`. Anything else stops the
+/// start, named.
 fn hand_over(state_dir: &Path, uid: Uid, gid: Gid) -> Result<(), PrivilegeError> {
-    let chown = |p: &Path| {
-        nix::unistd::chown(p, Some(uid), Some(gid)).map_err(nix_err("chown of the state directory"))
-    };
-    chown(state_dir)?;
+    use nix::fcntl::{AtFlags, OFlag};
+    use nix::sys::stat::Mode;
+    let dir = nix::fcntl::open(
+        state_dir,
+        OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(nix_err("opening the state directory"))?;
+    nix::unistd::fchown(&dir, Some(uid), Some(gid))
+        .map_err(nix_err("chown of the state directory"))?;
     let entries = std::fs::read_dir(state_dir).map_err(|source| PrivilegeError::Sys {
         what: "reading the state directory",
         source,
     })?;
-    for entry in entries.flatten() {
-        chown(&entry.path())?;
+    let unexpected = |entry: &str, why| PrivilegeError::UnexpectedEntry {
+        dir: state_dir.to_path_buf(),
+        entry: entry.to_owned(),
+        why,
+    };
+    for entry in entries {
+        let entry = entry.map_err(|source| PrivilegeError::Sys {
+            what: "reading the state directory",
+            source,
+        })?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !crate::state::OWN_FILES.contains(&name.as_str()) {
+            return Err(unexpected(&name, "is not a file sesamed keeps there"));
+        }
+        // The entry's own type, not what a link points at.
+        let kind = entry.file_type().map_err(|source| PrivilegeError::Sys {
+            what: "reading the state directory",
+            source,
+        })?;
+        if !kind.is_file() {
+            return Err(unexpected(&name, "is not a plain file (a symbolic link?)"));
+        }
+        nix::unistd::fchownat(
+            &dir,
+            name.as_str(),
+            Some(uid),
+            Some(gid),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(nix_err("chown of a state file"))?;
     }
     Ok(())
 }

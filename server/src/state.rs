@@ -64,6 +64,41 @@ pub const COMPACT_AFTER: usize = 4096;
 /// The marker that sesamed runs on this state (removed at a clean shutdown): found at start,
 /// it means the last run crashed.
 pub const RUNNING_NAME: &str = "sesamed.running";
+/// Every file sesamed keeps in `state_dir` (anything else there stops a start that hands the
+/// directory to a service account).
+pub const OWN_FILES: [&str; 4] = [FILE_NAME, JOURNAL_NAME, "replay.state.tmp", RUNNING_NAME];
+
+/// Reads a file of the state directory without following a symbolic link (the directory may
+/// belong to the service account) and without blocking on a FIFO.
+fn read_state_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(link_refused)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    let mut out = Vec::new();
+    file.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Says what `O_NOFOLLOW` found instead of the kernel's "too many levels of symbolic links".
+fn link_refused(e: std::io::Error) -> std::io::Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "is a symbolic link; sesamed does not follow links in its state directory",
+        )
+    } else {
+        e
+    }
+}
 
 /// Why the state could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +160,7 @@ impl ReplayStore {
         }
         let path = dir.join(FILE_NAME);
         let mut legacy = false;
-        let (mut entries, seen) = match std::fs::read(&path) {
+        let (mut entries, seen) = match read_state_file(&path) {
             Ok(bytes) if bytes.starts_with(format!("{HEADER_V1}\n").as_bytes()) => {
                 legacy = true;
                 (BTreeMap::new(), Vec::new())
@@ -138,7 +173,7 @@ impl ReplayStore {
             Err(source) => return Err(StateError::Io { path, source }),
         };
         let jpath = dir.join(JOURNAL_NAME);
-        let (journal_len, journal_records, journal_dirty) = match std::fs::read(&jpath) {
+        let (journal_len, journal_records, journal_dirty) = match read_state_file(&jpath) {
             Ok(bytes) if bytes.starts_with(format!("{JOURNAL_HEADER_V1}\n").as_bytes()) => {
                 // Rewritten from its start (with the new header) by the next save.
                 legacy = true;
@@ -199,6 +234,7 @@ impl ReplayStore {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
+            .map_err(link_refused)
         {
             Ok(f) => {
                 f.sync_all().map_err(io)?;
@@ -294,7 +330,9 @@ impl ReplayStore {
                 .create(true)
                 .truncate(false)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&jpath)
+                .map_err(link_refused)
                 .map_err(io)?;
             if self.journal_len == 0 {
                 let header = format!("{JOURNAL_HEADER}\n");
@@ -343,7 +381,9 @@ impl ReplayStore {
         if self.journal.is_none() && self.journal_path().exists() {
             let file = OpenOptions::new()
                 .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(self.journal_path())
+                .map_err(link_refused)
                 .map_err(|source| StateError::Io {
                     path: self.journal_path(),
                     source,
@@ -377,12 +417,15 @@ impl ReplayStore {
             let p = p.to_path_buf();
             move |source| StateError::Io { path: p, source }
         };
+        // A leftover (or planted) temporary file goes first; never follow a link there.
+        let _ = std::fs::remove_file(&tmp);
         let mut file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
+            .map_err(link_refused)
             .map_err(io(&tmp))?;
         file.write_all(text.as_bytes()).map_err(io(&tmp))?;
         file.sync_all().map_err(io(&tmp))?;

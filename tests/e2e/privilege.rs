@@ -510,3 +510,136 @@ fn packaging_unit_is_valid_and_sandboxed() {
         text(&o)
     );
 }
+
+/// Started as root with `user = "nobody"`, sesamed hands its state directory to nobody. That
+/// account can write the directory, so it can plant links there: with protocol-1 sesamed a
+/// link `state/x -> /some/root/secret` made the next start chown the secret to nobody. Now
+/// an entry sesamed did not create, or a link in place of one it did, stops the start, named,
+/// and nothing it points at changes owner.
+#[test]
+fn privilege_links_in_the_state_directory_are_refused_not_followed() {
+    use std::os::unix::fs::MetadataExt;
+    if !require_netns() {
+        return;
+    }
+    let mut f = Fixture::new("p-link");
+    f.spec.extra_top = "user = \"nobody\"\n".to_owned();
+    f.write();
+    let secret = f.lab.write_secret("root-secret", "only root reads this\n");
+    let state = f.lab.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    for name in ["x", "replay.journal"] {
+        let link = state.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        let (code, lines) = crate::faults::sesamed_run_to_exit(&f.lab, &f.config, &[], &[]);
+        let all = lines.join("\n");
+        assert_ne!(code, Some(0), "started with a link in its state dir: {all}");
+        assert!(
+            all.contains(name) && (all.contains("state_dir") || all.contains("symbolic link")),
+            "the error names the entry: {all}"
+        );
+        let meta = std::fs::metadata(&secret).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o777),
+            (0, 0o600),
+            "the link's target changed owner or mode"
+        );
+        std::fs::remove_file(&link).unwrap();
+    }
+    // Without the links it starts and works as nobody.
+    f.daemon = Some(f.lab.start_sesamed(&f.config));
+    let mark = f.mark();
+    f.knock(&[]);
+    f.expect_grant(mark, f.lab.addr(Host::Client, Family::V4));
+}
+
+/// A FIFO where a key or PSK file should be used to hang `sesamed check`, a start and a
+/// reload (which stalls the whole daemon: it has one thread). Now it is refused at once.
+#[test]
+fn privilege_a_fifo_at_a_psk_path_is_refused_not_waited_on() {
+    if !require_netns() {
+        return;
+    }
+    let mut f = Fixture::new("p-fifo");
+    f.start();
+    let fifo = f.lab.path("laptop.psk");
+    let made = std::process::Command::new("mkfifo")
+        .args(["-m", "600"])
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    f.client().psk_file = Some(fifo.clone());
+    f.lab.write("sesamed.toml", &f.spec.to_toml());
+    let config = f.config.to_string_lossy().into_owned();
+    let started = std::time::Instant::now();
+    let o = f.lab.run(
+        Host::Server,
+        "timeout",
+        &[
+            "10",
+            &sesame_tests::bin("sesamed").to_string_lossy(),
+            "check",
+            "--config",
+            &config,
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "sesamed check with a FIFO as PSK ({:?}): {}",
+        started.elapsed(),
+        sesame_tests::text(&o)
+    );
+    assert!(
+        sesame_tests::text(&o).contains("not a regular file"),
+        "{}",
+        sesame_tests::text(&o)
+    );
+    // The running daemon refuses the reload at once and keeps serving.
+    let o = f.lab.run(
+        Host::Server,
+        "timeout",
+        &[
+            "10",
+            &sesame_tests::bin("sesamed").to_string_lossy(),
+            "reload",
+            "--config",
+            &config,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", sesame_tests::text(&o));
+    assert!(
+        sesame_tests::text(&o).contains("not a regular file"),
+        "{}",
+        sesame_tests::text(&o)
+    );
+    let mark = f.mark();
+    f.knock(&[]);
+    f.expect_grant(mark, f.lab.addr(Host::Client, Family::V4));
+}
+
+/// Started as root without `user`, sesamed stays uid 0: it says so, at start and in
+/// `sesamed check`.
+#[test]
+fn privilege_running_as_root_without_user_is_warned_about() {
+    if !require_netns() {
+        return;
+    }
+    let mut f = Fixture::new("p-root");
+    f.start();
+    f.daemon().expect(
+        &["running as root (uid 0) without `user`"],
+        Duration::from_secs(5),
+    );
+    let o = f
+        .lab
+        .sesamed(&["check".as_ref(), "--config".as_ref(), f.config.as_os_str()]);
+    assert!(o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("user is not set"),
+        "{}",
+        sesame_tests::text(&o)
+    );
+}

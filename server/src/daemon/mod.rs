@@ -229,6 +229,11 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         gid = dropped.gid,
         "privileges dropped: only CAP_NET_RAW and CAP_NET_ADMIN kept"
     );
+    if dropped.uid == 0 {
+        tracing::warn!(
+            "running as root (uid 0) without `user`: capabilities are dropped, but sesamed keeps root's access to files; set user = \"sesame\" in the configuration, or start it as that user (the shipped systemd unit does)"
+        );
+    }
 
     let (grants_tx, grants_rx) = mpsc::unbounded_channel();
     let last = vec![None; names.len()];

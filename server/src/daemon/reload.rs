@@ -37,7 +37,7 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
     let mut psks = Vec::with_capacity(new.clients.len());
     for c in &new.clients {
         match &c.psk_file {
-            Some(p) => match sesame_keys::read_psk_file(p) {
+            Some(p) => match sesame_keys::read_psk_file_with(p, sesame_keys::Links::Refuse) {
                 Ok(k) => psks.push(Some(k)),
                 Err(e) => {
                     return refuse(format!("{}: client '{}': {e}", path.display(), c.name));
