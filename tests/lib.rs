@@ -1277,6 +1277,8 @@ pub struct DaemonSpec {
     pub clients: Vec<ClientSpec>,
     /// Raw TOML appended to the top level (before any table), for keys this spec lacks.
     pub extra_top: String,
+    /// Raw TOML lines appended to `[firewall]`, for keys this spec lacks.
+    pub extra_firewall: String,
 }
 
 impl DaemonSpec {
@@ -1297,6 +1299,7 @@ impl DaemonSpec {
             close_command: None,
             clients: Vec::new(),
             extra_top: String::new(),
+            extra_firewall: String::new(),
         }
     }
 
@@ -1334,6 +1337,7 @@ impl DaemonSpec {
         if let Some(c) = &self.close_command {
             let _ = writeln!(s, "close_command = {}", toml_list(c));
         }
+        s.push_str(&self.extra_firewall);
         for c in &self.clients {
             let _ = writeln!(s, "\n[[client]]");
             let _ = writeln!(s, "name = {}", toml_str(&c.name));

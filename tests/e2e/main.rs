@@ -9,6 +9,8 @@
 mod clock;
 mod command_backend;
 mod common;
+mod connection;
+mod docker;
 mod faults;
 mod flood;
 mod harness;
@@ -17,6 +19,7 @@ mod nat;
 mod netbench;
 mod netlink;
 mod operator;
+mod owners;
 mod privilege;
 mod refusals;
 mod replay;
