@@ -123,9 +123,49 @@ pub struct ReloadResult {
 /// Longest request line.
 const MAX_REQUEST: usize = 256;
 
-/// Binds the control socket: removes a stale socket file, creates the parent directory (0700)
-/// and binds with mode 0600.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// Refuses when a daemon answers on the control socket at `path` (another sesamed, whose
+/// socket must not be taken over); a socket file nobody answers on is stale.
+pub fn ensure_free(path: &Path) -> std::io::Result<()> {
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(stream) => {
+            let who = match crate::instance::peer_pid(&stream) {
+                Some(pid) if pid > 0 => format!("pid {pid}"),
+                _ => "pid unknown".to_owned(),
+            };
+            Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "another sesamed ({who}) answers on it; stop it, or give this one its own control_socket"
+                ),
+            ))
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+/// Which file the bound control socket is, so that only that file is removed.
+pub struct SocketFile {
+    path: std::path::PathBuf,
+    id: (u64, u64),
+}
+
+impl SocketFile {
+    /// Removes the socket file if it is still the one this daemon created (another daemon may
+    /// have replaced it: that one is not ours to remove).
+    pub fn remove(&self) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == self.id {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// Binds the control socket: refuses when another daemon answers on it, removes a stale
+/// socket file, creates the parent directory (0700) and binds with mode 0600.
+pub fn bind(path: &Path) -> std::io::Result<(UnixListener, SocketFile)> {
+    use std::os::unix::fs::MetadataExt;
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
             std::fs::create_dir_all(dir)?;
@@ -134,6 +174,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+            ensure_free(path)?;
             std::fs::remove_file(path)?;
         }
         Ok(_) => {
@@ -147,7 +188,14 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     // Created with the umask, then restricted before anyone is told the socket exists.
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let meta = std::fs::symlink_metadata(path)?;
+    Ok((
+        listener,
+        SocketFile {
+            path: path.to_path_buf(),
+            id: (meta.dev(), meta.ino()),
+        },
+    ))
 }
 
 /// The answer to a request, computed asynchronously (a reload runs `nft`).

@@ -12,6 +12,7 @@ pub mod edit;
 pub mod firewall;
 #[doc(hidden)]
 pub mod fuzz_targets;
+pub mod instance;
 pub mod lease;
 pub mod netlink;
 pub mod privileges;

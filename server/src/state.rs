@@ -66,7 +66,13 @@ pub const COMPACT_AFTER: usize = 4096;
 pub const RUNNING_NAME: &str = "sesamed.running";
 /// Every file sesamed keeps in `state_dir` (anything else there stops a start that hands the
 /// directory to a service account).
-pub const OWN_FILES: [&str; 4] = [FILE_NAME, JOURNAL_NAME, "replay.state.tmp", RUNNING_NAME];
+pub const OWN_FILES: [&str; 5] = [
+    FILE_NAME,
+    JOURNAL_NAME,
+    "replay.state.tmp",
+    RUNNING_NAME,
+    crate::instance::LOCK_NAME,
+];
 
 /// Reads a file of the state directory without following a symbolic link (the directory may
 /// belong to the service account) and without blocking on a FIFO.

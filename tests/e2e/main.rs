@@ -14,6 +14,7 @@ mod docker;
 mod faults;
 mod flood;
 mod harness;
+mod instance;
 mod lease;
 mod nat;
 mod netbench;

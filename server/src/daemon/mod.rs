@@ -65,6 +65,9 @@ pub enum StartError {
     /// Capabilities are missing, or could not be dropped.
     #[error("privileges: {0}")]
     Privileges(#[from] crate::privileges::PrivilegeError),
+    /// Another sesamed runs on the same state directory or nftables table.
+    #[error("{0}")]
+    Instance(#[from] crate::instance::InstanceError),
     /// The async runtime could not start.
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
@@ -166,6 +169,16 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         needed.push(caps::Capability::CAP_NET_ADMIN);
     }
     crate::privileges::check_capabilities(&needed)?;
+    // Before anything is read or changed: no other sesamed on this state, table or socket.
+    let table = match &firewall {
+        AnyFirewall::Nftables(_) => Some(config.firewall.table.as_str()),
+        _ => None,
+    };
+    let _instance = crate::instance::InstanceLock::acquire(&config.state_dir, table)?;
+    control::ensure_free(&config.control_socket).map_err(|source| StartError::Control {
+        path: config.control_socket.display().to_string(),
+        source,
+    })?;
     let store = ReplayStore::open(&config.state_dir)?;
     if store.found_legacy() {
         tracing::info!(
@@ -217,10 +230,11 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
             tracing::warn!(interface, error = %source, "interface not available yet; will retry");
         }
     }
-    let control = control::bind(&config.control_socket).map_err(|source| StartError::Control {
-        path: config.control_socket.display().to_string(),
-        source,
-    })?;
+    let (control, socket_file) =
+        control::bind(&config.control_socket).map_err(|source| StartError::Control {
+            path: config.control_socket.display().to_string(),
+            source,
+        })?;
 
     // Setup is done: keep only CAP_NET_RAW and CAP_NET_ADMIN, and switch user if asked.
     let dropped = crate::privileges::drop_privileges(config.user.as_deref(), &config.state_dir)?;
@@ -403,7 +417,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
             }
         }
     }
-    let _ = std::fs::remove_file(&config.control_socket);
+    socket_file.remove();
     Ok(())
 }
 
