@@ -68,6 +68,10 @@ pub struct Traits {
     pub refresh_costs: bool,
     /// Opening a lease runs a hook: new leases spend the client's credits.
     pub hooks: bool,
+    /// The backend deletes an element when it is used (connection-bound leases): a lease this
+    /// table holds may be gone from the kernel, so every knock opens again (never "kept"),
+    /// and a rebuilt table gets nothing back (a used-up lease would open twice).
+    pub used_up: bool,
     /// Most actions the backend runs at once.
     pub concurrency: usize,
 }
@@ -337,7 +341,8 @@ impl LeaseTable {
                     outcome.push((service, Granted::Extended));
                     continue;
                 }
-                let plenty = active_end.is_some_and(|e| e.since(now) > half);
+                let plenty =
+                    !self.traits.used_up && active_end.is_some_and(|e| e.since(now) > half);
                 if busy || opening || plenty {
                     self.counters.kept += 1;
                     outcome.push((service, Granted::Kept));
@@ -486,7 +491,7 @@ impl LeaseTable {
     /// The backend's table was rebuilt empty (someone flushed the ruleset): open every active
     /// element again until its owners' latest end.
     pub fn rebuilt(&mut self, now: UnixMillis) -> Vec<Action> {
-        if !self.traits.shared_elements {
+        if !self.traits.shared_elements || self.traits.used_up {
             return Vec::new();
         }
         let mut by_element: BTreeMap<Element, (LeaseKey, UnixMillis)> = BTreeMap::new();

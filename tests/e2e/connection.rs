@@ -121,3 +121,53 @@ fn a_kernel_without_packet_path_deletes_is_found_by_check() {
             .connects_within(Host::Client, f.svc(Family::V4, 22), Duration::from_secs(3))
     );
 }
+
+/// A connection-bound lease is used up by the first connection; the client's next knock,
+/// while more than half of the lease's time is left, must admit its next connection (the
+/// kernel deleted the element: keeping "the lease" would open nothing). And when the table is
+/// rebuilt (`nft flush ruleset`), used-up leases are not put back for anyone.
+#[test]
+fn a_knock_after_the_connection_used_the_lease_admits_the_next_one() {
+    if !require_netns() {
+        return;
+    }
+    let mut f = Fixture::new("conn-again");
+    f.spec.lease_seconds = 60;
+    f.spec.extra_firewall = "lease = \"connection\"\n".to_owned();
+    f.start();
+    let me = f.lab.addr(Host::Client, Family::V4);
+    let svc = f.svc(Family::V4, 22);
+    let mark = f.mark();
+    f.knock(&[]);
+    f.expect_grant(mark, me);
+    assert!(f.lab.connects_within(Host::Client, svc, Duration::from_secs(3)));
+    assert!(!f.lab.connects(Host::Client, svc, 800), "the lease was not used up");
+    // Knock again at once (59 s of the lease's time left).
+    let mark = f.mark();
+    f.knock(&[]);
+    f.expect_grant(mark, me);
+    assert!(
+        f.lab.connects_within(Host::Client, svc, Duration::from_secs(3)),
+        "the second knock opened nothing; ruleset:\n{}",
+        f.lab.server_ruleset()
+    );
+    // Used up again; the ruleset is flushed; sesamed rebuilds its table and must not put the
+    // used-up lease back.
+    let o = f.lab.run(Host::Server, "nft", &["flush", "ruleset"]);
+    assert!(o.status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let o = f.lab.run(Host::Server, "nft", &["list", "chain", "inet", "sesame", "gate"]);
+        if o.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the table was not rebuilt");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !f.lab.connects(Host::Client, svc, 800),
+        "a used-up lease came back after the rebuild; ruleset:\n{}",
+        f.lab.server_ruleset()
+    );
+}

@@ -25,6 +25,7 @@ fn nft() -> Traits {
         expires_itself: true,
         refresh_costs: true,
         hooks: false,
+        used_up: false,
         concurrency: 1,
     }
 }
@@ -35,6 +36,7 @@ fn hooks() -> Traits {
         expires_itself: false,
         refresh_costs: false,
         hooks: true,
+        used_up: false,
         concurrency: 4,
     }
 }
@@ -204,6 +206,34 @@ fn after_a_rebuild_every_active_element_is_opened_again() {
     // The next knock of a client with plenty left is still a no-op, and the door is open.
     let (a, out) = t.grant(now, key(1), "alice", nat(), &[ssh()]);
     assert!(a.is_empty() && out[0].1 == Granted::Kept);
+}
+
+/// Connection-bound leases: the kernel deletes the element at the first connection, so the
+/// table cannot know whether a lease is still open. Every knock opens again, and a rebuilt
+/// table gets nothing back (a used-up lease would admit a second connection).
+#[test]
+fn used_up_leases_open_on_every_knock_and_are_not_restored() {
+    let traits = Traits {
+        used_up: true,
+        ..nft()
+    };
+    let mut t = LeaseTable::new(traits, policy());
+    let mut k = Kernel::default();
+    let e = Element {
+        address: nat(),
+        service: ssh(),
+    };
+    let (a, _) = t.grant(T0, key(1), "laptop", nat(), &[ssh()]);
+    k.apply(&mut t, T0, a, true);
+    // The first connection uses it up.
+    k.elements.remove(&e);
+    let now = T0.plus_millis(1000);
+    let (a, out) = t.grant(now, key(1), "laptop", nat(), &[ssh()]);
+    assert_eq!(out[0].1, Granted::Refreshing);
+    k.apply(&mut t, now, a, true);
+    assert_eq!(k.open(e, now), Some(now.plus_millis(LEASE)));
+    k.elements.clear();
+    assert!(t.rebuilt(now.plus_millis(1000)).is_empty());
 }
 
 #[test]
