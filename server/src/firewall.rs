@@ -178,6 +178,10 @@ fn fresh_marker() -> String {
 const SET_V4: &str = "granted4";
 const SET_V6: &str = "granted6";
 const CHAIN: &str = "gate";
+/// The chain that silently drops the knock range (at input, after capture).
+const KNOCK_CHAIN: &str = "knocks";
+/// Its priority: before the usual `filter` chains (0), as protocol-1 sesamed's input chain.
+const KNOCK_PRIORITY: i32 = -10;
 /// The gate's priority: after conntrack (-200), before destination NAT (-100).
 const PRIORITY: i32 = -150;
 const NFT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -269,8 +273,16 @@ impl Nftables {
             "add rule {t} {CHAIN} meta l4proto . th dport {{ {} }} drop\n",
             services(&self.protect)
         ));
+        // Knocks are dropped at input, after the capture has seen them: on a bridged uplink
+        // with br_netfilter the prerouting hooks run on the bridge port, before the frame
+        // reaches the bridge device sesamed captures on.
+        out.push_str(&format!(
+            "add chain {t} {KNOCK_CHAIN} {{ type filter hook input priority {KNOCK_PRIORITY}; policy accept; }}\n"
+        ));
+        out.push_str(&format!("flush chain {t} {KNOCK_CHAIN}\n"));
+        out.push_str(&format!("add rule {t} {KNOCK_CHAIN} iif lo accept\n"));
         let mut knock = format!(
-            "add rule {t} {CHAIN} meta l4proto {{ tcp, udp }} th dport {}-{}",
+            "add rule {t} {KNOCK_CHAIN} meta l4proto {{ tcp, udp }} th dport {}-{}",
             self.port_lo, self.port_hi
         );
         if !self.exclude.is_empty() {
@@ -820,9 +832,15 @@ mod tests {
             "{r}"
         );
         assert!(
-            r.contains("th dport 10000-32767 th dport != { 10022 } drop"),
+            r.contains("add rule inet sesame knocks meta l4proto { tcp, udp } th dport 10000-32767 th dport != { 10022 } drop"),
             "{r}"
         );
+        // Knocks are dropped at input (after capture), never in prerouting.
+        assert!(
+            r.contains("add chain inet sesame knocks { type filter hook input priority -10; policy accept; }"),
+            "{r}"
+        );
+        assert!(!r.contains("gate meta l4proto { tcp, udp } th dport 10000"), "{r}");
         // The gate drops: accept rules for granted elements come before the drops.
         assert!(r.find("@granted4 accept").unwrap() < r.find("udp . 51820 } drop").unwrap());
         let g = nft.grant_script(&lease("198.18.0.2"));
