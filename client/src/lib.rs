@@ -257,7 +257,7 @@ pub fn main() -> ExitCode {
 
 /// Runs the client with the given arguments (the first is the program name).
 pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match Cli::try_parse_from(wait_value_apart(args.into_iter().collect())) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -279,6 +279,41 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             }
         }
     }
+}
+
+/// `sesame open --wait NAME`: `--wait` takes an optional `tcp/PORT`, and the parser would take
+/// NAME for it. A profile name never holds a '/', and a service always does: a word after
+/// `--wait` (in `open`, before any `--`) without one, and not a bare number, is not its value,
+/// so `--wait` becomes `--wait=` (the default service) and the word stays a word of its own.
+fn wait_value_apart(mut args: Vec<OsString>) -> Vec<OsString> {
+    // The subcommand is the first word after the program name that is not an option.
+    let Some(sub) = args
+        .iter()
+        .skip(1)
+        .position(|a| !a.to_string_lossy().starts_with('-'))
+        .map(|i| i + 1)
+    else {
+        return args;
+    };
+    if args[sub] != "open" {
+        return args;
+    }
+    let mut i = sub + 1;
+    while i + 1 < args.len() {
+        if args[i] == "--" {
+            break;
+        }
+        if args[i] == "--wait" {
+            let next = args[i + 1].to_string_lossy();
+            // A bare number is a port given without its protocol: left to --wait, which says so.
+            let number = next.bytes().all(|b| b.is_ascii_digit());
+            if !next.starts_with('-') && !next.contains('/') && !number {
+                args[i] = OsString::from("--wait=");
+            }
+        }
+        i += 1;
+    }
+    args
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -726,4 +761,103 @@ fn ports(args: PortsArgs) -> anyhow::Result<()> {
     }
     println!("payload  udp/{}", seq.payload_port);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_args(args: &[&str]) -> OpenArgs {
+        let argv = std::iter::once("sesame")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        match Cli::try_parse_from(wait_value_apart(argv)) {
+            Ok(Cli {
+                command: Command::Open(a),
+            }) => a,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    /// `--wait` takes an optional tcp/PORT; a profile name after it is the profile's.
+    #[test]
+    fn wait_never_takes_the_profile_name() {
+        let cases: &[(&[&str], Option<&str>, Option<&str>)] = &[
+            (&["open", "--wait", "myserver"], Some("myserver"), Some("")),
+            (&["open", "myserver", "--wait"], Some("myserver"), Some("")),
+            (
+                &["open", "myserver", "--wait", "tcp/2222"],
+                Some("myserver"),
+                Some("tcp/2222"),
+            ),
+            (
+                &["open", "myserver", "--wait=tcp/2222"],
+                Some("myserver"),
+                Some("tcp/2222"),
+            ),
+            (
+                &["open", "--wait", "tcp/2222", "myserver"],
+                Some("myserver"),
+                Some("tcp/2222"),
+            ),
+            (
+                &[
+                    "open",
+                    "--wait",
+                    "myserver",
+                    "--timeout",
+                    "1s",
+                    "--retries",
+                    "0",
+                ],
+                Some("myserver"),
+                Some(""),
+            ),
+            (
+                &[
+                    "open",
+                    "myserver",
+                    "--wait",
+                    "tcp/22",
+                    "--timeout",
+                    "5s",
+                    "--retries",
+                    "1",
+                ],
+                Some("myserver"),
+                Some("tcp/22"),
+            ),
+            (
+                &["open", "--profile", "p.toml", "--wait", "tcp/22"],
+                None,
+                Some("tcp/22"),
+            ),
+            (&["open", "--wait", "--profile", "p.toml"], None, Some("")),
+            (&["open", "myserver"], Some("myserver"), None),
+        ];
+        for (args, name, wait) in cases {
+            let a = open_args(args);
+            assert_eq!(a.which.name.as_deref(), *name, "{args:?}");
+            assert_eq!(a.wait.as_deref(), *wait, "{args:?}");
+        }
+        // A bare port is left to --wait, which refuses it with the right form.
+        assert_eq!(
+            open_args(&["open", "myserver", "--wait", "22"])
+                .wait
+                .as_deref(),
+            Some("22")
+        );
+        // Only `open` is touched, and nothing after `--`.
+        let argv: Vec<OsString> = ["sesame", "ports", "--wait", "x"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert_eq!(wait_value_apart(argv.clone()), argv);
+        let argv: Vec<OsString> = ["sesame", "open", "--", "--wait", "x"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert_eq!(wait_value_apart(argv.clone()), argv);
+    }
 }
