@@ -404,6 +404,12 @@ fn list() -> anyhow::Result<()> {
             Ok(p) => {
                 let services: Vec<String> = p.open.iter().map(Service::to_string).collect();
                 let key = resolve_path(&p.private_key_file, &l.path);
+                // The very check `open` makes (key and PSK files, the server's key).
+                let keys = match load_keys(&p, &l.path) {
+                    Ok(_) => "key ok".to_owned(),
+                    Err(_) if std::fs::symlink_metadata(&key).is_err() => "key missing".to_owned(),
+                    Err(e) => format!("keys refused: {e}"),
+                };
                 println!(
                     "{:<16} {:<32} {:<24} {}",
                     l.name,
@@ -413,11 +419,7 @@ fn list() -> anyhow::Result<()> {
                     } else {
                         services.join(",")
                     },
-                    if key.exists() {
-                        "key ok"
-                    } else {
-                        "key missing"
-                    }
+                    keys
                 );
             }
             Err(e) => println!("{:<16} invalid: {e}", l.name),

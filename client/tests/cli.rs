@@ -463,3 +463,76 @@ fn import_reads_a_uri_or_a_profile_from_stdin() {
     assert_eq!(o.status.code(), Some(2));
     assert!(!stderr(&o).contains("AQVwaG9uZQ"), "{}", stderr(&o));
 }
+
+/// `sesame list` says "key ok" only for keys `open` accepts: it makes the same check (the key
+/// and PSK files, their modes, their content, the server's key), and shows the same reason.
+#[test]
+fn list_refuses_the_keys_that_open_refuses() {
+    let dir = TempDir::new("list-keys");
+    let config = dir.path("config");
+    let profiles = config.join("sesame/profiles");
+    std::fs::create_dir_all(&profiles).unwrap();
+    let profile = vector_profile(&dir, "");
+    let text = std::fs::read_to_string(&profile).unwrap();
+    let key = dir.path("client.key");
+    let install = |name: &str, key_file: &Path| {
+        let t = text.replace(
+            "private_key_file = \"client.key\"",
+            &format!("private_key_file = \"{}\"", key_file.display()),
+        );
+        std::fs::write(profiles.join(format!("{name}.toml")), t).unwrap();
+    };
+    // good: the vector's key, mode 0600.
+    install("good", &key);
+    // open: the same key, readable by everyone.
+    let open_key = dir.path("open.key");
+    std::fs::copy(&key, &open_key).unwrap();
+    std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    install("open", &open_key);
+    // garbage: mode 0600, not a key.
+    let garbage = dir.path("garbage.key");
+    sesame_keys::write_secret_file(&garbage, "not a key").unwrap();
+    install("garbage", &garbage);
+    // dir: a directory where the key should be.
+    let not_file = dir.path("dir.key");
+    std::fs::create_dir(&not_file).unwrap();
+    install("dir", &not_file);
+    // missing: no file at all.
+    install("missing", &dir.path("missing.key"));
+
+    let sesame = |args: &[&str]| {
+        Command::new(SESAME)
+            .args(args)
+            .env("XDG_CONFIG_HOME", &config)
+            .env("HOME", &dir.0)
+            .current_dir(&dir.0)
+            .output()
+            .unwrap()
+    };
+    let o = sesame(&["list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .to_owned()
+    };
+    assert!(line("good").ends_with(" key ok"), "{out}");
+    assert!(line("missing").ends_with(" key missing"), "{out}");
+    for name in ["open", "garbage", "dir"] {
+        let listed = line(name);
+        assert!(
+            !listed.contains("key ok"),
+            "sesame list says the key of '{name}' is ok, which `sesame open {name}` refuses: {listed}"
+        );
+        let o = sesame(&["open", name, "--dry-run"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let refused = stderr(&o);
+        let reason = refused.trim_end().strip_prefix("sesame: ").unwrap();
+        assert!(
+            listed.ends_with(&format!("keys refused: {reason}")),
+            "list and open give different reasons for '{name}':\n{listed}\n{refused}"
+        );
+    }
+}
