@@ -46,6 +46,17 @@ pub enum Backend {
     Log,
 }
 
+impl std::fmt::Display for Backend {
+    /// As written in the configuration.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Nftables => "nftables",
+            Backend::Command => "command",
+            Backend::Log => "log",
+        })
+    }
+}
+
 /// What a lease admits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -75,6 +86,21 @@ pub enum Interfaces {
     Any,
     /// These interfaces (one socket each).
     Named(Vec<String>),
+}
+
+impl std::fmt::Display for Interfaces {
+    /// As written in the configuration: `any`, or the names separated by commas.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Interfaces::Any => f.write_str("any"),
+            Interfaces::Named(names) => f.write_str(&names.join(",")),
+        }
+    }
+}
+
+/// `1 client`, `2 clients`.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// The `[knock]` section.

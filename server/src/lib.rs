@@ -76,6 +76,17 @@ enum Command {
         /// The configuration file.
         #[arg(long, value_name = "FILE", default_value = config::DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Check as this user would see it (the service user of the systemd unit): the files
+        /// are opened with its uid and primary gid. Needs root.
+        #[arg(long, value_name = "USER")]
+        as_user: Option<String>,
+    },
+    /// Print the nftables rules that keep the protected services closed while sesamed is not
+    /// running (for the boot ruleset: see "Closed even when sesamed is down" in the README).
+    GateRules {
+        /// The configuration file.
+        #[arg(long, value_name = "FILE", default_value = config::DEFAULT_CONFIG)]
+        config: PathBuf,
     },
     /// Show what a running sesamed is doing: leases, last knocks, counters.
     Status {
@@ -342,10 +353,33 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 message: e.to_string(),
             })
         }
-        Command::Check { config } => {
+        Command::Check {
+            config,
+            as_user: Some(user),
+        } => check_as_user(&config, &user),
+        Command::GateRules { config } => {
+            let config = Config::load(&config).map_err(config_error)?;
+            match firewall::AnyFirewall::from_config(&config) {
+                firewall::AnyFirewall::Nftables(nft) => {
+                    print!("{}", nft.gate_rules());
+                    Ok(())
+                }
+                _ => Err(Failure {
+                    code: 2,
+                    message: format!(
+                        "{}: firewall.backend is not \"nftables\": the gate rules are sesamed's nftables table; with the command backend, close the services in your own boot rules",
+                        config.path.display()
+                    ),
+                }),
+            }
+        }
+        Command::Check {
+            config,
+            as_user: None,
+        } => {
             let config = Config::load(&config).map_err(config_error)?;
             config.load_secrets().map_err(config_error)?;
-            if config.user.is_none() {
+            if config.user.is_none() && nix::unistd::geteuid().is_root() {
                 eprintln!(
                     "sesamed: warning: user is not set: started as root, sesamed stays uid 0 (its capabilities are dropped, its access to files is not); set user = \"sesame\", or start it as that user (the shipped systemd unit does)"
                 );
@@ -370,9 +404,9 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             let p = &config.knock.params;
             println!(
-                "{}: ok ({} clients, knock range {}-{}, length {}, {} knocks, payload {}, backend {:?}, protecting {})",
+                "{}: ok ({}, knock range {}-{}, length {}, {} knocks, payload {}, backend {}, protecting {})",
                 config.path.display(),
-                config.clients.len(),
+                config::count(config.clients.len(), "client", "clients"),
                 p.port_lo,
                 p.port_hi,
                 p.length,
@@ -635,4 +669,53 @@ fn human_status(s: &control::Status) -> String {
         }
     );
     out
+}
+
+/// `sesamed check --as-user USER`: the same check, run again by this binary with USER's uid
+/// and primary gid (no supplementary groups), so files it cannot read fail here.
+fn check_as_user(config: &std::path::Path, user: &str) -> Result<(), Failure> {
+    use std::os::unix::process::CommandExt;
+    let usage = |message: String| Failure { code: 2, message };
+    let account = nix::unistd::User::from_name(user)
+        .map_err(|e| usage(format!("--as-user {user}: {e}")))?
+        .ok_or_else(|| usage(format!("--as-user {user}: no such user")))?;
+    let me = nix::unistd::geteuid();
+    if me != account.uid && !me.is_root() {
+        return Err(usage(format!(
+            "--as-user {user}: checking as another user needs root (run it with sudo)"
+        )));
+    }
+    let exe = std::env::current_exe().map_err(|e| Failure {
+        code: 1,
+        message: format!("cannot find this program: {e}"),
+    })?;
+    let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
+    eprintln!(
+        "sesamed: checking as {user} (uid {}, gid {})",
+        account.uid, account.gid
+    );
+    let status = std::process::Command::new(exe)
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .uid(account.uid.as_raw())
+        .gid(account.gid.as_raw())
+        .current_dir("/")
+        .status()
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot run the check as {user}: {e}"),
+        })?;
+    match status.code() {
+        Some(0) => Ok(()),
+        // The child said why; keep its status.
+        Some(code) => Err(Failure {
+            code: code.clamp(1, 2) as u8,
+            message: format!("the check as {user} failed (above)"),
+        }),
+        None => Err(Failure {
+            code: 1,
+            message: format!("the check as {user} was killed"),
+        }),
+    }
 }

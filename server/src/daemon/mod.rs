@@ -382,7 +382,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     tracing::info!(
         clients = config.clients.len(),
         backend = %backend,
-        interfaces = ?config.interfaces,
+        interfaces = %config.interfaces,
         port_range = %format!("{lo}-{hi}"),
         payload = %config.knock.payload,
         control = %config.control_socket.display(),
