@@ -840,7 +840,10 @@ mod tests {
             r.contains("add chain inet sesame knocks { type filter hook input priority -10; policy accept; }"),
             "{r}"
         );
-        assert!(!r.contains("gate meta l4proto { tcp, udp } th dport 10000"), "{r}");
+        assert!(
+            !r.contains("gate meta l4proto { tcp, udp } th dport 10000"),
+            "{r}"
+        );
         // The gate drops: accept rules for granted elements come before the drops.
         assert!(r.find("@granted4 accept").unwrap() < r.find("udp . 51820 } drop").unwrap());
         let g = nft.grant_script(&lease("198.18.0.2"));

@@ -86,22 +86,45 @@ fn knocks_arrive_through_a_bridged_uplink_with_br_netfilter() {
     let v4 = f.lab.v4(Host::Server);
     let v6 = f.lab.addr(Host::Server, Family::V6);
     let ip = |args: &[&str]| {
-        let o = std::process::Command::new("ip").args(args).output().unwrap();
-        assert!(o.status.success(), "ip {args:?}: {}", sesame_tests::text(&o));
+        let o = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "ip {args:?}: {}",
+            sesame_tests::text(&o)
+        );
     };
     let dev = sesame_tests::SERVER_IF_CLIENT;
     ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"]);
     ip(&["-n", &ns, "addr", "flush", "dev", dev]);
     ip(&["-n", &ns, "link", "set", dev, "master", "br0"]);
     ip(&["-n", &ns, "addr", "add", &format!("{v4}/24"), "dev", "br0"]);
-    ip(&["-n", &ns, "-6", "addr", "add", &format!("{v6}/64"), "dev", "br0", "nodad"]);
+    ip(&[
+        "-n",
+        &ns,
+        "-6",
+        "addr",
+        "add",
+        &format!("{v6}/64"),
+        "dev",
+        "br0",
+        "nodad",
+    ]);
     ip(&["-n", &ns, "link", "set", "br0", "up"]);
     // br_netfilter: loaded on most hosts with Docker or VMs; its switch is per namespace.
-    let _ = std::process::Command::new("modprobe").arg("br_netfilter").status();
+    let _ = std::process::Command::new("modprobe")
+        .arg("br_netfilter")
+        .status();
     let on = f.lab.run(
         Host::Server,
         "sysctl",
-        &["-w", "net.bridge.bridge-nf-call-iptables=1", "net.bridge.bridge-nf-call-ip6tables=1"],
+        &[
+            "-w",
+            "net.bridge.bridge-nf-call-iptables=1",
+            "net.bridge.bridge-nf-call-ip6tables=1",
+        ],
     );
     if !on.status.success() {
         eprintln!(
@@ -112,10 +135,16 @@ fn knocks_arrive_through_a_bridged_uplink_with_br_netfilter() {
     f.spec.interfaces = vec!["br0".to_owned()];
     f.start();
     let svc = f.svc(Family::V4, 22);
-    assert!(!f.lab.connects(Host::Client, svc, 800), "open before the knock");
+    assert!(
+        !f.lab.connects(Host::Client, svc, 800),
+        "open before the knock"
+    );
     let mark = f.mark();
     f.knock(&[]);
     f.expect_grant(mark, f.lab.addr(Host::Client, Family::V4));
-    assert!(f.lab.connects_within(Host::Client, svc, Duration::from_secs(3)));
+    assert!(
+        f.lab
+            .connects_within(Host::Client, svc, Duration::from_secs(3))
+    );
     assert!(!f.lab.connects(Host::Attacker, svc, 800));
 }
