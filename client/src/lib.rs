@@ -39,6 +39,19 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg.into()))
 }
 
+/// The knock was sent, but `--wait` cannot tell whether it worked (the service answered
+/// already before it): exit status 3.
+#[derive(Debug)]
+pub struct Unconfirmed(pub String);
+
+impl std::fmt::Display for Unconfirmed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unconfirmed {}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "sesame",
@@ -200,7 +213,8 @@ struct OpenArgs {
     #[arg(long, conflicts_with = "wait")]
     dry_run: bool,
     /// After knocking, confirm the service answers (default: the first tcp service asked
-    /// for); re-knock if not; explain when it never does.
+    /// for); re-knock if not; explain when it never does. Exit 3 if it answered already
+    /// before the knock (a lease for this address): the knock is then unconfirmed.
     #[arg(long, value_name = "tcp/PORT", num_args = 0..=1, default_missing_value = "")]
     wait: Option<String>,
     #[command(flatten)]
@@ -247,7 +261,8 @@ pub fn system_now() -> UnixMillis {
     UnixMillis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Entry point of the `sesame` binary: 0 ok, 1 failure, 2 usage or configuration error.
+/// Entry point of the `sesame` binary: 0 ok, 1 failure, 2 usage or configuration error, 3 a
+/// knock sent that `--wait` cannot confirm (the service answered already before it).
 pub fn main() -> ExitCode {
     // Like any Unix tool: `sesame … | head` ends quietly when `head` has read enough, instead
     // of a panic on a closed stdout. (Sockets are unaffected: std sends with MSG_NOSIGNAL.)
@@ -274,6 +289,8 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             eprintln!("sesame: {e:#}");
             if e.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(2)
+            } else if e.downcast_ref::<Unconfirmed>().is_some() {
+                ExitCode::from(3)
             } else {
                 ExitCode::from(1)
             }
@@ -544,6 +561,33 @@ impl Knocker {
             self.profile.params.step_seconds
         )
     }
+
+    /// What `--wait` needs to explain a failure.
+    fn diagnosis(
+        &self,
+        binding: &knock::Binding,
+        other_address: Option<IpAddr>,
+    ) -> wait::Diagnosis {
+        wait::Diagnosis {
+            step_seconds: self.profile.params.step_seconds,
+            bound: binding.is_bound(),
+            payload: self.profile.payload != sesame_proto::PayloadMode::None,
+            skew_hint: self.skew_hint(),
+            network_hint: wait::blocked_network_hint(&self.profile.params, self.profile.payload),
+            other_address,
+        }
+    }
+}
+
+/// `--allow-ip X` when X is not this host's own source address toward `service`: the probe of
+/// `--wait` (or `proxy`'s connection) then comes from another address than the one the knock
+/// opens, unless a NAT makes this host's connections come from X.
+fn elsewhere(allow_ip: Option<IpAddr>, service: std::net::SocketAddr) -> Option<IpAddr> {
+    let ip = allow_ip?;
+    match knock::local_source(service.ip()) {
+        Ok(own) if own == ip => None,
+        _ => Some(ip),
+    }
 }
 
 fn describe(services: &[Service], binding: &knock::Binding) -> (String, String) {
@@ -667,9 +711,10 @@ fn open(args: OpenArgs) -> anyhow::Result<()> {
         delay,
     };
     let offset = args.time_offset;
-    if let Some(ip) = args.bind.allow_ip {
+    let other_address = elsewhere(args.bind.allow_ip, service);
+    if let Some(ip) = other_address {
         eprintln!(
-            "sesame: --wait checks {service} from this host, not from {ip}: it confirms the knock only if {ip} is this host's address as the server sees it"
+            "sesame: --wait connects to {service} from this host, not from {ip}: it can confirm the knock only if the server sees this host's connections come from {ip} (a NAT's public address, say)"
         );
     }
     let opened = wait::knock_and_wait(
@@ -677,11 +722,14 @@ fn open(args: OpenArgs) -> anyhow::Result<()> {
         offset,
         service,
         policy,
-        profile.params.step_seconds,
-        binding.is_bound(),
-        &k.skew_hint(),
+        &k.diagnosis(&binding, other_address),
         &mut |line| eprintln!("sesame: {line}"),
     )?;
+    if opened.answered_before {
+        return Err(anyhow::Error::new(Unconfirmed(format!(
+            "{service} already answered from this host before the knock (a lease for this address: an earlier knock's, or another client's behind the same NAT; or the port is not protected): the knock was sent, but --wait cannot confirm it"
+        ))));
+    }
     println!(
         "{} tcp/{port} answers (after {} knock{}, asking for {what} {whom})",
         profile.host,
@@ -719,6 +767,13 @@ fn proxy(
         } else {
             binding_for(bind, &k.profile, knock_target)?
         };
+    let service = std::net::SocketAddr::new(service_ip, port);
+    let other_address = elsewhere(bind.allow_ip, service);
+    if let Some(ip) = other_address {
+        eprintln!(
+            "sesame: proxy connects to {service} from this host, not from {ip}: the knock opens {ip}, which lets this connection in only if the server sees this host's connections come from {ip} (a NAT's public address, say)"
+        );
+    }
     let opened = wait::knock_and_wait(
         &|shift| {
             k.plan(
@@ -729,17 +784,20 @@ fn proxy(
             )
         },
         time_offset,
-        std::net::SocketAddr::new(service_ip, port),
+        service,
         wait::WaitPolicy {
             timeout: w.timeout,
             retries: w.retries,
             delay: Duration::from_millis(w.delay_ms),
         },
-        k.profile.params.step_seconds,
-        binding.is_bound(),
-        &k.skew_hint(),
+        &k.diagnosis(&binding, other_address),
         &mut |line| eprintln!("sesame: {line}"),
     )?;
+    if opened.answered_before {
+        eprintln!(
+            "sesame: {service} already answered from this host before the knock (a lease for this address, or the port is not protected): the knock was sent, but this connection does not show that it worked"
+        );
+    }
     wait::relay(opened.stream)
 }
 

@@ -34,3 +34,4 @@ mod spoof;
 mod ssh;
 mod storm;
 mod variants;
+mod wait;
