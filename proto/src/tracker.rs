@@ -967,8 +967,9 @@ impl Tracker {
     }
 
     /// Takes over the gate MACs `old` has seen (after a reload), so that datagrams seen by the
-    /// old tracker stay refused before any key work.
+    /// old tracker stay refused before any key work, and its counters, which run on.
     pub fn inherit_seen(&mut self, old: &Tracker) {
+        self.stats = old.stats.clone();
         if let Some(f) = old.unbound_floor {
             self.refuse_unbound_before(f);
         }

@@ -299,14 +299,20 @@ enum Lost {
 /// * An interface that is deleted, or deleted and recreated (new index), is noticed within a
 ///   second; the socket is reopened by name as soon as the interface exists again.
 /// * Any other socket failure reopens the socket, retrying every second.
-pub async fn run_capture<F>(interface: Option<String>, lo: u16, hi: u16, mut on_packet: F)
-where
+/// * A new knock range (a reload that changed `port_range`) replaces the in-kernel filter of
+///   the open socket at once (no privilege is needed for that).
+pub async fn run_capture<F>(
+    interface: Option<String>,
+    mut range: tokio::sync::watch::Receiver<(u16, u16)>,
+    mut on_packet: F,
+) where
     F: FnMut(&[u8]),
 {
     let name = interface.as_deref().unwrap_or("any").to_owned();
     let mut buf = vec![0u8; SNAPLEN as usize];
     let mut failing = false;
     loop {
+        let (lo, hi) = *range.borrow_and_update();
         let opened = open_socket(interface.as_deref(), lo, hi).and_then(|sock| {
             let index = match &interface {
                 Some(n) => interface_index(n)?,
@@ -335,6 +341,7 @@ where
             &name,
             &mut buf,
             &mut on_packet,
+            &mut range,
         )
         .await;
         failing = true;
@@ -358,6 +365,7 @@ async fn read_until_lost<F>(
     name: &str,
     buf: &mut [u8],
     on_packet: &mut F,
+    range: &mut tokio::sync::watch::Receiver<(u16, u16)>,
 ) -> Lost
 where
     F: FnMut(&[u8]),
@@ -416,6 +424,17 @@ where
                 if batch >= 64 {
                     tokio::task::yield_now().await;
                 }
+            }
+            changed = range.changed() => {
+                if changed.is_err() {
+                    // The daemon is stopping: keep reading until it drops this task.
+                    std::future::pending::<()>().await;
+                }
+                let (lo, hi) = *range.borrow_and_update();
+                if let Err(e) = fd.get_ref().attach_filter(&socket_filter(lo, hi)) {
+                    return Lost::Failed(e);
+                }
+                tracing::info!(interface = %name, port_range = %format!("{lo}-{hi}"), "capture filter replaced for the new knock range");
             }
             _ = check.tick() => {
                 if let Some(n) = interface {

@@ -98,6 +98,12 @@ impl std::fmt::Display for Interfaces {
     }
 }
 
+/// The `[knock]` settings that every client profile carries and that differ between `old`
+/// and `new` (a change makes every profile exported before it useless).
+pub fn profile_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    crate::control::KnockStatus::of(old).differences(&crate::control::KnockStatus::of(new))
+}
+
 /// `1 client`, `2 clients`.
 pub fn count(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })

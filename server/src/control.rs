@@ -92,6 +92,62 @@ pub struct Counters {
     pub rejections: std::collections::BTreeMap<String, u64>,
 }
 
+/// The `[knock]` settings every client profile carries, as the running sesamed uses them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KnockStatus {
+    /// `step_seconds`.
+    pub step_seconds: u32,
+    /// `length`.
+    pub length: u8,
+    /// `port_range`.
+    pub port_range: [u16; 2],
+    /// `exclude_ports`.
+    pub exclude_ports: Vec<u16>,
+    /// `protocol`.
+    pub protocol: String,
+    /// `payload`.
+    pub payload: String,
+}
+
+impl KnockStatus {
+    /// The settings of a configuration.
+    pub fn of(config: &crate::config::Config) -> Self {
+        let p = &config.knock.params;
+        KnockStatus {
+            step_seconds: p.step_seconds,
+            length: p.length,
+            port_range: [p.port_lo, p.port_hi],
+            exclude_ports: p.exclude_ports().to_vec(),
+            protocol: p.protocol.to_string(),
+            payload: config.knock.payload.to_string(),
+        }
+    }
+
+    /// The keys whose values differ.
+    pub fn differences(&self, other: &KnockStatus) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.step_seconds != other.step_seconds {
+            out.push("step_seconds");
+        }
+        if self.length != other.length {
+            out.push("length");
+        }
+        if self.port_range != other.port_range {
+            out.push("port_range");
+        }
+        if self.exclude_ports != other.exclude_ports {
+            out.push("exclude_ports");
+        }
+        if self.protocol != other.protocol {
+            out.push("protocol");
+        }
+        if self.payload != other.payload {
+            out.push("payload");
+        }
+        out
+    }
+}
+
 /// Everything `sesamed status` prints.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Status {
@@ -103,6 +159,18 @@ pub struct Status {
     pub pid: u32,
     /// The configuration file.
     pub config: String,
+    /// The user and group it runs as (after dropping privileges): the owner its files need.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// Its group.
+    #[serde(default)]
+    pub gid: Option<u32>,
+    /// The server's public key (base64), the one in every profile it accepts.
+    #[serde(default)]
+    pub server_public_key: String,
+    /// The `[knock]` settings in use.
+    #[serde(default)]
+    pub knock: KnockStatus,
     /// Active leases.
     pub leases: Vec<LeaseStatus>,
     /// Clients and their last knock.
@@ -250,6 +318,46 @@ pub fn request(path: &Path, request: &str) -> std::io::Result<String> {
     let mut answer = String::new();
     stream.take(16 << 20).read_to_string(&mut answer)?;
     Ok(answer)
+}
+
+/// What the running sesamed of `config` (if one answers on its control socket and runs this
+/// file) would change at the next reload that clients must know about: other `[knock]`
+/// settings, another server key. For `sesamed check`.
+pub fn notes_against_running(
+    config: &crate::config::Config,
+    server_public_key: &sesame_keys::PublicKey,
+) -> Vec<String> {
+    let Ok(answer) = request(&config.control_socket, "status") else {
+        return Vec::new();
+    };
+    let Ok(running) = serde_json::from_str::<Status>(answer.trim()) else {
+        return Vec::new();
+    };
+    let same_file =
+        std::fs::canonicalize(&running.config).ok() == std::fs::canonicalize(&config.path).ok();
+    if !same_file {
+        return Vec::new();
+    }
+    let mut notes = Vec::new();
+    let names: Vec<&str> = config.clients.iter().map(|c| c.name.as_str()).collect();
+    let changed = running.knock.differences(&KnockStatus::of(config));
+    if !changed.is_empty() && running.knock != KnockStatus::default() {
+        notes.push(format!(
+            "the running sesamed (pid {}) uses other [knock] settings ({}): after a reload or restart every client needs a new profile (sesamed export-client NAME): {}",
+            running.pid,
+            changed.join(", "),
+            if names.is_empty() { "no clients".to_owned() } else { names.join(", ") }
+        ));
+    }
+    if !running.server_public_key.is_empty()
+        && running.server_public_key != server_public_key.to_base64()
+    {
+        notes.push(format!(
+            "the running sesamed (pid {}) uses another server key: after a reload or restart, profiles exported before carry the old public key; export them again",
+            running.pid
+        ));
+    }
+    notes
 }
 
 /// Formats the counters in the Prometheus text exposition format.

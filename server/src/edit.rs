@@ -193,3 +193,122 @@ pub fn remove_client(path: &Path, name: &str) -> Result<Edit, String> {
     }
     validate(path, doc.to_string())
 }
+
+/// The sesamed that answers on a configuration's control socket, if any.
+#[derive(Debug)]
+pub enum Running {
+    /// Nobody answers (not running, or not reachable by this user).
+    Unreachable(String),
+    /// A sesamed that runs another configuration file: not to be reloaded for this one.
+    Other(crate::control::Status),
+    /// The sesamed of this file.
+    This(crate::control::Status),
+}
+
+/// Asks the control socket of `config` who answers.
+pub fn running(config: &Config) -> Running {
+    let answer = match crate::control::request(&config.control_socket, "status") {
+        Ok(a) => a,
+        Err(e) => return Running::Unreachable(e.to_string()),
+    };
+    match serde_json::from_str::<crate::control::Status>(answer.trim()) {
+        Ok(s) => {
+            let same =
+                std::fs::canonicalize(&s.config).ok() == std::fs::canonicalize(&config.path).ok();
+            if same {
+                Running::This(s)
+            } else {
+                Running::Other(s)
+            }
+        }
+        Err(e) => Running::Unreachable(format!("unexpected answer from sesamed: {e}")),
+    }
+}
+
+/// Whether a process with `uid`/`gid` and no capabilities (sesamed keeps none that bypass file
+/// permissions) can read the file at `path`, judged from its owner and mode. `Err` says why not.
+pub fn readable_by(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = meta.mode();
+    let ok = (meta.uid() == uid && mode & 0o400 != 0)
+        || (meta.gid() == gid && mode & 0o040 != 0)
+        || mode & 0o004 != 0;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} belongs to uid {} (mode {:04o}) and the running sesamed runs as uid {uid}, which cannot read it: chown {uid} {}",
+            path.display(),
+            meta.uid(),
+            mode & 0o7777,
+            path.display()
+        ))
+    }
+}
+
+/// Writes `change` over `path` and has the sesamed of that file reload it; when that sesamed
+/// refuses the reload, the file gets its old content back, so a refused change leaves nothing
+/// half done. A sesamed that runs another file is left alone. `check` runs first, with what
+/// answers on the socket; its error leaves the file untouched. Returns what to print.
+pub fn apply(
+    path: &Path,
+    change: Edit,
+    done: &str,
+    check: impl FnOnce(&Edit, &Running) -> Result<(), String>,
+) -> Result<Vec<String>, String> {
+    let before =
+        crate::config::read_config_text(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let old = Config::parse(&before, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let running = running(&change.config);
+    check(&change, &running)?;
+    let config = commit(path, change)?;
+    let mut out = vec![done.to_owned()];
+    match running {
+        Running::Unreachable(e) => {
+            out.push(format!(
+                "sesamed is not reachable ({e}); the change takes effect when it starts"
+            ));
+        }
+        Running::Other(s) => out.push(format!(
+            "the sesamed answering on {} (pid {}) runs {}, not {}: it was not reloaded",
+            config.control_socket.display(),
+            s.pid,
+            s.config,
+            path.display()
+        )),
+        Running::This(_) => {
+            let refused = match crate::control::request(&config.control_socket, "reload") {
+                Ok(answer) => {
+                    match serde_json::from_str::<crate::control::ReloadResult>(answer.trim()) {
+                        Ok(r) if r.ok => {
+                            out.push(r.message);
+                            None
+                        }
+                        Ok(r) => Some(r.message),
+                        Err(e) => Some(format!("unexpected answer from sesamed: {e}")),
+                    }
+                }
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why) = refused {
+                let restored = commit(
+                    path,
+                    Edit {
+                        text: before,
+                        config: old,
+                    },
+                );
+                return Err(match restored {
+                    Ok(_) => format!(
+                        "sesamed refused the reload ({why}); {} has its previous content again, nothing changed",
+                        path.display()
+                    ),
+                    Err(e) => format!(
+                        "sesamed refused the reload ({why}), and restoring the previous content failed: {e}"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(out)
+}

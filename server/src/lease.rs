@@ -517,6 +517,21 @@ impl LeaseTable {
         actions
     }
 
+    /// Takes over a lease a previous run of sesamed granted (from `state_dir/leases`) that
+    /// ends at `end`. Follow with [`LeaseTable::rebuilt`] so that the firewall holds it too.
+    pub fn adopt(&mut self, key: LeaseKey, client_name: &str, end: UnixMillis, now: UnixMillis) {
+        if end > now {
+            self.leases.insert(
+                key,
+                Entry {
+                    client_name: client_name.to_owned(),
+                    end: Some(end),
+                    in_flight: 0,
+                },
+            );
+        }
+    }
+
     /// Another backend or policy (after a reload): leases stay.
     pub fn reconfigure(&mut self, traits: Traits, policy: Policy) {
         self.traits = traits;

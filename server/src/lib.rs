@@ -206,28 +206,32 @@ fn runtime_error(e: impl std::fmt::Display) -> Failure {
     }
 }
 
-/// Asks the running daemon to reload; a daemon that is not running is not an error (the
-/// change applies at its next start).
-fn request_reload(config: &Config) -> Result<(), Failure> {
-    match control::request(&config.control_socket, "reload") {
-        Ok(answer) => {
-            let r: control::ReloadResult = serde_json::from_str(answer.trim())
-                .map_err(|e| runtime_error(format!("unexpected answer from sesamed: {e}")))?;
-            if r.ok {
-                println!("{}", r.message);
-                Ok(())
-            } else {
-                Err(runtime_error(format!(
-                    "sesamed refused the reload: {}",
-                    r.message
-                )))
-            }
-        }
-        Err(e) => {
-            println!("sesamed is not reachable ({e}); the change takes effect when it starts");
-            Ok(())
+/// The new client of `change` as the daemon will see it: its PSK file must be a valid key
+/// (read as this user), and the running sesamed of this file must be able to read it.
+fn check_new_client(
+    change: &edit::Edit,
+    name: &str,
+    running: &edit::Running,
+) -> Result<(), String> {
+    let Some(psk) = change
+        .config
+        .clients
+        .iter()
+        .find(|c| c.name == name)
+        .and_then(|c| c.psk_file.as_ref())
+    else {
+        return Ok(());
+    };
+    let unchanged = "the configuration was not changed";
+    sesame_keys::read_psk_file_with(psk, sesame_keys::Links::Refuse)
+        .map_err(|e| format!("client '{name}': psk_file: {e}; {unchanged}"))?;
+    if let edit::Running::This(status) = running {
+        if let (Some(uid), Some(gid)) = (status.uid, status.gid) {
+            edit::readable_by(psk, uid, gid)
+                .map_err(|e| format!("client '{name}': psk_file: {e}; {unchanged}"))?;
         }
     }
+    Ok(())
 }
 
 /// The URI of a client's profile, with its secrets when it has them here.
@@ -378,7 +382,10 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             as_user: None,
         } => {
             let config = Config::load(&config).map_err(config_error)?;
-            config.load_secrets().map_err(config_error)?;
+            let secrets = config.load_secrets().map_err(config_error)?;
+            for note in control::notes_against_running(&config, &secrets.server_key.public_key()) {
+                eprintln!("sesamed: note: {note}");
+            }
             if config.user.is_none() && nix::unistd::geteuid().is_root() {
                 eprintln!(
                     "sesamed: warning: user is not set: started as root, sesamed stays uid 0 (its capabilities are dropped, its access to files is not); set user = \"sesame\", or start it as that user (the shipped systemd unit does)"
@@ -505,8 +512,15 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                     }
                     _ => None,
                 };
-                let config = edit::commit(&config, change).map_err(config_error)?;
-                println!("added client '{name}' to {}", config.path.display());
+                let done = format!("added client '{name}' to {}", config.display());
+                let printed = edit::apply(&config, change, &done, |change, running| {
+                    check_new_client(change, &name, running)
+                })
+                .map_err(|e| Failure {
+                    code: 1,
+                    message: e,
+                })?;
+                println!("{}", printed[0]);
                 if let Some((uri, qr)) = shown {
                     println!(
                         "profile URI with the client's private key (shown once, not stored):\n{}",
@@ -517,13 +531,23 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                         "on the device: run `sesame import -` and paste the URI (it stays out of the shell history), or scan the code"
                     );
                 }
-                request_reload(&config)
+                for line in &printed[1..] {
+                    println!("{line}");
+                }
+                Ok(())
             }
             ClientCommand::Remove { config, name } => {
                 let change = edit::remove_client(&config, &name).map_err(config_error)?;
-                let config = edit::commit(&config, change).map_err(config_error)?;
-                println!("removed client '{name}' from {}", config.path.display());
-                request_reload(&config)
+                let done = format!("removed client '{name}' from {}", config.display());
+                let printed =
+                    edit::apply(&config, change, &done, |_, _| Ok(())).map_err(|e| Failure {
+                        code: 1,
+                        message: e,
+                    })?;
+                for line in &printed {
+                    println!("{line}");
+                }
+                Ok(())
             }
         },
         Command::Completions { shell } => {

@@ -66,13 +66,88 @@ pub const COMPACT_AFTER: usize = 4096;
 pub const RUNNING_NAME: &str = "sesamed.running";
 /// Every file sesamed keeps in `state_dir` (anything else there stops a start that hands the
 /// directory to a service account).
-pub const OWN_FILES: [&str; 5] = [
+pub const OWN_FILES: [&str; 7] = [
     FILE_NAME,
     JOURNAL_NAME,
     "replay.state.tmp",
     RUNNING_NAME,
     crate::instance::LOCK_NAME,
+    LEASES_NAME,
+    "leases.tmp",
 ];
+
+/// The active leases, rewritten when they change, so that a restarted sesamed knows (and
+/// `status` shows) the leases still in the kernel, and whose they are.
+pub const LEASES_NAME: &str = "leases";
+const LEASES_HEADER: &str = "sesame leases 1";
+
+/// A lease as saved in `state_dir/leases`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedLease {
+    /// The client's key.
+    pub client: PublicKey,
+    /// Its name then (for logs; the key decides).
+    pub name: String,
+    /// The address let in.
+    pub address: std::net::IpAddr,
+    /// The service.
+    pub service: sesame_proto::Service,
+    /// When it ends (wall clock).
+    pub end: UnixMillis,
+}
+
+/// Writes the active leases (not synced: losing them in a crash costs only the display and
+/// the owners of leases that expire by themselves).
+pub fn save_leases(dir: &Path, leases: &[SavedLease]) -> std::io::Result<()> {
+    let mut text = format!("{LEASES_HEADER}\n");
+    for l in leases {
+        text.push_str(&format!(
+            "{} {} {} {} {}\n",
+            l.client.to_base64(),
+            l.address,
+            l.service,
+            l.end.0,
+            l.name
+        ));
+    }
+    let tmp = dir.join("leases.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(link_refused)?;
+    file.write_all(text.as_bytes())?;
+    drop(file);
+    std::fs::rename(&tmp, dir.join(LEASES_NAME))
+}
+
+/// Reads the saved leases; a missing, foreign or damaged file yields what could be read (the
+/// file is advisory: the kernel still expires every element by itself).
+pub fn load_leases(dir: &Path) -> Vec<SavedLease> {
+    let Ok(bytes) = read_state_file(&dir.join(LEASES_NAME)) else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines = text.lines();
+    if lines.next() != Some(LEASES_HEADER) {
+        return Vec::new();
+    }
+    lines
+        .filter_map(|l| {
+            let mut f = l.splitn(5, ' ');
+            Some(SavedLease {
+                client: PublicKey::from_base64(f.next()?).ok()?,
+                address: f.next()?.parse().ok()?,
+                service: f.next()?.parse().ok()?,
+                end: UnixMillis(f.next()?.parse().ok()?),
+                name: f.next()?.to_owned(),
+            })
+        })
+        .collect()
+}
 
 /// Reads a file of the state directory without following a symbolic link (the directory may
 /// belong to the service account) and without blocking on a FIFO.

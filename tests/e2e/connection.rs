@@ -140,14 +140,21 @@ fn a_knock_after_the_connection_used_the_lease_admits_the_next_one() {
     let mark = f.mark();
     f.knock(&[]);
     f.expect_grant(mark, me);
-    assert!(f.lab.connects_within(Host::Client, svc, Duration::from_secs(3)));
-    assert!(!f.lab.connects(Host::Client, svc, 800), "the lease was not used up");
+    assert!(
+        f.lab
+            .connects_within(Host::Client, svc, Duration::from_secs(3))
+    );
+    assert!(
+        !f.lab.connects(Host::Client, svc, 800),
+        "the lease was not used up"
+    );
     // Knock again at once (59 s of the lease's time left).
     let mark = f.mark();
     f.knock(&[]);
     f.expect_grant(mark, me);
     assert!(
-        f.lab.connects_within(Host::Client, svc, Duration::from_secs(3)),
+        f.lab
+            .connects_within(Host::Client, svc, Duration::from_secs(3)),
         "the second knock opened nothing; ruleset:\n{}",
         f.lab.server_ruleset()
     );
@@ -157,7 +164,11 @@ fn a_knock_after_the_connection_used_the_lease_admits_the_next_one() {
     assert!(o.status.success());
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let o = f.lab.run(Host::Server, "nft", &["list", "chain", "inet", "sesame", "gate"]);
+        let o = f.lab.run(
+            Host::Server,
+            "nft",
+            &["list", "chain", "inet", "sesame", "gate"],
+        );
         if o.status.success() {
             break;
         }

@@ -24,6 +24,7 @@ mod operator;
 mod owners;
 mod privilege;
 mod refusals;
+mod reload;
 mod replay;
 mod scan;
 mod scans;

@@ -350,7 +350,8 @@ fn status_shows_leases_last_knocks_and_counters() {
 
 /// The reload message `sesamed client add/remove` and `sesamed reload` print.
 fn assert_reloaded(out: &str, clients: usize, added: &str, removed: &str) {
-    let want = format!("reloaded: {clients} clients (added: {added}; removed: {removed})");
+    let noun = if clients == 1 { "client" } else { "clients" };
+    let want = format!("reloaded: {clients} {noun} (added: {added}; removed: {removed})");
     assert!(out.contains(&want), "expected `{want}` in: {out}");
 }
 
@@ -472,7 +473,7 @@ fn reload_adds_and_removes_clients_and_keeps_leases_and_replay_state() {
     expect_log(
         &f,
         mark,
-        &["reloaded: 1 clients (added: none; removed: tablet)"],
+        &["reloaded: 1 client (added: none; removed: tablet)"],
     );
     expect_log(&f, mark, &["lease ended: client removed", "client=tablet"]);
     assert!(!f.connects(Host::Attacker, Family::V4, 22));

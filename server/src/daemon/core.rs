@@ -96,6 +96,8 @@ pub(super) struct Core {
     pub(super) unsaved: Vec<PublicKey>,
     /// Wakes the timer task when the tracker has an earlier deadline.
     pub(super) timer: Rc<tokio::sync::Notify>,
+    /// The knock range the capture sockets filter for (a reload may change it).
+    pub(super) capture_range: tokio::sync::watch::Sender<(u16, u16)>,
 }
 
 impl Core {

@@ -52,6 +52,35 @@ struct Done {
     result: Result<(), crate::firewall::FirewallError>,
 }
 
+/// Where the active leases are saved, and what to do with those adopted at start.
+pub(super) struct Persist {
+    /// The state directory (`leases` is written there when the leases change).
+    pub(super) state_dir: std::path::PathBuf,
+    /// Leases of the previous run were adopted: put them back in the firewall.
+    pub(super) restore: bool,
+    /// The client keys configured now (adopted leases of others end at once).
+    pub(super) keep: HashSet<PublicKey>,
+}
+
+/// The active leases as saved (wall-clock ends), to notice a change.
+fn saved(table: &LeaseTable, clock: &Clock) -> Vec<crate::state::SavedLease> {
+    let now = clock.now();
+    let wall = super::system_now();
+    table
+        .active(now)
+        .into_iter()
+        .map(|l| crate::state::SavedLease {
+            client: l.key.client,
+            name: l.client_name,
+            address: l.key.address,
+            service: l.key.service,
+            // Rounded down to the second (never longer than the kernel's), so a table that did
+            // not change is not rewritten.
+            end: UnixMillis(wall.plus_millis(l.end.since(now)).0 / 1000 * 1000),
+        })
+        .collect()
+}
+
 /// Runs until `stop` fires: then closes the leases a backend does not expire by itself.
 pub(super) async fn firewall_task(
     mut firewall: AnyFirewall,
@@ -59,6 +88,7 @@ pub(super) async fn firewall_task(
     mut stop: tokio::sync::oneshot::Receiver<()>,
     state: Rc<RefCell<FwState>>,
     clock: Clock,
+    persist: Persist,
 ) {
     let mut limit = Rc::new(tokio::sync::Semaphore::new(
         firewall.traits().concurrency.max(1),
@@ -89,7 +119,34 @@ pub(super) async fn firewall_task(
         });
     };
 
+    if persist.restore {
+        let now = clock.now();
+        let gone = state
+            .borrow_mut()
+            .table
+            .revoke(now, |k| persist.keep.contains(k));
+        for action in gone {
+            tracing::info!(client = %action.client_name, address = %action.lease.address, service = %action.lease.service, "lease ended: client removed or its key replaced while sesamed was stopped");
+            spawn(&firewall, &limit, action, None);
+        }
+        let actions = state.borrow_mut().table.rebuilt(now);
+        tracing::info!(
+            leases = actions.len(),
+            "leases of the previous run restored"
+        );
+        for action in actions {
+            spawn(&firewall, &limit, action, None);
+        }
+    }
+    let mut last_saved = saved(&state.borrow().table, &clock);
     loop {
+        let current = saved(&state.borrow().table, &clock);
+        if current != last_saved {
+            if let Err(e) = crate::state::save_leases(&persist.state_dir, &current) {
+                tracing::warn!(error = %e, "cannot save the active leases (state_dir/leases); after a restart status will not show them");
+            }
+            last_saved = current;
+        }
         tokio::select! {
             _ = &mut stop => {
                 let actions = state.borrow_mut().table.drain(clock.now());
@@ -199,7 +256,7 @@ pub(super) async fn firewall_task(
                         tracing::error!(
                             backend = %firewall,
                             leases = actions.len(),
-                            "the firewall table had been removed (e.g. nft flush ruleset): the protected services were exposed; it is rebuilt, and the active leases are restored"
+                            "the firewall table had been removed or replaced (nft flush ruleset, a reloaded boot ruleset): it is rebuilt, and the active leases are restored"
                         );
                         drop(_permit);
                         for action in actions {

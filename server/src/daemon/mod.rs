@@ -250,6 +250,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     }
 
     let (grants_tx, grants_rx) = mpsc::unbounded_channel();
+    let (range_tx, range_rx) = tokio::sync::watch::channel((lo, hi));
     let last = vec![None; names.len()];
     let timer = Rc::new(tokio::sync::Notify::new());
     let core = Rc::new(RefCell::new(Core {
@@ -266,12 +267,33 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         config: config.clone(),
         server_key: secrets.server_key.clone(),
         timer: Rc::clone(&timer),
+        capture_range: range_tx,
     }));
     let clock = Clock::new();
     let fw_state = Rc::new(RefCell::new(FwState {
         table: LeaseTable::new(firewall.traits(), lease_policy(&config)),
         failed_at: std::collections::HashMap::new(),
     }));
+    // The leases of the previous run that are still on: known again (status, owners), and
+    // put back in the firewall by the firewall task (after a reboot its table was empty).
+    // Those of clients no longer configured are ended there too.
+    let adopted = {
+        let now = clock.now();
+        let wall = system_now();
+        let mut fw = fw_state.borrow_mut();
+        let mut n = 0;
+        for l in crate::state::load_leases(&config.state_dir) {
+            let end = now.plus_millis(l.end.since(wall));
+            let key = crate::lease::LeaseKey {
+                client: l.client,
+                address: l.address,
+                service: l.service,
+            };
+            fw.table.adopt(key, &l.name, end, now);
+            n += 1;
+        }
+        n
+    };
 
     let backend = firewall.to_string();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
@@ -281,10 +303,15 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         stop_rx,
         Rc::clone(&fw_state),
         clock,
+        firewall_task::Persist {
+            state_dir: config.state_dir.clone(),
+            restore: adopted > 0,
+            keep: config.clients.iter().map(|c| c.public_key).collect(),
+        },
     ));
     for iface in interfaces {
         let core = Rc::clone(&core);
-        tokio::task::spawn_local(capture::run_capture(iface, lo, hi, move |raw| {
+        tokio::task::spawn_local(capture::run_capture(iface, range_rx.clone(), move |raw| {
             core.borrow_mut().handle_packet(raw);
         }));
     }

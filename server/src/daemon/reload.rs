@@ -46,15 +46,63 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
             None => psks.push(None),
         }
     }
-    let mut notes = Vec::new();
-    if new.private_key_file != old.private_key_file
-        || new.state_dir != old.state_dir
+    let mut notes: Vec<String> = Vec::new();
+    // The server key is read again, with the checks `sesamed check` makes (owner-only mode,
+    // no link, a valid key): a rotated key takes effect now, a bad one refuses the reload.
+    let server_key = match sesame_keys::read_private_key_file_with(
+        &new.private_key_file,
+        sesame_keys::Links::Refuse,
+    ) {
+        Ok(k) => k,
+        // Started as root with `user`, the key may be readable by root only: the key read at
+        // start stays, and the admin is told how to change it.
+        Err(sesame_keys::KeyFileError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::PermissionDenied
+                && new.private_key_file == old.private_key_file =>
+        {
+            notes.push(format!(
+                "private_key_file cannot be read as uid {} (permission denied): the key read at start stays in use; restart sesamed to use a new one",
+                nix::unistd::geteuid()
+            ));
+            server_key
+        }
+        Err(e) => return refuse(format!("{}: private_key_file: {e}", path.display())),
+    };
+    let key_changed = server_key.public_key() != old_server_public(core);
+    if key_changed {
+        notes.push(
+            "the server key changed: profiles exported before it carry the old public key; export every client's profile again (sesamed export-client NAME)".to_owned(),
+        );
+    }
+    for c in &new.clients {
+        if server_key.diffie_hellman(&c.public_key).is_err() {
+            return refuse(format!(
+                "{}: client '{}': the key is a low-order point",
+                path.display(),
+                c.name
+            ));
+        }
+    }
+    let changed = crate::config::profile_changes(&old, &new);
+    if !changed.is_empty() {
+        let names: Vec<&str> = new.clients.iter().map(|c| c.name.as_str()).collect();
+        notes.push(format!(
+            "[knock] {} changed: every client needs a new profile (sesamed export-client NAME): {}",
+            changed.join(", "),
+            if names.is_empty() {
+                "no clients".to_owned()
+            } else {
+                names.join(", ")
+            }
+        ));
+    }
+    if new.state_dir != old.state_dir
         || new.interfaces != old.interfaces
         || new.control_socket != old.control_socket
         || new.user != old.user
     {
         notes.push(
-            "changes to private_key_file, state_dir, interfaces, control_socket or user take effect at the next restart",
+            "changes to state_dir, interfaces, control_socket or user take effect at the next restart".to_owned(),
         );
     }
     let secrets = Secrets {
@@ -94,7 +142,7 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
         .collect();
     let tracker = match Tracker::new(
         tracker_config(&new),
-        server_key,
+        server_key.clone(),
         entries,
         replay,
         system_now(),
@@ -141,6 +189,10 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
         let _ = c.grants.send(FwMsg::KeepOnly(keep));
     }
     c.tracker = tracker;
+    c.server_key = server_key;
+    let range = (new.knock.params.port_lo, new.knock.params.port_hi);
+    c.capture_range
+        .send_if_modified(|r| std::mem::replace(r, range) != range);
     c.keys = keys;
     c.names = names;
     c.last = last;
@@ -153,14 +205,20 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
         }
     };
     let message = format!(
-        "reloaded: {} clients (added: {}; removed: {}){}",
-        c.names.len(),
+        "reloaded: {} (added: {}; removed: {}){}",
+        crate::config::count(c.names.len(), "client", "clients"),
         list(&added),
         list(&removed),
         notes
-            .first()
-            .map_or_else(String::new, |n| format!("; note: {n}"))
+            .iter()
+            .map(|n| format!("; note: {n}"))
+            .collect::<String>()
     );
     tracing::info!("{message}");
     control::ReloadResult { ok: true, message }
+}
+
+/// The public key of the server key in use.
+fn old_server_public(core: &Rc<RefCell<Core>>) -> PublicKey {
+    core.borrow().server_key.public_key()
 }

@@ -64,6 +64,10 @@ pub(super) fn status(
         uptime_seconds: started.elapsed().as_secs(),
         pid: std::process::id(),
         config: config.path.display().to_string(),
+        uid: Some(nix::unistd::geteuid().as_raw()),
+        gid: Some(nix::unistd::getegid().as_raw()),
+        server_public_key: core.server_key.public_key().to_base64(),
+        knock: crate::control::KnockStatus::of(config),
         leases: lease_list,
         clients,
         counters: Counters {

@@ -236,6 +236,53 @@ fn used_up_leases_open_on_every_knock_and_are_not_restored() {
     assert!(t.rebuilt(now.plus_millis(1000)).is_empty());
 }
 
+/// After a restart, the leases of the previous run are adopted: `status` shows them, a knock
+/// with plenty left is kept, and a rebuild (an empty kernel after a reboot) opens them until
+/// their old end.
+#[test]
+fn adopted_leases_are_known_kept_and_restored() {
+    let mut t = LeaseTable::new(nft(), policy());
+    let mut k = Kernel::default();
+    let end = T0.plus_millis(25_000);
+    t.adopt(
+        LeaseKey {
+            client: key(1),
+            address: nat(),
+            service: ssh(),
+        },
+        "laptop",
+        end,
+        T0,
+    );
+    // An expired one is not taken.
+    t.adopt(
+        LeaseKey {
+            client: key(2),
+            address: nat(),
+            service: ssh(),
+        },
+        "old",
+        T0,
+        T0,
+    );
+    let active = t.active(T0);
+    assert_eq!(active.len(), 1);
+    assert_eq!(
+        (active[0].client_name.as_str(), active[0].end),
+        ("laptop", end)
+    );
+    let a = t.rebuilt(T0);
+    assert_eq!(a.len(), 1);
+    k.apply(&mut t, T0, a, true);
+    let e = Element {
+        address: nat(),
+        service: ssh(),
+    };
+    assert_eq!(k.open(e, T0), Some(end));
+    let (a, out) = t.grant(T0.plus_millis(1000), key(1), "laptop", nat(), &[ssh()]);
+    assert!(a.is_empty() && out[0].1 == Granted::Kept);
+}
+
 #[test]
 fn hooks_run_once_per_lease_with_a_cooldown() {
     let mut t = LeaseTable::new(hooks(), policy());
