@@ -1,7 +1,9 @@
 //! The shipped examples: examples/sesamed.toml and examples/profile.toml parse, the example
-//! configuration mentions every configuration key (set or commented out), the example profile
-//! every profile key, the two agree on the knock parameters, and the README's configuration
-//! snippet is a valid configuration.
+//! configuration sets no client (its `[[client]]` table is a commented-out example, which
+//! parses once uncommented), it mentions every configuration key (set or commented out), the
+//! example profile every profile key, the two agree on the knock parameters, the README's
+//! configuration snippet is a valid configuration, and both say what a knock during a lease
+//! does.
 //!
 //! The lists of keys come from the parsers themselves (the "expected one of …" of an unknown
 //! key in each section), so a key added to the code and not to the example fails here.
@@ -19,6 +21,31 @@ fn read(rel: &str) -> String {
 
 const EXAMPLE_CONFIG: &str = "examples/sesamed.toml";
 const EXAMPLE_PROFILE: &str = "examples/profile.toml";
+
+/// The example configuration with its commented-out `[[client]]` table made real: from the
+/// `# [[client]]` line on, every `# key = value` line (and that header) loses its `# `; the
+/// comments around them stay comments.
+fn with_example_client(text: &str) -> String {
+    let mut out = String::new();
+    let mut in_client = false;
+    for line in text.lines() {
+        if line.trim() == "# [[client]]" {
+            in_client = true;
+        }
+        let body = line.strip_prefix("# ").unwrap_or(line);
+        let is_key = body.split_once(" = ").is_some_and(|(k, _)| {
+            !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        });
+        if in_client && (body == "[[client]]" || is_key) {
+            out.push_str(body);
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    assert!(in_client, "{EXAMPLE_CONFIG} has no `# [[client]]` example");
+    out
+}
 
 /// The keys listed by a parser's "unknown field `x`, expected one of `a`, `b`" message.
 fn expected_keys(message: &str) -> Vec<String> {
@@ -74,19 +101,44 @@ fn the_example_configuration_parses() {
     let text = read(EXAMPLE_CONFIG);
     let config = Config::parse(&text, Path::new("/etc/sesame/sesamed.toml"))
         .unwrap_or_else(|e| panic!("{EXAMPLE_CONFIG}: {e}"));
-    assert_eq!(config.clients.len(), 1);
-    assert_eq!(config.clients[0].name, "laptop");
     assert_eq!(
         config.private_key_file,
         Path::new("/etc/sesame/server.key"),
         "the example uses the paths the README installs to"
     );
+    assert_eq!(config.state_dir, Path::new("/var/lib/sesame"));
     assert_eq!(config.control_socket, Path::new("/run/sesame/sesamed.sock"));
+    assert!(
+        config.user.is_none(),
+        "the unit starts sesamed as its user: the example must not set `user`"
+    );
+}
+
+/// The README installs the example and then adds `laptop` with `sesamed client add`: a client
+/// in the example (even a placeholder) makes that fail with "already exists". Its
+/// `[[client]]` table is an example in comments, and a valid one.
+#[test]
+fn the_example_configuration_sets_no_client_and_shows_one_in_comments() {
+    let text = read(EXAMPLE_CONFIG);
+    let config = Config::parse(&text, Path::new("/etc/sesame/sesamed.toml")).unwrap();
+    let names: Vec<&str> = config.clients.iter().map(|c| c.name.as_str()).collect();
+    assert!(
+        names.is_empty(),
+        "{EXAMPLE_CONFIG} sets clients {names:?}: `sesamed client add` of the README would collide"
+    );
+    let uncommented = with_example_client(&text);
+    let config =
+        Config::parse(&uncommented, Path::new("/etc/sesame/sesamed.toml")).unwrap_or_else(|e| {
+            panic!("the commented [[client]] example, uncommented: {e}\n{uncommented}")
+        });
+    assert_eq!(config.clients.len(), 1);
+    assert_eq!(config.clients[0].name, "laptop");
 }
 
 #[test]
 fn the_example_configuration_mentions_every_key() {
-    let text = read(EXAMPLE_CONFIG);
+    // The section probe needs a `[[client]]` line: the commented example's, uncommented.
+    let text = with_example_client(&read(EXAMPLE_CONFIG));
     let mut missing = Vec::new();
     let mut total = 0;
     for (header, section) in [
@@ -142,8 +194,11 @@ fn the_example_profile_parses_and_mentions_every_key() {
 
 #[test]
 fn the_example_profile_matches_the_example_configuration() {
-    let config =
-        Config::parse(&read(EXAMPLE_CONFIG), Path::new("/etc/sesame/sesamed.toml")).unwrap();
+    let config = Config::parse(
+        &with_example_client(&read(EXAMPLE_CONFIG)),
+        Path::new("/etc/sesame/sesamed.toml"),
+    )
+    .unwrap();
     let profile = Profile::parse(&read(EXAMPLE_PROFILE)).unwrap();
     assert_eq!(
         profile.params, config.knock.params,
@@ -153,7 +208,7 @@ fn the_example_profile_matches_the_example_configuration() {
     assert_eq!(profile.open, config.clients[0].allow);
 }
 
-/// The README's "essentials" snippet (step 3 of "Protecting ssh on a real server") is a valid
+/// The README's "essentials" snippet (step 4 of "Protecting ssh on a real server") is a valid
 /// configuration on its own; every other ```toml block of the README is a valid configuration
 /// when laid over it (a fragment: `[firewall] lease = …`), so no key in the README is misspelt.
 #[test]
@@ -192,5 +247,36 @@ fn the_readme_configuration_snippet_is_valid() {
         };
         Config::parse(&text, Path::new("/etc/sesame/sesamed.toml"))
             .unwrap_or_else(|e| panic!("README snippet: {e}\n{s}"));
+    }
+}
+
+/// The example configuration and the README say what a knock during a lease does (the rule of
+/// `sesame_server::lease`): with more than half of it left the lease is kept as it is.
+#[test]
+fn the_lease_rule_is_documented() {
+    // The comment right above `lease_seconds = …` in the example.
+    let example = read(EXAMPLE_CONFIG);
+    let lines: Vec<&str> = example.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("lease_seconds ="))
+        .expect("lease_seconds in the example");
+    let above = lines[..at]
+        .iter()
+        .rev()
+        .take_while(|l| l.starts_with('#'))
+        .count();
+    let comment = lines[at - above..at].join(" ");
+    let readme = read("README.md");
+    for (what, text) in [
+        (EXAMPLE_CONFIG, comment.as_str()),
+        ("README.md", readme.as_str()),
+    ] {
+        for phrase in ["more than half", "kept", "leases_kept", "leases_refreshed"] {
+            assert!(
+                text.contains(phrase),
+                "{what} does not say what a knock during a lease does (`{phrase}`)"
+            );
+        }
     }
 }

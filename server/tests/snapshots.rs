@@ -344,12 +344,28 @@ fn client_add_then_remove_gives_the_example_back_byte_for_byte() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
 }
 
-/// Removing the example's only client keeps the comments that document the section (how to
-/// add clients) and drops only the client's own lines.
+/// Removing the only client (added the README's way to the example, which has none) keeps the
+/// comments that document the section (how to add clients, the commented-out example) and
+/// drops only the client's own lines.
 #[test]
 fn client_remove_keeps_the_comments_that_are_not_the_clients() {
     let dir = TempDir::new("rmfirst");
     let (path, original) = example_copy(&dir);
+    let key = sesame_keys::PrivateKey::generate().public_key().to_base64();
+    let p = path.to_str().unwrap();
+    let o = sesamed(
+        &[
+            "client",
+            "add",
+            "--config",
+            p,
+            "laptop",
+            "--public-key",
+            &key,
+        ],
+        &dir.0,
+    );
+    assert!(o.status.success(), "{}", text(&o));
     let o = sesamed(
         &[
             "client",
@@ -362,13 +378,15 @@ fn client_remove_keeps_the_comments_that_are_not_the_clients() {
     );
     assert!(o.status.success(), "{}", text(&o));
     let after = std::fs::read_to_string(&path).unwrap();
-    assert!(!after.contains("name = \"laptop\""), "{after}");
+    assert!(!after.contains("\nname = \"laptop\""), "{after}");
     // Everything before the client section is unchanged.
     let head = &original[..original.find("# One [[client]] per device").unwrap()];
     assert!(after.starts_with(head.trim_end()), "{after}");
     for comment in [
-        "# One [[client]] per device. Add them with:",
+        "# One [[client]] per device.",
         "#   sesamed client add NAME --public-key KEY --allow tcp/22",
+        "# [[client]]",
+        "# name = \"laptop\"",
     ] {
         assert!(
             after.contains(comment),
