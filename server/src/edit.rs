@@ -312,3 +312,116 @@ pub fn apply(
     }
     Ok(out)
 }
+
+/// One row of `sesamed client list`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClientRow {
+    /// Its name.
+    pub name: String,
+    /// Its public key (base64, as `sesame pubkey` prints it).
+    pub public_key: String,
+    /// Services it may open.
+    pub allow: Vec<String>,
+    /// Prefixes it may knock from (empty: anywhere).
+    pub source: Vec<String>,
+    /// Whether it has a PSK.
+    pub psk: bool,
+    /// When it stops being accepted (RFC 3339), if ever.
+    pub expires: Option<String>,
+    /// Whether it has expired.
+    pub expired: bool,
+    /// Its last knock, as the running sesamed saw it: when, from where, with what result.
+    pub last_knock: Option<String>,
+    /// From where.
+    pub last_source: Option<String>,
+    /// The result (`granted` or a refusal reason).
+    pub last_result: Option<String>,
+}
+
+/// The clients of `config`, with their last knock when `running` (this file's daemon) says.
+pub fn client_rows(
+    config: &Config,
+    running: Option<&crate::control::Status>,
+    now: sesame_proto::UnixMillis,
+) -> Vec<ClientRow> {
+    config
+        .clients
+        .iter()
+        .map(|c| {
+            let last = running.and_then(|s| s.clients.iter().find(|x| x.name == c.name));
+            ClientRow {
+                name: c.name.clone(),
+                public_key: c.public_key.to_base64(),
+                allow: c.allow.iter().map(ToString::to_string).collect(),
+                source: c.source.iter().map(ToString::to_string).collect(),
+                psk: c.psk_file.is_some(),
+                expires: c.expires.map(crate::daemon::rfc3339),
+                expired: c.expires.is_some_and(|e| e <= now),
+                last_knock: last.and_then(|l| l.last_knock.clone()),
+                last_source: last.and_then(|l| l.last_source.clone()),
+                last_result: last.and_then(|l| l.last_result.clone()),
+            }
+        })
+        .collect()
+}
+
+/// The rows as a table: the key shortened to its first 12 characters (enough to tell keys
+/// apart and to compare with `sesame pubkey`).
+pub fn client_table(rows: &[ClientRow]) -> String {
+    let mut lines = vec![[
+        "NAME".to_owned(),
+        "KEY".to_owned(),
+        "ALLOW".to_owned(),
+        "SOURCE".to_owned(),
+        "PSK".to_owned(),
+        "EXPIRES".to_owned(),
+        "LAST KNOCK".to_owned(),
+    ]];
+    for r in rows {
+        let or = |v: &[String], none: &str| {
+            if v.is_empty() {
+                none.to_owned()
+            } else {
+                v.join(",")
+            }
+        };
+        let last = match (&r.last_knock, &r.last_source, &r.last_result) {
+            (Some(t), Some(s), Some(res)) => format!("{t} from {s}: {res}"),
+            (Some(t), _, _) => t.clone(),
+            _ => "-".to_owned(),
+        };
+        lines.push([
+            r.name.clone(),
+            format!("{}…", r.public_key.chars().take(12).collect::<String>()),
+            or(&r.allow, "-"),
+            or(&r.source, "any"),
+            if r.psk { "yes" } else { "no" }.to_owned(),
+            match (&r.expires, r.expired) {
+                (Some(e), true) => format!("{e} (expired)"),
+                (Some(e), false) => e.clone(),
+                (None, _) => "never".to_owned(),
+            },
+            last,
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for l in &lines {
+        let cells: Vec<String> = l
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -162,6 +162,16 @@ enum ClientCommand {
         /// The client's name.
         name: String,
     },
+    /// List the clients: name, key, what they may open, from where, PSK, expiry, and their
+    /// last knock (when the running sesamed of this file answers).
+    List {
+        /// The configuration file.
+        #[arg(long, value_name = "FILE", default_value = config::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Print JSON (one array; the full public keys).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// How `sesamed run` writes its log.
@@ -383,6 +393,9 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         } => {
             let config = Config::load(&config).map_err(config_error)?;
             let secrets = config.load_secrets().map_err(config_error)?;
+            for note in knock_notes(&config) {
+                eprintln!("sesamed: note: {note}");
+            }
             for note in control::notes_against_running(&config, &secrets.server_key.public_key()) {
                 eprintln!("sesamed: note: {note}");
             }
@@ -533,6 +546,25 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 }
                 for line in &printed[1..] {
                     println!("{line}");
+                }
+                Ok(())
+            }
+            ClientCommand::List { config, json } => {
+                let config = Config::load(&config).map_err(config_error)?;
+                let running = match edit::running(&config) {
+                    edit::Running::This(s) => Some(s),
+                    _ => None,
+                };
+                let rows = edit::client_rows(&config, running.as_ref(), daemon::system_now());
+                if json {
+                    println!("{}", serde_json::to_string(&rows).map_err(runtime_error)?);
+                } else {
+                    print!("{}", edit::client_table(&rows));
+                    if running.is_none() {
+                        eprintln!(
+                            "sesamed: note: the sesamed of this file is not reachable; last knocks are not shown"
+                        );
+                    }
                 }
                 Ok(())
             }
@@ -742,4 +774,24 @@ fn check_as_user(config: &std::path::Path, user: &str) -> Result<(), Failure> {
             message: format!("the check as {user} was killed"),
         }),
     }
+}
+
+/// What `[knock]` means for clients on networks that block UDP (`sesamed check`).
+fn knock_notes(config: &Config) -> Vec<String> {
+    use sesame_proto::{KnockProtocol, PayloadMode};
+    let p = &config.knock.params;
+    let mut notes = Vec::new();
+    if p.length == 0 {
+        if p.protocol != KnockProtocol::Udp {
+            notes.push(format!(
+                "[knock] length = 0: the knock is one UDP datagram to a port of port_range whatever protocol (\"{}\") says; networks that block UDP cannot knock",
+                p.protocol
+            ));
+        }
+    } else if p.protocol == KnockProtocol::Tcp && config.knock.payload == PayloadMode::Required {
+        notes.push(
+            "[knock] protocol = \"tcp\" with payload = \"required\": every knock still ends with a UDP datagram to a port of port_range, so clients on networks that block UDP cannot get in; for them, payload = \"optional\" (the TCP knocks alone open, unbound, timeout_ms after the sequence when no payload comes; not with require_address = true) or payload = \"none\" (sequence-only, never bound)".to_owned(),
+        );
+    }
+    notes
 }

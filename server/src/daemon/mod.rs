@@ -81,7 +81,8 @@ pub fn system_now() -> UnixMillis {
     UnixMillis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn rfc3339(t: UnixMillis) -> String {
+/// An RFC 3339 time (UTC, to the second).
+pub fn rfc3339(t: UnixMillis) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0) * 1_000_000)
         .ok()
         .and_then(|d| {
