@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod knock;
+pub mod manpage;
 pub mod profiles;
 pub mod wait;
 
@@ -368,11 +369,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "sesame", &mut std::io::stdout());
             Ok(())
         }
-        Command::Man { dir: None } => clap_mangen::Man::new(Cli::command())
-            .render(&mut std::io::stdout())
-            .context("cannot write the manual page"),
-        Command::Man { dir: Some(dir) } => clap_mangen::generate_to(Cli::command(), &dir)
-            .with_context(|| format!("cannot write manual pages to {}", dir.display())),
+        Command::Man { dir } => manpage::man(Cli::command(), dir.as_deref()),
     }
 }
 

@@ -2,8 +2,8 @@
 //! configuration sets no client (its `[[client]]` table is a commented-out example, which
 //! parses once uncommented), it mentions every configuration key (set or commented out), the
 //! example profile every profile key, the two agree on the knock parameters, the README's
-//! configuration snippet is a valid configuration, and both say what a knock during a lease
-//! does.
+//! configuration snippet is a valid configuration, and sesamed.toml(5), generated from the
+//! example, has an entry for every key.
 //!
 //! The lists of keys come from the parsers themselves (the "expected one of …" of an unknown
 //! key in each section), so a key added to the code and not to the example fails here.
@@ -13,6 +13,9 @@ use std::path::Path;
 
 use sesame_proto::Profile;
 use sesame_server::config::Config;
+
+#[path = "../../tests/support/tempdir.rs"]
+mod tempdir;
 
 fn read(rel: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
@@ -248,6 +251,159 @@ fn the_readme_configuration_snippet_is_valid() {
         Config::parse(&text, Path::new("/etc/sesame/sesamed.toml"))
             .unwrap_or_else(|e| panic!("README snippet: {e}\n{s}"));
     }
+}
+
+/// Every configuration key (as the parser lists them) in a section of the page.
+fn all_config_keys() -> Vec<(String, String)> {
+    let text = with_example_client(&read(EXAMPLE_CONFIG));
+    let mut all = Vec::new();
+    for (header, table) in [
+        ("", ""),
+        ("[knock]", "knock"),
+        ("[firewall]", "firewall"),
+        ("[[client]]", "client"),
+    ] {
+        for key in config_section_keys(&text, header) {
+            if header.is_empty() && ["knock", "firewall", "client"].contains(&key.as_str()) {
+                continue;
+            }
+            all.push((table.to_owned(), key));
+        }
+    }
+    all
+}
+
+/// sesamed.toml(5) is generated from examples/sesamed.toml: every key the parser accepts has
+/// an entry (a `.TP` tag naming it in bold) under its table's heading, and the page renders
+/// without a groff warning.
+#[test]
+fn the_configuration_manual_page_has_every_key() {
+    let page = sesame_server::manpage::config_page();
+    assert!(page.contains(".TH sesamed.toml 5"), "{page}");
+    // The page's sections, by heading: `.SH "[knock]"` → the text up to the next `.SH`.
+    let section = |title: &str| -> &str {
+        let head = if title.contains(' ') || title.contains('[') {
+            format!(".SH \"{title}\"")
+        } else {
+            format!(".SH {title}")
+        };
+        let head = if page.contains(&head) {
+            head
+        } else {
+            format!(".SH {title}")
+        };
+        let at = page
+            .find(&head)
+            .unwrap_or_else(|| panic!("no {head} in the page:\n{page}"));
+        let rest = &page[at + head.len()..];
+        &rest[..rest.find("\n.SH ").unwrap_or(rest.len())]
+    };
+    let mut missing = Vec::new();
+    let keys = all_config_keys();
+    assert!(keys.len() > 25, "{keys:?}");
+    for (table, key) in &keys {
+        let title = match table.as_str() {
+            "" => "TOP-LEVEL KEYS".to_owned(),
+            "client" => "[[client]]".to_owned(),
+            t => format!("[{t}]"),
+        };
+        let body = section(&title);
+        let tag = format!("\\fB{key}\\fR = ");
+        let entry = body
+            .lines()
+            .zip(body.lines().skip(1))
+            .any(|(a, b)| (a == ".TP" || a == ".TQ") && b.starts_with(&tag));
+        if !entry {
+            missing.push(format!("{title} {key}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "sesamed.toml(5) has no entry for: {missing:?}"
+    );
+    tempdir::assert_man_page_renders(
+        &page,
+        "sesamed.toml.5",
+        &[
+            "private_key_file",
+            "step_seconds",
+            "lease_seconds",
+            "public_key",
+        ],
+    );
+}
+
+/// The configuration shown under EXAMPLES in sesamed.toml(5) is valid.
+#[test]
+fn the_configuration_manual_page_example_is_valid() {
+    let page = sesame_server::manpage::config_page();
+    let example = sesame_server::manpage::CONFIG_PAGE_EXAMPLE;
+    assert!(
+        page.contains(&example.lines().next().unwrap().replace('-', "\\-")),
+        "the page shows its example"
+    );
+    let config = Config::parse(example, Path::new("/etc/sesame/sesamed.toml"))
+        .unwrap_or_else(|e| panic!("sesamed.toml(5) example: {e}\n{example}"));
+    assert_eq!(config.clients.len(), 1);
+}
+
+/// `sesamed man` has FILES, EXIT STATUS, EXAMPLES and SEE ALSO, naming the paths the example
+/// configuration uses; `sesamed man --dir` also writes sesamed.toml.5; both render.
+#[test]
+fn the_manual_pages_have_files_exit_status_and_examples() {
+    let sesamed = env!("CARGO_BIN_EXE_sesamed");
+    let o = std::process::Command::new(sesamed)
+        .arg("man")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let page = String::from_utf8(o.stdout).unwrap();
+    for section in [
+        ".SH FILES",
+        ".SH \"EXIT STATUS\"",
+        ".SH EXAMPLES",
+        ".SH \"SEE ALSO\"",
+    ] {
+        assert!(
+            page.contains(section),
+            "sesamed(1) lacks {section}:\n{page}"
+        );
+    }
+    let config =
+        Config::parse(&read(EXAMPLE_CONFIG), Path::new("/etc/sesame/sesamed.toml")).unwrap();
+    let files = &page[page.find(".SH FILES").unwrap()..page.find(".SH \"EXIT STATUS\"").unwrap()];
+    for path in [
+        Path::new(sesame_server::config::DEFAULT_CONFIG),
+        &config.private_key_file,
+        &config.state_dir,
+        &config.control_socket,
+    ] {
+        let shown = path.to_string_lossy().replace('-', "\\-");
+        assert!(
+            files.contains(&shown),
+            "FILES lacks {}:\n{files}",
+            path.display()
+        );
+    }
+    tempdir::assert_man_page_renders(&page, "sesamed.1", &["FILES", "EXIT STATUS", "EXAMPLES"]);
+
+    let dir = tempdir::TempDir::new("man-dir");
+    let o = std::process::Command::new(sesamed)
+        .args(["man", "--dir"])
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    for name in ["sesamed.1", "sesamed-check.1", "sesamed.toml.5"] {
+        assert!(
+            dir.path(name).is_file(),
+            "sesamed man --dir wrote no {name}"
+        );
+    }
+    let top = std::fs::read_to_string(dir.path("sesamed.1")).unwrap();
+    assert_eq!(top, page, "--dir writes the same sesamed.1");
+    let five = std::fs::read_to_string(dir.path("sesamed.toml.5")).unwrap();
+    assert_eq!(five, sesame_server::manpage::config_page());
 }
 
 /// The example configuration and the README say what a knock during a lease does (the rule of
