@@ -14,6 +14,7 @@ pub mod firewall;
 pub mod fuzz_targets;
 pub mod instance;
 pub mod lease;
+pub mod manpage;
 pub mod netlink;
 pub mod privileges;
 pub mod state;
@@ -594,17 +595,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Man { dir } => {
             use clap::CommandFactory;
-            match dir {
-                None => clap_mangen::Man::new(Cli::command())
-                    .render(&mut std::io::stdout())
-                    .map_err(runtime_error),
-                Some(dir) => clap_mangen::generate_to(Cli::command(), &dir).map_err(|e| {
-                    runtime_error(format!(
-                        "cannot write manual pages to {}: {e}",
-                        dir.display()
-                    ))
-                }),
-            }
+            manpage::man(Cli::command(), dir.as_deref()).map_err(runtime_error)
         }
         Command::ExportClient {
             config,
