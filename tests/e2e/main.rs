@@ -15,6 +15,7 @@ mod docker;
 mod faults;
 mod flood;
 mod harness;
+mod install;
 mod instance;
 mod lease;
 mod nat;
