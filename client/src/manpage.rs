@@ -67,6 +67,10 @@ pub fn main_page(cmd: clap::Command) -> String {
             "2",
             "Usage or configuration error: a bad option, or a profile or key file that is not valid.",
         ),
+        (
+            "3",
+            "open --wait: the knock was sent, but the service answered already before it (a lease for this address, or the port is not protected), so it cannot confirm that the knock worked.",
+        ),
     ] {
         extra.control("TP", []);
         extra.text([bold(code)]);
@@ -155,6 +159,13 @@ mod tests {
         assert!(at(".SH EXAMPLES") < at(".SH \"SEE ALSO\""));
         assert!(at(".SH \"SEE ALSO\"") < at(".SH VERSION"));
         assert!(page.contains("profiles/NAME.toml"), "{page}");
+        let exit = &page[at(".SH \"EXIT STATUS\"")..at(".SH EXAMPLES")];
+        for code in ["0", "1", "2", "3"] {
+            assert!(
+                exit.contains(&format!("\\fB{code}\\fR")),
+                "exit status {code}: {exit}"
+            );
+        }
         assert!(page.contains("sesame proxy myserver %h %p"), "{page}");
         assert_eq!(page.matches(".ie ").count(), 1, "one preamble:\n{page}");
     }
