@@ -4,46 +4,9 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use sesame_proto::{ClientKeys, KnockRequest, Profile, Proto, Service, UnixMillis, plan_knock};
+use sesame_proto::{ClientKeys, KnockRequest, Profile, Service, UnixMillis, plan_knock};
 
-/// Which address family to use when the host resolves to several.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Family {
-    /// The first address the resolver returns.
-    #[default]
-    Any,
-    /// IPv4 only (`-4`).
-    V4,
-    /// IPv6 only (`-6`).
-    V6,
-}
-
-/// Resolves the profile's host to one address.
-pub fn resolve(host: &str, family: Family) -> anyhow::Result<IpAddr> {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let addrs: Vec<IpAddr> = (bare, 0u16)
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve host '{host}'"))?
-        .map(|a| a.ip())
-        .collect();
-    let pick = addrs.iter().copied().find(|a| match family {
-        Family::Any => true,
-        Family::V4 => a.is_ipv4(),
-        Family::V6 => a.is_ipv6(),
-    });
-    match pick {
-        Some(a) => Ok(a),
-        None if addrs.is_empty() => bail!("host '{host}' has no address"),
-        None => bail!(
-            "host '{host}' has no {} address",
-            if family == Family::V4 { "IPv4" } else { "IPv6" }
-        ),
-    }
-}
-
+pub use sesame_net::{Family, resolve, send};
 pub use sesame_proto::{KnockPlan, Packet, PacketKind};
 
 /// The address a knock is bound to (the address the server is asked to open), and how it was
@@ -216,46 +179,4 @@ pub fn plan(
     Ok(plan_knock(&request, &mut |buf| {
         sesame_keys::fill_random(buf)
     })?)
-}
-
-/// Sends the packets of a plan, `delay` apart. UDP packets share one socket (so a NAT maps them
-/// to one public address); TCP knocks are non-blocking connects that are abandoned.
-pub fn send(plan: &KnockPlan, delay: Duration) -> anyhow::Result<()> {
-    let Some(first) = plan.packets.first() else {
-        return Ok(());
-    };
-    let bind: SocketAddr = match first.dest {
-        SocketAddr::V4(_) => "0.0.0.0:0".parse()?,
-        SocketAddr::V6(_) => "[::]:0".parse()?,
-    };
-    let udp = UdpSocket::bind(bind).context("cannot open a UDP socket")?;
-    // TCP sockets stay open until the knock is done, so the kernel keeps its SYN state.
-    let mut pending_tcp = Vec::new();
-    for (i, packet) in plan.packets.iter().enumerate() {
-        if i > 0 && !delay.is_zero() {
-            std::thread::sleep(delay);
-        }
-        match packet.proto {
-            Proto::Udp => {
-                udp.send_to(&packet.data, packet.dest)
-                    .with_context(|| format!("cannot send to {}", packet.dest))?;
-            }
-            Proto::Tcp => pending_tcp.push(syn(packet.dest)?),
-        }
-    }
-    drop(pending_tcp);
-    Ok(())
-}
-
-fn syn(dest: SocketAddr) -> anyhow::Result<socket2::Socket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(Domain::for_address(dest), Type::STREAM, Some(Protocol::TCP))
-        .context("cannot open a TCP socket")?;
-    sock.set_nonblocking(true)?;
-    match sock.connect(&dest.into()) {
-        Ok(()) => Ok(sock),
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(sock),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(sock),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot send a TCP knock to {dest}"))),
-    }
 }
