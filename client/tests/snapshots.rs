@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use sesame_keys::{PresharedKey, PrivateKey};
-use sesame_proto::{KnockParams, KnockProtocol, PayloadMode, Profile, ProfileUri, Service};
+use sesame_proto::{
+    KnockParams, KnockProtocol, LeaseKind, PayloadMode, Profile, ProfileUri, Service,
+};
 
 const SESAME: &str = env!("CARGO_BIN_EXE_sesame");
 
@@ -171,6 +173,7 @@ fn a_uri_carries_every_profile_field() {
         ],
         stun: Some("[2001:db8::3478]:3479".to_owned()),
         bind_address: false,
+        lease: LeaseKind::Connection,
     };
     let uri = ProfileUri {
         name: "every-field_1.0".to_owned(),
@@ -197,6 +200,9 @@ fn a_uri_carries_every_profile_field() {
     assert_eq!(installed.params, profile.params);
     assert_eq!(installed.payload, profile.payload);
     assert_eq!(installed.open, profile.open);
+    assert_eq!(installed.stun, profile.stun);
+    assert_eq!(installed.bind_address, profile.bind_address);
+    assert_eq!(installed.lease, LeaseKind::Connection);
     assert_eq!(installed.private_key_file, dir.join("every-field_1.0.key"));
     assert_eq!(
         installed.psk_file.as_deref(),

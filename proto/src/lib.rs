@@ -28,7 +28,7 @@ pub use knock::{
     KNOCK_BODY_MAX, KNOCK_BODY_MIN, KnockError, KnockPlan, KnockRequest, Packet, PacketKind,
     plan_knock,
 };
-pub use params::{KnockParams, KnockProtocol, MAX_LENGTH, ParamsError, PayloadMode};
+pub use params::{KnockParams, KnockProtocol, LeaseKind, MAX_LENGTH, ParamsError, PayloadMode};
 pub use payload::{
     ACTION_LEN, ADDRESS_LEN, ARGUMENT_LEN, Action, BuildError, DATAGRAM_LEN, EPHEMERAL_LEN,
     FLAGS_KNOWN, MAC_LEN, MAC_OFFSET, MAX_DATAGRAM_LEN, MAX_PADDING, MAX_SERVICES, Opener,

@@ -82,6 +82,36 @@ impl fmt::Display for PayloadMode {
     }
 }
 
+/// What a lease admits (`[firewall] lease` on the server, `lease` in a client's profile).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseKind {
+    /// New connections from the address, until the lease ends.
+    #[default]
+    Window,
+    /// New connections until the first one is made (nftables: ended in the kernel by that
+    /// connection's first packet); the connection lives on through conntrack. A client must
+    /// then make no connection of its own to check that a knock worked: it would use the
+    /// lease up.
+    Connection,
+}
+
+impl LeaseKind {
+    /// `"window"` or `"connection"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LeaseKind::Window => "window",
+            LeaseKind::Connection => "connection",
+        }
+    }
+}
+
+impl fmt::Display for LeaseKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The parameters a client and a server must agree on to derive the same sequences.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KnockParams {

@@ -15,7 +15,13 @@
 //! open = ["tcp/22"]
 //! # stun = "stun.example.net:3478"   # discover this device's public address (off by default)
 //! # bind_address = true              # put this device's address in the payload (default)
+//! # lease = "connection"             # the server's leases admit one connection per knock
 //! ```
+//!
+//! `lease` says what the server's leases admit (its `[firewall] lease`, written by
+//! `sesamed export-client`): `"window"` (the default) lets new connections in until the lease
+//! ends; `"connection"` lets in one, so the client must not connect to check a knock
+//! (`sesame open --wait` then only knocks, and `sesame proxy` makes that one connection).
 
 use std::fmt;
 use std::ops::Range;
@@ -25,7 +31,7 @@ use serde::Deserialize;
 use sesame_keys::PublicKey;
 use toml::Spanned;
 
-use crate::params::{KnockParams, KnockProtocol, PayloadMode};
+use crate::params::{KnockParams, KnockProtocol, LeaseKind, PayloadMode};
 use crate::payload::MAX_SERVICES;
 use crate::service::Service;
 
@@ -195,6 +201,9 @@ pub struct Profile {
     /// or `--allow-ip`) so that nobody else can use them. `false` sends no address: the
     /// server opens whatever address the packets come from.
     pub bind_address: bool,
+    /// What the server's leases admit: with [`LeaseKind::Connection`] the first new
+    /// connection uses a lease up, so the client makes no connection to check a knock.
+    pub lease: LeaseKind,
 }
 
 /// Whether `s` is a `host:port` (or `[v6]:port`) a client can resolve: a non-empty host
@@ -241,6 +250,8 @@ struct RawProfile {
     stun: Option<Spanned<String>>,
     #[serde(default = "default_true")]
     bind_address: bool,
+    #[serde(default)]
+    lease: LeaseKind,
 }
 
 fn default_true() -> bool {
@@ -379,6 +390,7 @@ impl Profile {
             open,
             stun,
             bind_address: raw.bind_address,
+            lease: raw.lease,
         })
     }
 
@@ -423,6 +435,12 @@ impl Profile {
         if !self.bind_address {
             out.push_str("bind_address = false\n");
         }
+        if self.lease != LeaseKind::Window {
+            out.push_str(
+                "# One connection per knock (the server's [firewall] lease): `sesame open --wait` does not\n# connect, `sesame proxy` makes that one connection\n",
+            );
+            out.push_str(&format!("lease = \"{}\"\n", self.lease));
+        }
         out
     }
 }
@@ -465,6 +483,7 @@ exclude_ports = [22, 10022]
 protocol = "mixed"
 payload = "optional"
 open = ["tcp/22", "udp/51820"]
+lease = "connection"
 "#
         )
     }
@@ -479,7 +498,10 @@ open = ["tcp/22", "udp/51820"]
         assert_eq!(p.params.exclude_ports(), &[10022]);
         assert_eq!(p.payload, PayloadMode::Optional);
         assert_eq!(p.open.len(), 2);
-        assert_eq!(Profile::parse(&p.to_toml()).unwrap(), p);
+        assert_eq!(p.lease, LeaseKind::Connection);
+        let text = p.to_toml();
+        assert!(text.contains("\nlease = \"connection\"\n"), "{text}");
+        assert_eq!(Profile::parse(&text).unwrap(), p);
     }
 
     #[test]
@@ -493,7 +515,14 @@ open = ["tcp/22", "udp/51820"]
         assert_eq!((p.params.port_lo, p.params.port_hi), DEFAULT_PORT_RANGE);
         assert_eq!(p.payload, PayloadMode::Required);
         assert!(p.open.is_empty());
+        assert_eq!(p.lease, LeaseKind::Window);
+        // The default is not written, so an older client reads the profile.
+        assert!(!p.to_toml().contains("lease"), "{}", p.to_toml());
         assert_eq!(Profile::parse(&p.to_toml()).unwrap(), p);
+        let window = format!(
+            "host = \"h\"\nserver_public_key = \"{KEY}\"\nprivate_key_file = \"k\"\nlease = \"window\"\n"
+        );
+        assert_eq!(Profile::parse(&window).unwrap(), p);
     }
 
     #[test]
@@ -512,7 +541,12 @@ open = ["tcp/22", "udp/51820"]
                 "line 6",
                 "length",
             ),
-            (full() + "colour = \"blue\"\n", "line 12", "colour"),
+            (full() + "colour = \"blue\"\n", "line 13", "colour"),
+            (
+                full().replace("\"connection\"", "\"session\""),
+                "line 12",
+                "lease",
+            ),
             (
                 full().replace("\"198.18.0.1\"", "\" 198.18.0.1\""),
                 "line 1",

@@ -57,27 +57,8 @@ impl std::fmt::Display for Backend {
     }
 }
 
-/// What a lease admits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LeaseKind {
-    /// New connections from the address, until the lease ends.
-    #[default]
-    Window,
-    /// New connections until the first one is made (nftables: ended in the kernel by that
-    /// connection's first packet); the connection lives on through conntrack.
-    Connection,
-}
-
-impl LeaseKind {
-    /// `"window"` or `"connection"`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            LeaseKind::Window => "window",
-            LeaseKind::Connection => "connection",
-        }
-    }
-}
+/// What a lease admits (shared with client profiles, which carry it).
+pub use sesame_proto::LeaseKind;
 
 /// Which interfaces to capture on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -863,6 +844,7 @@ impl Config {
             payload: self.knock.payload,
             stun: None,
             bind_address: true,
+            lease: self.firewall.lease,
             open: c
                 .allow
                 .iter()

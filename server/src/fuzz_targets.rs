@@ -383,6 +383,7 @@ pub fn config_parse(data: &[u8]) {
                     Ok(p) => {
                         assert_eq!(p.params, config.knock.params);
                         assert_eq!(p.payload, config.knock.payload);
+                        assert_eq!(p.lease, config.firewall.lease);
                         assert_eq!(p.open[..], c.allow[..c.allow.len().min(p.open.len())]);
                     }
                     Err(e) => panic!("exported profile of {} does not parse: {e}\n{text}", c.name),

@@ -198,6 +198,46 @@ fn export_client_prints_a_profile_the_client_reads() {
     drop(d);
 }
 
+/// The profile says when the server's leases admit one connection per knock (`[firewall]
+/// lease = "connection"`), in TOML and in the URI, so that the client does not spend them
+/// checking knocks; with the default "window" it says nothing (older clients read it).
+#[test]
+fn export_client_carries_a_connection_lease() {
+    let export = |path: &PathBuf, uri: bool| {
+        let mut args = vec![
+            "export-client",
+            "--config",
+            path.to_str().unwrap(),
+            "laptop",
+            "--host",
+            "198.18.0.1",
+        ];
+        if uri {
+            args.push("--uri");
+        }
+        let o = sesamed(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let (_d, window, _) = setup("export-window", |t| t);
+    let text = export(&window, false);
+    assert!(!text.contains("lease"), "{text}");
+    let uri = sesame_proto::ProfileUri::decode(&export(&window, true)).unwrap();
+    assert_eq!(uri.profile.lease, sesame_proto::LeaseKind::Window);
+    let (_d, connection, _) = setup("export-connection", |t| {
+        t.replace(
+            "lease_seconds = 30",
+            "lease = \"connection\"\nlease_seconds = 30",
+        )
+    });
+    let text = export(&connection, false);
+    let profile = sesame_proto::Profile::parse(&text).unwrap();
+    assert_eq!(profile.lease, sesame_proto::LeaseKind::Connection, "{text}");
+    assert!(text.contains("\nlease = \"connection\"\n"), "{text}");
+    let uri = sesame_proto::ProfileUri::decode(&export(&connection, true)).unwrap();
+    assert_eq!(uri.profile, profile);
+}
+
 #[test]
 fn run_with_a_bad_config_exits_2() {
     let (_d, path, _) = setup("run", |t| t.replace("length = 3", "length = 30"));

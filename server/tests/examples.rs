@@ -208,6 +208,7 @@ fn the_example_profile_matches_the_example_configuration() {
         "the example profile's knock parameters are the example server's"
     );
     assert_eq!(profile.payload, config.knock.payload);
+    assert_eq!(profile.lease, config.firewall.lease);
     assert_eq!(profile.open, config.clients[0].allow);
 }
 

@@ -160,6 +160,11 @@ fn config_seeds() -> Vec<String> {
         ("[firewall]", "[firewall\n"),
         ("\"tcp/22\"", "\"tcp/0\""),
         ("\"tcp/22\"", "\"sctp/22\""),
+        // Valid: the exported profiles carry lease = "connection".
+        (
+            "lease_seconds = 30",
+            "lease = \"connection\"\nlease_seconds = 30",
+        ),
     ];
     let mut seeds = vec![valid.to_owned()];
     for (from, to) in edits {
