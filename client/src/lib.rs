@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, anyhow};
 use clap::{CommandFactory, Parser, Subcommand};
 use sesame_keys::{PresharedKey, PrivateKey};
-use sesame_proto::{ClientKeys, Profile, Service, UnixMillis, derive_sequence};
+use sesame_proto::{ClientKeys, LeaseKind, Profile, Service, UnixMillis, derive_sequence};
 
 use crate::knock::Family;
 
@@ -39,6 +39,10 @@ impl std::error::Error for UsageError {}
 fn usage(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg.into()))
 }
+
+/// What `open --wait` says instead of connecting when the profile's leases admit one connection
+/// per knock.
+pub const ONE_CONNECTION_NOTE: &str = "this server's leases admit one connection per knock (lease = \"connection\" in the profile): --wait does not connect, since that would use the lease up; connect now, or use `sesame proxy NAME %h %p` as ssh's ProxyCommand, which knocks and makes that one connection";
 
 /// The knock was sent, but `--wait` cannot tell whether it worked (the service answered
 /// already before it): exit status 3.
@@ -215,7 +219,9 @@ struct OpenArgs {
     dry_run: bool,
     /// After knocking, confirm the service answers (default: the first tcp service asked
     /// for); re-knock if not; explain when it never does. Exit 3 if it answered already
-    /// before the knock (a lease for this address): the knock is then unconfirmed.
+    /// before the knock (a lease for this address): the knock is then unconfirmed. With
+    /// lease = "connection" in the profile it does not connect (that would use up the one
+    /// connection a knock admits): it knocks once, lets the knock land, and exits 0.
     #[arg(long, value_name = "tcp/PORT", num_args = 0..=1, default_missing_value = "")]
     wait: Option<String>,
     #[command(flatten)]
@@ -635,8 +641,11 @@ fn open(args: OpenArgs) -> anyhow::Result<()> {
             services.len()
         )));
     }
+    // A lease that admits one connection is the user's: `--wait` must not connect.
+    let one_connection = profile.lease == LeaseKind::Connection;
     let wait_port = match args.wait.as_deref() {
         None => None,
+        Some("") if one_connection => None,
         Some("") => Some(
             services
                 .iter()
@@ -691,7 +700,7 @@ fn open(args: OpenArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let delay = Duration::from_millis(args.waiting.delay_ms);
-    let Some(port) = wait_port else {
+    let Some(port) = wait_port.filter(|_| !one_connection) else {
         knock::send(&plan, delay)?;
         println!(
             "knocked {} ({target}): {} packets at step {}, asking for {what} {whom}",
@@ -699,6 +708,12 @@ fn open(args: OpenArgs) -> anyhow::Result<()> {
             plan.packets.len(),
             plan.counter
         );
+        if args.wait.is_some() {
+            // What `--wait` still can do: give the knock time to land, so that the
+            // connection made right after finds the lease with its first SYN.
+            std::thread::sleep(wait::CONNECTION_LEAD);
+            eprintln!("sesame: {ONE_CONNECTION_NOTE}");
+        }
         return Ok(());
     };
     let service = std::net::SocketAddr::new(target, port);
@@ -706,6 +721,7 @@ fn open(args: OpenArgs) -> anyhow::Result<()> {
         timeout: args.waiting.timeout,
         retries: args.waiting.retries,
         delay,
+        one_connection,
     };
     let offset = args.time_offset;
     let other_address = elsewhere(args.bind.allow_ip, service);
@@ -786,6 +802,9 @@ fn proxy(
             timeout: w.timeout,
             retries: w.retries,
             delay: Duration::from_millis(w.delay_ms),
+            // The connection relayed is the one a connection-bound lease admits: no other is
+            // tried, so this is the way to ssh to a server with such leases.
+            one_connection: k.profile.lease == LeaseKind::Connection,
         },
         &k.diagnosis(&binding, other_address),
         &mut |line| eprintln!("sesame: {line}"),

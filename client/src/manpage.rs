@@ -57,7 +57,7 @@ pub fn main_page(cmd: clap::Command) -> String {
     for (code, what) in [
         (
             "0",
-            "Success (open --wait and proxy: the service answered).",
+            "Success (open --wait and proxy: the service answered; open --wait with lease = \"connection\" in the profile: the knock was sent, and nothing connected to check it).",
         ),
         (
             "1",
@@ -97,7 +97,7 @@ pub fn main_page(cmd: clap::Command) -> String {
             &["sesame open myserver --wait && ssh ssh.example.org"][..],
         ),
         (
-            "Let OpenSSH knock (in ~/.ssh/config):",
+            "Let OpenSSH knock (in ~/.ssh/config; with lease = \"connection\" in the profile, the connection sesame proxy relays is the only one it makes):",
             &[
                 "Host myserver",
                 "    HostName ssh.example.org",

@@ -24,6 +24,10 @@ pub struct WaitPolicy {
     pub retries: u32,
     /// Milliseconds between knock packets.
     pub delay: Duration,
+    /// The server's leases admit one connection per knock (`lease = "connection"` in the
+    /// profile): the connection made is the one the lease admits, so no connection is tried
+    /// before the knock, and after it one socket per knock ([`connect_once`]).
+    pub one_connection: bool,
 }
 
 /// Parses `5s`, `500ms`, `1m` or a bare number of seconds.
@@ -70,6 +74,28 @@ pub fn connect_within(addr: SocketAddr, timeout: Duration) -> Option<TcpStream> 
         }
         attempt = (attempt * 2).min(Duration::from_secs(1));
     }
+}
+
+/// How long to wait after a knock before connecting when a lease admits one connection: time
+/// for the knock to reach the server and for its firewall to let the address in, so that the
+/// first SYN finds the lease (one that comes too early is dropped, and the kernel sends it again
+/// a second later).
+pub const CONNECTION_LEAD: Duration = Duration::from_millis(200);
+
+/// One connection attempt after a knock whose lease admits one connection: one socket, whose
+/// SYN the kernel sends again (after 1 s, then 3 s) until `timeout`. [`connect_within`]'s
+/// attempts are given up after a fraction of a second: a SYN that found the lease but whose
+/// answer was slower than that would use the lease up for a connection nobody takes. Any
+/// failure ends the attempt: a refusal means the SYN got through the firewall (the lease, if
+/// there was one, is gone) to a port where nothing listens.
+pub fn connect_once(addr: SocketAddr, timeout: Duration) -> Option<TcpStream> {
+    let lead = CONNECTION_LEAD.min(timeout / 2);
+    std::thread::sleep(lead);
+    TcpStream::connect_timeout(
+        &addr,
+        timeout.saturating_sub(lead).max(Duration::from_millis(1)),
+    )
+    .ok()
 }
 
 /// The outcome of [`knock_and_wait`].
@@ -271,7 +297,10 @@ fn connect_before_knock(service: SocketAddr) -> mpsc::Receiver<Option<TcpStream>
 /// knocks with `plan_at(offset_seconds)` and connects to `service`; re-knocks up to
 /// `policy.retries` times. If it never opens, knocks with the clock shifted by one, two and
 /// four steps (forward only when bound, see [`probe_shifts`]) to estimate the clock's offset
-/// ([`estimate_clock`]), and returns an error that says what is likely wrong.
+/// ([`estimate_clock`]), and returns an error that says what is likely wrong. With
+/// `policy.one_connection` (a lease admits one connection) nothing is tried before the knock,
+/// and each knock gets one socket ([`connect_once`]): the connection returned is the only one
+/// that got in.
 pub fn knock_and_wait(
     plan_at: &dyn Fn(i64) -> anyhow::Result<KnockPlan>,
     base_offset: i64,
@@ -293,8 +322,18 @@ pub fn knock_and_wait(
         });
         Ok(())
     };
-    let before = connect_before_knock(service);
-    let mut early = before.recv_timeout(BEFORE_LEAD).ok();
+    let connect = |service: SocketAddr| {
+        if policy.one_connection {
+            connect_once(service, policy.timeout)
+        } else {
+            connect_within(service, policy.timeout)
+        }
+    };
+    // A connection before the knock would use up a lease that admits one connection.
+    let before = (!policy.one_connection).then(|| connect_before_knock(service));
+    let mut early = before
+        .as_ref()
+        .and_then(|b| b.recv_timeout(BEFORE_LEAD).ok());
     for attempt in 0..=policy.retries {
         knock(0, &mut probes)?;
         let knocks = u32::try_from(probes.len()).unwrap_or(u32::MAX);
@@ -306,8 +345,8 @@ pub fn knock_and_wait(
                 answered_before: true,
             });
         }
-        if let Some(stream) = connect_within(service, policy.timeout) {
-            if attempt == 0 {
+        if let Some(stream) = connect(service) {
+            if let (0, Some(before)) = (attempt, &before) {
                 if let Ok(Some(prior)) = before.recv_timeout(BEFORE_GRACE) {
                     return Ok(Opened {
                         stream: prior,
@@ -337,7 +376,7 @@ pub fn knock_and_wait(
     let step_seconds = diag.step_seconds;
     for shift in probe_shifts(step_seconds, diag.bound) {
         knock(shift, &mut probes)?;
-        if let Some(stream) = connect_within(service, policy.timeout) {
+        if let Some(stream) = connect(service) {
             if let Some(last) = probes.last_mut() {
                 last.opened = true;
             }
@@ -573,6 +612,30 @@ mod tests {
         assert!(
             narrow * 2 >= checked,
             "{narrow} of {checked} within half a step"
+        );
+    }
+
+    /// After a knock whose lease admits one connection: one connection, made after the lead;
+    /// and a refusal (the SYN went through: the lease, if any, is gone) ends the attempt at
+    /// once instead of trying new sockets until the timeout.
+    #[test]
+    fn connect_once_makes_one_connection_and_gives_up_on_a_refusal() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let started = Instant::now();
+        let stream = connect_once(addr, Duration::from_secs(2)).expect("connects");
+        assert!(started.elapsed() >= CONNECTION_LEAD);
+        listener.set_nonblocking(true).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        assert_eq!(peer.peer_addr().unwrap(), stream.local_addr().unwrap());
+        assert!(listener.accept().is_err(), "a second connection was made");
+        drop(listener);
+        let started = Instant::now();
+        assert!(connect_once(addr, Duration::from_secs(3)).is_none());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
         );
     }
 

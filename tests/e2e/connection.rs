@@ -3,11 +3,16 @@
 //! the connection outlives the lease. Before this mode existed, every host behind the NAT could
 //! connect for the whole lease (and the config key was refused).
 
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use sesame_tests::{Family, Host, require_netns};
+use sesame_tests::{Family, Host, bin, require_netns, text};
 
 use crate::common::Fixture;
+use crate::operator::{install_laptop_profile, sesame_at_home};
 
 #[test]
 fn a_connection_bound_lease_admits_the_first_connection_only() {
@@ -181,4 +186,159 @@ fn a_knock_after_the_connection_used_the_lease_admits_the_next_one() {
         "a used-up lease came back after the rebuild; ruleset:\n{}",
         f.lab.server_ruleset()
     );
+}
+
+/// The connections the protected service accepted from `from` after `mark` (its log).
+fn accepted_from(f: &Fixture, mark: usize, from: IpAddr) -> Vec<String> {
+    let service = f.service.as_ref().expect("the service runs");
+    service.matching(mark, &[&format!("accepted {from}:")])
+}
+
+/// `sesame open --wait` with a profile that says the server's leases admit one connection per
+/// knock (`lease = "connection"`, written by `sesamed export-client` from this server's
+/// configuration) knocks and does not connect: the connection made right after it, as `sesame
+/// open NAME --wait && ssh HOST` makes it, is the one the lease admits. (`--wait` used to check
+/// the knock by connecting, which used the lease up: the ssh after it was refused.)
+#[test]
+fn open_wait_with_a_connection_lease_leaves_the_one_connection_to_the_user() {
+    if !require_netns() {
+        return;
+    }
+    let mut f = Fixture::new("conn-wait");
+    f.spec.lease_seconds = 30;
+    f.spec.extra_firewall = "lease = \"connection\"\n".to_owned();
+    f.start();
+    let profile = f.export_profile(Family::V4);
+    let exported = std::fs::read_to_string(&profile).unwrap();
+    assert!(
+        exported.contains("\nlease = \"connection\"\n"),
+        "export-client does not say the leases are connection-bound:\n{exported}"
+    );
+    let me = f.lab.addr(Host::Client, Family::V4);
+    let svc = f.svc(Family::V4, 22);
+    let served = f.service.as_ref().unwrap().mark();
+    let mark = f.mark();
+    let o = f.knock_from(Host::Client, &profile, &["--wait"]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(out.starts_with("knocked "), "{}", text(&o));
+    assert!(
+        !out.contains("answers"),
+        "it claims an answer: {}",
+        text(&o)
+    );
+    assert!(
+        err.contains("one connection per knock") && err.contains("sesame proxy"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(err.lines().count(), 1, "{}", text(&o));
+    f.expect_grant(mark, me);
+    assert_eq!(
+        accepted_from(&f, served, me),
+        Vec::<String>::new(),
+        "--wait connected to the service"
+    );
+    // The user's connection, right after (one socket, as ssh makes it): it gets in.
+    assert!(
+        f.lab.connects(Host::Client, svc, 3000),
+        "the connection after `sesame open --wait` was refused; sesame said: {}\nruleset:\n{}",
+        text(&o),
+        f.lab.server_ruleset()
+    );
+    assert_eq!(accepted_from(&f, served, me).len(), 1);
+    // And it was the lease's one connection.
+    assert!(
+        !f.lab.connects(Host::Client, svc, 800),
+        "a second connection got in"
+    );
+}
+
+/// `sesame proxy NAME HOST PORT` (ssh's ProxyCommand) with a profile installed from a URI that
+/// carries `lease = "connection"`: the connection it relays is the only one it makes, so the
+/// session gets through and nothing else does, not even when a lease from an earlier knock was
+/// still unused (the connection before the knock that `proxy` makes for window leases would
+/// use that lease, and the knock's lease would go to a connection nobody relays).
+#[test]
+fn proxy_relays_the_one_connection_of_a_connection_lease() {
+    if !require_netns() {
+        return;
+    }
+    let mut f = Fixture::new("conn-proxy");
+    f.spec.lease_seconds = 30;
+    f.spec.extra_firewall = "lease = \"connection\"\n".to_owned();
+    f.start();
+    let home = f.lab.path("home");
+    install_laptop_profile(&f, &home, "lab");
+    let installed = std::fs::read_to_string(home.join(".config/sesame/profiles/lab.toml")).unwrap();
+    assert!(
+        installed.contains("\nlease = \"connection\"\n"),
+        "the URI did not carry the lease:\n{installed}"
+    );
+    let me = f.lab.addr(Host::Client, Family::V4);
+    let svc = f.svc(Family::V4, 22);
+    for earlier_knock in [false, true] {
+        let what = if earlier_knock {
+            "after an unused knock"
+        } else {
+            "alone"
+        };
+        if earlier_knock {
+            let mark = f.mark();
+            let o = sesame_at_home(&f.lab, Host::Client, &home, &["open", "lab"]);
+            assert!(o.status.success(), "sesame open: {}", text(&o));
+            f.expect_grant(mark, me);
+        }
+        let served = f.service.as_ref().unwrap().mark();
+        let mark = f.mark();
+        let o = proxy(&f, &home, svc, "one line through the proxy\n");
+        assert!(o.status.success(), "sesame proxy ({what}): {}", text(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "sesame-netprobe hello\none line through the proxy\n",
+            "{what}: {}",
+            text(&o)
+        );
+        f.expect_grant(mark, me);
+        let accepted = accepted_from(&f, served, me);
+        assert_eq!(
+            accepted.len(),
+            1,
+            "{what}: the service saw other connections than the relayed one: {accepted:?}; sesame said: {}",
+            text(&o)
+        );
+        assert!(
+            !f.lab.connects(Host::Client, svc, 800),
+            "{what}: a connection without a knock got in after the proxy's"
+        );
+    }
+}
+
+/// `sesame proxy lab ADDR PORT` in the client namespace as the user whose home is `home`,
+/// with `input` on its standard input (then end of file); killed after 30 s.
+fn proxy(f: &Fixture, home: &Path, svc: SocketAddr, input: &str) -> Output {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", f.lab.ns(Host::Client), "timeout", "30"])
+        .arg(bin("sesame"))
+        .args([
+            "proxy",
+            "lab",
+            &svc.ip().to_string(),
+            &svc.port().to_string(),
+        ])
+        .args(["--timeout", "3s"])
+        .current_dir(&f.lab.dir)
+        .env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sesame proxy");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    child.wait_with_output().expect("wait for sesame proxy")
 }

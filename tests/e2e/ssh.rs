@@ -50,9 +50,15 @@ fn keygen(path: &Path) {
 /// A fixture with sshd on port 22 (instead of the probe service), sesamed protecting it, and
 /// the laptop's profile installed as `lab` in `LAB/home`.
 fn start(tag: &str) -> (Fixture, Ssh) {
+    start_with(tag, |_| {})
+}
+
+/// [`start`], with `edit` applied to the fixture before it starts.
+fn start_with(tag: &str, edit: impl FnOnce(&mut Fixture)) -> (Fixture, Ssh) {
     let mut f = Fixture::new(tag);
     f.spec.lease_seconds = 4;
     f.serve_ports = Some(Vec::new());
+    edit(&mut f);
     f.start();
     let lab = &f.lab;
     // sshd's privilege separation directory (Debian's package makes it at boot).
@@ -267,4 +273,65 @@ fn match_exec_sesame_open_wait_then_ssh_connects_directly() {
         std::thread::sleep(Duration::from_millis(250));
     }
     assert_plain_ssh_times_out(&f, &s);
+}
+
+/// With `[firewall] lease = "connection"` (the installed profile says so: the URI carries it),
+/// both recipes get ssh in, and the knock admits nothing after ssh's connection: `sesame proxy`
+/// relays the only connection it makes, and `sesame open --wait` in `Match exec` knocks
+/// without connecting, so ssh's own connection is the lease's one.
+#[test]
+fn both_recipes_work_with_a_connection_lease() {
+    if !require_netns() {
+        return;
+    }
+    let (f, s) = start_with("ssh-conn", |f| {
+        f.spec.lease_seconds = 30;
+        f.spec.extra_firewall = "lease = \"connection\"\n".to_owned();
+    });
+    let installed = std::fs::read_to_string(
+        s.home
+            .join(format!(".config/sesame/profiles/{PROFILE}.toml")),
+    )
+    .unwrap();
+    assert!(
+        installed.contains("\nlease = \"connection\"\n"),
+        "{installed}"
+    );
+    let server = f.server(Family::V4);
+    let proxy = f.lab.write(
+        "ssh_config_proxy",
+        &format!(
+            "Host target\n    HostName {server}\n    User root\n    ProxyCommand sesame proxy {PROFILE} %h %p\n"
+        ),
+    );
+    let matched = f.lab.write(
+        "ssh_config_match",
+        &format!("Match host {server} exec \"sesame open {PROFILE} --wait\"\n    User root\n"),
+    );
+    let host = server.to_string();
+    for (recipe, config, target) in [
+        ("ProxyCommand", &proxy, "target"),
+        ("Match exec", &matched, host.as_str()),
+    ] {
+        let mark = f.mark();
+        let cfg = config.to_string_lossy().into_owned();
+        let o = ssh(
+            &f.lab,
+            &s,
+            &["-F", &cfg, "-o", "ConnectTimeout=5", target, "echo hello"],
+        );
+        assert!(o.status.success(), "ssh with {recipe}: {}", text(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            "hello",
+            "{recipe}"
+        );
+        f.daemon()
+            .wait_for_after(mark, &[" granted client=laptop "], Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{recipe}: no grant:\n{}", f.daemon().output()));
+        assert_logged_in(&f, &s);
+        // ssh's connection used the lease up: a plain ssh right after, within the lease's
+        // time, is dropped.
+        assert_plain_ssh_times_out(&f, &s);
+    }
 }
