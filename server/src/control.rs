@@ -107,6 +107,9 @@ pub struct KnockStatus {
     pub protocol: String,
     /// `payload`.
     pub payload: String,
+    /// `[firewall] lease` (profiles carry it too).
+    #[serde(default)]
+    pub lease: String,
 }
 
 impl KnockStatus {
@@ -120,29 +123,34 @@ impl KnockStatus {
             exclude_ports: p.exclude_ports().to_vec(),
             protocol: p.protocol.to_string(),
             payload: config.knock.payload.to_string(),
+            lease: config.firewall.lease.to_string(),
         }
     }
 
-    /// The keys whose values differ.
+    /// The keys whose values differ (`knock.port_range`, `firewall.lease`, …).
     pub fn differences(&self, other: &KnockStatus) -> Vec<&'static str> {
         let mut out = Vec::new();
         if self.step_seconds != other.step_seconds {
-            out.push("step_seconds");
+            out.push("knock.step_seconds");
         }
         if self.length != other.length {
-            out.push("length");
+            out.push("knock.length");
         }
         if self.port_range != other.port_range {
-            out.push("port_range");
+            out.push("knock.port_range");
         }
         if self.exclude_ports != other.exclude_ports {
-            out.push("exclude_ports");
+            out.push("knock.exclude_ports");
         }
         if self.protocol != other.protocol {
-            out.push("protocol");
+            out.push("knock.protocol");
         }
         if self.payload != other.payload {
-            out.push("payload");
+            out.push("knock.payload");
+        }
+        // A daemon from before profiles carried `lease` reports none: no difference then.
+        if self.lease != other.lease && !self.lease.is_empty() && !other.lease.is_empty() {
+            out.push("firewall.lease");
         }
         out
     }
@@ -343,7 +351,7 @@ pub fn notes_against_running(
     let changed = running.knock.differences(&KnockStatus::of(config));
     if !changed.is_empty() && running.knock != KnockStatus::default() {
         notes.push(format!(
-            "the running sesamed (pid {}) uses other [knock] settings ({}): after a reload or restart every client needs a new profile (sesamed export-client NAME): {}",
+            "the running sesamed (pid {}) uses other settings that profiles carry ({}): after a reload or restart every client needs a new profile (sesamed export-client NAME): {}",
             running.pid,
             changed.join(", "),
             if names.is_empty() { "no clients".to_owned() } else { names.join(", ") }

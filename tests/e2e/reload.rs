@@ -95,12 +95,13 @@ fn a_knock_settings_change_names_the_profiles_it_breaks() {
     assert!(o.status.success(), "{}", text(&o));
     let said = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(
-        said.contains("other [knock] settings (port_range)") && said.contains("laptop"),
+        said.contains("other settings that profiles carry (knock.port_range)")
+            && said.contains("laptop"),
         "check: {said}"
     );
     let out = sesamed_ok(&f, &["reload"]);
     assert!(
-        out.contains("[knock] port_range changed: every client needs a new profile")
+        out.contains("knock.port_range changed: every client needs a new profile")
             && out.contains("laptop"),
         "reload: {out}"
     );
@@ -112,6 +113,15 @@ fn a_knock_settings_change_names_the_profiles_it_breaks() {
     );
     let new = exported(&f, "new");
     granted(&f, &new);
+    // Profiles carry `[firewall] lease` too (a client must not spend a connection-bound lease
+    // on its own probe): switching it says so as well.
+    f.spec.extra_firewall = "lease = \"connection\"\n".to_owned();
+    f.lab.write("sesamed.toml", &f.spec.to_toml());
+    let out = sesamed_ok(&f, &["reload"]);
+    assert!(
+        out.contains("firewall.lease changed: every client needs a new profile"),
+        "reload: {out}"
+    );
 }
 
 #[test]

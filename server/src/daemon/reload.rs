@@ -87,7 +87,7 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
     if !changed.is_empty() {
         let names: Vec<&str> = new.clients.iter().map(|c| c.name.as_str()).collect();
         notes.push(format!(
-            "[knock] {} changed: every client needs a new profile (sesamed export-client NAME): {}",
+            "{} changed: every client needs a new profile (sesamed export-client NAME): {}",
             changed.join(", "),
             if names.is_empty() {
                 "no clients".to_owned()
