@@ -12,6 +12,7 @@ mod command_backend;
 mod common;
 mod connection;
 mod docker;
+mod embedding;
 mod faults;
 mod flood;
 mod harness;
