@@ -111,14 +111,7 @@ pub fn save_leases(dir: &Path, leases: &[SavedLease]) -> std::io::Result<()> {
         ));
     }
     let tmp = dir.join("leases.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(link_refused)?;
+    let mut file = create_temporary(&tmp)?;
     file.write_all(text.as_bytes())?;
     drop(file);
     std::fs::rename(&tmp, dir.join(LEASES_NAME))
@@ -167,6 +160,19 @@ fn read_state_file(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     file.read_to_end(&mut out)?;
     Ok(out)
+}
+
+/// Creates a temporary file of the state directory (0600) to be renamed over a state file: a
+/// leftover (or planted) one goes first, and a link there is never followed.
+fn create_temporary(tmp: &Path) -> std::io::Result<File> {
+    let _ = std::fs::remove_file(tmp);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(tmp)
+        .map_err(link_refused)
 }
 
 /// Says what `O_NOFOLLOW` found instead of the kernel's "too many levels of symbolic links".
@@ -498,16 +504,7 @@ impl ReplayStore {
             let p = p.to_path_buf();
             move |source| StateError::Io { path: p, source }
         };
-        // A leftover (or planted) temporary file goes first; never follow a link there.
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(link_refused)
-            .map_err(io(&tmp))?;
+        let mut file = create_temporary(&tmp).map_err(io(&tmp))?;
         file.write_all(text.as_bytes()).map_err(io(&tmp))?;
         file.sync_all().map_err(io(&tmp))?;
         drop(file);

@@ -87,14 +87,7 @@ fn the_boot_gate_keeps_services_hidden_while_sesamed_is_down() {
     }
     assert!(!f.lab.connects(Host::Attacker, svc, 800));
     // sesamed stops; the ruleset is loaded again (a reboot): hidden.
-    f.daemon().signal(libc::SIGTERM);
-    assert!(
-        f.daemon
-            .as_mut()
-            .unwrap()
-            .wait_exit(Duration::from_secs(10))
-            .is_some()
-    );
+    f.stop();
     boot(&f);
     for host in [Host::Client, Host::Attacker] {
         assert!(

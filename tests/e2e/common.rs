@@ -148,6 +148,19 @@ impl Fixture {
         );
     }
 
+    /// Stops the daemon with SIGTERM (as systemd does) and waits up to 10 s for it to exit.
+    pub fn stop(&mut self) {
+        self.daemon().signal(libc::SIGTERM);
+        let exited = self
+            .daemon
+            .as_mut()
+            .and_then(|d| d.wait_exit(Duration::from_secs(10)));
+        assert!(
+            exited.is_some(),
+            "sesamed did not stop within 10 s of SIGTERM"
+        );
+    }
+
     /// A mark in the daemon's log.
     pub fn mark(&self) -> usize {
         self.daemon().mark()

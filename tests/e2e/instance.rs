@@ -113,14 +113,7 @@ fn a_daemon_removes_only_its_own_control_socket() {
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let replacement = ino(&sock).unwrap();
     assert_ne!(before, replacement);
-    f.daemon().signal(libc::SIGTERM);
-    assert!(
-        f.daemon
-            .as_mut()
-            .unwrap()
-            .wait_exit(Duration::from_secs(10))
-            .is_some()
-    );
+    f.stop();
     assert_eq!(
         ino(&sock),
         Some(replacement),

@@ -288,14 +288,7 @@ fn status_after_a_restart_shows_the_leases_still_in_the_kernel() {
     };
     assert_eq!(leases(&f).len(), 2);
     // A clean stop and start.
-    f.daemon().signal(libc::SIGTERM);
-    assert!(
-        f.daemon
-            .as_mut()
-            .unwrap()
-            .wait_exit(Duration::from_secs(10))
-            .is_some()
-    );
+    f.stop();
     f.daemon = Some(f.lab.start_sesamed(&f.config));
     let after = leases(&f);
     assert_eq!(after.len(), 2, "after a restart: {after:?}");
