@@ -612,6 +612,34 @@ mod tests {
     }
 
     #[test]
+    fn objects_are_shared_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Profile>();
+        send_sync::<Client>();
+        send_sync::<KnockPlan>();
+        send_sync::<Error>();
+        let (profile, key) = vector_profile();
+        let client = std::sync::Arc::new(Client::new(&profile, Some(&key), None).unwrap());
+        let target: IpAddr = "198.18.0.1".parse().unwrap();
+        let knocks: Vec<KnockPlan> = (0..4)
+            .map(|_| {
+                let c = std::sync::Arc::clone(&client);
+                std::thread::spawn(move || {
+                    c.build_knock(target, 1_764_000_000_123, &KnockOptions::default())
+                        .unwrap()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        for k in &knocks {
+            assert_eq!(k.packets[3].dest.port(), 14118);
+        }
+        assert_ne!(knocks[0].packets[3].data, knocks[1].packets[3].data);
+    }
+
+    #[test]
     fn send_errors_carry_their_cause() {
         let e = Error::from(SendError::UdpSocket(std::io::Error::other(
             "no sockets left",
