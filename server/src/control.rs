@@ -173,9 +173,10 @@ pub struct Status {
     /// Its group.
     #[serde(default)]
     pub gid: Option<u32>,
-    /// The server's public key (base64), the one in every profile it accepts.
+    /// Which server key is in use: the first 8 bytes of the SHA-256 of its public key, in
+    /// hex (enough to notice a rotation; keys themselves stay out of status output).
     #[serde(default)]
-    pub server_public_key: String,
+    pub server_key_id: String,
     /// The `[knock]` settings in use.
     #[serde(default)]
     pub knock: KnockStatus,
@@ -357,15 +358,19 @@ pub fn notes_against_running(
             if names.is_empty() { "no clients".to_owned() } else { names.join(", ") }
         ));
     }
-    if !running.server_public_key.is_empty()
-        && running.server_public_key != server_public_key.to_base64()
-    {
+    if !running.server_key_id.is_empty() && running.server_key_id != key_id(server_public_key) {
         notes.push(format!(
             "the running sesamed (pid {}) uses another server key: after a reload or restart, profiles exported before carry the old public key; export them again",
             running.pid
         ));
     }
     notes
+}
+
+/// The id of a server key that `status` shows (see [`Status::server_key_id`]).
+pub fn key_id(key: &sesame_keys::PublicKey) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Formats the counters in the Prometheus text exposition format.

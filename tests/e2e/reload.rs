@@ -59,6 +59,12 @@ fn reload_reads_a_rotated_server_key_and_refuses_a_bad_one() {
     // Rotate the key as an admin would (new file, same path, mode 0600).
     f.lab.gen_key("server");
     let after = exported(&f, "after");
+    let o = sesamed_with_config(&f, &["check"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("uses another server key"),
+        "check before the reload: {}",
+        text(&o)
+    );
     let out = sesamed_ok(&f, &["reload"]);
     assert!(out.contains("the server key changed"), "{out}");
     std::thread::sleep(Duration::from_millis(1200));

@@ -66,7 +66,7 @@ pub(super) fn status(
         config: config.path.display().to_string(),
         uid: Some(nix::unistd::geteuid().as_raw()),
         gid: Some(nix::unistd::getegid().as_raw()),
-        server_public_key: core.server_key.public_key().to_base64(),
+        server_key_id: crate::control::key_id(&core.server_key.public_key()),
         knock: crate::control::KnockStatus::of(config),
         leases: lease_list,
         clients,
