@@ -180,6 +180,8 @@ pub struct Config {
     pub knock: KnockConfig,
     /// `[firewall]`.
     pub firewall: FirewallConfig,
+    /// `[metrics] listen`: where the Prometheus scrape endpoint listens (`None`: off).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// `[[client]]`s.
     pub clients: Vec<ClientConfig>,
 }
@@ -207,8 +209,19 @@ struct RawConfig {
     #[serde(default)]
     knock: RawKnock,
     firewall: RawFirewall,
+    #[serde(default)]
+    metrics: RawMetrics,
     #[serde(default, rename = "client")]
     clients: Vec<RawClient>,
+}
+
+/// `[metrics]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    /// `host:port` of the scrape endpoint; absent: no endpoint.
+    #[serde(default)]
+    listen: Option<Spanned<String>>,
 }
 
 fn default_state_dir() -> String {
@@ -753,6 +766,19 @@ impl Config {
             });
         }
 
+        let metrics_listen = match &raw.metrics.listen {
+            None => None,
+            Some(l) => Some(l.get_ref().parse::<std::net::SocketAddr>().map_err(|_| {
+                err(
+                    Some(l.span()),
+                    "metrics.listen",
+                    format!(
+                        "'{}' is not an address and port (for example \"127.0.0.1:9811\" or \"[::1]:9811\")",
+                        l.get_ref()
+                    ),
+                )
+            })?),
+        };
         Ok(Config {
             path: path.to_path_buf(),
             private_key_file: resolve(raw.private_key_file.get_ref()),
@@ -784,6 +810,7 @@ impl Config {
                 command_burst: fw.command_burst.clamp(1, 1000),
                 command_concurrency: concurrency,
             },
+            metrics_listen,
             clients,
         })
     }

@@ -1,7 +1,7 @@
-//! Bodies of the sesamed cargo-fuzz targets in `fuzz/` (`frame_tracker`, `config_parse`), one
-//! function per target, always compiled so that `server/tests/fuzz_corpus.rs` replays the
-//! committed corpus in an ordinary `cargo test`. They never panic except on a genuine
-//! invariant violation, which they assert.
+//! Bodies of the sesamed cargo-fuzz targets in `fuzz/` (`frame_tracker`, `config_parse`,
+//! `metrics_request`), one function per target, always compiled so that
+//! `server/tests/fuzz_corpus.rs` replays the committed corpus in an ordinary `cargo test`.
+//! They never panic except on a genuine invariant violation, which they assert.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -390,5 +390,31 @@ pub fn config_parse(data: &[u8]) {
                 }
             }
         }
+    }
+}
+
+/// `metrics_request`: any bytes as the request head of the metrics endpoint. The answer is
+/// always one well-formed HTTP/1.1 response whose `Content-Length` is its body's length, and
+/// nothing of the request ever appears in it.
+pub fn metrics_request(data: &[u8]) {
+    use crate::metrics::{Request, parse_request, respond};
+    const BODY: &str = "sesamed_grants_total 1\n";
+    let request = parse_request(data);
+    let answer = respond(request, || BODY.to_owned());
+    let text = std::str::from_utf8(&answer).expect("the answer is UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.starts_with("HTTP/1.1 "), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .expect("a Content-Length")
+        .parse()
+        .expect("a number");
+    match request {
+        Request::Metrics { head_only: true } => assert!(body.is_empty()),
+        _ => assert_eq!(length, body.len()),
+    }
+    if matches!(request, Request::Metrics { head_only: false }) {
+        assert_eq!(body, BODY);
     }
 }

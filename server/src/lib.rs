@@ -15,6 +15,7 @@ pub mod fuzz_targets;
 pub mod instance;
 pub mod lease;
 pub mod manpage;
+pub mod metrics;
 pub mod netlink;
 pub mod privileges;
 pub mod state;

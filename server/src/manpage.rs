@@ -142,7 +142,7 @@ pub fn config_page() -> String {
     r.text([italic(DEFAULT_CONFIG)]);
     r.control("SH", ["DESCRIPTION"]);
     r.text([roman(
-        "sesamed(1) reads a TOML file: top-level keys, then the [knock] and [firewall] tables and one [[client]] table per client. Unknown keys are refused; sesamed check validates the file and the key files it names.",
+        "sesamed(1) reads a TOML file: top-level keys, then the [knock] and [firewall] tables, the optional [metrics] table and one [[client]] table per client. Unknown keys are refused; sesamed check validates the file and the key files it names.",
     )]);
     r.control("PP", []);
     r.text([roman(

@@ -32,14 +32,15 @@ fn with_example_client(text: &str) -> String {
     let mut out = String::new();
     let mut in_client = false;
     for line in text.lines() {
-        if line.trim() == "# [[client]]" {
+        // The commented-out tables: `# [metrics]` (off by default) and `# [[client]]`.
+        if line.trim() == "# [[client]]" || line.trim() == "# [metrics]" {
             in_client = true;
         }
         let body = line.strip_prefix("# ").unwrap_or(line);
         let is_key = body.split_once(" = ").is_some_and(|(k, _)| {
             !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
         });
-        if in_client && (body == "[[client]]" || is_key) {
+        if in_client && (body == "[[client]]" || body == "[metrics]" || is_key) {
             out.push_str(body);
         } else {
             out.push_str(line);
@@ -148,14 +149,18 @@ fn the_example_configuration_mentions_every_key() {
         ("", ""),
         ("[knock]", "knock."),
         ("[firewall]", "firewall."),
+        ("[metrics]", "metrics."),
         ("[[client]]", "client."),
     ] {
         let keys = config_section_keys(&text, header);
-        assert!(keys.len() >= 5, "{header}: {keys:?}");
+        let least = if header == "[metrics]" { 1 } else { 5 };
+        assert!(keys.len() >= least, "{header}: {keys:?}");
         for key in keys {
             total += 1;
             // Sections are tables, not `key =` lines.
-            if header.is_empty() && ["knock", "firewall", "client"].contains(&key.as_str()) {
+            if header.is_empty()
+                && ["knock", "firewall", "metrics", "client"].contains(&key.as_str())
+            {
                 let table = if key == "client" {
                     "[[client]]".to_owned()
                 } else {
@@ -262,10 +267,13 @@ fn all_config_keys() -> Vec<(String, String)> {
         ("", ""),
         ("[knock]", "knock"),
         ("[firewall]", "firewall"),
+        ("[metrics]", "metrics"),
         ("[[client]]", "client"),
     ] {
         for key in config_section_keys(&text, header) {
-            if header.is_empty() && ["knock", "firewall", "client"].contains(&key.as_str()) {
+            if header.is_empty()
+                && ["knock", "firewall", "metrics", "client"].contains(&key.as_str())
+            {
                 continue;
             }
             all.push((table.to_owned(), key));

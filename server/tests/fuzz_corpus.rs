@@ -1,5 +1,5 @@
 //! Replays the committed fuzzing corpus of the sesamed targets (`fuzz/corpus/frame_tracker/`,
-//! `fuzz/corpus/config_parse/`) and any crash reproducers (`fuzz/regressions/<target>/`)
+//! `fuzz/corpus/config_parse/`, `fuzz/corpus/metrics_request/`) and any crash reproducers (`fuzz/regressions/<target>/`)
 //! through the target bodies in `sesame_server::fuzz_targets`, so a plain `cargo test` catches
 //! a regression on any input the fuzzer has ever kept.
 #![allow(clippy::unwrap_used)]
@@ -13,9 +13,10 @@ use corpus::{Target, fuzz_dir};
 
 use sesame_server::fuzz_targets;
 
-const TARGETS: [(&str, Target); 2] = [
+const TARGETS: [(&str, Target); 3] = [
     ("frame_tracker", fuzz_targets::frame_tracker),
     ("config_parse", fuzz_targets::config_parse),
+    ("metrics_request", fuzz_targets::metrics_request),
 ];
 
 corpus::replay_tests!(TARGETS);

@@ -19,6 +19,7 @@ mod harness;
 mod install;
 mod instance;
 mod lease;
+mod metrics;
 mod nat;
 mod netbench;
 mod netlink;

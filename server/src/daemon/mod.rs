@@ -65,6 +65,14 @@ pub enum StartError {
     /// Capabilities are missing, or could not be dropped.
     #[error("privileges: {0}")]
     Privileges(#[from] crate::privileges::PrivilegeError),
+    /// The metrics endpoint could not listen.
+    #[error("metrics.listen {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// Another sesamed runs on the same state directory or nftables table.
     #[error("{0}")]
     Instance(#[from] crate::instance::InstanceError),
@@ -237,6 +245,15 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
             source,
         })?;
 
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
+
     // Setup is done: keep only CAP_NET_RAW and CAP_NET_ADMIN, and switch user if asked.
     let dropped = crate::privileges::drop_privileges(config.user.as_deref(), &config.state_dir)?;
     tracing::info!(
@@ -352,6 +369,22 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
             }
         });
     }
+    if let Some(listener) = metrics {
+        let core = Rc::clone(&core);
+        let fw_state = Rc::clone(&fw_state);
+        let render = move || {
+            let core = core.borrow();
+            let s = status::status(
+                &core.config,
+                started,
+                &core,
+                &fw_state.borrow(),
+                clock.now(),
+            );
+            control::prometheus(&s)
+        };
+        tokio::task::spawn_local(crate::metrics::serve(listener, render));
+    }
     {
         let core = Rc::clone(&core);
         let fw_state = Rc::clone(&fw_state);
@@ -414,6 +447,9 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         port_range = %format!("{lo}-{hi}"),
         payload = %config.knock.payload,
         control = %config.control_socket.display(),
+        metrics = %config
+            .metrics_listen
+            .map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics")),
         "ready"
     );
 

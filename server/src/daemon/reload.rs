@@ -100,9 +100,10 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
         || new.interfaces != old.interfaces
         || new.control_socket != old.control_socket
         || new.user != old.user
+        || new.metrics_listen != old.metrics_listen
     {
         notes.push(
-            "changes to state_dir, interfaces, control_socket or user take effect at the next restart".to_owned(),
+            "changes to state_dir, interfaces, control_socket, user or metrics.listen take effect at the next restart".to_owned(),
         );
     }
     let secrets = Secrets {
