@@ -194,6 +194,17 @@ fn accepted_from(f: &Fixture, mark: usize, from: IpAddr) -> Vec<String> {
     service.matching(mark, &[&format!("accepted {from}:")])
 }
 
+/// [`accepted_from`] once the service has logged at least `want` connections from `from`
+/// (its log line may trail the connection; up to 3 s), and 300 ms more for any extra one.
+fn accepted_settled(f: &Fixture, mark: usize, from: IpAddr, want: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while accepted_from(f, mark, from).len() < want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    accepted_from(f, mark, from)
+}
+
 /// `sesame open --wait` with a profile that says the server's leases admit one connection per
 /// knock (`lease = "connection"`, written by `sesamed export-client` from this server's
 /// configuration) knocks and does not connect: the connection made right after it, as `sesame
@@ -248,7 +259,7 @@ fn open_wait_with_a_connection_lease_leaves_the_one_connection_to_the_user() {
         text(&o),
         f.lab.server_ruleset()
     );
-    assert_eq!(accepted_from(&f, served, me).len(), 1);
+    assert_eq!(accepted_settled(&f, served, me, 1).len(), 1);
     // And it was the lease's one connection.
     assert!(
         !f.lab.connects(Host::Client, svc, 800),
@@ -302,7 +313,7 @@ fn proxy_relays_the_one_connection_of_a_connection_lease() {
             text(&o)
         );
         f.expect_grant(mark, me);
-        let accepted = accepted_from(&f, served, me);
+        let accepted = accepted_settled(&f, served, me, 1);
         assert_eq!(
             accepted.len(),
             1,
