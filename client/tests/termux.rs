@@ -1,6 +1,7 @@
 //! The Termux:Widget shortcut shipped in packaging/termux/ (README, "sesame on Android
 //! (Termux)"): its syntax (bash -n, and shellcheck where it is installed; CI installs it), and
 //! what it does, run by bash against a stand-in `sesame` and `termux-toast`.
+#![allow(clippy::unwrap_used)]
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
