@@ -159,6 +159,10 @@ pub struct ClientConfig {
     pub require_address: bool,
     /// When it stops being accepted.
     pub expires: Option<UnixMillis>,
+    /// The IPv4 block a grant opens: 32 (the address alone, the default) down to 24.
+    pub lease_prefix_v4: u8,
+    /// The IPv6 block a grant opens: 128 (the address alone, the default) down to 48.
+    pub lease_prefix_v6: u8,
 }
 
 /// A validated configuration.
@@ -380,6 +384,10 @@ struct RawClient {
     require_address: Option<Spanned<bool>>,
     #[serde(default)]
     expires: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    lease_prefix_v4: Option<Spanned<u8>>,
+    #[serde(default)]
+    lease_prefix_v6: Option<Spanned<u8>>,
 }
 
 fn span_of<T>(s: &Spanned<T>) -> Option<Range<usize>> {
@@ -754,6 +762,31 @@ impl Config {
                 Some(r) => *r.get_ref(),
                 None => require_address,
             };
+            let prefix = |v: &Option<Spanned<u8>>, key: &str, least: u8, full: u8| {
+                let Some(p) = v else { return Ok(full) };
+                let n = *p.get_ref();
+                if n < least || n > full {
+                    return Err(err(
+                        span_of(p),
+                        key,
+                        format!(
+                            "client '{name}': {n} is not a prefix length from {least} to {full}"
+                        ),
+                    ));
+                }
+                if n < full && fw.backend == Backend::Command {
+                    return Err(err(
+                        span_of(p),
+                        key,
+                        format!(
+                            "client '{name}': a lease for a block of addresses needs the nftables backend (the command backend's hooks open one address)"
+                        ),
+                    ));
+                }
+                Ok(n)
+            };
+            let lease_prefix_v4 = prefix(&c.lease_prefix_v4, "client.lease_prefix_v4", 24, 32)?;
+            let lease_prefix_v6 = prefix(&c.lease_prefix_v6, "client.lease_prefix_v6", 48, 128)?;
             clients.push(ClientConfig {
                 name,
                 public_key,
@@ -763,6 +796,8 @@ impl Config {
                 allow_other_ip: c.allow_other_ip,
                 require_address: client_requires,
                 expires,
+                lease_prefix_v4,
+                lease_prefix_v6,
             });
         }
 
@@ -813,6 +848,14 @@ impl Config {
             metrics_listen,
             clients,
         })
+    }
+
+    /// The block sizes the clients' leases use (`lease_prefix_v4`/`_v6`; 32 and 128 included).
+    pub fn lease_prefixes(&self) -> std::collections::BTreeSet<u8> {
+        self.clients
+            .iter()
+            .flat_map(|c| [c.lease_prefix_v4, c.lease_prefix_v6])
+            .collect()
     }
 
     /// Reads the server key and the clients' PSKs (refusing files that group or others can

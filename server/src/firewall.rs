@@ -30,8 +30,10 @@ use crate::config::{Backend, Config};
 pub struct Lease {
     /// The client's name.
     pub client: String,
-    /// The address allowed in.
+    /// The address allowed in (the block's first address when `prefix` is shorter).
     pub address: IpAddr,
+    /// The block's prefix length (32 or 128: the address alone).
+    pub prefix: u8,
     /// The service opened.
     pub service: Service,
     /// How long from now the element lasts (its kernel timeout for nftables).
@@ -161,6 +163,9 @@ pub struct Nftables {
     port_lo: u16,
     port_hi: u16,
     exclude: Vec<u16>,
+    /// The block sizes clients' leases use besides single addresses (`lease_prefix_v4`/`_v6`):
+    /// one set per length, matched on the source address masked to it.
+    prefixes: std::collections::BTreeSet<u8>,
     /// A token in a comment of the chain, new at every (re)build: a chain without it was
     /// built by someone else (the fail-closed boot rules, a reloaded ruleset dump), so the
     /// kernel no longer holds the leases and they must be put back.
@@ -198,7 +203,27 @@ impl Nftables {
             port_lo: params.port_lo,
             port_hi: params.port_hi,
             exclude: params.exclude_ports().to_vec(),
+            prefixes: std::collections::BTreeSet::new(),
             marker: fresh_marker(),
+        }
+    }
+
+    /// The block sizes (besides 32 and 128) that clients' leases use.
+    pub fn with_prefixes(mut self, prefixes: impl IntoIterator<Item = u8>) -> Self {
+        self.prefixes = prefixes
+            .into_iter()
+            .filter(|p| *p != 32 && *p != 128)
+            .collect();
+        self
+    }
+
+    /// The set of the elements of `prefix` bits of an address of this family.
+    fn set_name(v4: bool, prefix: u8) -> String {
+        match (v4, prefix) {
+            (true, 32) => SET_V4.to_owned(),
+            (false, 128) => SET_V6.to_owned(),
+            (true, p) => format!("{SET_V4}_p{p}"),
+            (false, p) => format!("{SET_V6}_p{p}"),
         }
     }
 
@@ -236,6 +261,15 @@ impl Nftables {
         out.push_str(&format!(
             "add set {t} {SET_V6} {{ type ipv6_addr . inet_proto . inet_service; flags dynamic,timeout; }}\n"
         ));
+        // Blocks: one set per length, keyed by the block's first address.
+        let blocks: Vec<(bool, u8)> = self.prefixes.iter().map(|p| (*p <= 32, *p)).collect();
+        for &(v4, p) in &blocks {
+            out.push_str(&format!(
+                "add set {t} {} {{ type {}_addr . inet_proto . inet_service; flags dynamic,timeout; }}\n",
+                Self::set_name(v4, p),
+                if v4 { "ipv4" } else { "ipv6" }
+            ));
+        }
         // Before destination NAT (priority -100): a port published by Docker is judged by the
         // port the client connects to, before it is rewritten and forwarded.
         out.push_str(&format!(
@@ -257,8 +291,21 @@ impl Nftables {
         out.push_str(&format!(
             "add rule {t} {CHAIN} fib daddr type != local accept\n"
         ));
-        for (family, set) in [("ip", SET_V4), ("ip6", SET_V6)] {
-            let matched = format!("{family} saddr . meta l4proto . th dport");
+        let mut matches: Vec<(String, String)> = vec![
+            ("ip saddr".to_owned(), SET_V4.to_owned()),
+            ("ip6 saddr".to_owned(), SET_V6.to_owned()),
+        ];
+        for &(v4, p) in &blocks {
+            let start = if v4 {
+                crate::lease::block_start(IpAddr::V4(std::net::Ipv4Addr::BROADCAST), p)
+            } else {
+                crate::lease::block_start(IpAddr::V6(std::net::Ipv6Addr::from(u128::MAX)), p)
+            };
+            let family = if v4 { "ip" } else { "ip6" };
+            matches.push((format!("{family} saddr & {start}"), Self::set_name(v4, p)));
+        }
+        for (source, set) in matches {
+            let matched = format!("{source} . meta l4proto . th dport");
             if self.connection {
                 // The first new connection uses the lease up: its element goes, in the
                 // kernel, before any other packet can use it.
@@ -294,12 +341,8 @@ impl Nftables {
         out
     }
 
-    fn element(&self, lease: &Lease) -> (String, &'static str, String) {
-        let set = if lease.address.is_ipv4() {
-            SET_V4
-        } else {
-            SET_V6
-        };
+    fn element(&self, lease: &Lease) -> (String, String, String) {
+        let set = Self::set_name(lease.address.is_ipv4(), lease.prefix);
         let proto = match lease.service.proto {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
@@ -348,7 +391,7 @@ impl Nftables {
             Proto::Udp => libc::IPPROTO_UDP as u8,
         };
         let key = crate::netlink::element_key(lease.address, proto, lease.service.port);
-        tokio::task::spawn_blocking(move || crate::netlink::apply(&table, set, &key, &ops))
+        tokio::task::spawn_blocking(move || crate::netlink::apply(&table, &set, &key, &ops))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
     }
@@ -702,7 +745,8 @@ impl AnyFirewall {
                     &config.knock.params,
                 )
                 .with_netlink(fw.netlink)
-                .with_connection_leases(fw.lease == crate::config::LeaseKind::Connection),
+                .with_connection_leases(fw.lease == crate::config::LeaseKind::Connection)
+                .with_prefixes(config.lease_prefixes()),
             ),
             Backend::Command => AnyFirewall::Command(
                 CommandHooks::new(
@@ -771,9 +815,11 @@ mod tests {
     use sesame_proto::KnockProtocol;
 
     fn lease(addr: &str) -> Lease {
+        let address: IpAddr = addr.parse().unwrap();
         Lease {
             client: "laptop".into(),
-            address: addr.parse().unwrap(),
+            address,
+            prefix: crate::lease::full_prefix(address),
             service: Service::new(Proto::Tcp, 22),
             timeout_ms: 30_000,
         }
@@ -835,6 +881,31 @@ mod tests {
             r.contains("add rule inet sesame knocks meta l4proto { tcp, udp } th dport 10000-32767 th dport != { 10022 } drop"),
             "{r}"
         );
+        // Blocks (`lease_prefix_v4`/`_v6`): a set per length, matched on the masked source.
+        let blocks = nft.clone().with_prefixes([24, 32, 56, 128]).ruleset();
+        assert!(
+            blocks.contains("add set inet sesame granted4_p24 { type ipv4_addr . inet_proto . inet_service; flags dynamic,timeout; }"),
+            "{blocks}"
+        );
+        assert!(
+            blocks.contains("add rule inet sesame gate ip saddr & 255.255.255.0 . meta l4proto . th dport @granted4_p24 accept"),
+            "{blocks}"
+        );
+        assert!(
+            blocks.contains(
+                "ip6 saddr & ffff:ffff:ffff:ff00:: . meta l4proto . th dport @granted6_p56 accept"
+            ),
+            "{blocks}"
+        );
+        assert!(
+            !blocks.contains("granted4_p32") && !blocks.contains("granted6_p128"),
+            "{blocks}"
+        );
+        let mut block = lease("198.18.7.0");
+        block.prefix = 24;
+        assert!(nft.grant_script(&block).contains(
+            "add element inet sesame granted4_p24 { 198.18.7.0 . tcp . 22 timeout 30000ms }"
+        ));
         // Knocks are dropped at input (after capture), never in prerouting.
         assert!(
             r.contains("add chain inet sesame knocks { type filter hook input priority -10; policy accept; }"),

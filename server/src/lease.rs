@@ -30,8 +30,11 @@ use sesame_proto::{Service, UnixMillis};
 pub struct LeaseKey {
     /// The client's public key.
     pub client: PublicKey,
-    /// The address let in.
+    /// The address let in: the first address of the block when `prefix` is shorter than the
+    /// address (a client's `lease_prefix_v4`/`_v6`).
     pub address: IpAddr,
+    /// The block's prefix length (32 or 128: the address alone).
+    pub prefix: u8,
     /// The service opened.
     pub service: Service,
 }
@@ -41,16 +44,49 @@ impl LeaseKey {
     pub fn element(&self) -> Element {
         Element {
             address: self.address,
+            prefix: self.prefix,
             service: self.service,
         }
     }
 }
 
-/// A firewall element: a service open for an address.
+/// The prefix length of one address: 32 for IPv4, 128 for IPv6.
+pub fn full_prefix(address: IpAddr) -> u8 {
+    if address.is_ipv4() { 32 } else { 128 }
+}
+
+/// `address` with the bits after `prefix` cleared (the first address of its block).
+pub fn block_start(address: IpAddr, prefix: u8) -> IpAddr {
+    match address {
+        IpAddr::V4(a) => {
+            let p = u32::from(prefix.min(32));
+            let mask = u32::MAX.checked_shl(32 - p).unwrap_or(0);
+            IpAddr::V4((u32::from(a) & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let p = u32::from(prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - p).unwrap_or(0);
+            IpAddr::V6((u128::from(a) & mask).into())
+        }
+    }
+}
+
+/// `198.18.0.2`, or `198.18.0.0/24` for a block.
+pub fn show_address(address: IpAddr, prefix: u8) -> String {
+    if prefix >= full_prefix(address) {
+        address.to_string()
+    } else {
+        format!("{address}/{prefix}")
+    }
+}
+
+/// A firewall element: a service open for an address (or a block of addresses).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Element {
-    /// The address.
+    /// The address (the block's first).
     pub address: IpAddr,
+    /// The block's prefix length (32 or 128: the address alone).
+    pub prefix: u8,
     /// The service.
     pub service: Service,
 }
@@ -308,6 +344,7 @@ impl LeaseTable {
         client: PublicKey,
         client_name: &str,
         address: IpAddr,
+        prefix: u8,
         services: &[Service],
     ) -> (Vec<Action>, Vec<(Service, Granted)>) {
         let mut actions = Vec::new();
@@ -319,7 +356,8 @@ impl LeaseTable {
         for &service in services {
             let key = LeaseKey {
                 client,
-                address,
+                address: block_start(address, prefix),
+                prefix,
                 service,
             };
             let existing = self.leases.get(&key).map(|e| (e.end, e.in_flight));

@@ -395,7 +395,10 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         } => {
             let config = Config::load(&config).map_err(config_error)?;
             let secrets = config.load_secrets().map_err(config_error)?;
-            for note in knock_notes(&config) {
+            for note in knock_notes(&config)
+                .into_iter()
+                .chain(prefix_notes(&config))
+            {
                 eprintln!("sesamed: note: {note}");
             }
             for note in control::notes_against_running(&config, &secrets.server_key.public_key()) {
@@ -784,6 +787,33 @@ fn knock_notes(config: &Config) -> Vec<String> {
         notes.push(
             "[knock] protocol = \"tcp\" with payload = \"required\": every knock still ends with a UDP datagram to a port of port_range, so clients on networks that block UDP cannot get in; for them, payload = \"optional\" (the TCP knocks alone open, unbound, timeout_ms after the sequence when no payload comes; not with require_address = true) or payload = \"none\" (sequence-only, never bound)".to_owned(),
         );
+    }
+    notes
+}
+
+/// What a client's `lease_prefix_v4`/`_v6` opens (`sesamed check`): every address of the
+/// block, so everyone behind the same carrier NAT block gets in with the client's knock.
+fn prefix_notes(config: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    for c in &config.clients {
+        if c.lease_prefix_v4 < 32 {
+            notes.push(format!(
+                "client '{}': lease_prefix_v4 = {}: each grant opens a /{} ({} addresses) around the knock's address, not the address alone",
+                c.name,
+                c.lease_prefix_v4,
+                c.lease_prefix_v4,
+                1u64 << (32 - c.lease_prefix_v4)
+            ));
+        }
+        if c.lease_prefix_v6 < 128 {
+            notes.push(format!(
+                "client '{}': lease_prefix_v6 = {}: each grant opens a /{} (2^{} addresses) around the knock's address, not the address alone",
+                c.name,
+                c.lease_prefix_v6,
+                c.lease_prefix_v6,
+                128 - c.lease_prefix_v6
+            ));
+        }
     }
     notes
 }

@@ -88,8 +88,10 @@ pub struct SavedLease {
     pub client: PublicKey,
     /// Its name then (for logs; the key decides).
     pub name: String,
-    /// The address let in.
+    /// The address let in (the block's first).
     pub address: std::net::IpAddr,
+    /// The block's prefix length (32 or 128: the address alone).
+    pub prefix: u8,
     /// The service.
     pub service: sesame_proto::Service,
     /// When it ends (wall clock).
@@ -104,7 +106,7 @@ pub fn save_leases(dir: &Path, leases: &[SavedLease]) -> std::io::Result<()> {
         text.push_str(&format!(
             "{} {} {} {} {}\n",
             l.client.to_base64(),
-            l.address,
+            crate::lease::show_address(l.address, l.prefix),
             l.service,
             l.end.0,
             l.name
@@ -131,9 +133,19 @@ pub fn load_leases(dir: &Path) -> Vec<SavedLease> {
     lines
         .filter_map(|l| {
             let mut f = l.splitn(5, ' ');
+            let client = PublicKey::from_base64(f.next()?).ok()?;
+            let token = f.next()?;
+            let (address, prefix): (std::net::IpAddr, u8) = match token.split_once('/') {
+                Some((a, p)) => (a.parse().ok()?, p.parse().ok()?),
+                None => {
+                    let a: std::net::IpAddr = token.parse().ok()?;
+                    (a, crate::lease::full_prefix(a))
+                }
+            };
             Some(SavedLease {
-                client: PublicKey::from_base64(f.next()?).ok()?,
-                address: f.next()?.parse().ok()?,
+                client,
+                address,
+                prefix,
                 service: f.next()?.parse().ok()?,
                 end: UnixMillis(f.next()?.parse().ok()?),
                 name: f.next()?.to_owned(),

@@ -25,6 +25,7 @@ mod netbench;
 mod netlink;
 mod operator;
 mod owners;
+mod prefix;
 mod privilege;
 mod refusals;
 mod reload;

@@ -22,6 +22,8 @@ pub(super) struct GrantJob {
     pub(super) client_name: String,
     pub(super) source: IpAddr,
     pub(super) address: IpAddr,
+    /// The block the grant opens around `address` (its `lease_prefix_v4`/`_v6`).
+    pub(super) prefix: u8,
     pub(super) services: Vec<Service>,
 }
 
@@ -179,11 +181,22 @@ impl Core {
                     source = %g.source,
                     "knock accepted; replay state saved"
                 );
+                let prefix = self.config.clients.get(g.client.0 as usize).map_or(
+                    crate::lease::full_prefix(g.address),
+                    |c| {
+                        if g.address.is_ipv4() {
+                            c.lease_prefix_v4
+                        } else {
+                            c.lease_prefix_v6
+                        }
+                    },
+                );
                 let job = GrantJob {
                     client: key,
                     client_name: self.name(g.client).to_owned(),
                     source: g.source,
                     address: g.address,
+                    prefix,
                     services: g.services.clone(),
                 };
                 if self.grants.send(FwMsg::Grant(job)).is_err() {

@@ -39,7 +39,8 @@ pub(super) struct FwState {
 struct JobProgress {
     client: String,
     source: std::net::IpAddr,
-    address: std::net::IpAddr,
+    /// The address (or block) opened, as logged.
+    address: String,
     remaining: usize,
     opened: Vec<String>,
 }
@@ -73,6 +74,7 @@ fn saved(table: &LeaseTable, clock: &Clock) -> Vec<crate::state::SavedLease> {
             client: l.key.client,
             name: l.client_name,
             address: l.key.address,
+            prefix: l.key.prefix,
             service: l.key.service,
             // Rounded down to the second (never longer than the kernel's), so a table that did
             // not change is not rewritten.
@@ -185,12 +187,16 @@ pub(super) async fn firewall_task(
                     job.client,
                     &job.client_name,
                     job.address,
+                    job.prefix,
                     &job.services,
                 );
                 let mut entry = JobProgress {
                     client: job.client_name.clone(),
                     source: job.source,
-                    address: job.address,
+                    address: crate::lease::show_address(
+                        crate::lease::block_start(job.address, job.prefix),
+                        job.prefix,
+                    ),
                     remaining: actions.len(),
                     opened: Vec::new(),
                 };
@@ -288,6 +294,7 @@ async fn run_action(
     let lease = |until: UnixMillis| Lease {
         client: action.client_name.clone(),
         address: action.lease.address,
+        prefix: action.lease.prefix,
         service: action.lease.service,
         timeout_ms: until.since(now).max(1000),
     };

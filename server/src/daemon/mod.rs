@@ -305,6 +305,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
             let key = crate::lease::LeaseKey {
                 client: l.client,
                 address: l.address,
+                prefix: l.prefix,
                 service: l.service,
             };
             fw.table.adopt(key, &l.name, end, now);

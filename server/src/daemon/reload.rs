@@ -115,7 +115,9 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
         Err(e) => return refuse(e.to_string()),
     };
     // The firewall first: if its new setup fails, nothing changes.
-    let firewall_changed = new.firewall != old.firewall || new.knock.params != old.knock.params;
+    let firewall_changed = new.firewall != old.firewall
+        || new.knock.params != old.knock.params
+        || new.lease_prefixes() != old.lease_prefixes();
     let replacement = if firewall_changed {
         let mut fw = AnyFirewall::from_config(&new);
         if let Err(e) = fw.setup().await {

@@ -26,7 +26,7 @@ pub(super) fn status(
         .into_iter()
         .map(|l| LeaseStatus {
             client: l.client_name,
-            address: l.key.address.to_string(),
+            address: crate::lease::show_address(l.key.address, l.key.prefix),
             service: l.key.service.to_string(),
             seconds_left: l.end.since(now).div_ceil(1000),
         })

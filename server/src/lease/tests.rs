@@ -83,20 +83,28 @@ impl Kernel {
 fn a_grant_opens_and_a_knock_with_plenty_left_is_kept() {
     let mut t = LeaseTable::new(nft(), policy());
     let mut k = Kernel::default();
-    let (a, out) = t.grant(T0, key(1), "laptop", nat(), &[ssh()]);
+    let (a, out) = t.grant(T0, key(1), "laptop", nat(), full_prefix(nat()), &[ssh()]);
     assert_eq!(out, vec![(ssh(), Granted::Opening)]);
     k.apply(&mut t, T0, a, true);
     let e = Element {
         address: nat(),
+        prefix: full_prefix(nat()),
         service: ssh(),
     };
     assert_eq!(k.open(e, T0), Some(T0.plus_millis(LEASE)));
-    let (a, out) = t.grant(T0.plus_millis(1000), key(1), "laptop", nat(), &[ssh()]);
+    let (a, out) = t.grant(
+        T0.plus_millis(1000),
+        key(1),
+        "laptop",
+        nat(),
+        full_prefix(nat()),
+        &[ssh()],
+    );
     assert!(a.is_empty());
     assert_eq!(out[0].1, Granted::Kept);
     // With less than half left, a knock refreshes.
     let later = T0.plus_millis(20_000);
-    let (a, out) = t.grant(later, key(1), "laptop", nat(), &[ssh()]);
+    let (a, out) = t.grant(later, key(1), "laptop", nat(), full_prefix(nat()), &[ssh()]);
     assert_eq!(out[0].1, Granted::Refreshing);
     k.apply(&mut t, later, a, true);
     assert_eq!(k.open(e, later), Some(later.plus_millis(LEASE)));
@@ -111,12 +119,13 @@ fn two_clients_behind_one_nat_share_the_element_and_one_leaving_keeps_the_other(
     let mut k = Kernel::default();
     let e = Element {
         address: nat(),
+        prefix: full_prefix(nat()),
         service: ssh(),
     };
-    let (a, _) = t.grant(T0, key(1), "alice", nat(), &[ssh()]);
+    let (a, _) = t.grant(T0, key(1), "alice", nat(), full_prefix(nat()), &[ssh()]);
     k.apply(&mut t, T0, a, true);
     let t1 = T0.plus_millis(10_000);
-    let (a, out) = t.grant(t1, key(2), "bob", nat(), &[ssh()]);
+    let (a, out) = t.grant(t1, key(2), "bob", nat(), full_prefix(nat()), &[ssh()]);
     assert_eq!(out[0].1, Granted::Opening);
     assert!(matches!(a[0].op, Op::Open { refresh: true, .. }), "{a:?}");
     k.apply(&mut t, t1, a, true);
@@ -149,12 +158,13 @@ fn an_earlier_owner_ending_does_not_cut_a_later_one() {
     let mut k = Kernel::default();
     let e = Element {
         address: nat(),
+        prefix: full_prefix(nat()),
         service: ssh(),
     };
-    let (a, _) = t.grant(T0, key(1), "alice", nat(), &[ssh()]);
+    let (a, _) = t.grant(T0, key(1), "alice", nat(), full_prefix(nat()), &[ssh()]);
     k.apply(&mut t, T0, a, true);
     let t1 = T0.plus_millis(25_000);
-    let (a, _) = t.grant(t1, key(2), "bob", nat(), &[ssh()]);
+    let (a, _) = t.grant(t1, key(2), "bob", nat(), full_prefix(nat()), &[ssh()]);
     k.apply(&mut t, t1, a, true);
     let after_alice = T0.plus_millis(LEASE + 1);
     let (a, ended) = t.tick(after_alice);
@@ -169,7 +179,7 @@ fn an_earlier_owner_ending_does_not_cut_a_later_one() {
 fn a_rotated_key_loses_its_leases() {
     let mut t = LeaseTable::new(nft(), policy());
     let mut k = Kernel::default();
-    let (a, _) = t.grant(T0, key(1), "laptop", nat(), &[ssh()]);
+    let (a, _) = t.grant(T0, key(1), "laptop", nat(), full_prefix(nat()), &[ssh()]);
     k.apply(&mut t, T0, a, true);
     // The same name, a new key: the old key's lease ends.
     let a = t.revoke(T0.plus_millis(5), |c| *c == key(9));
@@ -186,9 +196,16 @@ fn after_a_rebuild_every_active_element_is_opened_again() {
     let mut t = LeaseTable::new(nft(), policy());
     let mut k = Kernel::default();
     let other: IpAddr = "2001:db8::7".parse().unwrap();
-    let (a, _) = t.grant(T0, key(1), "alice", nat(), &[ssh()]);
+    let (a, _) = t.grant(T0, key(1), "alice", nat(), full_prefix(nat()), &[ssh()]);
     k.apply(&mut t, T0, a, true);
-    let (a, _) = t.grant(T0.plus_millis(3000), key(2), "bob", other, &[ssh()]);
+    let (a, _) = t.grant(
+        T0.plus_millis(3000),
+        key(2),
+        "bob",
+        other,
+        full_prefix(other),
+        &[ssh()],
+    );
     k.apply(&mut t, T0.plus_millis(3000), a, true);
     // `nft flush ruleset`: the kernel forgot everything.
     k.elements.clear();
@@ -199,12 +216,13 @@ fn after_a_rebuild_every_active_element_is_opened_again() {
     for (addr, end) in [(nat(), T0), (other, T0.plus_millis(3000))] {
         let e = Element {
             address: addr,
+            prefix: full_prefix(addr),
             service: ssh(),
         };
         assert_eq!(k.open(e, now), Some(end.plus_millis(LEASE)));
     }
     // The next knock of a client with plenty left is still a no-op, and the door is open.
-    let (a, out) = t.grant(now, key(1), "alice", nat(), &[ssh()]);
+    let (a, out) = t.grant(now, key(1), "alice", nat(), full_prefix(nat()), &[ssh()]);
     assert!(a.is_empty() && out[0].1 == Granted::Kept);
 }
 
@@ -221,14 +239,15 @@ fn used_up_leases_open_on_every_knock_and_are_not_restored() {
     let mut k = Kernel::default();
     let e = Element {
         address: nat(),
+        prefix: full_prefix(nat()),
         service: ssh(),
     };
-    let (a, _) = t.grant(T0, key(1), "laptop", nat(), &[ssh()]);
+    let (a, _) = t.grant(T0, key(1), "laptop", nat(), full_prefix(nat()), &[ssh()]);
     k.apply(&mut t, T0, a, true);
     // The first connection uses it up.
     k.elements.remove(&e);
     let now = T0.plus_millis(1000);
-    let (a, out) = t.grant(now, key(1), "laptop", nat(), &[ssh()]);
+    let (a, out) = t.grant(now, key(1), "laptop", nat(), full_prefix(nat()), &[ssh()]);
     assert_eq!(out[0].1, Granted::Refreshing);
     k.apply(&mut t, now, a, true);
     assert_eq!(k.open(e, now), Some(now.plus_millis(LEASE)));
@@ -248,6 +267,7 @@ fn adopted_leases_are_known_kept_and_restored() {
         LeaseKey {
             client: key(1),
             address: nat(),
+            prefix: full_prefix(nat()),
             service: ssh(),
         },
         "laptop",
@@ -259,6 +279,7 @@ fn adopted_leases_are_known_kept_and_restored() {
         LeaseKey {
             client: key(2),
             address: nat(),
+            prefix: full_prefix(nat()),
             service: ssh(),
         },
         "old",
@@ -276,11 +297,66 @@ fn adopted_leases_are_known_kept_and_restored() {
     k.apply(&mut t, T0, a, true);
     let e = Element {
         address: nat(),
+        prefix: full_prefix(nat()),
         service: ssh(),
     };
     assert_eq!(k.open(e, T0), Some(end));
-    let (a, out) = t.grant(T0.plus_millis(1000), key(1), "laptop", nat(), &[ssh()]);
+    let (a, out) = t.grant(
+        T0.plus_millis(1000),
+        key(1),
+        "laptop",
+        nat(),
+        full_prefix(nat()),
+        &[ssh()],
+    );
     assert!(a.is_empty() && out[0].1 == Granted::Kept);
+}
+
+/// A client with `lease_prefix_v4 = 24`: a grant for any address of the block is one element
+/// (the block's first address, prefix 24), apart from the single-address elements.
+#[test]
+fn a_block_lease_is_keyed_by_its_first_address() {
+    assert_eq!(
+        block_start("198.18.5.77".parse().unwrap(), 24),
+        "198.18.5.0".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(
+        block_start("2001:db8:1:2ff:3::9".parse().unwrap(), 56),
+        "2001:db8:1:200::".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(
+        block_start("198.18.5.77".parse().unwrap(), 32),
+        "198.18.5.77".parse::<IpAddr>().unwrap()
+    );
+    let mut t = LeaseTable::new(nft(), policy());
+    let mut k = Kernel::default();
+    let (a, _) = t.grant(
+        T0,
+        key(1),
+        "phone",
+        "198.18.5.77".parse().unwrap(),
+        24,
+        &[ssh()],
+    );
+    k.apply(&mut t, T0, a, true);
+    let block = Element {
+        address: "198.18.5.0".parse().unwrap(),
+        prefix: 24,
+        service: ssh(),
+    };
+    assert_eq!(k.open(block, T0), Some(T0.plus_millis(LEASE)));
+    // The same client from another address of the block: the same lease, kept.
+    let (a, out) = t.grant(
+        T0.plus_millis(1000),
+        key(1),
+        "phone",
+        "198.18.5.9".parse().unwrap(),
+        24,
+        &[ssh()],
+    );
+    assert!(a.is_empty() && out[0].1 == Granted::Kept, "{out:?}");
+    assert_eq!(show_address(block.address, 24), "198.18.5.0/24");
+    assert_eq!(show_address(block.address, 32), "198.18.5.0");
 }
 
 #[test]
@@ -288,25 +364,53 @@ fn hooks_run_once_per_lease_with_a_cooldown() {
     let mut t = LeaseTable::new(hooks(), policy());
     let mut k = Kernel::default();
     let svc2 = Service::new(Proto::Udp, 51820);
-    let (a, out) = t.grant(T0, key(1), "laptop", nat(), &[ssh(), svc2]);
+    let (a, out) = t.grant(
+        T0,
+        key(1),
+        "laptop",
+        nat(),
+        full_prefix(nat()),
+        &[ssh(), svc2],
+    );
     assert_eq!(a.len(), 2, "one credit per knock opens both");
     assert!(out.iter().all(|(_, g)| *g == Granted::Opening));
     k.apply(&mut t, T0, a, true);
     // A re-knock extends without hooks.
-    let (a, out) = t.grant(T0.plus_millis(100), key(1), "laptop", nat(), &[ssh()]);
+    let (a, out) = t.grant(
+        T0.plus_millis(100),
+        key(1),
+        "laptop",
+        nat(),
+        full_prefix(nat()),
+        &[ssh()],
+    );
     assert!(a.is_empty());
     assert_eq!(out[0].1, Granted::Extended);
     // New leases (other addresses): burst of 2, then one per second.
     let addr = |i: u8| IpAddr::from([198, 18, 1, i]);
     let mut opened = 0;
     for i in 0..5 {
-        let (a, _) = t.grant(T0.plus_millis(200), key(1), "laptop", addr(i), &[ssh()]);
+        let (a, _) = t.grant(
+            T0.plus_millis(200),
+            key(1),
+            "laptop",
+            addr(i),
+            full_prefix(addr(i)),
+            &[ssh()],
+        );
         opened += a.len();
         k.apply(&mut t, T0.plus_millis(200), a, true);
     }
     assert_eq!(opened, 1, "one credit left of the burst");
     assert_eq!(t.counters().cooldown_skips, 4);
-    let (a, _) = t.grant(T0.plus_millis(1300), key(1), "laptop", addr(9), &[ssh()]);
+    let (a, _) = t.grant(
+        T0.plus_millis(1300),
+        key(1),
+        "laptop",
+        addr(9),
+        full_prefix(addr(9)),
+        &[ssh()],
+    );
     assert_eq!(a.len(), 1);
     // Lease ends run the close hook.
     let end = T0.plus_millis(200 + LEASE);
@@ -319,11 +423,18 @@ fn hooks_run_once_per_lease_with_a_cooldown() {
 fn a_failed_first_open_leaves_nothing_and_the_next_knock_tries_again() {
     let mut t = LeaseTable::new(nft(), policy());
     let mut k = Kernel::default();
-    let (a, _) = t.grant(T0, key(1), "laptop", nat(), &[ssh()]);
+    let (a, _) = t.grant(T0, key(1), "laptop", nat(), full_prefix(nat()), &[ssh()]);
     k.apply(&mut t, T0, a, false);
     assert!(t.active(T0).is_empty());
     assert_eq!(t.counters().failures, 1);
-    let (a, out) = t.grant(T0.plus_millis(10), key(1), "laptop", nat(), &[ssh()]);
+    let (a, out) = t.grant(
+        T0.plus_millis(10),
+        key(1),
+        "laptop",
+        nat(),
+        full_prefix(nat()),
+        &[ssh()],
+    );
     assert_eq!(out[0].1, Granted::Opening);
     assert_eq!(a.len(), 1);
 }
@@ -374,8 +485,8 @@ proptest! {
                     if removed.contains(&ck) {
                         continue;
                     }
-                    let lk = LeaseKey { client: ck, address: addrs[usize::from(addr)], service: svcs[usize::from(svc)] };
-                    let (a, _) = t.grant(now, ck, "c", lk.address, &[lk.service]);
+                    let lk = LeaseKey { client: ck, address: addrs[usize::from(addr)], prefix: full_prefix(addrs[usize::from(addr)]), service: svcs[usize::from(svc)] };
+                    let (a, _) = t.grant(now, ck, "c", lk.address, full_prefix(lk.address), &[lk.service]);
                     let ok = !std::mem::take(&mut fail_next);
                     let acted = !a.is_empty();
                     k.apply(&mut t, now, a, ok);
@@ -410,7 +521,7 @@ proptest! {
             }
             for addr in addrs {
                 for svc in svcs {
-                    let e = Element { address: addr, service: svc };
+                    let e = Element { address: addr, prefix: full_prefix(addr), service: svc };
                     let want = reference
                         .iter()
                         .filter(|(lk, end)| lk.element() == e && **end > now)
