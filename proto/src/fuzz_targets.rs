@@ -15,11 +15,11 @@ use crate::MAC_LEN;
 
 use crate::payload::{remac, seal};
 use crate::{
-    ClientEntry, ClientKeys, DATAGRAM_LEN, Event, Grant, IpNet, KnockParams, KnockProtocol,
-    MAX_DATAGRAM_LEN, Opener, PLAINTEXT_LEN, PayloadMode, Policy, Profile, Proto, Reason,
-    RejectReason, Request, Service, TimeWindow, Tracker, TrackerConfig, UnixMillis, WireNoise,
-    build_payload, canonical_ip, decode_plaintext, derive_sequence, encode_plaintext,
-    is_payload_len,
+    Action, ActionName, AllowedAction, ArgumentRule, ClientEntry, ClientKeys, DATAGRAM_LEN, Event,
+    Grant, IpNet, KnockParams, KnockProtocol, MAX_DATAGRAM_LEN, Opener, PLAINTEXT_LEN, PayloadMode,
+    Policy, Profile, Proto, Reason, RejectReason, Request, Service, TimeWindow, Tracker,
+    TrackerConfig, UnixMillis, WireNoise, build_payload, canonical_ip, decode_plaintext,
+    derive_sequence, encode_plaintext, is_payload_len,
 };
 
 /// The client private key of the `ssh-from-source` payload vector (and of most
@@ -254,12 +254,24 @@ fn udp51820() -> Service {
     Service::new(Proto::Udp, 51820)
 }
 
-/// Client 0: may open tcp/22 and udp/51820 from anywhere, for its source only. Client 1: may
-/// open tcp/22 from `198.18.0.0/24` and `2001:db8::/64`, for any address, until `T0 + 90 s`.
+/// Client 0: may open tcp/22 and udp/51820 from anywhere, for its source only, and run `wake`
+/// (argument: a MAC address) and `ping` (no argument). Client 1: may open tcp/22 from
+/// `198.18.0.0/24` and `2001:db8::/64`, for any address, until `T0 + 90 s`; no action.
 fn tracker_policy(i: usize) -> Policy {
     if i == 0 {
         Policy {
             allow: vec![tcp22(), udp51820()],
+            actions: vec![
+                AllowedAction {
+                    name: "wake".into(),
+                    argument: ArgumentRule::parse("^[0-9a-f:]{17}$")
+                        .unwrap_or_else(|e| panic!("valid rule: {e}")),
+                },
+                AllowedAction {
+                    name: "ping".into(),
+                    argument: ArgumentRule::None,
+                },
+            ],
             ..Policy::default()
         }
     } else {
@@ -275,6 +287,7 @@ fn tracker_policy(i: usize) -> Policy {
             allow_other_ip: true,
             require_address: false,
             expires: Some(TRACKER_T0.plus_millis(90_000)),
+            actions: Vec::new(),
         }
     }
 }
@@ -1006,8 +1019,17 @@ fn policy_verdict(
     if r.timestamp > now.plus_millis(u64::from(TRACKER_STEP) * 1000) {
         broken.push(Reason::TooFarAhead);
     }
-    if r.action.is_some() {
-        broken.push(Reason::ActionNotAllowed);
+    if let Some(a) = &r.action {
+        // A decoded name is always valid.
+        if let Some(name) = ActionName::new(&a.name) {
+            match policy.actions.iter().find(|x| x.name == a.name) {
+                None => broken.push(Reason::ActionNotAllowed(name)),
+                Some(x) if !x.argument.allows(&a.argument) => {
+                    broken.push(Reason::ArgumentNotAllowed(name));
+                }
+                Some(_) => {}
+            }
+        }
     }
     if policy.expires.is_some_and(|e| now >= e) {
         broken.push(Reason::Expired);
@@ -1040,7 +1062,8 @@ fn policy_verdict(
             services.push(*s);
         }
     }
-    if services.is_empty() && r.services.is_empty() {
+    // No service asked for: every allowed one, or none next to an action.
+    if services.is_empty() && r.services.is_empty() && r.action.is_none() {
         services = policy.allow.clone();
     }
     if broken.is_empty() {
@@ -1166,6 +1189,7 @@ pub fn payload_open_bypass(data: &[u8]) {
                         assert_eq!(g.source, canon);
                         assert_eq!(g.address, address);
                         assert_eq!(g.services, services);
+                        assert_eq!(g.action, r.action);
                         assert_eq!(g.timestamp, Some(r.timestamp));
                         assert_eq!(g.bound, r.address.is_some());
                     }
@@ -1240,6 +1264,22 @@ pub fn payload_open_bypass_seeds() -> Vec<Vec<u8>> {
         {
             s.push(ctrl(client, 0, i as u8 % 8));
             s.extend(enc(&base(t0.plus_millis(i as u64 * 10), services, address)));
+        }
+        // Actions: allowed (alone, with a service), another client's, a bad argument.
+        for (i, (name, arg, services)) in [
+            ("wake", "00:11:22:33:44:55", vec![]),
+            ("ping", "", vec![tcp22()]),
+            ("wake", "00:11:22:33:44:5", vec![]),
+            ("ping", "x", vec![]),
+            ("reboot", "", vec![]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut r = base(t0.plus_millis(100 + i as u64), services, None);
+            r.action = Action::new(name, arg).ok();
+            s.push(ctrl(client, 0, 0));
+            s.extend(enc(&r));
         }
         // After the clock moves past client 1's expiry.
         s.push(0x80 | 0x7e | client);

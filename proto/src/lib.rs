@@ -6,6 +6,7 @@
 //! virtual clock. `docs/PROTOCOL.md` specifies every byte.
 #![forbid(unsafe_code)]
 
+mod action;
 mod address;
 #[doc(hidden)]
 pub mod fuzz_targets;
@@ -21,6 +22,7 @@ mod time;
 mod tracker;
 mod uri;
 
+pub use action::{ActionName, AllowedAction, ArgumentPattern, ArgumentRule, ArgumentRuleError};
 pub use address::is_bindable;
 pub use ipnet::IpNet;
 pub use kdf::{ClientKeys, KeysError};

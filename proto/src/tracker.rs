@@ -35,10 +35,12 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use sesame_keys::{PrivateKey, PublicKey};
 
+use crate::action::{ActionName, AllowedAction};
 use crate::kdf::ClientKeys;
 use crate::params::{KnockParams, PayloadMode};
 use crate::payload::{
-    DATAGRAM_LEN, MAC_LEN, Opener, RejectReason, Request, carried_mac, check_len, is_payload_len,
+    Action, DATAGRAM_LEN, MAC_LEN, Opener, RejectReason, Request, carried_mac, check_len,
+    is_payload_len,
 };
 use crate::sequence::{SequenceError, derive_sequence};
 use crate::service::{Proto, Service};
@@ -135,6 +137,8 @@ pub struct Policy {
     pub require_address: bool,
     /// After this moment it is refused.
     pub expires: Option<UnixMillis>,
+    /// Actions it may run, each with the argument it accepts. Empty: none.
+    pub actions: Vec<AllowedAction>,
 }
 
 /// A client as the tracker knows it.
@@ -284,7 +288,7 @@ impl ReplayState {
     }
 }
 
-/// Access granted: open `services` for `address`.
+/// Access granted: open `services` for `address`, and run `action` if there is one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
     /// The client.
@@ -295,8 +299,10 @@ pub struct Grant {
     pub address: IpAddr,
     /// Whether the payload named the address (false: the packets' source was taken).
     pub bound: bool,
-    /// The services to open.
+    /// The services to open (empty when the payload asked for an action alone).
     pub services: Vec<Service>,
+    /// The action to run (its name and argument), checked against the client's policy.
+    pub action: Option<Action>,
     /// The step of the knock.
     pub counter: u64,
     /// The payload's timestamp, if a payload was accepted.
@@ -333,12 +339,15 @@ pub enum Reason {
     /// The payload asks for a service outside the client's `allow` list.
     ServiceNotAllowed(Service),
     /// The payload names an action the client may not run.
-    ActionNotAllowed,
+    ActionNotAllowed(ActionName),
+    /// The payload's argument breaks the action's rule (or the action takes none, or it needs
+    /// one and the payload has none).
+    ArgumentNotAllowed(ActionName),
 }
 
 impl Reason {
     /// Every reason code, in a fixed order (for metrics).
-    pub const CODES: [&'static str; 19] = [
+    pub const CODES: [&'static str; 20] = [
         "truncated",
         "too_long",
         "stale",
@@ -358,6 +367,7 @@ impl Reason {
         "bad_address",
         "service_not_allowed",
         "action_not_allowed",
+        "argument_not_allowed",
     ];
 
     /// A short stable identifier (`bad_mac`, `replay`, ...).
@@ -373,7 +383,8 @@ impl Reason {
             Reason::OtherIpNotAllowed(_) => "other_ip_not_allowed",
             Reason::BadAddress(_) => "bad_address",
             Reason::ServiceNotAllowed(_) => "service_not_allowed",
-            Reason::ActionNotAllowed => "action_not_allowed",
+            Reason::ActionNotAllowed(_) => "action_not_allowed",
+            Reason::ArgumentNotAllowed(_) => "argument_not_allowed",
         }
     }
 
@@ -405,7 +416,11 @@ impl fmt::Display for Reason {
             }
             Reason::BadAddress(a) => write!(f, "asks to open {a}, which cannot be opened"),
             Reason::ServiceNotAllowed(s) => write!(f, "asks for {s}, which is not allowed"),
-            Reason::ActionNotAllowed => f.write_str("asks for an action it may not run"),
+            Reason::ActionNotAllowed(a) => write!(f, "asks for action '{a}', which it may not run"),
+            Reason::ArgumentNotAllowed(a) => write!(
+                f,
+                "asks for action '{a}' with an argument its rule does not allow (or without the one it needs)"
+            ),
         }
     }
 }
@@ -1835,6 +1850,7 @@ impl Tracker {
             address: source,
             bound: false,
             services: self.clients[id.index()].policy.allow.clone(),
+            action: None,
             counter,
             timestamp: None,
             mac: None,
@@ -1929,11 +1945,26 @@ impl Tracker {
         if address != source && !policy.allow_other_ip {
             return Err(Reason::OtherIpNotAllowed(address));
         }
-        if request.action.is_some() {
-            return Err(Reason::ActionNotAllowed);
+        if let Some(action) = &request.action {
+            // The decoder only returns valid names.
+            let name = ActionName::new(&action.name)
+                .ok_or(Reason::Payload(RejectReason::Malformed("action")))?;
+            let allowed = policy
+                .actions
+                .iter()
+                .find(|a| a.name == action.name)
+                .ok_or(Reason::ActionNotAllowed(name))?;
+            if !allowed.argument.allows(&action.argument) {
+                return Err(Reason::ArgumentNotAllowed(name));
+            }
         }
         let services = if request.services.is_empty() {
-            policy.allow.clone()
+            // An action alone asks for no service; otherwise, every allowed one.
+            if request.action.is_some() {
+                Vec::new()
+            } else {
+                policy.allow.clone()
+            }
         } else {
             let mut out: Vec<Service> = Vec::with_capacity(request.services.len());
             for s in &request.services {
@@ -1962,6 +1993,7 @@ impl Tracker {
             address,
             bound: request.address.is_some(),
             services,
+            action: request.action.clone(),
             counter,
             timestamp: Some(request.timestamp),
             mac: Some(mac),

@@ -431,6 +431,29 @@ fn payload_cases() -> Vec<PayloadCase> {
             },
             noise: WireNoise::default(),
         },
+        PayloadCase {
+            case: Case {
+                name: "action-no-argument-and-services",
+                client: key(9),
+                server: key(2),
+                psk: None,
+            },
+            eph: key(106),
+            step: 30,
+            skew: 1,
+            request: Request {
+                timestamp: UnixMillis(1_764_000_047_000),
+                random: [0x77; 16],
+                services: vec![svc(Proto::Tcp, 22), svc(Proto::Udp, 51820)],
+                address: Some("2001:db8::7".parse::<IpAddr>().unwrap()),
+                action: Some(crate::Action::new("restart-vpn", "").unwrap()),
+                flags: 0,
+            },
+            noise: WireNoise {
+                high_bit: true,
+                padding: vec![0x42; 3],
+            },
+        },
     ]
 }
 
@@ -820,6 +843,92 @@ fn fail_keys() -> Value {
     })
 }
 
+/// The argument rules of `[[action]]` (PROTOCOL.md section 7.2): rule texts, whether they
+/// parse, and arguments each accepts and refuses.
+fn argument_rules() -> Value {
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("none", vec!["", "x", "-"]),
+        (
+            "^[0-9a-fA-F:]{17}$",
+            vec![
+                "00:1a:2B:3c:4d:5e",
+                "00:1a:2B:3c:4d:5",
+                "00:1a:2B:3c:4d:5e:",
+                "00:1g:2b:3c:4d:5e",
+                "",
+                "-0:1a:2b:3c:4d:5e",
+            ],
+        ),
+        (
+            "^[a-z0-9-]{1,16}$",
+            vec!["a", "web-1", "0123456789abcdef", "0123456789abcdefg", "-rf", "Web", "a_b", ""],
+        ),
+        ("^[a-z]{3}$", vec!["abc", "ab", "abcd", "ABC"]),
+        (
+            r"^[\]\\\-\^a]{1,4}$",
+            vec!["]", "\\", "-", "^", "a^]\\", "a-", "b", "[", ""],
+        ),
+        ("^[-.a]{1,3}$", vec!["a-.", "a", "-a", ".", "b"]),
+        ("^[[]{1}$", vec!["[", "]"]),
+        (
+            "^[!-~]{1,32}$",
+            vec![
+                "!\"#$%&'()*+,./0123456789:;<=>?@",
+                "~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~",
+                "~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~",
+                "a b",
+                "-x",
+                "é",
+            ],
+        ),
+        // Refused rules.
+        ("None", vec![]),
+        ("", vec![]),
+        ("[a-z]{1,2}", vec![]),
+        ("^[a-z]{1,2}", vec![]),
+        ("^[a-z]+$", vec![]),
+        ("^[a-z]*$", vec![]),
+        ("^[a-z]{,2}$", vec![]),
+        ("^[a-z]{1,}$", vec![]),
+        ("^[a-z]{1, 2}$", vec![]),
+        ("^[a-z]$", vec![]),
+        ("^[a-z]{1,2}$$", vec![]),
+        ("^([a-z]){1,2}$", vec![]),
+        ("^[^a]{1,2}$", vec![]),
+        ("^[]{1,2}$", vec![]),
+        ("^[a z]{1,2}$", vec![]),
+        ("^[a\u{e9}]{1,2}$", vec![]),
+        ("^[z-a]{1,2}$", vec![]),
+        ("^[a]{0,2}$", vec![]),
+        ("^[a]{3,2}$", vec![]),
+        ("^[a]{1,33}$", vec![]),
+        ("^[a]{33}$", vec![]),
+    ];
+    let mut out = Vec::new();
+    for (text, args) in cases {
+        match crate::ArgumentRule::parse(text) {
+            Ok(rule) => {
+                let (allows, refuses): (Vec<&str>, Vec<&str>) =
+                    args.into_iter().partition(|a| rule.allows(a));
+                out.push(json!({
+                    "rule": text,
+                    "valid": true,
+                    "allows": allows,
+                    "refuses": refuses,
+                }));
+            }
+            Err(_) => {
+                assert!(args.is_empty(), "{text}");
+                out.push(json!({ "rule": text, "valid": false }));
+            }
+        }
+    }
+    json!({
+        "description": "Argument rules of server actions (PROTOCOL.md section 7.2): `rule` is the text of an [[action]] argument key; `valid` whether it is \"none\" or a pattern of the form ^[CLASS]{m,n}$ a server accepts; for a valid rule, the arguments (as the payload carries them; \"\" for none) it allows and refuses.",
+        "rules": out,
+    })
+}
+
 fn vectors_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
 }
@@ -831,6 +940,7 @@ fn vectors_on_disk_are_current() {
         ("payloads.json", payloads()),
         ("fail_payloads.json", fail_payloads()),
         ("fail_keys.json", fail_keys()),
+        ("argument_rules.json", argument_rules()),
     ];
     let regen = std::env::var_os("SESAME_REGEN_VECTORS").is_some();
     for (name, value) in files {

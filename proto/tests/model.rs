@@ -33,7 +33,9 @@
 //! * a payload opens only with the keys and counter it was built for, counter in the window,
 //!   timestamp in that counter's step, never twice, not at or below the client's replay floor,
 //!   at most one step ahead of now, and within the client's policy (expiry, source prefixes,
-//!   openable address, other address only with `allow_other_ip`, services inside `allow`);
+//!   openable address, other address only with `allow_other_ip`, an action only among the
+//!   client's actions and with an argument its rule allows, services inside `allow`); an
+//!   action alone asks for no service;
 //! * replay state: accepted payloads and used steps are dropped once they leave the window,
 //!   raising the floor to them;
 //! * `length = 0`: the payload alone, at the client's payload port, is the knock.
@@ -45,10 +47,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use proptest::prelude::*;
 use sesame_keys::PrivateKey;
 use sesame_proto::{
-    ClientEntry, ClientKeys, DATAGRAM_LEN, Event, Grant, IpNet, KnockParams, KnockProtocol,
-    ParamsError, PayloadMode, Policy, Profile, Proto, ReplayState, Request, Sequence, Service,
-    Tracker, TrackerConfig, UnixMillis, WireNoise, build_payload, carried_mac, derive_sequence,
-    is_payload_len,
+    Action, AllowedAction, ArgumentRule, ClientEntry, ClientKeys, DATAGRAM_LEN, Event, Grant,
+    IpNet, KnockParams, KnockProtocol, ParamsError, PayloadMode, Policy, Profile, Proto,
+    ReplayState, Request, Sequence, Service, Tracker, TrackerConfig, UnixMillis, WireNoise,
+    build_payload, carried_mac, derive_sequence, is_payload_len,
 };
 
 const STEP: u32 = 30;
@@ -76,18 +78,29 @@ const SOURCES: [IpAddr; 3] = [
     IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
 ];
 
-/// Client 0: tcp/22 and udp/51820, anywhere. Client 1: tcp/22 from 198.18.0.0/24 only, any
-/// address. Client 2: tcp/22, expires at T0 + 45 s.
+/// Client 0: tcp/22 and udp/51820, anywhere; the actions `wake` (a MAC address) and `ping`
+/// (no argument). Client 1: tcp/22 from 198.18.0.0/24 only, any address; `ping`. Client 2:
+/// tcp/22, expires at T0 + 45 s; no action.
 fn policy(i: usize) -> Policy {
+    let wake = AllowedAction {
+        name: "wake".into(),
+        argument: ArgumentRule::parse("^[0-9a-f:]{17}$").unwrap(),
+    };
+    let ping = AllowedAction {
+        name: "ping".into(),
+        argument: ArgumentRule::None,
+    };
     match i {
         0 => Policy {
             allow: vec![tcp22(), udp51820()],
+            actions: vec![wake, ping],
             ..Policy::default()
         },
         1 => Policy {
             allow: vec![tcp22()],
             sources: vec!["198.18.0.0/24".parse::<IpNet>().unwrap()],
             allow_other_ip: true,
+            actions: vec![ping],
             ..Policy::default()
         },
         _ => Policy {
@@ -144,7 +157,8 @@ enum Op {
         dup: bool,
     },
     /// A payload datagram to the payload port of `client` at now's step + `offset`: valid
-    /// (built with the client's keys), possibly with a timestamp outside its step, or garbage.
+    /// (built with the client's keys), possibly with a timestamp outside its step, or garbage;
+    /// `action` picks none, `wake` with a good or a bad argument, or `ping`.
     Payload {
         src: usize,
         client: usize,
@@ -152,6 +166,7 @@ enum Op {
         ts: usize,
         variant: usize,
         garbage: bool,
+        action: usize,
     },
     /// Sends one of the datagrams built so far again, to its payload port.
     Resend { src: usize, idx: usize },
@@ -178,14 +193,18 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..3usize, 0..3usize, -1i8..=1, 0..4usize, any::<bool>()).prop_map(
             |(src, client, offset, rotate, dup)| Op::Sequence { src, client, offset, rotate, dup }
         ),
-        3 => (0..3usize, 0..3usize, -1i8..=1, 0..5usize, 0..6usize, prop::bool::weighted(0.2))
-            .prop_map(|(src, client, offset, ts, variant, garbage)| Op::Payload {
+        3 => (
+            (0..3usize, 0..3usize, -1i8..=1, 0..5usize, 0..6usize, prop::bool::weighted(0.2)),
+            prop_oneof![3 => Just(0usize), 1 => 1..4usize],
+        )
+            .prop_map(|((src, client, offset, ts, variant, garbage), action)| Op::Payload {
                 src,
                 client,
                 offset,
                 ts,
                 variant,
-                garbage
+                garbage,
+                action,
             }),
         1 => (0..3usize, 0..8usize).prop_map(|(src, idx)| Op::Resend { src, idx }),
         2 => (0..3usize, 0..42u16, any::<bool>(), prop::bool::weighted(0.2))
@@ -406,6 +425,23 @@ impl Model {
         if bad || (address != source && !p.allow_other_ip) {
             return None;
         }
+        if let Some(a) = &req.action {
+            // The action's rule, written out: wake takes a MAC address in lower case (never
+            // starting with `-`), ping nothing.
+            let mac = a.argument.len() == 17
+                && a.argument
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase() || b == b':')
+                && !a.argument.starts_with('-');
+            let ok = p.actions.iter().any(|x| x.name == a.name)
+                && match a.name.as_str() {
+                    "wake" => mac,
+                    _ => a.argument.is_empty(),
+                };
+            if !ok {
+                return None;
+            }
+        }
         if req.services.iter().any(|s| !p.allow.contains(s)) {
             return None;
         }
@@ -415,7 +451,7 @@ impl Model {
                 services.push(*s);
             }
         }
-        if services.is_empty() {
+        if services.is_empty() && req.action.is_none() {
             services = p.allow.clone();
         }
         let r = &mut self.replay[client];
@@ -429,6 +465,7 @@ impl Model {
             address,
             bound: req.address.is_some(),
             services,
+            action: req.action.clone(),
             counter,
             timestamp: Some(req.timestamp),
             mac: Some(mac),
@@ -470,6 +507,7 @@ impl Model {
             address: source,
             bound: false,
             services: policy(client).allow,
+            action: None,
             counter,
             timestamp: None,
             mac: None,
@@ -793,6 +831,7 @@ fn run(setup: &Setup, ops: &[Op]) -> Result<usize, String> {
                 ts,
                 variant,
                 garbage,
+                action,
             } => {
                 let client = client % setup.clients;
                 let counter = now.counter(STEP).wrapping_add_signed(i64::from(offset));
@@ -819,7 +858,12 @@ fn run(setup: &Setup, ops: &[Op]) -> Result<usize, String> {
                         random: [variant as u8; 16],
                         services,
                         address,
-                        action: None,
+                        action: match action {
+                            0 => None,
+                            1 => Some(Action::new("wake", "00:1a:2b:3c:4d:5e").unwrap()),
+                            2 => Some(Action::new("wake", "00:1A:2B:3C:4D:5E").unwrap()),
+                            _ => Some(Action::new("ping", "").unwrap()),
+                        },
                         flags: 0,
                     };
                     let eph = PrivateKey::from_bytes([built.len() as u8 + 1; 32]);
@@ -965,6 +1009,7 @@ fn model_grants_in_every_mode() {
                 ts: 1,
                 variant: 1,
                 garbage: false,
+                action: 0,
             },
         ];
         let grants = run(&setup, &ops).unwrap();
@@ -1056,5 +1101,46 @@ fn a_sequence_of_a_counter_that_left_the_window_never_opens() {
             },
         ];
         assert_eq!(run(&setup, &ops), Ok(1), "{mode}");
+    }
+}
+
+/// Actions go through the model too: client 0's `wake` with a good argument opens (alone, no
+/// service), with a bad one it does not, and client 2 (no actions) gets nothing for `ping`.
+#[test]
+fn model_grants_allowed_actions_only() {
+    let setup = Setup {
+        length: 3,
+        mode: PayloadMode::Required,
+        protocol: KnockProtocol::Udp,
+        clients: 3,
+    };
+    let knock = |client, pos| Op::Knock {
+        src: 0,
+        mapped: false,
+        client,
+        offset: 0,
+        pos,
+    };
+    let payload = |client, ts, action| Op::Payload {
+        src: 0,
+        client,
+        offset: 0,
+        ts,
+        variant: 0,
+        garbage: false,
+        action,
+    };
+    for (client, action, grants) in [(0, 1, 1), (0, 2, 0), (0, 3, 1), (2, 3, 0), (1, 1, 0)] {
+        let ops = vec![
+            knock(client, 0),
+            knock(client, 1),
+            knock(client, 2),
+            payload(client, 1, action),
+        ];
+        assert_eq!(
+            run(&setup, &ops),
+            Ok(grants),
+            "client {client}, action {action}"
+        );
     }
 }

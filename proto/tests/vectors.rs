@@ -205,3 +205,26 @@ fn fail_keys() {
         assert!(me.diffie_hellman(&PublicKey::from_bytes(b)).is_err());
     }
 }
+
+#[test]
+fn argument_rules() {
+    let v = load("argument_rules.json");
+    let rules = v["rules"].as_array().unwrap();
+    assert!(rules.len() >= 20);
+    for r in rules {
+        let text = r["rule"].as_str().unwrap();
+        let parsed = sesame_proto::ArgumentRule::parse(text);
+        if !r["valid"].as_bool().unwrap() {
+            assert!(parsed.is_err(), "{text} must be refused");
+            continue;
+        }
+        let rule = parsed.unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(rule.to_string(), text);
+        for a in r["allows"].as_array().unwrap() {
+            assert!(rule.allows(a.as_str().unwrap()), "{text} allows {a}");
+        }
+        for a in r["refuses"].as_array().unwrap() {
+            assert!(!rule.allows(a.as_str().unwrap()), "{text} refuses {a}");
+        }
+    }
+}

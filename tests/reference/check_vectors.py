@@ -588,6 +588,24 @@ def self_tests(c: Checks, data_fail_keys: dict | None) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def check_argument_rules(c: Checks, data: dict) -> None:
+    rules = data["rules"]
+    c.ok("argument_rules.json", len(rules) >= 20, f"only {len(rules)} rules")
+    for idx, v in enumerate(rules):
+        name = f"argument_rules[{idx}] {v['rule']!r}"
+        try:
+            rule = ref.parse_argument_rule(v["rule"])
+        except ValueError as e:
+            c.ok(name, not v["valid"], f"refused ({e}), but the vector says valid")
+            continue
+        if not c.ok(name, v["valid"], "accepted, but the vector says invalid"):
+            continue
+        for a in v["allows"]:
+            c.ok(f"{name} allows {a!r}", ref.argument_allowed(rule, a))
+        for a in v["refuses"]:
+            c.ok(f"{name} refuses {a!r}", not ref.argument_allowed(rule, a))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vectors", type=Path, default=DEFAULT_VECTORS,
@@ -601,6 +619,7 @@ def main() -> int:
         ("payloads.json", check_payloads),
         ("fail_payloads.json", check_fail_payloads),
         ("fail_keys.json", check_fail_keys),
+        ("argument_rules.json", check_argument_rules),
     ):
         try:
             data = load(args.vectors, fname)

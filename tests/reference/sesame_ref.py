@@ -533,6 +533,90 @@ def decode_plaintext(p: bytes) -> Request:
 
 
 # ---------------------------------------------------------------------------------------------
+# Section 7.2: argument rules of server actions (server policy, not the wire format)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArgumentRule:
+    """`none` (chars is None) or `^[CLASS]{m,n}$`: m..=n characters of `chars`."""
+
+    chars: frozenset | None = None
+    min_len: int = 0
+    max_len: int = 0
+
+
+def parse_argument_rule(text: str) -> ArgumentRule:
+    """Parse an argument rule as section 7.2 states it; raise ValueError if it is not one."""
+    if text == "none":
+        return ArgumentRule()
+    if not text.startswith("^["):
+        raise ValueError("not none and not ^[CLASS]{m,n}$")
+    rest = text[2:]
+    i = 0
+
+    def char() -> str:
+        nonlocal i
+        if i >= len(rest):
+            raise ValueError("unterminated class")
+        c = rest[i]
+        i += 1
+        if c == "\\":
+            if i >= len(rest):
+                raise ValueError("escape at the end")
+            c = rest[i]
+            i += 1
+        if not (0x21 <= ord(c) <= 0x7E):
+            raise ValueError(f"{c!r} is not printable ASCII without space")
+        return c
+
+    if rest[:1] == "^":
+        raise ValueError("negated class")
+    chars: set[int] = set()
+    while True:
+        if i >= len(rest):
+            raise ValueError("unterminated class")
+        if rest[i] == "]":
+            i += 1
+            break
+        lo = char()
+        # lo-hi is a range unless the "-" is the last character of the class.
+        if rest[i:i + 1] == "-" and i + 1 < len(rest) and rest[i + 1] != "]":
+            i += 1
+            hi = char()
+            if lo > hi:
+                raise ValueError("backwards range")
+            chars.update(range(ord(lo), ord(hi) + 1))
+        else:
+            chars.add(ord(lo))
+    if not chars:
+        raise ValueError("empty class")
+    counts = rest[i:]
+    if not (counts.startswith("{") and counts.endswith("}$")):
+        raise ValueError("no {m,n}$")
+    parts = counts[1:-2].split(",")
+    if len(parts) == 1:
+        parts = [parts[0], parts[0]]
+    if len(parts) != 2 or not all(p and p.isascii() and p.isdigit() for p in parts):
+        raise ValueError("bad counts")
+    m, n = int(parts[0]), int(parts[1])
+    if not (1 <= m <= n <= ARGUMENT_LEN):
+        raise ValueError("need 1 <= m <= n <= 32")
+    return ArgumentRule(frozenset(chars), m, n)
+
+
+def argument_allowed(rule: ArgumentRule, argument: str) -> bool:
+    """Whether a payload may carry `argument` ("" for none) for an action with this rule."""
+    if rule.chars is None:
+        return argument == ""
+    return (
+        rule.min_len <= len(argument) <= rule.max_len
+        and not argument.startswith("-")
+        and all(ord(c) in rule.chars for c in argument)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Section 6.2: building (client)
 # ---------------------------------------------------------------------------------------------
 

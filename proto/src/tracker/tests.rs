@@ -1,6 +1,7 @@
 //! Tracker tests on a virtual clock.
 
 use super::*;
+use crate::action::AllowedAction;
 use crate::params::KnockProtocol;
 use crate::payload::{WireNoise, build_payload};
 use crate::sequence::Sequence;
@@ -137,6 +138,25 @@ impl World {
         }
         if let Some(req) = payload {
             let d = self.payload(i, at, req);
+            self.send(at, src, Proto::Udp, seq.payload_port, Some(&d));
+        }
+    }
+
+    /// As [`World::knock`], with a datagram built before (to send it again).
+    fn knock_raw(
+        &mut self,
+        i: usize,
+        at: UnixMillis,
+        src: IpAddr,
+        order: &[usize],
+        datagram: Option<Vec<u8>>,
+    ) {
+        let seq = self.sequence(i, at.counter(STEP));
+        for &k in order {
+            let knock = seq.knocks[k];
+            self.send(at, src, knock.proto, knock.port, None);
+        }
+        if let Some(d) = datagram {
             self.send(at, src, Proto::Udp, seq.payload_port, Some(&d));
         }
     }
@@ -573,6 +593,7 @@ fn policy_is_enforced() {
         allow_other_ip: false,
         require_address: false,
         expires: (i == 2).then_some(T0),
+        actions: Vec::new(),
     };
     let mut w = world_with(
         config(3, KnockProtocol::Udp, PayloadMode::Required),
@@ -951,7 +972,229 @@ fn actions_are_refused_until_configured() {
     };
     w.knock(0, T0, v4(2), &[0, 1, 2], Some(req));
     assert!(w.grants().is_empty());
-    assert_eq!(w.rejections(), vec![Reason::ActionNotAllowed]);
+    assert_eq!(
+        w.rejections(),
+        vec![Reason::ActionNotAllowed(ActionName::new("wake").unwrap())]
+    );
+}
+
+/// Client 0 may run `wake` (a MAC address) and `ping` (no argument); client 1 neither.
+fn action_policy(i: usize) -> Policy {
+    let actions = if i == 0 {
+        vec![
+            AllowedAction {
+                name: "wake".into(),
+                argument: "^[0-9a-f:]{17}$".parse().unwrap(),
+            },
+            AllowedAction {
+                name: "ping".into(),
+                argument: crate::action::ArgumentRule::None,
+            },
+        ]
+    } else {
+        Vec::new()
+    };
+    Policy {
+        actions,
+        ..default_policy(i)
+    }
+}
+
+fn action_request(at: UnixMillis, name: &str, arg: &str, services: Vec<Service>) -> Request {
+    Request {
+        services,
+        action: Some(crate::payload::Action::new(name, arg).unwrap()),
+        ..World::request(at)
+    }
+}
+
+#[test]
+fn an_allowed_action_is_granted_alone_or_with_services() {
+    let mut w = world_with(
+        config(3, KnockProtocol::Udp, PayloadMode::Required),
+        2,
+        action_policy,
+    );
+    let mac = "00:11:22:33:44:55";
+    w.knock(
+        0,
+        T0,
+        v4(2),
+        &[0, 1, 2],
+        Some(action_request(T0, "wake", mac, vec![])),
+    );
+    let g = w.grants();
+    assert_eq!(g.len(), 1, "{:?}", w.events);
+    // The action alone: no service.
+    assert!(g[0].services.is_empty());
+    assert_eq!(
+        g[0].action,
+        Some(crate::payload::Action::new("wake", mac).unwrap())
+    );
+    assert_eq!(g[0].address, v4(2));
+    // With a service: both.
+    let t = T0.plus_millis(10);
+    w.knock(
+        0,
+        t,
+        v4(2),
+        &[0, 1, 2],
+        Some(action_request(t, "ping", "", vec![tcp22()])),
+    );
+    let g = w.grants();
+    assert_eq!(g.len(), 1, "{:?}", w.events);
+    assert_eq!(g[0].services, vec![tcp22()]);
+    assert_eq!(
+        g[0].action,
+        Some(crate::payload::Action::new("ping", "").unwrap())
+    );
+    // A grant without an action carries none.
+    let t = T0.plus_millis(20);
+    w.knock(0, t, v4(2), &[0, 1, 2], Some(World::request(t)));
+    let g = w.grants();
+    assert_eq!(g.len(), 1);
+    assert_eq!(g[0].action, None);
+}
+
+#[test]
+fn actions_and_arguments_outside_the_policy_refuse_the_whole_knock() {
+    let name = |n: &str| ActionName::new(n).unwrap();
+    let cases: Vec<(usize, &str, &str, Vec<Service>, Reason)> = vec![
+        // Another client's action.
+        (
+            1,
+            "wake",
+            "00:11:22:33:44:55",
+            vec![],
+            Reason::ActionNotAllowed(name("wake")),
+        ),
+        // An action nobody has.
+        (
+            0,
+            "reboot",
+            "",
+            vec![],
+            Reason::ActionNotAllowed(name("reboot")),
+        ),
+        // Arguments: breaking the pattern, missing, starting with `-`, one for `ping`.
+        (
+            0,
+            "wake",
+            "00:11:22:33:44:5",
+            vec![],
+            Reason::ArgumentNotAllowed(name("wake")),
+        ),
+        (
+            0,
+            "wake",
+            "00:11:22:33:44:5G",
+            vec![],
+            Reason::ArgumentNotAllowed(name("wake")),
+        ),
+        (
+            0,
+            "wake",
+            "",
+            vec![],
+            Reason::ArgumentNotAllowed(name("wake")),
+        ),
+        (
+            0,
+            "wake",
+            "-0:11:22:33:44:55",
+            vec![],
+            Reason::ArgumentNotAllowed(name("wake")),
+        ),
+        (
+            0,
+            "ping",
+            "x",
+            vec![],
+            Reason::ArgumentNotAllowed(name("ping")),
+        ),
+        // A refused action refuses the services that come with it.
+        (
+            0,
+            "ping",
+            "x",
+            vec![tcp22()],
+            Reason::ArgumentNotAllowed(name("ping")),
+        ),
+        (
+            1,
+            "ping",
+            "",
+            vec![tcp22()],
+            Reason::ActionNotAllowed(name("ping")),
+        ),
+    ];
+    for (i, (client, action, arg, services, reason)) in cases.into_iter().enumerate() {
+        let mut w = world_with(
+            config(3, KnockProtocol::Udp, PayloadMode::Required),
+            2,
+            action_policy,
+        );
+        let t = T0.plus_millis(i as u64);
+        w.knock(
+            client,
+            t,
+            v4(2),
+            &[0, 1, 2],
+            Some(action_request(t, action, arg, services)),
+        );
+        assert!(w.grants().is_empty(), "case {i}");
+        assert_eq!(w.rejections(), vec![reason], "case {i}");
+    }
+    // A refused action's datagram is burnt: the same knock, replayed, is a replay.
+    let mut w = world_with(
+        config(3, KnockProtocol::Udp, PayloadMode::Required),
+        2,
+        action_policy,
+    );
+    let d = w.payload(
+        1,
+        T0,
+        action_request(T0, "wake", "00:11:22:33:44:55", vec![]),
+    );
+    w.knock_raw(1, T0, v4(2), &[0, 1, 2], Some(d.clone()));
+    assert_eq!(w.rejections(), vec![Reason::ActionNotAllowed(name("wake"))]);
+    let t = T0.plus_millis(100);
+    w.knock_raw(1, t, v4(2), &[0, 1, 2], Some(d));
+    assert_eq!(w.rejections(), vec![Reason::Replay]);
+}
+
+#[test]
+fn an_action_is_granted_once_and_never_for_a_replay() {
+    let mut w = world_with(
+        config(3, KnockProtocol::Udp, PayloadMode::Required),
+        1,
+        action_policy,
+    );
+    let d = w.payload(0, T0, action_request(T0, "ping", "", vec![]));
+    w.knock_raw(0, T0, v4(2), &[0, 1, 2], Some(d.clone()));
+    assert_eq!(w.grants().len(), 1);
+    for (i, src) in [v4(2), v4(9)].into_iter().enumerate() {
+        let t = T0.plus_millis(50 + i as u64);
+        w.knock_raw(0, t, src, &[0, 1, 2], Some(d.clone()));
+        assert!(w.grants().is_empty());
+        assert_eq!(w.rejections(), vec![Reason::Replay]);
+    }
+}
+
+#[test]
+fn an_action_bound_to_another_address_is_refused() {
+    let mut w = world_with(
+        config(3, KnockProtocol::Udp, PayloadMode::Required),
+        1,
+        action_policy,
+    );
+    let req = Request {
+        address: Some(v4(9)),
+        ..action_request(T0, "ping", "", vec![])
+    };
+    w.knock(0, T0, v4(2), &[0, 1, 2], Some(req));
+    assert!(w.grants().is_empty());
+    assert_eq!(w.rejections(), vec![Reason::OtherIpNotAllowed(v4(9))]);
 }
 
 #[test]

@@ -140,6 +140,7 @@ fn client_entries(config: &Config, secrets: &Secrets) -> Result<Vec<ClientEntry>
                     allow_other_ip: c.allow_other_ip,
                     require_address: c.require_address,
                     expires: c.expires,
+                    actions: Vec::new(),
                 },
             })
         })
