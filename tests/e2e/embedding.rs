@@ -1,8 +1,9 @@
 //! The embedding library (`sesame-ffi`) against a real sesamed: a C program built with gcc
-//! against `libsesame_ffi.so`, and the Python ctypes test, each run in the client namespace.
-//! Each imports the URI `sesamed export-client --uri` printed, checks the ports of the test
-//! vector `default-udp` (the server and the client use that vector's keys and parameters),
-//! and knocks; sesamed must grant and the client must then connect.
+//! against `libsesame_ffi.so`, the Python ctypes test, and the Kotlin bindings' test on the JVM
+//! (Maven, JNA), each run in the client namespace. Each imports the URI `sesamed export-client
+//! --uri` printed, checks the ports of the test vector `default-udp` (the server and the client
+//! use that vector's keys and parameters), and knocks; sesamed must grant and the client must
+//! then connect.
 //!
 //! The URI carries no private key (the server did not make it): as an app would, the programs
 //! get the client's key apart.
@@ -261,5 +262,64 @@ fn python_imports_the_exported_uri_and_knocks() {
         !err.contains("test_uri_from_sesamed_ports_and_knock (__main__.Deployment.test_uri_from_sesamed_ports_and_knock) ... skipped"),
         "the deployment test was skipped: {err}"
     );
+    assert_granted(&f, mark);
+}
+
+#[test]
+fn kotlin_imports_the_exported_uri_and_knocks() {
+    if !require_netns() {
+        return;
+    }
+    let v = default_udp();
+    let f = vector_fixture("ffi-kt", &v);
+    let uri = export_uri(&f);
+    f.assert_closed(Family::V4, 22, "before the knock");
+
+    // The namespace has no route out: Maven runs offline, from the local repository that a
+    // run outside it filled (.ci/run's Kotlin step).
+    let pom = repo().join("bindings/kotlin/pom.xml");
+    let lib = lib_dir().join("libsesame_ffi.so");
+    let client = f.lab.v4(Host::Client).to_string();
+    let mark = f.mark();
+    // Bound: the knock names the client's address.
+    let o = in_client(
+        &f,
+        Path::new("mvn"),
+        &[
+            "--batch-mode",
+            "--no-transfer-progress",
+            "--offline",
+            "--file",
+            &pom.to_string_lossy(),
+            "test",
+            "-Dtest=DeploymentTest",
+            &format!("-Dsesame.lib={}", lib.display()),
+        ],
+        &[
+            ("SESAME_TEST_URI", uri.as_str()),
+            ("SESAME_TEST_KEY", v.client_private.as_str()),
+            ("SESAME_TEST_VECTOR", "default-udp"),
+            ("SESAME_TEST_KNOCK", "1"),
+            ("SESAME_TEST_ADDRESS", client.as_str()),
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "the Kotlin test failed (it needs a JDK and Maven, which runs offline here: `mvn -f \
+         bindings/kotlin/pom.xml test` outside the namespace fetches what it needs): {}",
+        text(&o)
+    );
+    for part in [
+        "profile laptop: host ",
+        "default-udp: ports [udp/18918, udp/13386, udp/21002] and payload port 14118 as in the vectors",
+        &format!("knock sent to {}, payload port ", f.server(Family::V4)),
+        "Tests run: 1, Failures: 0, Errors: 0, Skipped: 0",
+    ] {
+        assert!(
+            out.contains(part),
+            "the Kotlin test did not say `{part}`: {out}"
+        );
+    }
     assert_granted(&f, mark);
 }
