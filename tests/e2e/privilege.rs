@@ -441,7 +441,7 @@ fn have_systemd_analyze() -> bool {
                 Err(e) => e.to_string(),
             };
             assert!(!in_ci(), "systemd-analyze is needed in CI: {why}");
-            eprintln!("SKIPPED (not CI): systemd-analyze unavailable: {why}");
+            sesame_tests::skip(&format!("systemd-analyze unavailable: {why}"));
             false
         }
     }

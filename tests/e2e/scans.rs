@@ -36,7 +36,7 @@ fn require_nmap() -> bool {
                     "the scan tests need nmap (apt-get install -y --no-install-recommends nmap): {why}"
                 );
             }
-            eprintln!("SKIPPED (not CI): nmap is not installed: {why}");
+            sesame_tests::skip(&format!("nmap is not installed: {why}"));
             false
         }
     }
