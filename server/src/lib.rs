@@ -119,6 +119,9 @@ enum Command {
         #[arg(long)]
         qr: bool,
     },
+    /// Print a new private key for private_key_file (the format of `sesame genkey` and `wg
+    /// genkey`).
+    Genkey,
 }
 
 #[derive(Subcommand, Debug)]
@@ -323,6 +326,30 @@ fn qr_for_stdout(text: &str) -> Result<String, String> {
     use std::io::IsTerminal;
     let colors = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     qr_colored(text, colors)
+}
+
+/// `sesamed genkey`: the key on stdout, with a warning (as `wg genkey` and `sesame genkey`
+/// give) when stdout is a file that group or others can read.
+fn print_private_key(key: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let stdout = std::io::stdout();
+    if let Ok(fd) = stdout.as_fd().try_clone_to_owned() {
+        let meta = std::fs::File::from(fd).metadata();
+        if let Ok(meta) = meta {
+            if meta.is_file() && sesame_keys::mode_is_too_open(meta.mode()) {
+                eprintln!(
+                    "sesamed: warning: writing a private key to a file that group or others can read (mode {:04o}); set `umask 077` first, or chmod 600 the file",
+                    meta.mode() & 0o7777
+                );
+            }
+        }
+    }
+    let mut out = stdout.lock();
+    writeln!(out, "{key}")
+        .and_then(|()| out.flush())
+        .map_err(|e| runtime_error(format!("cannot write the key: {e}")))
 }
 
 /// Entry point of the `sesamed` binary: 0 ok, 1 failure, 2 usage or configuration error.
@@ -597,6 +624,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
+        Command::Genkey => print_private_key(&sesame_keys::PrivateKey::generate().to_base64()),
         Command::Man { dir } => {
             use clap::CommandFactory;
             manpage::man(Cli::command(), dir.as_deref()).map_err(runtime_error)

@@ -238,6 +238,40 @@ fn export_client_carries_a_connection_lease() {
     assert_eq!(uri.profile, profile);
 }
 
+/// `sesamed genkey` (what the Debian package makes the server's key with): a new key each
+/// time, in the format key files hold, that `sesamed check` accepts as private_key_file; a
+/// warning when it goes to a file that others can read.
+#[test]
+fn genkey_makes_a_key_that_check_accepts() {
+    let (dir, config, _) = setup("genkey", |t| t);
+    let sh = |script: &str| {
+        Command::new("sh")
+            .args(["-c", script])
+            .current_dir(dir.path(""))
+            .env("SESAMED", SESAMED)
+            .output()
+            .unwrap()
+    };
+    let o = sh("umask 077; \"$SESAMED\" genkey > server.key");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+    let made = sesame_keys::read_private_key_file(&dir.path("server.key")).unwrap();
+    let again = sesamed(&["genkey"]);
+    let again = String::from_utf8(again.stdout).unwrap();
+    assert_ne!(again.trim(), &*made.to_base64(), "the same key twice");
+    let o = sesamed(&["check", "--config", config.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = sh("umask 022; \"$SESAMED\" genkey > open.key");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "warning: writing a private key to a file that group or others can read (mode 0644)"
+        ),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn run_with_a_bad_config_exits_2() {
     let (_d, path, _) = setup("run", |t| t.replace("length = 3", "length = 30"));
