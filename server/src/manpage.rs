@@ -62,12 +62,16 @@ pub fn main_page(cmd: clap::Command) -> String {
             "The control socket (control_socket, mode 0600) that sesamed status and sesamed reload talk to.".to_owned(),
         ),
         (
-            "/etc/systemd/system/sesamed.service".to_owned(),
-            "The systemd unit: runs sesamed as the user sesame with only CAP_NET_RAW and CAP_NET_ADMIN, after sesamed check.".to_owned(),
+            "/usr/lib/systemd/system/sesamed.service".to_owned(),
+            "The systemd unit (installed by the Debian package, not enabled; from source, /etc/systemd/system/sesamed.service): runs sesamed as the user sesame with only CAP_NET_RAW and CAP_NET_ADMIN, after sesamed check.".to_owned(),
         ),
         (
-            "/etc/sysusers.d/sesame.conf, /etc/tmpfiles.d/sesame.conf".to_owned(),
-            "The sesame user and the owners and modes of /etc/sesame and /var/lib/sesame.".to_owned(),
+            "/usr/lib/sysusers.d/sesame.conf, /usr/lib/tmpfiles.d/sesame.conf".to_owned(),
+            "The sesame user and the owners and modes of /etc/sesame and /var/lib/sesame (from source, in /etc/sysusers.d and /etc/tmpfiles.d).".to_owned(),
+        ),
+        (
+            "/usr/share/doc/sesamed/examples/sesamed.toml".to_owned(),
+            "The example configuration, every key explained (the Debian package installs it, and the same file as /etc/sesame/sesamed.toml). Purging the package removes the configuration and the state but keeps the keys.".to_owned(),
         ),
     ] {
         extra.control("TP", []);

@@ -57,10 +57,22 @@ enum Place {
     Laptop,
 }
 
+/// The way sesamed is installed: step 1 has a block for each, and steps 2 to 4 (and the
+/// unit's installation in step 6) are for the source alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// The Debian package (`# on the server, as root, ... (from the package)`).
+    Package,
+    /// From source (`... (from source)`).
+    Source,
+}
+
 /// A ```sh block of the section.
 #[derive(Clone, Debug)]
 struct Block {
     place: Place,
+    /// `None`: a block of both routes.
+    route: Option<Route>,
     script: String,
 }
 
@@ -88,6 +100,13 @@ fn readme_blocks() -> Vec<Block> {
             script.push('\n');
         }
         let first = script.lines().next().unwrap_or("");
+        let route = if first.contains("(from the package)") {
+            Some(Route::Package)
+        } else if first.contains("(from source)") {
+            Some(Route::Source)
+        } else {
+            None
+        };
         let place = if first.starts_with("# on the laptop") {
             Place::Laptop
         } else if first.starts_with("# on the server") && first.contains("without systemd") {
@@ -99,7 +118,11 @@ fn readme_blocks() -> Vec<Block> {
                 "README `{SECTION}`: a ```sh block does not say where it runs (its first line must be `# on the server, as root` or `# on the laptop`):\n{script}"
             );
         };
-        blocks.push(Block { place, script });
+        blocks.push(Block {
+            place,
+            route,
+            script,
+        });
     }
     assert!(
         blocks.len() >= 6,
@@ -109,12 +132,21 @@ fn readme_blocks() -> Vec<Block> {
     blocks
 }
 
-/// The blocks a host runs: with systemd (the sysusers/tmpfiles block) or without (the block
-/// marked so, in place of the one before it).
-fn blocks_for(with_systemd: bool) -> Vec<Block> {
+/// The blocks a host runs: those of `route` and of both, with systemd (the sysusers/tmpfiles
+/// block) or without (the block marked so, in place of the one before it).
+fn blocks_for(route: Route, with_systemd: bool) -> Vec<Block> {
     let all = readme_blocks();
+    for r in [Route::Package, Route::Source] {
+        assert!(
+            all.iter().any(|b| b.route == Some(r)),
+            "README `{SECTION}`: no block for {r:?} (`(from the package)` / `(from source)` on its first line)"
+        );
+    }
     let mut out: Vec<Block> = Vec::new();
-    for b in all {
+    for b in all
+        .into_iter()
+        .filter(|b| b.route.is_none_or(|r| r == route))
+    {
         match (b.place, with_systemd) {
             (Place::ServerWithoutSystemd, true) => {}
             (Place::ServerWithoutSystemd, false) => {
@@ -122,6 +154,7 @@ fn blocks_for(with_systemd: bool) -> Vec<Block> {
                 assert_eq!(replaced.place, Place::Server, "{}", replaced.script);
                 out.push(Block {
                     place: Place::Server,
+                    route: b.route,
                     script: b.script,
                 });
             }
@@ -134,12 +167,12 @@ fn blocks_for(with_systemd: bool) -> Vec<Block> {
 /// A private mount namespace in which `/etc`, `/usr` and `/var` are overlays whose changes
 /// live in a tmpfs, and `/run` is an empty tmpfs. Kept alive by a `sleep` (the holder);
 /// commands enter it with nsenter.
-struct Scratch {
+pub(crate) struct Scratch {
     holder: Proc,
 }
 
 impl Scratch {
-    fn new(lab: &Lab, tag: &str) -> Scratch {
+    pub(crate) fn new(lab: &Lab, tag: &str) -> Scratch {
         let dir = lab.path(&format!("scratch-{tag}"));
         std::fs::create_dir_all(&dir).unwrap();
         // The mounts are made by the shell that unshare starts in the new namespace, before it
@@ -188,7 +221,7 @@ exec sleep 100000
 
     /// `program args` inside the scratch root (and the network namespace `netns`), in
     /// directory `cwd`, with exactly the environment `env`.
-    fn command(
+    pub(crate) fn command(
         &self,
         netns: Option<&str>,
         cwd: &Path,
@@ -213,14 +246,14 @@ exec sleep 100000
     }
 
     /// Runs a shell command as root in the scratch root (host network namespace).
-    fn sh(&self, script: &str) -> Output {
+    pub(crate) fn sh(&self, script: &str) -> Output {
         let env = [("PATH", OsString::from(SYSTEM_PATH))];
         self.command(None, Path::new("/"), &env, &sh_argv(script))
             .output()
             .expect("run nsenter")
     }
 
-    fn sh_ok(&self, script: &str) -> String {
+    pub(crate) fn sh_ok(&self, script: &str) -> String {
         let o = self.sh(script);
         assert!(o.status.success(), "{script}: {}", text(&o));
         String::from_utf8_lossy(&o.stdout).into_owned()
@@ -228,9 +261,9 @@ exec sleep 100000
 }
 
 /// The PATH of a root shell on Debian.
-const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-fn sh_argv(script: &str) -> Vec<OsString> {
+pub(crate) fn sh_argv(script: &str) -> Vec<OsString> {
     ["sh", "-e", "-x", "-c", script]
         .iter()
         .map(OsString::from)
@@ -249,10 +282,27 @@ struct Tools {
 }
 
 impl Tools {
-    fn new(lab: &Lab) -> Tools {
+    /// With `debs` (the two packages), the clone's `scripts/build-debs` is a stand-in that
+    /// puts them in `target/debian/`, as the real one does.
+    fn new(lab: &Lab, debs: Option<&crate::debian::Debs>) -> Tools {
         let clone = lab.path("clone");
         let release = clone.join("target/release");
         std::fs::create_dir_all(&release).unwrap();
+        if let Some(debs) = debs {
+            let scripts = clone.join("scripts");
+            std::fs::create_dir_all(&scripts).unwrap();
+            let p = scripts.join("build-debs");
+            std::fs::write(
+                &p,
+                format!(
+                    "#!/bin/sh\n[ $# -eq 0 ] || {{ echo \"build-debs stand-in: unexpected: $*\" >&2; exit 1; }}\nmkdir -p target/debian && cp '{}' '{}' target/debian/\n",
+                    debs.sesamed.display(),
+                    debs.sesame.display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         for dir in ["packaging", "examples"] {
             std::os::unix::fs::symlink(repo().join(dir), clone.join(dir)).unwrap();
         }
@@ -362,7 +412,6 @@ fn substitute(script: &str, public_key: Option<&str>, host: &str) -> String {
 /// What the steps must leave: path, owner, group, mode, type.
 const LAYOUT: &[(&str, &str, &str, u32, &str)] = &[
     ("/usr/sbin/sesamed", "root", "root", 0o755, "regular file"),
-    ("/usr/bin/sesame", "root", "root", 0o755, "regular file"),
     ("/etc/sesame", "root", "sesame", 0o750, "directory"),
     (
         "/etc/sesame/server.key",
@@ -383,7 +432,15 @@ const LAYOUT: &[(&str, &str, &str, u32, &str)] = &[
 
 /// Checks [`LAYOUT`] (and `extra`) in the scratch root, and the `sesame` account: a system
 /// account with no login shell, its home the state directory, its group `sesame`.
-fn assert_layout(scratch: &Scratch, extra: &[(&str, &str, &str, u32, &str)], what: &str) {
+/// The client: the steps from source install it on the server too.
+pub(crate) const CLIENT: (&str, &str, &str, u32, &str) =
+    ("/usr/bin/sesame", "root", "root", 0o755, "regular file");
+
+pub(crate) fn assert_layout(
+    scratch: &Scratch,
+    extra: &[(&str, &str, &str, u32, &str)],
+    what: &str,
+) {
     let mut wrong = Vec::new();
     for (path, user, group, mode, kind) in LAYOUT.iter().chain(extra) {
         let o = scratch.sh(&format!("stat -c '%U %G %a %F' {path}"));
@@ -395,7 +452,7 @@ fn assert_layout(scratch: &Scratch, extra: &[(&str, &str, &str, u32, &str)], wha
     }
     assert!(
         wrong.is_empty(),
-        "{what}: the README's steps leave a wrong layout:\n{}",
+        "{what}: a wrong layout:\n{}",
         wrong.join("\n")
     );
     let passwd = scratch.sh_ok("getent passwd sesame").trim().to_owned();
@@ -416,7 +473,7 @@ fn assert_layout(scratch: &Scratch, extra: &[(&str, &str, &str, u32, &str)], wha
 }
 
 /// The values of `key=` in a unit's text.
-fn unit_values(unit: &str, key: &str) -> Vec<String> {
+pub(crate) fn unit_values(unit: &str, key: &str) -> Vec<String> {
     let prefix = format!("{key}=");
     unit.lines()
         .map(str::trim)
@@ -425,7 +482,7 @@ fn unit_values(unit: &str, key: &str) -> Vec<String> {
         .collect()
 }
 
-fn unit_one(unit: &str, key: &str) -> String {
+pub(crate) fn unit_one(unit: &str, key: &str) -> String {
     let v = unit_values(unit, key);
     assert_eq!(v.len(), 1, "{key}= appears {} times in the unit", v.len());
     v[0].clone()
@@ -443,11 +500,14 @@ fn setpriv_caps(list: &str) -> String {
 }
 
 /// What systemd does for `systemctl start` of the installed unit (in the scratch root and the
-/// server's network namespace): the runtime and state directories for `User=`, then
-/// `ExecStartPre=` (it must succeed) and `ExecStart=` as that user with the unit's
-/// capabilities, no_new_privs and umask. Returns the running sesamed once it is ready.
-fn start_unit(scratch: &Scratch, lab: &Lab) -> Proc {
-    let unit = scratch.sh_ok("cat /etc/systemd/system/sesamed.service");
+/// server's network namespace): the unit systemd would load (the admin's in /etc first, else
+/// the package's), the runtime and state directories for `User=`, then `ExecStartPre=` (it
+/// must succeed) and `ExecStart=` as that user with the unit's capabilities, no_new_privs and
+/// umask. Returns the running sesamed once it is ready.
+pub(crate) fn start_unit(scratch: &Scratch, lab: &Lab) -> Proc {
+    let unit = scratch.sh_ok(
+        "for u in /etc/systemd/system/sesamed.service /usr/lib/systemd/system/sesamed.service; do if [ -e $u ]; then cat $u; exit; fi; done; exit 1",
+    );
     let user = unit_one(&unit, "User");
     let group = unit_one(&unit, "Group");
     for (dir, parent) in [("RuntimeDirectory", "/run"), ("StateDirectory", "/var/lib")] {
@@ -531,8 +591,34 @@ fn install_the_readme_steps_work_as_written_on_a_fresh_host() {
         return;
     }
     let lab = Lab::new("install");
-    let tools = Tools::new(&lab);
-    let scratch = Scratch::new(&lab, "systemd");
+    let tools = Tools::new(&lab, None);
+    readme_steps_on_a_fresh_host(&lab, &tools, Route::Source);
+}
+
+/// The same from the Debian package: step 1's package block (`scripts/build-debs` is a
+/// stand-in that copies the packages scripts/test built, `apt-get install` is real, in the
+/// scratch root) and then the steps of both routes; the package, not the steps for the
+/// source, must leave the user, the directories, the key and the configuration that the
+/// laptop's knock needs, and its unit (in /usr/lib) is the one started.
+#[test]
+fn install_from_the_package_the_readme_steps_work_as_written() {
+    if !require_netns() {
+        return;
+    }
+    let Some(debs) = crate::debian::debs() else {
+        return;
+    };
+    let lab = Lab::new("install-deb");
+    let tools = Tools::new(&lab, Some(&debs));
+    readme_steps_on_a_fresh_host(&lab, &tools, Route::Package);
+}
+
+fn readme_steps_on_a_fresh_host(lab: &Lab, tools: &Tools, route: Route) {
+    let scratch = Scratch::new(lab, "systemd");
+    let unit_file = match route {
+        Route::Source => "/etc/systemd/system/sesamed.service",
+        Route::Package => "/usr/lib/systemd/system/sesamed.service",
+    };
     let server = lab.addr(Host::Server, Family::V4);
     let svc = std::net::SocketAddr::new(server, 22);
     let _service = lab.serve(&[svc]);
@@ -540,7 +626,7 @@ fn install_the_readme_steps_work_as_written_on_a_fresh_host() {
     let mut public_key: Option<String> = None;
     let mut checked = false;
     let mut knocked = false;
-    for block in blocks_for(true) {
+    for block in blocks_for(route, true) {
         let script = substitute(&block.script, public_key.as_deref(), &server.to_string());
         match block.place {
             Place::Laptop => {
@@ -559,7 +645,7 @@ fn install_the_readme_steps_work_as_written_on_a_fresh_host() {
                         lab.server_ruleset()
                     );
                     let mark = d.mark();
-                    let o = tools.run_laptop(Some(&lab), &script);
+                    let o = tools.run_laptop(Some(lab), &script);
                     assert!(
                         o.status.success(),
                         "the laptop's block failed:\n{script}\n{}\nsesamed:\n{}",
@@ -571,7 +657,7 @@ fn install_the_readme_steps_work_as_written_on_a_fresh_host() {
                     knocked = true;
                     continue;
                 }
-                let o = tools.run_laptop(Some(&lab), &script);
+                let o = tools.run_laptop(Some(lab), &script);
                 assert!(
                     o.status.success(),
                     "the laptop's block failed:\n{script}\n{}",
@@ -616,18 +702,13 @@ fn install_the_readme_steps_work_as_written_on_a_fresh_host() {
                             .all(|c| c == "daemon-reload" || c == "enable --now sesamed"),
                         "systemctl calls: {calls:?}"
                     );
-                    assert_layout(
-                        &scratch,
-                        &[(
-                            "/etc/systemd/system/sesamed.service",
-                            "root",
-                            "root",
-                            0o644,
-                            "regular file",
-                        )],
-                        "with systemd",
-                    );
-                    daemon = Some(start_unit(&scratch, &lab));
+                    let unit = (unit_file, "root", "root", 0o644, "regular file");
+                    let extra = match route {
+                        Route::Source => vec![unit, CLIENT],
+                        Route::Package => vec![unit],
+                    };
+                    assert_layout(&scratch, &extra, &format!("with systemd, {route:?}"));
+                    daemon = Some(start_unit(&scratch, lab));
                 }
             }
         }
@@ -652,11 +733,11 @@ fn install_without_systemd_tools_gives_the_same_layout() {
         return;
     }
     let lab = Lab::new("install-nosd");
-    let tools = Tools::new(&lab);
+    let tools = Tools::new(&lab, None);
     let scratch = Scratch::new(&lab, "plain");
     let mut public_key: Option<String> = None;
     let mut checked = false;
-    for block in blocks_for(false) {
+    for block in blocks_for(Route::Source, false) {
         if block.script.contains("systemctl") || block.script.contains("sesame open") {
             break;
         }
@@ -690,7 +771,7 @@ fn install_without_systemd_tools_gives_the_same_layout() {
         }
     }
     assert!(checked, "the README never runs sesamed check");
-    assert_layout(&scratch, &[], "without systemd");
+    assert_layout(&scratch, &[CLIENT], "without systemd");
 }
 
 /// The fields of the non-comment lines of a sysusers.d or tmpfiles.d file (quoted fields kept
@@ -806,9 +887,7 @@ fn install_packaging_sysusers_and_tmpfiles_are_valid() {
             !in_ci(),
             "CI needs root and systemd-sysusers/systemd-tmpfiles"
         );
-        eprintln!(
-            "SKIPPED (not CI): applying the files needs root, systemd-sysusers and systemd-tmpfiles"
-        );
+        sesame_tests::skip("applying the files needs root, systemd-sysusers and systemd-tmpfiles");
         return;
     }
     let dir = std::env::temp_dir().join(format!("sesame-install-{}", std::process::id()));
