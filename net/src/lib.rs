@@ -87,18 +87,7 @@ impl SendError {
 /// Resolves `host` (a name, an address, or an IPv6 address in brackets) to one address: the
 /// first the resolver returns in `family`. Blocks for as long as the system resolver does.
 pub fn resolve(host: &str, family: Family) -> Result<IpAddr, ResolveError> {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let addrs: Vec<IpAddr> = (bare, 0u16)
-        .to_socket_addrs()
-        .map_err(|source| ResolveError::Lookup {
-            host: host.to_owned(),
-            source,
-        })?
-        .map(|a| a.ip())
-        .collect();
+    let addrs = lookup(host)?;
     let pick = addrs.iter().copied().find(|a| match family {
         Family::Any => true,
         Family::V4 => a.is_ipv4(),
@@ -112,6 +101,43 @@ pub fn resolve(host: &str, family: Family) -> Result<IpAddr, ResolveError> {
             family: if family == Family::V4 { "IPv4" } else { "IPv6" },
         }),
     }
+}
+
+/// Resolves `host` to one address per family, in the order the resolver returns them (with
+/// glibc, the order of RFC 6724: the first is the one a program that connects, ssh say, tries
+/// first). With [`Family::Any`] that is the first IPv4 and the first IPv6 address when the host
+/// has both, else the one address [`resolve`] gives; with `V4` or `V6` the first of that family.
+pub fn resolve_each_family(host: &str, family: Family) -> Result<Vec<IpAddr>, ResolveError> {
+    if family != Family::Any {
+        return resolve(host, family).map(|a| vec![a]);
+    }
+    let addrs = lookup(host)?;
+    let mut out: Vec<IpAddr> = Vec::with_capacity(2);
+    for a in addrs {
+        if !out.iter().any(|o| o.is_ipv4() == a.is_ipv4()) {
+            out.push(a);
+        }
+    }
+    if out.is_empty() {
+        return Err(ResolveError::NoAddress(host.to_owned()));
+    }
+    Ok(out)
+}
+
+/// Every address of `host`, in the resolver's order.
+fn lookup(host: &str) -> Result<Vec<IpAddr>, ResolveError> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    Ok((bare, 0u16)
+        .to_socket_addrs()
+        .map_err(|source| ResolveError::Lookup {
+            host: host.to_owned(),
+            source,
+        })?
+        .map(|a| a.ip())
+        .collect())
 }
 
 /// Sends the packets of a plan, in order, `delay` apart. UDP packets share one socket (so a
@@ -179,6 +205,23 @@ mod tests {
         );
         let e = resolve("198.18.0.1", Family::V6).unwrap_err();
         assert_eq!(e.to_string(), "host '198.18.0.1' has no IPv6 address");
+    }
+
+    #[test]
+    fn an_address_is_its_only_family() {
+        let v4: IpAddr = "198.18.0.1".parse().unwrap();
+        assert_eq!(
+            resolve_each_family("198.18.0.1", Family::Any).unwrap(),
+            [v4]
+        );
+        assert_eq!(resolve_each_family("198.18.0.1", Family::V4).unwrap(), [v4]);
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(
+            resolve_each_family("[2001:db8::1]", Family::Any).unwrap(),
+            [v6]
+        );
+        let e = resolve_each_family("2001:db8::1", Family::V4).unwrap_err();
+        assert_eq!(e.to_string(), "host '2001:db8::1' has no IPv4 address");
     }
 
     #[test]
