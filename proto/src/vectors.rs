@@ -861,7 +861,16 @@ fn argument_rules() -> Value {
         ),
         (
             "^[a-z0-9-]{1,16}$",
-            vec!["a", "web-1", "0123456789abcdef", "0123456789abcdefg", "-rf", "Web", "a_b", ""],
+            vec![
+                "a",
+                "web-1",
+                "0123456789abcdef",
+                "0123456789abcdefg",
+                "-rf",
+                "Web",
+                "a_b",
+                "",
+            ],
         ),
         ("^[a-z]{3}$", vec!["abc", "ab", "abcd", "ABC"]),
         (
