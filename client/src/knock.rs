@@ -166,6 +166,20 @@ pub fn plan(
     services: Vec<Service>,
     allow_ip: Option<IpAddr>,
 ) -> anyhow::Result<KnockPlan> {
+    plan_with_action(profile, keys, target, now, services, allow_ip, None)
+}
+
+/// Builds the packets of a knock whose payload also asks the server to run `action` (`sesame
+/// run`): the same sequence, binding and payload as [`plan`], by the same builder.
+pub fn plan_with_action(
+    profile: &Profile,
+    keys: &ClientKeys,
+    target: IpAddr,
+    now: UnixMillis,
+    services: Vec<Service>,
+    allow_ip: Option<IpAddr>,
+    action: Option<sesame_proto::Action>,
+) -> anyhow::Result<KnockPlan> {
     let request = KnockRequest {
         params: &profile.params,
         payload: profile.payload,
@@ -174,7 +188,7 @@ pub fn plan(
         now,
         services,
         address: allow_ip,
-        action: None,
+        action,
     };
     Ok(plan_knock(&request, &mut |buf| {
         sesame_keys::fill_random(buf)

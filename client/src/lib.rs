@@ -8,6 +8,8 @@ pub mod manpage;
 pub mod profiles;
 pub mod wait;
 
+mod action;
+
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read, Write};
 use std::net::IpAddr;
@@ -79,6 +81,9 @@ enum Command {
     Genpsk,
     /// Knock: send the current sequence and payload to the profile's server.
     Open(OpenArgs),
+    /// Knock to run an action on the profile's server: a command its admin configured under
+    /// that name (the server does not answer).
+    Run(action::RunArgs),
     /// Print the knock sequence and payload port for a moment (default: now).
     Ports(PortsArgs),
     /// Install a profile from a file, a sesame:// URI, or standard input (`-`).
@@ -347,6 +352,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Pubkey => pubkey(),
         Command::Open(args) => open(args),
         Command::Ports(args) => ports(args),
+        Command::Run(args) => action::run(args),
         Command::Import {
             source,
             name,

@@ -104,6 +104,10 @@ pub fn main_page(cmd: clap::Command) -> String {
                 "    ProxyCommand sesame proxy myserver %h %p",
             ][..],
         ),
+        (
+            "Ask the server to run its action wake with the argument nas (a command its admin configured; the server does not answer, so exit status 0 means sent: sesamed status on the server shows the run):",
+            &["sesame run myserver wake nas"][..],
+        ),
     ] {
         extra.control("PP", []);
         extra.text([roman(what)]);
@@ -168,6 +172,13 @@ mod tests {
         }
         assert!(page.contains("sesame proxy myserver %h %p"), "{page}");
         assert_eq!(page.matches(".ie ").count(), 1, "one preamble:\n{page}");
+    }
+
+    #[test]
+    fn the_page_shows_run() {
+        let page = main_page(crate::Cli::command());
+        assert!(page.contains("sesame run myserver wake nas"), "{page}");
+        assert!(page.contains("sesame\\-run(1)"), "{page}");
     }
 
     /// groff renders it without a warning (where groff is installed).
