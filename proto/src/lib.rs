@@ -48,7 +48,7 @@ pub use time::{TimeWindow, UnixMillis};
 pub use tracker::{
     AcceptedPayload, ClientEntry, ClientId, Event, Grant, MAX_ACCEPTED, MAX_AWAITING, MAX_SEEN,
     MAX_SEEN_PER_CLIENT, MAX_STEPS, Outcome, Policy, Reason, ReplayState, SeenMac, Stats,
-    StepTable, Tracker, TrackerConfig, UsedStep, canonical_ip,
+    LivePorts, StepTable, Tracker, TrackerConfig, UsedStep, canonical_ip,
 };
 pub use uri::{ProfileUri, URI_PREFIX, UriError, is_valid_name};
 

@@ -805,6 +805,15 @@ struct Deadline {
     counter: u64,
 }
 
+/// The ports a capture filter must admit ([`Tracker::live_ports`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LivePorts {
+    /// The counters whose ports are in the set: the window and the step after it.
+    pub counters: std::ops::RangeInclusive<u64>,
+    /// The ports, ascending, each once.
+    pub ports: Vec<u16>,
+}
+
 /// The knock tracker. See the module documentation.
 pub struct Tracker {
     config: TrackerConfig,
@@ -1116,6 +1125,46 @@ impl Tracker {
             self.install(table, now);
         }
         Ok(())
+    }
+
+    /// The counters whose ports the capture filter must admit at `now`: the window and the
+    /// step after it (the tables [`Tracker::advance`] keeps). Cheap: a server recomputes
+    /// [`Tracker::live_ports`] only when this changes (or the tracker was replaced).
+    pub fn live_counters(&self, now: UnixMillis) -> std::ops::RangeInclusive<u64> {
+        let w = self.config.window().counters(now);
+        *w.start()..=w.end().saturating_add(1)
+    }
+
+    /// Every port a packet of a knock valid at `now` can use: each client's knock ports and
+    /// payload port (when payloads are used) at every counter of [`Tracker::live_counters`],
+    /// sorted, each once.
+    ///
+    /// Because it covers the step after the window too, the set computed at `now` still holds
+    /// every port of every window until the end of the step after `now`'s: a capture filter
+    /// built from it and replaced after the step turns never drops a valid knock, and the
+    /// replacement may come late by up to a step. At a turn the new set is the union of what
+    /// the old window ends with and what the new one needs. `None` when a table of those
+    /// counters is missing ([`Tracker::advance`] failed): the caller must then admit the whole
+    /// knock range.
+    pub fn live_ports(&self, now: UnixMillis) -> Option<LivePorts> {
+        let counters = self.live_counters(now);
+        let mut bits = vec![0u64; 1024];
+        for counter in counters.clone() {
+            let table = self.table(counter)?;
+            for &p in &table.ports {
+                bits[usize::from(p >> 6)] |= 1 << (p & 63);
+            }
+        }
+        let mut ports = Vec::new();
+        for (word, &b) in bits.iter().enumerate() {
+            let mut b = b;
+            while b != 0 {
+                let bit = b.trailing_zeros();
+                ports.push((word as u32 * 64 + bit) as u16);
+                b &= b - 1;
+            }
+        }
+        Some(LivePorts { counters, ports })
     }
 
     fn in_window(&self, now: UnixMillis) -> impl Iterator<Item = &StepTable> {

@@ -10,12 +10,15 @@
 use std::ffi::CString;
 use std::io::Read;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use sesame_proto::Proto;
+use sesame_proto::{Proto, Tracker, UnixMillis};
 use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, SockFilter, Socket, Type};
 use tokio::io::unix::AsyncFd;
+
+pub mod ebpf;
 
 /// A packet that passed the filter, parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +82,10 @@ const JGT: u16 = 0x25; // BPF_JMP | BPF_JGT | BPF_K
 const JSET: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
 const AND: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
 const RET: u16 = 0x06; // BPF_RET | BPF_K
+const JA: u16 = 0x05; // BPF_JMP | BPF_JA (k = offset)
+
+/// The kernel's limit on a classic BPF program (`BPF_MAXINSNS`).
+pub const MAX_INSNS: usize = 4096;
 
 /// A classic BPF instruction with symbolic jump targets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +117,8 @@ pub enum Label {
     Accept,
     /// Return nothing.
     Drop,
+    /// The live-port check of [`live_program`].
+    Check,
 }
 
 /// The largest packet the filter passes to user space.
@@ -177,7 +186,112 @@ pub fn assemble(program: &[(Option<Label>, Insn)]) -> Vec<(u16, u8, u8, u32)> {
     program
         .iter()
         .enumerate()
-        .map(|(n, (_, insn))| (insn.code, target(n, insn.jt), target(n, insn.jf), insn.k))
+        .map(|(n, (_, insn))| {
+            if insn.code == JA {
+                (JA, 0, 0, u32::from(target(n, insn.jt)))
+            } else {
+                (insn.code, target(n, insn.jt), target(n, insn.jf), insn.k)
+            }
+        })
+        .collect()
+}
+
+/// Merges ascending ports into ranges of consecutive ports.
+pub fn port_ranges(ports: &[u16]) -> Vec<(u16, u16)> {
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for &p in ports {
+        match out.last_mut() {
+            Some((_, hi)) if hi.checked_add(1) == Some(p) || *hi == p => *hi = p,
+            _ => out.push((p, p)),
+        }
+    }
+    out
+}
+
+/// A binary search over `ranges` (ascending, disjoint), knowing the port (in A) is at least
+/// the first range's start: a leaf checks the upper end of its range and returns.
+fn search_tree(ranges: &[(u16, u16)]) -> Vec<(u16, u8, u8, u32)> {
+    if let [(_, hi)] = ranges {
+        return vec![
+            (JGT, 1, 0, u32::from(*hi)),
+            (RET, 0, 0, SNAPLEN),
+            (RET, 0, 0, 0),
+        ];
+    }
+    let mid = ranges.len() / 2;
+    let (left, right) = (search_tree(&ranges[..mid]), search_tree(&ranges[mid..]));
+    let split = u32::from(ranges[mid].0);
+    let mut out = Vec::with_capacity(left.len() + right.len() + 2);
+    match u8::try_from(left.len()) {
+        Ok(n) => out.push((JGE, n, 0, split)),
+        Err(_) => {
+            // Too far for a conditional jump: jump over an unconditional one.
+            out.push((JGE, 0, 1, split));
+            out.push((JA, 0, 0, left.len() as u32));
+        }
+    }
+    out.extend(left);
+    out.extend(right);
+    out
+}
+
+/// The live-port filter as a classic BPF program: the header checks of [`filter_program`]
+/// (UDP, or TCP with SYN and without ACK, over IPv4 or IPv6), then a binary search over the
+/// ranges of consecutive live ports. `None` when it would exceed [`MAX_INSNS`] (about 1 000
+/// ranges: a few hundred clients with the default range). An empty set admits nothing.
+pub fn live_program(ports: &[u16]) -> Option<Vec<(u16, u8, u8, u32)>> {
+    use Label::*;
+    let i = |code, k, jt, jf| Insn { code, jt, jf, k };
+    let at = |label: Label, insn: Insn| (Some(label), insn);
+    let plain = |insn: Insn| (None, insn);
+    let header = vec![
+        plain(i(
+            LD_H_ABS,
+            (libc::SKF_AD_OFF + libc::SKF_AD_PROTOCOL) as u32,
+            Next,
+            Next,
+        )),
+        plain(i(JEQ, 0x0800, V4, Next)),
+        plain(i(JEQ, 0x86dd, V6, Drop)),
+        at(V4, i(LD_H_ABS, 6, Next, Next)),
+        plain(i(JSET, 0x1fff, Drop, Next)),
+        plain(i(LDX_B_MSH, 0, Next, Next)),
+        plain(i(LD_B_ABS, 9, Next, Next)),
+        plain(i(JEQ, 17, Udp, Next)),
+        plain(i(JEQ, 6, Tcp, Drop)),
+        at(V6, i(LD_B_ABS, 6, Next, Next)),
+        plain(i(LDX_IMM, 40, Next, Next)),
+        plain(i(JEQ, 17, Udp, Next)),
+        plain(i(JEQ, 6, Tcp, Drop)),
+        at(Udp, i(LD_H_IND, 2, Next, Next)),
+        plain(i(JA, 0, Check, Next)),
+        at(Tcp, i(LD_B_IND, 13, Next, Next)),
+        plain(i(AND, 0x12, Next, Next)),
+        plain(i(JEQ, 0x02, Next, Drop)),
+        plain(i(LD_H_IND, 2, Next, Next)),
+        plain(i(JA, 0, Check, Next)),
+        at(Drop, i(RET, 0, Next, Next)),
+        // Replaced by the search below.
+        at(Check, i(RET, 0, Next, Next)),
+    ];
+    let mut program = assemble(&header);
+    program.pop();
+    let ranges = port_ranges(ports);
+    match ranges.first() {
+        None => program.push((RET, 0, 0, 0)),
+        Some(&(first, _)) => {
+            program.push((JGE, 1, 0, u32::from(first)));
+            program.push((RET, 0, 0, 0));
+            program.extend(search_tree(&ranges));
+        }
+    }
+    (program.len() <= MAX_INSNS).then_some(program)
+}
+
+fn to_sock_filter(program: &[(u16, u8, u8, u32)]) -> Vec<SockFilter> {
+    program
+        .iter()
+        .map(|&(code, jt, jf, k)| SockFilter::new(code, jt, jf, k))
         .collect()
 }
 
@@ -186,6 +300,234 @@ fn socket_filter(lo: u16, hi: u16) -> Vec<SockFilter> {
         .into_iter()
         .map(|(code, jt, jf, k)| SockFilter::new(code, jt, jf, k))
         .collect()
+}
+
+/// The environment variable that chooses the capture filter: `auto` (the default: the live
+/// ports, as a classic BPF program while it fits, else as an eBPF bitmap, else the whole knock
+/// range), `range` (the whole knock range, as before live ports: for benchmarks and as an
+/// escape hatch), `classic` (never eBPF) or `ebpf` (always the eBPF bitmap when it loads).
+pub const FILTER_ENV: &str = "SESAMED_CAPTURE_FILTER";
+
+/// Which capture filter [`FILTER_ENV`] asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterMode {
+    /// Live ports, classic BPF while it fits, else eBPF, else the range.
+    Auto,
+    /// The whole knock range.
+    Range,
+    /// Live ports as classic BPF while it fits, else the range.
+    Classic,
+    /// Live ports as the eBPF bitmap (else the range).
+    Ebpf,
+}
+
+impl FilterMode {
+    /// From [`FILTER_ENV`]; an unknown value is logged and means `auto`.
+    pub fn from_env() -> FilterMode {
+        match std::env::var(FILTER_ENV).as_deref() {
+            Err(_) | Ok("" | "auto") => FilterMode::Auto,
+            Ok("range") => FilterMode::Range,
+            Ok("classic") => FilterMode::Classic,
+            Ok("ebpf") => FilterMode::Ebpf,
+            Ok(other) => {
+                tracing::warn!(
+                    value = other,
+                    "{FILTER_ENV}: unknown value (auto, range, classic or ebpf); using auto"
+                );
+                FilterMode::Auto
+            }
+        }
+    }
+}
+
+/// What the capture sockets should admit.
+#[derive(Clone, Debug)]
+pub enum Admit {
+    /// Every port of the knock range.
+    Range,
+    /// The live ports, as this classic BPF program.
+    Classic(Arc<Vec<(u16, u8, u8, u32)>>),
+    /// The live ports, in the bitmap of this eBPF program.
+    Ebpf(Arc<ebpf::Ebpf>),
+}
+
+impl Admit {
+    fn same(&self, other: &Admit) -> bool {
+        match (self, other) {
+            (Admit::Range, Admit::Range) => true,
+            (Admit::Classic(a), Admit::Classic(b)) => a == b,
+            (Admit::Ebpf(a), Admit::Ebpf(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// The filter for one knock range (a capture task admits the whole range when the range it
+/// was told by a reload is another one).
+#[derive(Clone, Debug)]
+pub struct Wanted {
+    /// The knock range this was computed for.
+    pub range: (u16, u16),
+    /// What to admit.
+    pub admit: Admit,
+}
+
+/// Computes the live-port filter from the tracker and hands it to the capture tasks: at
+/// start, when the step turns (the live counters change) and after a reload.
+#[derive(Debug)]
+pub struct LiveFilter {
+    mode: FilterMode,
+    ebpf: Option<Arc<ebpf::Ebpf>>,
+    tx: tokio::sync::watch::Sender<Wanted>,
+    /// The counters and knock range of the last set (None: recompute at the next update).
+    last: Option<(std::ops::RangeInclusive<u64>, (u16, u16))>,
+    /// What the last update chose, for the log line when it changes.
+    kind: String,
+}
+
+impl LiveFilter {
+    /// Chooses the mechanism ([`FilterMode::from_env`]) and, unless it is `range` or
+    /// `classic`, loads the eBPF program: call it before privileges are dropped (loading needs
+    /// CAP_BPF or CAP_SYS_ADMIN; everything later needs nothing more than owning the
+    /// descriptors). A kernel that refuses the program is logged once; sesamed then admits the
+    /// whole knock range whenever the live ports outgrow a classic program.
+    pub fn new(range: (u16, u16)) -> (LiveFilter, tokio::sync::watch::Receiver<Wanted>) {
+        let mode = FilterMode::from_env();
+        let ebpf = match mode {
+            FilterMode::Auto | FilterMode::Ebpf => match ebpf::Ebpf::load() {
+                Ok(e) => Some(Arc::new(e)),
+                Err(e) => {
+                    tracing::info!(error = %e, "eBPF socket filter unavailable: live ports are filtered in the kernel only while they fit in a classic BPF program, else the whole knock range is admitted");
+                    None
+                }
+            },
+            FilterMode::Range | FilterMode::Classic => None,
+        };
+        if mode == FilterMode::Range {
+            tracing::info!("{FILTER_ENV}=range: the capture filter admits the whole knock range");
+        }
+        let (tx, rx) = tokio::sync::watch::channel(Wanted {
+            range,
+            admit: Admit::Range,
+        });
+        let filter = LiveFilter {
+            mode,
+            ebpf,
+            tx,
+            last: None,
+            kind: "range".to_owned(),
+        };
+        (filter, rx)
+    }
+
+    /// Recomputes the filter if the live counters changed since the last call (or `force`,
+    /// after a reload) and passes it on. Cheap when nothing changed.
+    pub fn update(&mut self, tracker: &Tracker, now: UnixMillis, force: bool) {
+        let params = &tracker.config().params;
+        let range = (params.port_lo, params.port_hi);
+        let counters = tracker.live_counters(now);
+        let key = (counters, range);
+        if !force && self.last.as_ref() == Some(&key) {
+            return;
+        }
+        let (admit, kind, detail) = self.choose(tracker, now);
+        self.last = match admit {
+            // A missing table: try again at the next update.
+            Admit::Range if tracker.live_ports(now).is_none() => None,
+            _ => Some(key),
+        };
+        if kind != self.kind {
+            tracing::info!(filter = %kind, "{detail}");
+            self.kind = kind;
+        } else {
+            tracing::debug!(filter = %kind, "{detail}");
+        }
+        let wanted = Wanted { range, admit };
+        self.tx.send_if_modified(|w| {
+            let changed = w.range != wanted.range || !w.admit.same(&wanted.admit);
+            *w = wanted;
+            changed
+        });
+    }
+
+    fn choose(&mut self, tracker: &Tracker, now: UnixMillis) -> (Admit, String, String) {
+        let range = || {
+            (
+                Admit::Range,
+                "range".to_owned(),
+                "capture filter: the whole knock range".to_owned(),
+            )
+        };
+        if self.mode == FilterMode::Range {
+            return range();
+        }
+        let Some(live) = tracker.live_ports(now) else {
+            return range();
+        };
+        let n = live.ports.len();
+        if self.mode != FilterMode::Ebpf
+            && let Some(program) = live_program(&live.ports)
+        {
+            let detail = format!(
+                "capture filter: {n} live ports (counters {}..={}), a classic BPF program of {} instructions",
+                live.counters.start(),
+                live.counters.end(),
+                program.len()
+            );
+            return (
+                Admit::Classic(Arc::new(program)),
+                "classic".to_owned(),
+                detail,
+            );
+        }
+        if let Some(e) = &self.ebpf {
+            match e.set(&live.ports) {
+                Ok(writes) => {
+                    let detail = format!(
+                        "capture filter: {n} live ports (counters {}..={}), the eBPF bitmap ({writes} words written)",
+                        live.counters.start(),
+                        live.counters.end()
+                    );
+                    return (Admit::Ebpf(Arc::clone(e)), "ebpf".to_owned(), detail);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "eBPF bitmap update refused; the capture filter admits the whole knock range from now on");
+                    self.ebpf = None;
+                }
+            }
+        }
+        let (admit, kind, _) = range();
+        (
+            admit,
+            kind,
+            format!(
+                "capture filter: {n} live ports do not fit in a classic BPF program and no eBPF filter is available: the whole knock range"
+            ),
+        )
+    }
+}
+
+/// Puts `wanted` on the socket (replacing its filter atomically), or the whole of `range` when
+/// `wanted` is for another range (a reload changed it and the live filter has not caught up).
+fn apply(sock: &Socket, range: (u16, u16), wanted: &Wanted) -> std::io::Result<&'static str> {
+    if wanted.range != range {
+        sock.attach_filter(&socket_filter(range.0, range.1))?;
+        return Ok("range");
+    }
+    match &wanted.admit {
+        Admit::Range => sock
+            .attach_filter(&socket_filter(range.0, range.1))
+            .map(|()| "range"),
+        Admit::Classic(p) => sock.attach_filter(&to_sock_filter(p)).map(|()| "classic"),
+        Admit::Ebpf(e) => match e.attach(sock) {
+            Ok(()) => Ok("ebpf"),
+            Err(err) => {
+                tracing::warn!(error = %err, "attaching the eBPF filter failed; admitting the whole knock range");
+                sock.attach_filter(&socket_filter(range.0, range.1))
+                    .map(|()| "range")
+            }
+        },
+    }
 }
 
 /// `PACKET_IGNORE_OUTGOING` from linux/if_packet.h (Linux 4.20+).
@@ -300,10 +642,16 @@ enum Lost {
 ///   second; the socket is reopened by name as soon as the interface exists again.
 /// * Any other socket failure reopens the socket, retrying every second.
 /// * A new knock range (a reload that changed `port_range`) replaces the in-kernel filter of
-///   the open socket at once (no privilege is needed for that).
+///   the open socket at once (no privilege is needed for that), with the whole range until
+///   the live filter for it comes.
+/// * A new live filter ([`LiveFilter`]) replaces the socket's filter atomically
+///   (`SO_ATTACH_FILTER`/`SO_ATTACH_BPF` swap the program in one step), so there is no moment
+///   without one; a new socket gets the range filter before it is bound and the live one
+///   right after.
 pub async fn run_capture<F>(
     interface: Option<String>,
     mut range: tokio::sync::watch::Receiver<(u16, u16)>,
+    mut live: tokio::sync::watch::Receiver<Wanted>,
     mut on_packet: F,
 ) where
     F: FnMut(&[u8]),
@@ -314,6 +662,7 @@ pub async fn run_capture<F>(
     loop {
         let (lo, hi) = *range.borrow_and_update();
         let opened = open_socket(interface.as_deref(), lo, hi).and_then(|sock| {
+            apply(&sock, (lo, hi), &live.borrow_and_update())?;
             let index = match &interface {
                 Some(n) => interface_index(n)?,
                 None => 0,
@@ -342,6 +691,7 @@ pub async fn run_capture<F>(
             &mut buf,
             &mut on_packet,
             &mut range,
+            &mut live,
         )
         .await;
         failing = true;
@@ -366,6 +716,7 @@ async fn read_until_lost<F>(
     buf: &mut [u8],
     on_packet: &mut F,
     range: &mut tokio::sync::watch::Receiver<(u16, u16)>,
+    live: &mut tokio::sync::watch::Receiver<Wanted>,
 ) -> Lost
 where
     F: FnMut(&[u8]),
@@ -431,10 +782,20 @@ where
                     std::future::pending::<()>().await;
                 }
                 let (lo, hi) = *range.borrow_and_update();
-                if let Err(e) = fd.get_ref().attach_filter(&socket_filter(lo, hi)) {
+                if let Err(e) = apply(fd.get_ref(), (lo, hi), &live.borrow_and_update()) {
                     return Lost::Failed(e);
                 }
                 tracing::info!(interface = %name, port_range = %format!("{lo}-{hi}"), "capture filter replaced for the new knock range");
+            }
+            changed = live.changed() => {
+                if changed.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                let r = *range.borrow();
+                match apply(fd.get_ref(), r, &live.borrow_and_update()) {
+                    Ok(kind) => tracing::debug!(interface = %name, filter = kind, "capture filter replaced"),
+                    Err(e) => return Lost::Failed(e),
+                }
             }
             _ = check.tick() => {
                 if let Some(n) = interface {

@@ -29,6 +29,8 @@ pub struct Fixture {
     pub spec: DaemonSpec,
     /// TCP ports the service listens on (default: every protected tcp port).
     pub serve_ports: Option<Vec<u16>>,
+    /// Environment of `sesamed run` beyond the lab's (e.g. `SESAMED_CAPTURE_FILTER`).
+    pub daemon_env: Vec<(&'static str, String)>,
     /// The config file, once written.
     pub config: PathBuf,
     /// The default profile (IPv4 host), once written.
@@ -55,6 +57,7 @@ impl Fixture {
             client_key,
             spec,
             serve_ports: None,
+            daemon_env: Vec::new(),
             lab,
         }
     }
@@ -129,7 +132,34 @@ impl Fixture {
             }
             self.service = Some(self.lab.serve(&addrs));
         }
-        self.daemon = Some(self.lab.start_sesamed(&self.config));
+        self.daemon = Some(if self.daemon_env.is_empty() {
+            self.lab.start_sesamed(&self.config)
+        } else {
+            self.start_sesamed_with_env()
+        });
+    }
+
+    /// `sesamed run` as [`Lab::start_sesamed`] does, with [`Fixture::daemon_env`] added.
+    fn start_sesamed_with_env(&self) -> Proc {
+        let level = std::env::var("SESAME_E2E_RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+        let mut env: Vec<(&str, &str)> = vec![("RUST_LOG", level.as_str()), ("NO_COLOR", "1")];
+        env.extend(self.daemon_env.iter().map(|(k, v)| (*k, v.as_str())));
+        let config = self.config.to_string_lossy().into_owned();
+        let mut p = self.lab.spawn(
+            Host::Server,
+            "sesamed",
+            sesame_tests::bin("sesamed"),
+            &["run", "--config", config.as_str()],
+            &env,
+        );
+        if p.wait_for(&["ready"], Duration::from_secs(15)).is_none() {
+            let status = p.exited();
+            panic!(
+                "sesamed did not log `ready` within 15 s (exit status {status:?}); output:\n{}",
+                p.output()
+            );
+        }
+        p
     }
 
     /// The running daemon.

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod boot;
+mod capture_filter;
 mod clock;
 mod command_backend;
 mod common;

@@ -26,6 +26,11 @@ fn deployment(tag: &str) -> Fixture {
     f.spec.knock.length = 3;
     f.spec.knock.payload = "required".to_owned();
     f.spec.lease_seconds = 30;
+    // The spoofer sends random ports of the range: the live-port capture filter (the default)
+    // drops all but the live ones in the kernel (under 1 % here), so almost none would reach
+    // the reset rule this measures. The range filter lets them all through: the bound below
+    // is the one for a spoofer that hits live ports (r is then the rate of those).
+    f.daemon_env = vec![("SESAMED_CAPTURE_FILTER", "range".to_owned())];
     f.start();
     f
 }

@@ -1749,3 +1749,136 @@ mod review {
         );
     }
 }
+
+mod live_ports {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Every port of every client's sequence (and payload port) at every counter of the window
+    /// at every `t` from `published` to the end of the step after `published`'s is in the set
+    /// computed at `published`; the set holds nothing else than ports of the covered counters.
+    fn check(
+        length: u64,
+        mode: PayloadMode,
+        skew: u32,
+        step: u32,
+        n: usize,
+        published: u64,
+        later: u64,
+    ) {
+        let params =
+            KnockParams::new(step, length, (10000, 10999), &[10022], KnockProtocol::Udp).unwrap();
+        let config = TrackerConfig {
+            max_sources: 64,
+            ..TrackerConfig::new(params.clone(), skew, 5000, mode)
+        };
+        let mut w = world_with(config, n, default_policy);
+        let now = T0.plus_millis(published);
+        w.tracker.advance(now).unwrap();
+        let live = w.tracker.live_ports(now).unwrap();
+        assert!(
+            live.ports.windows(2).all(|p| p[0] < p[1]),
+            "sorted, each once"
+        );
+        assert!(
+            live.ports
+                .iter()
+                .all(|&p| params.in_range(p) && !params.is_excluded(p))
+        );
+        // The end of the step after now's step.
+        let step_ms = u64::from(step) * 1000;
+        let horizon = (now.0 / step_ms + 2) * step_ms;
+        let t = UnixMillis(now.0 + later % (horizon - now.0));
+        let window = TimeWindow {
+            step_seconds: step,
+            skew_steps: skew,
+        };
+        let mut expected = std::collections::BTreeSet::new();
+        for counter in window.counters(t) {
+            for i in 0..n {
+                let seq = w.sequence(i, counter);
+                for k in &seq.knocks {
+                    assert!(
+                        live.ports.binary_search(&k.port).is_ok(),
+                        "knock port {} of client {i} at counter {counter} (t = now + {} ms) missing",
+                        k.port,
+                        t.since(now)
+                    );
+                }
+                if mode != PayloadMode::None || length == 0 {
+                    assert!(
+                        live.ports.binary_search(&seq.payload_port).is_ok(),
+                        "payload port missing"
+                    );
+                }
+            }
+        }
+        for counter in live.counters.clone() {
+            for i in 0..n {
+                let seq = w.sequence(i, counter);
+                expected.extend(seq.knocks.iter().map(|k| k.port));
+                if mode != PayloadMode::None || length == 0 {
+                    expected.insert(seq.payload_port);
+                }
+            }
+        }
+        assert_eq!(
+            live.ports,
+            expected.into_iter().collect::<Vec<_>>(),
+            "exactly the covered counters' ports"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn the_set_covers_every_valid_knock_until_the_next_step_ends(
+            length in prop_oneof![Just(0u64), 2u64..=5],
+            mode in prop_oneof![Just(PayloadMode::Required), Just(PayloadMode::Optional), Just(PayloadMode::None)],
+            skew in 0u32..=2,
+            step in 1u32..=90,
+            n in 1usize..=5,
+            published in 0u64..200_000,
+            later in any::<u64>(),
+        ) {
+            prop_assume!(!(length == 0 && mode == PayloadMode::None));
+            check(length, mode, skew, step, n, published, later);
+        }
+    }
+
+    #[test]
+    fn a_step_turn_keeps_the_ports_of_both_windows_until_the_set_is_replaced() {
+        let w = world(PayloadMode::Required, 3);
+        // Just before a turn and just after it, before the tracker advances.
+        let turn = UnixMillis((T0.0 / 30_000 + 1) * 30_000);
+        let before = w.tracker.live_ports(turn.offset_millis(-1)).unwrap();
+        let old = w.tracker.live_counters(turn.offset_millis(-1));
+        assert_eq!(before.counters, old);
+        // The set published before the turn holds the new window's counters.
+        let new_window = TimeWindow {
+            step_seconds: STEP,
+            skew_steps: 1,
+        }
+        .counters(turn);
+        assert!(old.contains(new_window.start()) && old.contains(new_window.end()));
+        // The tracker's set after the turn moves on by one counter.
+        let mut w = w;
+        w.tracker.advance(turn).unwrap();
+        let after = w.tracker.live_ports(turn).unwrap();
+        assert_eq!(*after.counters.start(), old.start() + 1);
+        assert_eq!(*after.counters.end(), old.end() + 1);
+        // And the knock of the new step's counter is admitted by both.
+        let seq = w.sequence(1, turn.counter(STEP));
+        for k in &seq.knocks {
+            assert!(before.ports.contains(&k.port) && after.ports.contains(&k.port));
+        }
+    }
+
+    #[test]
+    fn a_missing_table_means_no_set() {
+        let w = world(PayloadMode::Required, 2);
+        // Two steps on, without advance: the step-ahead table is not there.
+        assert!(w.tracker.live_ports(T0.plus_millis(60_000)).is_none());
+        assert!(w.tracker.live_ports(T0).is_some());
+    }
+}

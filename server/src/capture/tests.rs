@@ -43,6 +43,7 @@ fn run_bpf(prog: &[(u16, u8, u8, u32)], proto: u16, pkt: &[u8]) -> u32 {
             JGT => jump(a > k, &mut pc),
             JSET => jump(a & k != 0, &mut pc),
             AND => a &= k,
+            JA => pc += k as usize,
             RET => return k,
             other => panic!("opcode {other:#x}"),
         }
@@ -151,4 +152,145 @@ fn parse_extracts_what_the_tracker_needs() {
     }
     assert!(parse_ip(&[]).is_none());
     assert!(parse_ip(&[0x45; 3]).is_none());
+}
+
+/// Every kind of packet the filters must tell apart, to `port`: (ethertype, packet, whether a
+/// filter admitting `port` passes it).
+fn packets(port: u16) -> Vec<(u16, Vec<u8>, bool)> {
+    let mut frag = v4_udp(port, b"abc");
+    frag[6] = 0x00;
+    frag[7] = 0x10;
+    let mut opts = v4_udp(port, b"abc");
+    opts.splice(20..20, [1u8, 1, 1, 1]);
+    opts[0] = 0x46;
+    vec![
+        (0x0800, v4_udp(port, b"x"), true),
+        (0x0800, v4_udp(port, &[0; 136]), true),
+        (0x86dd, v6_udp(port), true),
+        (0x0800, v4_tcp(port, true, false), true),
+        (0x86dd, v6_tcp_syn(port), true),
+        (0x0800, v4_tcp(port, true, true), false),
+        (0x0800, v4_tcp(port, false, true), false),
+        (0x0800, frag, false),
+        (0x0800, opts, true),
+        (0x0800, v4_udp(port, b"")[..21].to_vec(), false),
+        (0x0806, vec![0u8; 28], false),
+    ]
+}
+
+/// Ports to probe for a set: each port of it, its neighbours, the ends of the range.
+fn probes(ports: &[u16]) -> Vec<u16> {
+    let mut out = vec![0, 1, 22, 9999, 10000, 32767, 65534, 65535];
+    for &p in ports {
+        out.extend([p.wrapping_sub(1), p, p.wrapping_add(1)]);
+    }
+    out
+}
+
+fn check_classic(ports: &[u16]) -> usize {
+    let prog = live_program(ports).expect("fits");
+    for port in probes(ports) {
+        let live = ports.binary_search(&port).is_ok();
+        for (proto, pkt, passes) in packets(port) {
+            let got = run_bpf(&prog, proto, &pkt) != 0;
+            assert_eq!(
+                got,
+                live && passes,
+                "port {port} (live {live}), ethertype {proto:#x}, {} bytes",
+                pkt.len()
+            );
+        }
+    }
+    prog.len()
+}
+
+#[test]
+fn live_program_admits_exactly_the_live_ports() {
+    assert_eq!(check_classic(&[]), 22);
+    check_classic(&[12345]);
+    check_classic(&[0, 1, 2, 65535]);
+    check_classic(&[10000, 10001, 10002, 10004, 20000, 32767]);
+    // Random sets of every size up to what fits, with runs of consecutive ports.
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for n in [2usize, 3, 5, 17, 64, 200, 600, 1000] {
+        let mut ports: Vec<u16> = (0..n)
+            .flat_map(|_| {
+                let p = 10000 + (next() % 22000) as u16;
+                let run = if next() % 4 == 0 { 3 } else { 1 };
+                (0..run).map(move |i| p + i)
+            })
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        if live_program(&ports).is_some() {
+            check_classic(&ports);
+        }
+    }
+}
+
+#[test]
+fn live_program_fits_up_to_about_a_thousand_ranges() {
+    // Isolated ports: one range each. 4 instructions a range or a little less.
+    let spaced = |n: u16| (0..n).map(|i| 10000 + 3 * i).collect::<Vec<u16>>();
+    let fits = live_program(&spaced(1000)).map(|p| p.len());
+    assert!(fits.is_some_and(|l| l <= MAX_INSNS), "{fits:?}");
+    assert!(
+        live_program(&spaced(1100)).is_none(),
+        "over the kernel's limit"
+    );
+    // Consecutive ports cost one range: the whole knock range is one.
+    let all: Vec<u16> = (10000..=32767).collect();
+    assert!(live_program(&all).is_some_and(|p| p.len() < 30));
+    assert_eq!(
+        port_ranges(&[1, 2, 3, 5, 7, 8]),
+        vec![(1, 3), (5, 5), (7, 8)]
+    );
+    assert_eq!(port_ranges(&[65534, 65535]), vec![(65534, 65535)]);
+}
+
+/// The eBPF program in the kernel (`BPF_PROG_TEST_RUN`): root only (skipped otherwise).
+#[test]
+fn ebpf_program_admits_exactly_the_live_ports_in_the_kernel() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: loading eBPF needs root");
+        return;
+    }
+    let e = match ebpf::Ebpf::load() {
+        Ok(e) => e,
+        Err(err) => panic!("the kernel refused the eBPF filter: {err}"),
+    };
+    let frame = |ethertype: u16, ip: &[u8]| {
+        let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+        f.extend(ethertype.to_be_bytes());
+        f.extend_from_slice(ip);
+        f
+    };
+    let run = |ports: &[u16]| {
+        for port in probes(ports) {
+            let live = ports.contains(&port);
+            for (proto, pkt, passes) in packets(port) {
+                let got = e.test_run(&frame(proto, &pkt)).unwrap() != 0;
+                assert_eq!(
+                    got,
+                    live && passes,
+                    "port {port} (live {live}), ethertype {proto:#x}, {} bytes",
+                    pkt.len()
+                );
+            }
+        }
+    };
+    e.set(&[12345, 12346, 20000, 65535, 0]).unwrap();
+    run(&[0, 12345, 12346, 20000, 65535]);
+    // A new set: the old ports go, the new ones come.
+    let writes = e.set(&[12346, 31000]).unwrap();
+    assert!(writes >= 2);
+    run(&[12346, 31000]);
+    e.set(&[]).unwrap();
+    run(&[]);
 }

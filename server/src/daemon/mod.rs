@@ -240,6 +240,13 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
             tracing::warn!(interface, error = %source, "interface not available yet; will retry");
         }
     }
+    // The live-port capture filter: the eBPF program (if any) is loaded now, while sesamed
+    // still has the privileges that takes.
+    let (live_filter, live_rx) = capture::LiveFilter::new((lo, hi));
+    let live_filter = Rc::new(RefCell::new(live_filter));
+    live_filter
+        .borrow_mut()
+        .update(&tracker, system_now(), true);
     let (control, socket_file) =
         control::bind(&config.control_socket).map_err(|source| StartError::Control {
             path: config.control_socket.display().to_string(),
@@ -331,9 +338,15 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     ));
     for iface in interfaces {
         let core = Rc::clone(&core);
-        tokio::task::spawn_local(capture::run_capture(iface, range_rx.clone(), move |raw| {
-            core.borrow_mut().handle_packet(raw);
-        }));
+        let live_rx = live_rx.clone();
+        tokio::task::spawn_local(capture::run_capture(
+            iface,
+            range_rx.clone(),
+            live_rx,
+            move |raw| {
+                core.borrow_mut().handle_packet(raw);
+            },
+        ));
     }
     {
         let core = Rc::clone(&core);
@@ -346,6 +359,9 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
                 if let Err(e) = core.tracker.advance(now) {
                     tracing::error!(error = %e, "step tables could not be computed");
                 }
+                // After the step turned: the new live ports (a union of the old and the new
+                // window until then, see Tracker::live_ports).
+                live_filter.borrow_mut().update(&core.tracker, now, false);
                 // Also forgets the gate MACs whose step has left the window.
                 core.handle_timeout();
                 core.limiter.flush_if_due();
@@ -355,6 +371,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     {
         // Completed sequences whose payload did not come: wake at the tracker's next deadline.
         let core = Rc::clone(&core);
+        let live_filter = Rc::clone(&live_filter);
         tokio::task::spawn_local(async move {
             loop {
                 let next = core.borrow().tracker.poll_timeout();
@@ -390,9 +407,11 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     {
         let core = Rc::clone(&core);
         let fw_state = Rc::clone(&fw_state);
+        let live_filter = Rc::clone(&live_filter);
         tokio::task::spawn_local(control::serve(control, move |request| {
             let core = Rc::clone(&core);
             let fw_state = Rc::clone(&fw_state);
+            let live_filter = Rc::clone(&live_filter);
             let request = request.to_owned();
             Box::pin(async move {
                 let answer = match request.as_str() {
@@ -409,7 +428,12 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
                         };
                         serde_json::to_value(&s)
                     }
-                    "reload" => serde_json::to_value(reload::reload(&core).await),
+                    "reload" => {
+                        let result = reload::reload(&core).await;
+                        let tracker = &core.borrow().tracker;
+                        live_filter.borrow_mut().update(tracker, system_now(), true);
+                        serde_json::to_value(result)
+                    }
                     other => {
                         Ok(serde_json::json!({ "error": format!("unknown request '{other}'") }))
                     }
@@ -423,6 +447,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     }
     {
         let core = Rc::clone(&core);
+        let live_filter = Rc::clone(&live_filter);
         tokio::task::spawn_local(async move {
             use tokio::signal::unix::{SignalKind, signal};
             let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -432,6 +457,8 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading the configuration");
                 let _ = reload::reload(&core).await;
+                let tracker = &core.borrow().tracker;
+                live_filter.borrow_mut().update(tracker, system_now(), true);
             }
         });
     }
