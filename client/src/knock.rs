@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use sesame_proto::{ClientKeys, KnockRequest, Profile, Service, UnixMillis, plan_knock};
 
-pub use sesame_net::{Family, resolve, send};
+pub use sesame_net::{Family, resolve, resolve_each_family, send};
 pub use sesame_proto::{KnockPlan, Packet, PacketKind};
 
 /// The address a knock is bound to (the address the server is asked to open), and how it was

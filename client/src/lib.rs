@@ -3,8 +3,10 @@
 //! The binary is a thin `main` around [`main`]; everything is testable from here.
 #![forbid(unsafe_code)]
 
+pub mod groups;
 pub mod knock;
 pub mod manpage;
+mod open;
 pub mod profiles;
 pub mod wait;
 
@@ -79,7 +81,8 @@ enum Command {
     Pubkey,
     /// Print a new pre-shared key.
     Genpsk,
-    /// Knock: send the current sequence and payload to the profile's server.
+    /// Knock: send the current sequence and payload to the profile's server (or several:
+    /// NAME... or @GROUP).
     Open(OpenArgs),
     /// Knock to run an action on the profile's server: a command its admin configured under
     /// that name (the server does not answer).
@@ -91,14 +94,19 @@ enum Command {
         /// A profile file (TOML), a file holding a URI, a sesame:// URI, or `-` to read either
         /// from standard input (keeps a URI with keys out of the shell history and `ps`).
         source: String,
-        /// The name to install it under (default: the URI's name or the file's name).
+        /// The name to install it under (default: the URI's name or the file's name). A source
+        /// with several profiles names each after its host.
         #[arg(long)]
         name: Option<String>,
+        /// Add the profiles to this group (`sesame open @GROUP`); a source with several
+        /// profiles makes a group anyway, named after the file unless this names it.
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
         /// Replace an existing profile or key file.
         #[arg(long)]
         force: bool,
     },
-    /// List the installed profiles.
+    /// List the installed profiles and groups.
     List,
     /// Knock, wait for HOST PORT to answer, then relay stdin/stdout to it (for OpenSSH:
     /// ProxyCommand sesame proxy NAME %h %p).
@@ -196,10 +204,23 @@ impl ProfileArg {
     }
 }
 
+/// The profiles `open` knocks.
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["names", "profile"])))]
+struct OpenTargets {
+    /// Installed profiles (see `sesame list`), or @GROUP for every profile of a group; several
+    /// are knocked in parallel, with one line each.
+    #[arg(value_name = "NAME")]
+    names: Vec<String>,
+    /// A profile file instead.
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
+}
+
 #[derive(clap::Args, Debug)]
 struct OpenArgs {
     #[command(flatten)]
-    which: ProfileArg,
+    which: OpenTargets,
     /// A service to open, e.g. tcp/22 (repeatable; default: the profile's `open`).
     #[arg(long = "port", value_name = "PROTO/PORT")]
     ports: Vec<Service>,
@@ -213,7 +234,7 @@ struct OpenArgs {
         allow_negative_numbers = true
     )]
     time_offset: i64,
-    /// Use IPv4 only.
+    /// Use IPv4 only (default: both families when the host has both).
     #[arg(short = '4', conflicts_with = "ipv6")]
     ipv4: bool,
     /// Use IPv6 only.
@@ -223,10 +244,11 @@ struct OpenArgs {
     #[arg(long, conflicts_with = "wait")]
     dry_run: bool,
     /// After knocking, confirm the service answers (default: the first tcp service asked
-    /// for); re-knock if not; explain when it never does. Exit 3 if it answered already
-    /// before the knock (a lease for this address): the knock is then unconfirmed. With
-    /// lease = "connection" in the profile it does not connect (that would use up the one
-    /// connection a knock admits): it knocks once, lets the knock land, and exits 0.
+    /// for) at the address connections try first; re-knock if not; explain when it never
+    /// does. Exit 3 if it answered already before the knock (a lease for this address): the
+    /// knock is then unconfirmed. With lease = "connection" in the profile it does not
+    /// connect (that would use up the one connection a knock admits): it knocks once, lets
+    /// the knock land, and exits 0.
     #[arg(long, value_name = "tcp/PORT", num_args = 0..=1, default_missing_value = "")]
     wait: Option<String>,
     #[command(flatten)]
@@ -274,7 +296,9 @@ pub fn system_now() -> UnixMillis {
 }
 
 /// Entry point of the `sesame` binary: 0 ok, 1 failure, 2 usage or configuration error, 3 a
-/// knock sent that `--wait` cannot confirm (the service answered already before it).
+/// knock sent that `--wait` cannot confirm (the service answered already before it). With
+/// several profiles: 2 if one is not valid (nothing is sent), else 1 if a knock failed, else 3
+/// if one is unconfirmed.
 pub fn main() -> ExitCode {
     // Like any Unix tool: `sesame … | head` ends quietly when `head` has read enough, instead
     // of a panic on a closed stdout. (Sockets are unaffected: std sends with MSG_NOSIGNAL.)
@@ -296,17 +320,22 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         }
     };
     match dispatch(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("sesame: {e:#}");
-            if e.downcast_ref::<UsageError>().is_some() {
-                ExitCode::from(2)
-            } else if e.downcast_ref::<Unconfirmed>().is_some() {
-                ExitCode::from(3)
-            } else {
-                ExitCode::from(1)
-            }
+            ExitCode::from(exit_status(&e))
         }
+    }
+}
+
+/// The exit status for an error: 2 usage or configuration, 3 unconfirmed, else 1.
+fn exit_status(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<UsageError>().is_some() {
+        2
+    } else if e.downcast_ref::<Unconfirmed>().is_some() {
+        3
+    } else {
+        1
     }
 }
 
@@ -345,19 +374,22 @@ fn wait_value_apart(mut args: Vec<OsString>) -> Vec<OsString> {
     args
 }
 
-fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+/// Runs a command: its exit status, or the error that ends it.
+fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    let done = match cli.command {
+        // With several profiles, open prints what became of each and returns the status.
+        Command::Open(args) => return open::open(args),
         Command::Genkey => print_secret(&PrivateKey::generate().to_base64()),
         Command::Genpsk => print_secret(&PresharedKey::generate().to_base64()),
         Command::Pubkey => pubkey(),
-        Command::Open(args) => open(args),
         Command::Ports(args) => ports(args),
         Command::Run(args) => action::run(args),
         Command::Import {
             source,
             name,
+            group,
             force,
-        } => import(&source, name.as_deref(), force),
+        } => import(&source, name.as_deref(), group.as_deref(), force),
         Command::List => list(),
         Command::Proxy {
             name,
@@ -382,7 +414,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Man { dir } => manpage::man(Cli::command(), dir.as_deref()),
-    }
+    };
+    done.map(|()| 0)
 }
 
 fn family_of(ipv4: bool, ipv6: bool) -> Family {
@@ -393,45 +426,79 @@ fn family_of(ipv4: bool, ipv6: bool) -> Family {
     }
 }
 
-fn import(source: &str, name: Option<&str>, force: bool) -> anyhow::Result<()> {
-    let done = profiles::import(source, name, force)?;
-    println!(
-        "installed profile '{}' at {}",
-        done.name,
-        done.path.display()
-    );
-    for f in &done.secrets_written {
-        println!("wrote {} (mode 0600)", f.display());
+fn import(
+    source: &str,
+    name: Option<&str>,
+    group: Option<&str>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let done = profiles::import(source, name, group, force)?;
+    for p in &done.profiles {
+        println!("installed profile '{}' at {}", p.name, p.path.display());
+        for f in &p.secrets_written {
+            println!("wrote {} (mode 0600)", f.display());
+        }
     }
-    if done.key_exists {
-        println!("knock with: sesame open {}", done.name);
-    } else {
+    // One line per key file that is missing, naming the profiles that use it.
+    let mut missing: Vec<(&Path, Vec<&str>)> = Vec::new();
+    for p in done.profiles.iter().filter(|p| !p.key_exists) {
+        match missing.iter_mut().find(|(k, _)| *k == p.key_file) {
+            Some((_, names)) => names.push(&p.name),
+            None => missing.push((&p.key_file, vec![&p.name])),
+        }
+    }
+    for (key, names) in &missing {
+        let users = if done.profiles.len() == 1 {
+            "the profile uses".to_owned()
+        } else {
+            format!(
+                "the profile{} {} use{}",
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", "),
+                if names.len() == 1 { "s" } else { "" }
+            )
+        };
         println!(
-            "the profile uses the private key {}, which does not exist yet: put this client's key there (chmod 600), or make one with `sesame genkey > {}` and give its public key (`sesame pubkey < {}`) to the server's admin",
-            done.key_file.display(),
-            done.key_file.display(),
-            done.key_file.display()
+            "{users} the private key {}, which does not exist yet: put this client's key there (chmod 600), or make one with `sesame genkey > {}` and give its public key (`sesame pubkey < {}`) to the server's admin",
+            key.display(),
+            key.display(),
+            key.display()
         );
+    }
+    match &done.group {
+        Some((group, members)) => println!(
+            "group '{group}': {} (knock with: sesame open @{group})",
+            members.join(", ")
+        ),
+        None => {
+            if let [p] = &done.profiles[..] {
+                if p.key_exists {
+                    println!("knock with: sesame open {}", p.name);
+                }
+            }
+        }
     }
     Ok(())
 }
 
 fn list() -> anyhow::Result<()> {
     let all = profiles::list()?;
-    if all.is_empty() {
+    // A groups file that does not parse is shown as such: the profiles are still listed.
+    let groups = groups::list();
+    if all.is_empty() && groups.as_ref().is_ok_and(Vec::is_empty) {
         println!(
             "no profiles in {} (install one with `sesame import FILE|URI`)",
             profiles::profiles_dir()?.display()
         );
         return Ok(());
     }
-    for l in all {
-        match l.profile {
+    for l in &all {
+        match &l.profile {
             Ok(p) => {
                 let services: Vec<String> = p.open.iter().map(Service::to_string).collect();
                 let key = resolve_path(&p.private_key_file, &l.path);
                 // The very check `open` makes (key and PSK files, the server's key).
-                let keys = match load_keys(&p, &l.path) {
+                let keys = match load_keys(p, &l.path) {
                     Ok(_) => "key ok".to_owned(),
                     Err(_) if std::fs::symlink_metadata(&key).is_err() => "key missing".to_owned(),
                     Err(e) => format!("keys refused: {e}"),
@@ -449,6 +516,35 @@ fn list() -> anyhow::Result<()> {
                 );
             }
             Err(e) => println!("{:<16} invalid: {e}", l.name),
+        }
+    }
+    let groups = match groups {
+        Ok(g) => g,
+        Err(e) => {
+            println!("{:<16} invalid: {e:#}", "(groups)");
+            Vec::new()
+        }
+    };
+    for (group, members) in groups {
+        let label = format!("@{group}");
+        match members {
+            Ok(members) => {
+                let missing: Vec<&str> = members
+                    .iter()
+                    .filter(|m| !all.iter().any(|l| l.name == **m))
+                    .map(String::as_str)
+                    .collect();
+                println!(
+                    "{label:<16} {}{}",
+                    members.join(", "),
+                    if missing.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (not installed: {})", missing.join(", "))
+                    }
+                );
+            }
+            Err(e) => println!("{label:<16} invalid: {e}"),
         }
     }
     Ok(())
@@ -630,134 +726,6 @@ fn binding_for(
     )
 }
 
-fn open(args: OpenArgs) -> anyhow::Result<()> {
-    let path = args.which.path()?;
-    let k = Knocker::load(&path)?;
-    let profile = &k.profile;
-    let mut services = if args.ports.is_empty() {
-        profile.open.clone()
-    } else {
-        args.ports.clone()
-    };
-    services.dedup();
-    if services.len() > sesame_proto::MAX_SERVICES {
-        return Err(usage(format!(
-            "at most {} services fit in one knock, {} given",
-            sesame_proto::MAX_SERVICES,
-            services.len()
-        )));
-    }
-    // A lease that admits one connection is the user's: `--wait` must not connect.
-    let one_connection = profile.lease == LeaseKind::Connection;
-    let wait_port = match args.wait.as_deref() {
-        None => None,
-        Some("") if one_connection => None,
-        Some("") => Some(
-            services
-                .iter()
-                .find(|s| s.proto == sesame_proto::Proto::Tcp)
-                .map(|s| s.port)
-                .ok_or_else(|| {
-                    usage("--wait needs a tcp service to try: give one, e.g. --wait tcp/22")
-                })?,
-        ),
-        Some(text) => {
-            let s: Service = text
-                .parse()
-                .map_err(|e: sesame_proto::ServiceParseError| usage(e.to_string()))?;
-            if s.proto != sesame_proto::Proto::Tcp {
-                return Err(usage(format!(
-                    "--wait {s}: only tcp services can be confirmed"
-                )));
-            }
-            Some(s.port)
-        }
-    };
-    let target = knock::resolve(&profile.host, family_of(args.ipv4, args.ipv6))?;
-    let binding = if profile.payload == sesame_proto::PayloadMode::None && profile.params.length > 0
-    {
-        if args.bind.allow_ip.is_some() {
-            return Err(usage(
-                "--allow-ip needs a payload, but the profile has payload = \"none\"",
-            ));
-        }
-        knock::Binding {
-            address: None,
-            how: "not bound: a sequence-only knock (mode none) names no address".into(),
-        }
-    } else {
-        binding_for(&args.bind, profile, target)?
-    };
-    let plan = k.plan(target, args.time_offset, &services, binding.address)?;
-    let (what, whom) = describe(&services, &binding);
-    if args.dry_run {
-        let now = system_now().offset_millis(args.time_offset.saturating_mul(1000));
-        println!(
-            "# dry run: nothing is sent. server {target} ({}), step {} ({} s), time {}",
-            profile.host,
-            plan.counter,
-            profile.params.step_seconds,
-            format_time(now)
-        );
-        for p in &plan.packets {
-            println!("{p}");
-        }
-        println!("# asks for {what} {whom}");
-        return Ok(());
-    }
-    let delay = Duration::from_millis(args.waiting.delay_ms);
-    let Some(port) = wait_port.filter(|_| !one_connection) else {
-        knock::send(&plan, delay)?;
-        println!(
-            "knocked {} ({target}): {} packets at step {}, asking for {what} {whom}",
-            profile.host,
-            plan.packets.len(),
-            plan.counter
-        );
-        if args.wait.is_some() {
-            // What `--wait` still can do: give the knock time to land, so that the
-            // connection made right after finds the lease with its first SYN.
-            std::thread::sleep(wait::CONNECTION_LEAD);
-            eprintln!("sesame: {ONE_CONNECTION_NOTE}");
-        }
-        return Ok(());
-    };
-    let service = std::net::SocketAddr::new(target, port);
-    let policy = wait::WaitPolicy {
-        timeout: args.waiting.timeout,
-        retries: args.waiting.retries,
-        delay,
-        one_connection,
-    };
-    let offset = args.time_offset;
-    let other_address = elsewhere(args.bind.allow_ip, service);
-    if let Some(ip) = other_address {
-        eprintln!(
-            "sesame: --wait connects to {service} from this host, not from {ip}: it can confirm the knock only if the server sees this host's connections come from {ip} (a NAT's public address, say)"
-        );
-    }
-    let opened = wait::knock_and_wait(
-        &|shift| k.plan(target, offset + shift, &services, binding.address),
-        offset,
-        service,
-        policy,
-        &k.diagnosis(&binding, other_address),
-        &mut |line| eprintln!("sesame: {line}"),
-    )?;
-    if opened.answered_before {
-        return Err(anyhow::Error::new(Unconfirmed(format!(
-            "{service} already answered from this host before the knock (a lease for this address: an earlier knock's, or another client's behind the same NAT; or the port is not protected): the knock was sent, but --wait cannot confirm it"
-        ))));
-    }
-    println!(
-        "{} tcp/{port} answers (after {} knock{}, asking for {what} {whom})",
-        profile.host,
-        opened.knocks,
-        if opened.knocks == 1 { "" } else { "s" }
-    );
-    Ok(())
-}
-
 fn proxy(
     name: &str,
     host: &str,
@@ -774,8 +742,25 @@ fn proxy(
     }
     .path()?;
     let k = Knocker::load(&path)?;
-    let knock_target = knock::resolve(&k.profile.host, family)?;
+    // The knock goes over the family of the connection it relays: a knock opens only the
+    // address it names (or its source), in its own family. The other family is not knocked:
+    // nothing would use that lease.
     let service_ip = knock::resolve(host, family)?;
+    let knock_family = if service_ip.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
+    };
+    let knock_target = knock::resolve(&k.profile.host, knock_family).map_err(|e| {
+        if let sesame_net::ResolveError::NoAddressInFamily { family, .. } = &e {
+            anyhow!(
+                "proxy connects to {} over {family}, but {e}: a knock opens only the family it is sent in; connect over the other family (ssh -4 or -6), or give the profile's host an {family} address",
+                std::net::SocketAddr::new(service_ip, port)
+            )
+        } else {
+            anyhow::Error::new(e)
+        }
+    })?;
     let services = k.profile.open.clone();
     let binding =
         if k.profile.payload == sesame_proto::PayloadMode::None && k.profile.params.length > 0 {
@@ -920,9 +905,16 @@ mod tests {
         ];
         for (args, name, wait) in cases {
             let a = open_args(args);
-            assert_eq!(a.which.name.as_deref(), *name, "{args:?}");
+            assert_eq!(a.which.names.first().map(String::as_str), *name, "{args:?}");
             assert_eq!(a.wait.as_deref(), *wait, "{args:?}");
         }
+        // Several profiles and groups: every word without a '/' is a name.
+        let a = open_args(&["open", "web1", "--wait", "@prod", "db1"]);
+        assert_eq!(a.which.names, ["web1", "@prod", "db1"]);
+        assert_eq!(a.wait.as_deref(), Some(""));
+        let a = open_args(&["open", "web1", "web2", "--wait", "tcp/2222"]);
+        assert_eq!(a.which.names, ["web1", "web2"]);
+        assert_eq!(a.wait.as_deref(), Some("tcp/2222"));
         // A bare port is left to --wait, which refuses it with the right form.
         assert_eq!(
             open_args(&["open", "myserver", "--wait", "22"])

@@ -48,6 +48,10 @@ pub fn main_page(cmd: clap::Command) -> String {
             "~/.config/sesame/NAME.psk",
             "A pre-shared key the server gave, if any (mode 0600).",
         ),
+        (
+            "~/.config/sesame/groups.toml",
+            "Groups of profiles, one line each (prod = [\"web1\", \"web2\"]): sesame open @prod knocks them all. sesame import --group adds to it (a file of several profiles makes a group); it may be edited by hand.",
+        ),
     ] {
         extra.control("TP", []);
         extra.text([italic(path)]);
@@ -57,19 +61,19 @@ pub fn main_page(cmd: clap::Command) -> String {
     for (code, what) in [
         (
             "0",
-            "Success (open --wait and proxy: the service answered; open --wait with lease = \"connection\" in the profile: the knock was sent, and nothing connected to check it).",
+            "Success (open --wait and proxy: the service answered; open --wait with lease = \"connection\" in the profile: the knock was sent, and nothing connected to check it). When the server's host has IPv4 and IPv6 addresses, open knocks both, and one family that cannot be knocked (no route from this host; or no address to bind its knock to, when it is not the first address: open sends no unbound knock there) is only reported: open succeeds if the other was knocked (with --wait: if the service answered at the address it checks, the first in the resolver's order that this host has a route to).",
         ),
         (
             "1",
-            "Failure: the knock could not be sent, or with --wait the service never answered (sesame says what is likely wrong).",
+            "Failure: the knock could not be sent (over any family), or with --wait the service never answered (sesame says what is likely wrong). With several profiles: one of them failed.",
         ),
         (
             "2",
-            "Usage or configuration error: a bad option, or a profile or key file that is not valid.",
+            "Usage or configuration error: a bad option, or a profile or key file that is not valid. With several profiles, one such error stops the command before anything is sent.",
         ),
         (
             "3",
-            "open --wait: the knock was sent, but the service answered already before it (a lease for this address, or the port is not protected), so it cannot confirm that the knock worked.",
+            "open --wait: the knock was sent, but the service answered already before it (a lease for this address, or the port is not protected), so it cannot confirm that the knock worked. With several profiles: one was unconfirmed, none failed.",
         ),
     ] {
         extra.control("TP", []);
@@ -95,6 +99,18 @@ pub fn main_page(cmd: clap::Command) -> String {
         (
             "Knock, wait until ssh answers, then connect:",
             &["sesame open myserver --wait && ssh ssh.example.org"][..],
+        ),
+        (
+            "Knock over IPv4 only (by default a host with both families is knocked over both, each knock bound to this device's address in its family):",
+            &["sesame open myserver -4"][..],
+        ),
+        (
+            "Install the profiles of several servers (sesamed export-client on each, the outputs put in one file) as the group prod, then knock them all in parallel, one line each:",
+            &[
+                "sesame import fleet.toml --group prod",
+                "sesame open @prod",
+                "sesame open web1 web2 --wait",
+            ][..],
         ),
         (
             "Let OpenSSH knock (in ~/.ssh/config; with lease = \"connection\" in the profile, the connection sesame proxy relays is the only one it makes):",
@@ -171,6 +187,8 @@ mod tests {
             );
         }
         assert!(page.contains("sesame proxy myserver %h %p"), "{page}");
+        assert!(page.contains("sesame open @prod"), "{page}");
+        assert!(page.contains("groups.toml"), "{page}");
         assert_eq!(page.matches(".ie ").count(), 1, "one preamble:\n{page}");
     }
 
