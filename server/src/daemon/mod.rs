@@ -350,6 +350,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     }
     {
         let core = Rc::clone(&core);
+        let live_filter = Rc::clone(&live_filter);
         tokio::task::spawn_local(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
@@ -371,7 +372,6 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     {
         // Completed sequences whose payload did not come: wake at the tracker's next deadline.
         let core = Rc::clone(&core);
-        let live_filter = Rc::clone(&live_filter);
         tokio::task::spawn_local(async move {
             loop {
                 let next = core.borrow().tracker.poll_timeout();
