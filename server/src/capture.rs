@@ -690,8 +690,10 @@ pub async fn run_capture<F>(
             &name,
             &mut buf,
             &mut on_packet,
-            &mut range,
-            &mut live,
+            Filters {
+                range: &mut range,
+                live: &mut live,
+            },
         )
         .await;
         failing = true;
@@ -708,6 +710,12 @@ pub async fn run_capture<F>(
     }
 }
 
+/// What tells a capture task its filter: the knock range (a reload) and the live filter.
+struct Filters<'a> {
+    range: &'a mut tokio::sync::watch::Receiver<(u16, u16)>,
+    live: &'a mut tokio::sync::watch::Receiver<Wanted>,
+}
+
 async fn read_until_lost<F>(
     fd: &AsyncFd<Socket>,
     interface: Option<&str>,
@@ -715,12 +723,12 @@ async fn read_until_lost<F>(
     name: &str,
     buf: &mut [u8],
     on_packet: &mut F,
-    range: &mut tokio::sync::watch::Receiver<(u16, u16)>,
-    live: &mut tokio::sync::watch::Receiver<Wanted>,
+    filters: Filters<'_>,
 ) -> Lost
 where
     F: FnMut(&[u8]),
 {
+    let Filters { range, live } = filters;
     let mut check = tokio::time::interval(Duration::from_secs(1));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Set when the kernel reported the interface down; cleared (and logged) when it is up again.
