@@ -259,6 +259,22 @@ impl Fixture {
             .connects_within(from, self.svc(family, port), Duration::from_secs(3))
     }
 
+    /// True once a new connection from `from` to the server's `port` in `family` fails,
+    /// trying for up to 3 s. Use it where a lease must have ended: sesamed logs `lease ended`
+    /// when it decides, a moment before the firewall element is gone.
+    pub fn closes(&self, from: Host, family: Family, port: u16) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            if !self.connects(from, family, port) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Asserts that the client (and the attacker) cannot connect to `port` in `family`.
     pub fn assert_closed(&self, family: Family, port: u16, what: &str) {
         for host in [Host::Client, Host::Attacker] {
