@@ -143,7 +143,29 @@ fn remove_stale_namespaces() {
             let _ = Command::new("ip").args(["netns", "del", name]).output();
         }
     }
+    // Hosts files of namespaces of earlier runs ([`Lab::set_hosts`]).
+    let Ok(dirs) = std::fs::read_dir(NETNS_ETC) else {
+        return;
+    };
+    for d in dirs.flatten() {
+        let name = d.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&format!("{PREFIX}-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(d.path());
+        }
+    }
 }
+
+/// Where `ip netns exec NS` finds files to bind-mount over those of `/etc` (`/etc/netns/NS/`).
+pub const NETNS_ETC: &str = "/etc/netns";
+
+/// Whether a lab made [`NETNS_ETC`] (then the last lab removes it once it is empty).
+static MADE_NETNS_ETC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn sh_ok(args: &[&str]) -> Result<String, String> {
     let o = Command::new(args[0])
@@ -1113,6 +1135,31 @@ impl Lab {
         p
     }
 
+    /// Writes the hosts file of a host's namespace: `ip netns exec`, which runs every command
+    /// of the lab there, bind-mounts `/etc/netns/NS/hosts` over `/etc/hosts`, so names resolve
+    /// as `lines` say (`ADDRESS NAME...` lines, after localhost's). Removed with the lab.
+    pub fn set_hosts(&self, host: Host, lines: &str) {
+        let dir = Path::new(NETNS_ETC).join(self.ns(host));
+        if !Path::new(NETNS_ETC).exists() {
+            MADE_NETNS_ETC.store(true, Ordering::SeqCst);
+        }
+        // Another lab may remove an empty /etc/netns between the two mkdirs: try again.
+        let mut made = std::fs::create_dir_all(&dir);
+        for _ in 0..3 {
+            if made.is_ok() {
+                break;
+            }
+            made = std::fs::create_dir_all(&dir);
+        }
+        made.unwrap_or_else(|e| panic!("lab {}: create {}: {e}", self.tag, dir.display()));
+        let file = dir.join("hosts");
+        std::fs::write(
+            &file,
+            format!("127.0.0.1 localhost\n::1 localhost\n{lines}"),
+        )
+        .unwrap_or_else(|e| panic!("lab {}: write {}: {e}", self.tag, file.display()));
+    }
+
     /// `nft list ruleset` in the server namespace (for messages).
     pub fn server_ruleset(&self) -> String {
         let o = self.run(Host::Server, "nft", &["list", "ruleset"]);
@@ -1147,6 +1194,11 @@ impl Drop for Lab {
         }
         for ns in &created {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            // A hosts file written by `set_hosts`; /etc/netns itself once no lab uses it.
+            let _ = std::fs::remove_dir_all(Path::new(NETNS_ETC).join(ns));
+        }
+        if MADE_NETNS_ETC.load(Ordering::SeqCst) {
+            let _ = std::fs::remove_dir(NETNS_ETC);
         }
         let keep = std::env::var("SESAME_E2E_KEEP").is_ok_and(|v| !v.is_empty() && v != "0");
         if keep {
