@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sesame_keys::{PresharedKey, PrivateKey, PublicKey};
 use sesame_proto::{
-    ConfigError, DEFAULT_LENGTH, DEFAULT_PORT_RANGE, DEFAULT_STEP_SECONDS, IpNet, KnockParams,
-    KnockProtocol, ParamsError, PayloadMode, Service, UnixMillis,
+    ArgumentRule, ConfigError, DEFAULT_LENGTH, DEFAULT_PORT_RANGE, DEFAULT_STEP_SECONDS, IpNet,
+    KnockParams, KnockProtocol, ParamsError, PayloadMode, Service, UnixMillis,
 };
 use toml::Spanned;
 
@@ -163,6 +163,36 @@ pub struct ClientConfig {
     pub lease_prefix_v4: u8,
     /// The IPv6 block a grant opens: 128 (the address alone, the default) down to 48.
     pub lease_prefix_v6: u8,
+    /// The `[[action]]`s it may run, by name.
+    pub actions: Vec<String>,
+}
+
+/// The account an action runs as when its `user` is not set.
+pub const DEFAULT_ACTION_USER: &str = "nobody";
+
+/// The placeholders an action's `command` may hold.
+pub const ACTION_PLACEHOLDERS: [&str; 3] = ["{client}", "{source}", "{argument}"];
+
+/// An `[[action]]`: a command the administrator configured, which a knock names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ActionConfig {
+    /// The name a knock carries (1 to 16 characters of `a-z 0-9 _ -`).
+    pub name: String,
+    /// The argv, never a shell: an absolute program path, then its arguments, which may hold
+    /// the placeholders `{client}`, `{source}` and `{argument}`.
+    pub command: Vec<String>,
+    /// The account it runs as.
+    pub user: String,
+    /// Whether it may run as root (uid 0).
+    pub allow_root: bool,
+    /// It is killed (its whole process group) after this many milliseconds.
+    pub timeout_ms: u64,
+    /// Per client, the time after a run before the same client's knock runs it again.
+    pub cooldown_ms: u64,
+    /// Most runs of it at once.
+    pub max_concurrent: usize,
+    /// The argument a knock may carry for it.
+    pub argument: ArgumentRule,
 }
 
 /// A validated configuration.
@@ -188,6 +218,8 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `[[client]]`s.
     pub clients: Vec<ClientConfig>,
+    /// `[[action]]`s.
+    pub actions: Vec<ActionConfig>,
 }
 
 /// The secrets a configuration points at.
@@ -217,6 +249,38 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default, rename = "client")]
     clients: Vec<RawClient>,
+    #[serde(default, rename = "action")]
+    actions: Vec<RawAction>,
+}
+
+/// `[[action]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAction {
+    name: Spanned<String>,
+    command: Spanned<Vec<String>>,
+    #[serde(default)]
+    user: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_root: bool,
+    #[serde(default = "default_action_timeout")]
+    timeout_ms: Spanned<u64>,
+    #[serde(default = "default_action_cooldown")]
+    cooldown_ms: Spanned<u64>,
+    #[serde(default = "default_action_concurrency")]
+    max_concurrent: Spanned<u64>,
+    #[serde(default)]
+    argument: Option<Spanned<String>>,
+}
+
+fn default_action_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 30_000)
+}
+fn default_action_cooldown() -> Spanned<u64> {
+    Spanned::new(0..0, 5_000)
+}
+fn default_action_concurrency() -> Spanned<u64> {
+    Spanned::new(0..0, 1)
 }
 
 /// `[metrics]`.
@@ -388,6 +452,8 @@ struct RawClient {
     lease_prefix_v4: Option<Spanned<u8>>,
     #[serde(default)]
     lease_prefix_v6: Option<Spanned<u8>>,
+    #[serde(default)]
+    actions: Option<Spanned<Vec<String>>>,
 }
 
 fn span_of<T>(s: &Spanned<T>) -> Option<Range<usize>> {
@@ -430,6 +496,151 @@ pub fn parse_rfc3339(s: &str) -> Result<UnixMillis, String> {
     u64::try_from(t.unix_timestamp_nanos() / 1_000_000)
         .map(UnixMillis)
         .map_err(|_| format!("'{s}' is before 1970"))
+}
+
+/// Validates the `[[action]]` tables.
+fn parse_actions(
+    raw: &[RawAction],
+    err: &impl Fn(Option<Range<usize>>, &str, String) -> ConfigError,
+) -> Result<Vec<ActionConfig>, ConfigError> {
+    let mut out: Vec<ActionConfig> = Vec::with_capacity(raw.len());
+    for a in raw {
+        let name = a.name.get_ref().clone();
+        if !sesame_proto::is_action_name(name.as_bytes()) {
+            return Err(err(
+                span_of(&a.name),
+                "action.name",
+                format!("'{name}' is not an action name (1 to 16 characters of a-z, 0-9, _ and -)"),
+            ));
+        }
+        if out.iter().any(|x| x.name == name) {
+            return Err(err(
+                span_of(&a.name),
+                "action.name",
+                format!("'{name}' is used by two actions"),
+            ));
+        }
+        let argument = match &a.argument {
+            None => ArgumentRule::None,
+            Some(text) => ArgumentRule::parse(text.get_ref()).map_err(|e| {
+                err(
+                    span_of(text),
+                    "action.argument",
+                    format!("action '{name}': {e}"),
+                )
+            })?,
+        };
+        let command = a.command.get_ref().clone();
+        let command_error = |message: String| {
+            err(
+                span_of(&a.command),
+                "action.command",
+                format!("action '{name}': {message}"),
+            )
+        };
+        let Some(program) = command.first() else {
+            return Err(command_error(
+                "must name a program, e.g. [\"/usr/bin/wakeonlan\", \"{argument}\"]".into(),
+            ));
+        };
+        if !program.starts_with('/') || program.contains('{') {
+            return Err(command_error(format!(
+                "the first element must be the program's absolute path (no shell, no PATH lookup, no placeholder), found '{program}'"
+            )));
+        }
+        for word in &command {
+            if word.contains('\0') {
+                return Err(command_error("an element holds a NUL character".into()));
+            }
+            if let Some(unknown) = unknown_placeholder(word) {
+                return Err(command_error(format!(
+                    "unknown placeholder {unknown} (the placeholders are {{client}}, {{source}} and {{argument}})"
+                )));
+            }
+            if word.contains("{argument}") && !argument.takes_argument() {
+                return Err(command_error(
+                    "uses {argument}, but the action takes none (set argument = \"^[CLASS]{m,n}$\")"
+                        .into(),
+                ));
+            }
+        }
+        let user = match &a.user {
+            Some(u) if !is_simple_name(u.get_ref(), 32) => {
+                return Err(err(
+                    span_of(u),
+                    "action.user",
+                    format!("action '{name}': '{}' is not a user name", u.get_ref()),
+                ));
+            }
+            Some(u) => u.get_ref().clone(),
+            None => DEFAULT_ACTION_USER.to_owned(),
+        };
+        if user == "root" && !a.allow_root {
+            return Err(err(
+                a.user.as_ref().and_then(span_of),
+                "action.user",
+                format!(
+                    "action '{name}': running as root needs allow_root = true (and sesamed started as root)"
+                ),
+            ));
+        }
+        let timeout_ms = *a.timeout_ms.get_ref();
+        if !(100..=3_600_000).contains(&timeout_ms) {
+            return Err(err(
+                span_of(&a.timeout_ms),
+                "action.timeout_ms",
+                format!("action '{name}': must be between 100 and 3600000, found {timeout_ms}"),
+            ));
+        }
+        let cooldown_ms = *a.cooldown_ms.get_ref();
+        if cooldown_ms > 86_400_000 {
+            return Err(err(
+                span_of(&a.cooldown_ms),
+                "action.cooldown_ms",
+                format!("action '{name}': must be at most 86400000 (a day), found {cooldown_ms}"),
+            ));
+        }
+        let max_concurrent = *a.max_concurrent.get_ref();
+        if !(1..=64).contains(&max_concurrent) {
+            return Err(err(
+                span_of(&a.max_concurrent),
+                "action.max_concurrent",
+                format!("action '{name}': must be between 1 and 64, found {max_concurrent}"),
+            ));
+        }
+        out.push(ActionConfig {
+            name,
+            command,
+            user,
+            allow_root: a.allow_root,
+            timeout_ms,
+            cooldown_ms,
+            max_concurrent: max_concurrent as usize,
+            argument,
+        });
+    }
+    Ok(out)
+}
+
+/// The first `{word}` in `text` (word: lower-case letters and `_`) that is not one of the
+/// [`ACTION_PLACEHOLDERS`]. Other braces are literal text.
+fn unknown_placeholder(text: &str) -> Option<String> {
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let word_len = after
+            .bytes()
+            .take_while(|b| b.is_ascii_lowercase() || *b == b'_')
+            .count();
+        if word_len > 0 && after.as_bytes().get(word_len) == Some(&b'}') {
+            let placeholder = &rest[open..open + word_len + 2];
+            if !ACTION_PLACEHOLDERS.contains(&placeholder) {
+                return Some(placeholder.to_owned());
+            }
+        }
+        rest = after;
+    }
+    None
 }
 
 impl Config {
@@ -666,6 +877,8 @@ impl Config {
             None => None,
         };
 
+        let actions = parse_actions(&raw.actions, &err)?;
+
         let mut clients = Vec::with_capacity(raw.clients.len());
         let mut by_key: HashMap<PublicKey, String> = HashMap::new();
         let mut by_name: HashMap<String, ()> = HashMap::new();
@@ -787,6 +1000,38 @@ impl Config {
             };
             let lease_prefix_v4 = prefix(&c.lease_prefix_v4, "client.lease_prefix_v4", 24, 32)?;
             let lease_prefix_v6 = prefix(&c.lease_prefix_v6, "client.lease_prefix_v6", 48, 128)?;
+            let mut allowed_actions: Vec<String> = Vec::new();
+            if let Some(list) = &c.actions {
+                for a in list.get_ref() {
+                    if !actions.iter().any(|x| x.name == *a) {
+                        let known: Vec<&str> = actions.iter().map(|x| x.name.as_str()).collect();
+                        return Err(err(
+                            span_of(list),
+                            "client.actions",
+                            format!(
+                                "client '{name}': there is no [[action]] named '{a}' (actions: {})",
+                                if known.is_empty() {
+                                    "none".to_owned()
+                                } else {
+                                    known.join(", ")
+                                }
+                            ),
+                        ));
+                    }
+                    if !allowed_actions.contains(a) {
+                        allowed_actions.push(a.clone());
+                    }
+                }
+                if !allowed_actions.is_empty() && payload == PayloadMode::None {
+                    return Err(err(
+                        span_of(list),
+                        "client.actions",
+                        format!(
+                            "client '{name}': an action is named in the payload, but knock.payload is \"none\""
+                        ),
+                    ));
+                }
+            }
             clients.push(ClientConfig {
                 name,
                 public_key,
@@ -798,6 +1043,7 @@ impl Config {
                 expires,
                 lease_prefix_v4,
                 lease_prefix_v6,
+                actions: allowed_actions,
             });
         }
 
@@ -847,7 +1093,26 @@ impl Config {
             },
             metrics_listen,
             clients,
+            actions,
         })
+    }
+
+    /// The argument rules of the actions a client may run (for the tracker's policy).
+    pub fn allowed_actions(&self, client: &ClientConfig) -> Vec<sesame_proto::AllowedAction> {
+        client
+            .actions
+            .iter()
+            .filter_map(|n| self.actions.iter().find(|a| a.name == *n))
+            .map(|a| sesame_proto::AllowedAction {
+                name: a.name.clone(),
+                argument: a.argument.clone(),
+            })
+            .collect()
+    }
+
+    /// The action named `name`.
+    pub fn action(&self, name: &str) -> Option<&ActionConfig> {
+        self.actions.iter().find(|a| a.name == name)
     }
 
     /// The block sizes the clients' leases use (`lease_prefix_v4`/`_v6`; 32 and 128 included).

@@ -3,6 +3,7 @@
 //! The binary is a thin `main` around [`main`]. Unsafe code lives only in [`capture`].
 #![deny(unsafe_code)]
 
+pub mod action;
 #[allow(unsafe_code)]
 pub mod capture;
 pub mod config;
@@ -101,6 +102,14 @@ enum Command {
         /// Print the counters in Prometheus text format.
         #[arg(long)]
         prometheus: bool,
+    },
+    /// The action runner: started by `sesamed run` (with a pipe pair) when the configuration
+    /// has actions; not for people.
+    #[command(hide = true)]
+    ActionRunner {
+        /// The configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
     },
     /// Print the client profile for NAME (the TOML that `sesame open --profile` reads).
     ExportClient {
@@ -370,11 +379,17 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             };
         }
     };
-    if !matches!(cli.command, Command::Run { .. }) {
+    if !matches!(
+        cli.command,
+        Command::Run { .. } | Command::ActionRunner { .. }
+    ) {
         // The one-shot commands end quietly when a pipe reader goes away (`sesamed status |
         // head`). The daemon keeps Rust's default (SIGPIPE ignored): a control-socket peer
         // that disconnects must never kill it.
         sigpipe::reset();
+    }
+    if let Command::ActionRunner { config } = &cli.command {
+        return action::runner::main(config);
     }
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -400,6 +415,8 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             config,
             as_user: Some(user),
         } => check_as_user(&config, &user),
+        // It says why it stops on its pipe to the daemon, which logs it; handled in `run`.
+        Command::ActionRunner { .. } => Ok(()),
         Command::GateRules { config } => {
             let config = Config::load(&config).map_err(config_error)?;
             match firewall::AnyFirewall::from_config(&config) {
@@ -422,9 +439,12 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         } => {
             let config = Config::load(&config).map_err(config_error)?;
             let secrets = config.load_secrets().map_err(config_error)?;
+            let action_notes = action::check(&config)
+                .map_err(|e| config_error(format!("{}: {e}", config.path.display())))?;
             for note in knock_notes(&config)
                 .into_iter()
                 .chain(prefix_notes(&config))
+                .chain(action_notes)
             {
                 eprintln!("sesamed: note: {note}");
             }
@@ -456,7 +476,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             let p = &config.knock.params;
             println!(
-                "{}: ok ({}, knock range {}-{}, length {}, {} knocks, payload {}, backend {}, protecting {})",
+                "{}: ok ({}, knock range {}-{}, length {}, {} knocks, payload {}, backend {}, protecting {}{})",
                 config.path.display(),
                 config::count(config.clients.len(), "client", "clients"),
                 p.port_lo,
@@ -471,8 +491,12 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                     .iter()
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                actions_summary(&config)
             );
+            for line in action::describe(&config) {
+                println!("{line}");
+            }
             Ok(())
         }
         Command::Status {
@@ -797,6 +821,23 @@ fn check_as_user(config: &std::path::Path, user: &str) -> Result<(), Failure> {
             message: format!("the check as {user} was killed"),
         }),
     }
+}
+
+/// `; actions wake, restart-vpn` for check's summary line (nothing without actions).
+fn actions_summary(config: &Config) -> String {
+    if config.actions.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = config.actions.iter().map(|a| a.name.as_str()).collect();
+    format!(
+        "; {} {}",
+        if names.len() == 1 {
+            "action"
+        } else {
+            "actions"
+        },
+        names.join(", ")
+    )
 }
 
 /// What `[knock]` means for clients on networks that block UDP (`sesamed check`).

@@ -146,7 +146,7 @@ pub fn config_page() -> String {
     r.text([italic(DEFAULT_CONFIG)]);
     r.control("SH", ["DESCRIPTION"]);
     r.text([roman(
-        "sesamed(1) reads a TOML file: top-level keys, then the [knock] and [firewall] tables, the optional [metrics] table and one [[client]] table per client. Unknown keys are refused; sesamed check validates the file and the key files it names.",
+        "sesamed(1) reads a TOML file: top-level keys, then the [knock] and [firewall] tables, the optional [metrics] table, one [[client]] table per client and one [[action]] table per action. Unknown keys are refused; sesamed check validates the file and the key files it names.",
     )]);
     r.control("PP", []);
     r.text([roman(
@@ -164,6 +164,7 @@ pub fn config_page() -> String {
         let title = match section.table.as_str() {
             "" => "TOP-LEVEL KEYS".to_owned(),
             "client" => "[[client]]".to_owned(),
+            "action" => "[[action]]".to_owned(),
             t => format!("[{t}]"),
         };
         r.control("SH", [title.as_str()]);
@@ -172,7 +173,7 @@ pub fn config_page() -> String {
             for (i, key) in entry.keys.iter().enumerate() {
                 r.control(if i == 0 { "TP" } else { "TQ" }, []);
                 let mut tag = vec![bold(key.name.as_str()), roman(format!(" = {}", key.value))];
-                if key.commented && section.table != "client" {
+                if key.commented && section.table != "client" && section.table != "action" {
                     tag.push(roman(" (commented out)"));
                 }
                 r.text(tag);

@@ -196,3 +196,48 @@ pub fn drop_privileges(user: Option<&str>, state_dir: &Path) -> Result<Dropped, 
         gid: Gid::effective().as_raw(),
     })
 }
+
+/// The capabilities the action runner keeps when an action runs as another account than its
+/// own: switching to it (CAP_SETUID, CAP_SETGID) and signalling its process group at the
+/// timeout (CAP_KILL: a process may signal another account's processes only with it).
+pub const RUNNER_KEPT: [Capability; 3] = [
+    Capability::CAP_SETUID,
+    Capability::CAP_SETGID,
+    Capability::CAP_KILL,
+];
+
+/// The action runner's privileges, set once before it serves a single request: with
+/// `switch_users`, exactly [`RUNNER_KEPT`] (those it has), otherwise no capability at all, in
+/// every set (ambient, inheritable, effective, permitted, and the bounding set when it may
+/// shrink it); no supplementary groups when it keeps CAP_SETGID (the commands start without
+/// them); `no_new_privs`. Its uid stays what it was started as. Returns what it kept.
+pub fn drop_for_runner(switch_users: bool) -> Result<Vec<Capability>, PrivilegeError> {
+    let permitted = caps::read(None, CapSet::Permitted).map_err(sys("reading capabilities"))?;
+    let keep: HashSet<Capability> = if switch_users {
+        RUNNER_KEPT
+            .into_iter()
+            .filter(|c| permitted.contains(c))
+            .collect()
+    } else {
+        HashSet::new()
+    };
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        for cap in caps::all() {
+            if !keep.contains(&cap) {
+                caps::drop(None, CapSet::Bounding, cap)
+                    .map_err(sys("dropping the bounding set"))?;
+            }
+        }
+    }
+    if keep.contains(&Capability::CAP_SETGID) {
+        nix::unistd::setgroups(&[]).map_err(nix_err("setgroups"))?;
+    }
+    caps::clear(None, CapSet::Ambient).map_err(sys("clearing ambient capabilities"))?;
+    caps::clear(None, CapSet::Inheritable).map_err(sys("clearing inheritable capabilities"))?;
+    caps::set(None, CapSet::Effective, &keep).map_err(sys("setting effective capabilities"))?;
+    caps::set(None, CapSet::Permitted, &keep).map_err(sys("setting permitted capabilities"))?;
+    nix::sys::prctl::set_no_new_privs().map_err(nix_err("PR_SET_NO_NEW_PRIVS"))?;
+    let mut kept: Vec<Capability> = keep.into_iter().collect();
+    kept.sort_by_key(|c| c.index());
+    Ok(kept)
+}

@@ -32,15 +32,16 @@ fn with_example_client(text: &str) -> String {
     let mut out = String::new();
     let mut in_client = false;
     for line in text.lines() {
-        // The commented-out tables: `# [metrics]` (off by default) and `# [[client]]`.
-        if line.trim() == "# [[client]]" || line.trim() == "# [metrics]" {
+        // The commented-out tables: `# [metrics]` (off by default), `# [[client]]` and
+        // `# [[action]]`.
+        if ["# [[client]]", "# [metrics]", "# [[action]]"].contains(&line.trim()) {
             in_client = true;
         }
         let body = line.strip_prefix("# ").unwrap_or(line);
         let is_key = body.split_once(" = ").is_some_and(|(k, _)| {
             !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
         });
-        if in_client && (body == "[[client]]" || body == "[metrics]" || is_key) {
+        if in_client && (["[[client]]", "[metrics]", "[[action]]"].contains(&body) || is_key) {
             out.push_str(body);
         } else {
             out.push_str(line);
@@ -151,6 +152,7 @@ fn the_example_configuration_mentions_every_key() {
         ("[firewall]", "firewall."),
         ("[metrics]", "metrics."),
         ("[[client]]", "client."),
+        ("[[action]]", "action."),
     ] {
         let keys = config_section_keys(&text, header);
         let least = if header == "[metrics]" { 1 } else { 5 };
@@ -159,10 +161,10 @@ fn the_example_configuration_mentions_every_key() {
             total += 1;
             // Sections are tables, not `key =` lines.
             if header.is_empty()
-                && ["knock", "firewall", "metrics", "client"].contains(&key.as_str())
+                && ["knock", "firewall", "metrics", "client", "action"].contains(&key.as_str())
             {
-                let table = if key == "client" {
-                    "[[client]]".to_owned()
+                let table = if key == "client" || key == "action" {
+                    format!("[[{key}]]")
                 } else {
                     format!("[{key}]")
                 };
@@ -269,10 +271,11 @@ fn all_config_keys() -> Vec<(String, String)> {
         ("[firewall]", "firewall"),
         ("[metrics]", "metrics"),
         ("[[client]]", "client"),
+        ("[[action]]", "action"),
     ] {
         for key in config_section_keys(&text, header) {
             if header.is_empty()
-                && ["knock", "firewall", "metrics", "client"].contains(&key.as_str())
+                && ["knock", "firewall", "metrics", "client", "action"].contains(&key.as_str())
             {
                 continue;
             }
@@ -314,6 +317,7 @@ fn the_configuration_manual_page_has_every_key() {
         let title = match table.as_str() {
             "" => "TOP-LEVEL KEYS".to_owned(),
             "client" => "[[client]]".to_owned(),
+            "action" => "[[action]]".to_owned(),
             t => format!("[{t}]"),
         };
         let body = section(&title);
