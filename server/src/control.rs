@@ -40,6 +40,47 @@ pub struct ClientStatus {
     pub last_result: Option<String>,
 }
 
+/// An `[[action]]` and its last run, as `sesamed status` shows them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ActionStatus {
+    /// The action.
+    pub name: String,
+    /// The account it runs as.
+    pub user: String,
+    /// Runs going now.
+    pub running: u64,
+    /// When its last run started (RFC 3339), if it ran since sesamed started.
+    pub last_run: Option<String>,
+    /// For which client.
+    pub last_client: Option<String>,
+    /// From which source address that client's knock came.
+    pub last_source: Option<String>,
+    /// How it ended: `exited`, `killed`, `failed`, or `running`.
+    pub last_outcome: Option<String>,
+    /// Its exit status, when it exited.
+    pub last_code: Option<u8>,
+    /// How long it ran, in milliseconds, once it ended.
+    pub last_ms: Option<u64>,
+    /// Knocks for it by outcome since sesamed started: `exited_zero`, `exited_nonzero`,
+    /// `killed` (at its timeout), `failed` (it never ran: no runner, the program could not
+    /// start, the runner refused it), and not run: `cooldown` (the client's), `busy`
+    /// (`max_concurrent`), `other_ip` (the knock came from another address than the one its
+    /// payload names).
+    pub outcomes: std::collections::BTreeMap<String, u64>,
+}
+
+/// The action runner (`sesamed action-runner`), as `sesamed status` shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunnerStatus {
+    /// `running`, or `exited` (then no action runs until a reload starts a new runner or
+    /// sesamed restarts).
+    pub state: String,
+    /// Its process id, while it runs.
+    pub pid: Option<u32>,
+    /// When it exited (RFC 3339).
+    pub since: Option<String>,
+}
+
 /// Counters since sesamed started.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Counters {
@@ -184,6 +225,12 @@ pub struct Status {
     pub leases: Vec<LeaseStatus>,
     /// Clients and their last knock.
     pub clients: Vec<ClientStatus>,
+    /// `[[action]]`s and their last run.
+    #[serde(default)]
+    pub actions: Vec<ActionStatus>,
+    /// The action runner; none without actions.
+    #[serde(default)]
+    pub action_runner: Option<RunnerStatus>,
     /// Counters.
     pub counters: Counters,
 }
@@ -515,5 +562,44 @@ pub fn prometheus(status: &Status) -> String {
             "sesamed_rejections_total{{reason=\"{reason}\"}} {n}\n"
         ));
     }
+    if !status.actions.is_empty() {
+        out.push_str("# HELP sesamed_actions_total Accepted knocks for an action, by outcome: exited_zero, exited_nonzero, killed (at its timeout), failed (never ran), and not run: cooldown, busy (max_concurrent), other_ip (sent from another address than its payload names).\n# TYPE sesamed_actions_total counter\n");
+        for a in &status.actions {
+            for outcome in ACTION_OUTCOMES {
+                let n = a.outcomes.get(outcome).copied().unwrap_or(0);
+                out.push_str(&format!(
+                    "sesamed_actions_total{{action=\"{}\",outcome=\"{outcome}\"}} {n}\n",
+                    a.name
+                ));
+            }
+        }
+        out.push_str("# HELP sesamed_actions_running Runs of an action going now.\n# TYPE sesamed_actions_running gauge\n");
+        for a in &status.actions {
+            out.push_str(&format!(
+                "sesamed_actions_running{{action=\"{}\"}} {}\n",
+                a.name, a.running
+            ));
+        }
+        let up = status
+            .action_runner
+            .as_ref()
+            .is_some_and(|r| r.state == "running");
+        out.push_str(&format!(
+            "# HELP sesamed_action_runner_up Whether the action runner runs (0: no action can run).\n# TYPE sesamed_action_runner_up gauge\nsesamed_action_runner_up {}\n",
+            u8::from(up)
+        ));
+    }
     out
 }
+
+/// The outcomes `sesamed_actions_total` counts (every one is printed, 0 included, so a rate
+/// over it works from the first scrape).
+pub const ACTION_OUTCOMES: [&str; 7] = [
+    "exited_zero",
+    "exited_nonzero",
+    "killed",
+    "failed",
+    "cooldown",
+    "busy",
+    "other_ip",
+];

@@ -738,6 +738,46 @@ fn human_status(s: &control::Status) -> String {
             }
         }
     }
+    if !s.actions.is_empty() {
+        let runner = match &s.action_runner {
+            Some(r) if r.state == "running" => {
+                format!("runner running, pid {}", r.pid.unwrap_or(0))
+            }
+            Some(r) => format!(
+                "the runner {} at {}: no action runs",
+                r.state,
+                r.since.as_deref().unwrap_or("?")
+            ),
+            None => "no runner: no action runs".to_owned(),
+        };
+        let _ = writeln!(out, "actions ({}; {runner}):", s.actions.len());
+        for a in &s.actions {
+            let last = match (&a.last_run, &a.last_client, &a.last_source, &a.last_outcome) {
+                (Some(at), Some(client), Some(src), Some(outcome)) => {
+                    let how = match (outcome.as_str(), a.last_code, a.last_ms) {
+                        ("running", _, _) => "running".to_owned(),
+                        (o, Some(code), Some(ms)) => format!("{o} {code} in {ms} ms"),
+                        (o, None, Some(ms)) => format!("{o} after {ms} ms"),
+                        (o, _, None) => o.to_owned(),
+                    };
+                    format!("last run {at} for {client} from {src}: {how}")
+                }
+                _ => "no run since start".to_owned(),
+            };
+            let counts: Vec<String> = a.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(
+                out,
+                "  {:<16} as {}: {last}{}",
+                a.name,
+                a.user,
+                if counts.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", counts.join(", "))
+                }
+            );
+        }
+    }
     let c = &s.counters;
     let _ = writeln!(
         out,

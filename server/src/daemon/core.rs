@@ -100,6 +100,8 @@ pub(super) struct Core {
     pub(super) timer: Rc<tokio::sync::Notify>,
     /// The knock range the capture sockets filter for (a reload may change it).
     pub(super) capture_range: tokio::sync::watch::Sender<(u16, u16)>,
+    /// Actions: the runner, cooldowns, caps, last runs.
+    pub(super) actions: Rc<std::cell::RefCell<super::actions::Actions>>,
 }
 
 impl Core {
@@ -191,16 +193,27 @@ impl Core {
                         }
                     },
                 );
-                let job = GrantJob {
-                    client: key,
-                    client_name: self.name(g.client).to_owned(),
-                    source: g.source,
-                    address: g.address,
-                    prefix,
-                    services: g.services.clone(),
-                };
-                if self.grants.send(FwMsg::Grant(job)).is_err() {
-                    tracing::error!("firewall task is gone; grant dropped");
+                // A knock for an action alone opens nothing.
+                if g.action.is_none() || !g.services.is_empty() {
+                    let job = GrantJob {
+                        client: key,
+                        client_name: self.name(g.client).to_owned(),
+                        source: g.source,
+                        address: g.address,
+                        prefix,
+                        services: g.services.clone(),
+                    };
+                    if self.grants.send(FwMsg::Grant(job)).is_err() {
+                        tracing::error!("firewall task is gone; grant dropped");
+                    }
+                }
+                // Its replay state is saved (above): a replay of this knock never gets here.
+                if let Some(action) = &g.action {
+                    let name = self.name(g.client).to_owned();
+                    let bound = g.bound.then_some(g.address);
+                    self.actions
+                        .borrow_mut()
+                        .request(&name, g.source, bound, action);
                 }
             }
             Event::Rejected {

@@ -8,8 +8,10 @@
 //! * [`core`]: the packet path and the persistence of replay state;
 //! * [`firewall_task`]: leases ([`crate::lease::LeaseTable`]) and the backend;
 //! * [`reload`]: a new configuration without a restart;
-//! * [`status`]: what the control socket reports.
+//! * [`status`]: what the control socket reports;
+//! * [`actions`]: the action runner, and what becomes of a knock's action.
 
+mod actions;
 mod core;
 mod firewall_task;
 mod reload;
@@ -76,6 +78,9 @@ pub enum StartError {
     /// Another sesamed runs on the same state directory or nftables table.
     #[error("{0}")]
     Instance(#[from] crate::instance::InstanceError),
+    /// The action runner could not start (the configuration has `[[action]]`s).
+    #[error("{0}")]
+    Actions(String),
     /// The async runtime could not start.
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
@@ -140,7 +145,7 @@ fn client_entries(config: &Config, secrets: &Secrets) -> Result<Vec<ClientEntry>
                     allow_other_ip: c.allow_other_ip,
                     require_address: c.require_address,
                     expires: c.expires,
-                    actions: Vec::new(),
+                    actions: config.allowed_actions(c),
                 },
             })
         })
@@ -185,6 +190,15 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         _ => None,
     };
     let _instance = crate::instance::InstanceLock::acquire(&config.state_dir, table)?;
+    // The action runner starts now, with the privileges sesamed started with (it keeps only
+    // what the actions need), before any socket is open and before the privileges are dropped.
+    let actions = actions::Actions::new(&config);
+    if !config.actions.is_empty() {
+        let spawned = actions::spawn_runner(&config)
+            .await
+            .map_err(StartError::Actions)?;
+        actions::Actions::attach(&actions, spawned);
+    }
     control::ensure_free(&config.control_socket).map_err(|source| StartError::Control {
         path: config.control_socket.display().to_string(),
         source,
@@ -294,6 +308,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         server_key: secrets.server_key.clone(),
         timer: Rc::clone(&timer),
         capture_range: range_tx,
+        actions: Rc::clone(&actions),
     }));
     let clock = Clock::new();
     let fw_state = Rc::new(RefCell::new(FwState {
@@ -471,6 +486,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     }
     tracing::info!(
         clients = config.clients.len(),
+        actions = config.actions.len(),
         backend = %backend,
         interfaces = %config.interfaces,
         port_range = %format!("{lo}-{hi}"),
@@ -484,6 +500,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
 
     wait_for_stop().await;
     tracing::info!("stopping");
+    actions.borrow_mut().stopping();
     // The firewall task closes what needs closing (command-backend leases); the nftables
     // table stays, so the services stay hidden and granted elements expire in the kernel.
     let _ = stop_tx.send(());

@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use sesame_keys::PublicKey;
 
+use super::actions::Actions;
 use super::core::{Core, LastKnock};
 use super::firewall_task::FwMsg;
 use super::{client_entries, lease_policy, system_now, tracker_config};
@@ -18,6 +19,10 @@ use sesame_proto::Tracker;
 /// firewall settings are applied, leases and replay state are kept. A configuration with
 /// errors is refused and the running one keeps serving.
 pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
+    // One reload at a time (SIGHUP and `sesamed reload` may come together): the action
+    // runner's `reload` and `commit` must pair with this one's.
+    let lock = core.borrow().actions.borrow().reload_lock();
+    let _one_at_a_time = lock.lock().await;
     let refuse = |message: String| {
         tracing::error!(error = %message, "reload refused; the running configuration stays");
         control::ReloadResult { ok: false, message }
@@ -114,6 +119,50 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
         Ok(e) => e,
         Err(e) => return refuse(e.to_string()),
     };
+    // Actions: the runner reads the new configuration too and keeps it aside until the
+    // commit below (it checks the accounts itself); without a runner (none was needed, or it
+    // exited), one starts now if the new configuration has actions, with the privileges
+    // sesamed has now. Before the firewall, so a refusal here changes nothing. Commands running
+    // go on to their end (or timeout) under the settings they started with.
+    let actions = Rc::clone(&core.borrow().actions);
+    let mut runner_staged = false;
+    let mut new_runner = None;
+    let has_runner = actions.borrow().has_runner();
+    if has_runner {
+        if !crate::action::same_actions(&old, &new) {
+            match Actions::reload_runner(&actions).await {
+                Ok(fp) if fp == crate::action::fingerprint(&new) => runner_staged = true,
+                Ok(_) => {
+                    actions.borrow().finish_reload(false);
+                    return refuse(
+                        "the action runner read other actions than sesamed (the configuration changed during the reload); reload again".to_owned(),
+                    );
+                }
+                Err(e) => return refuse(format!("action runner: {e}")),
+            }
+        }
+    } else if !new.actions.is_empty() {
+        match super::actions::spawn_runner(&new).await {
+            Ok(spawned) => {
+                new_runner = Some(spawned);
+                notes.push(format!(
+                    "the action runner started now, with the privileges sesamed has after setup: actions run as uid {} only (to run them as other accounts, restart sesamed)",
+                    nix::unistd::geteuid()
+                ));
+            }
+            Err(e) => {
+                return refuse(format!(
+                    "the action runner (none runs now) cannot start with the privileges sesamed has now (uid {}): {e}; no action runs until a reload starts one, or sesamed restarts",
+                    nix::unistd::geteuid()
+                ));
+            }
+        }
+    }
+    let abort = |staged: bool| {
+        if staged {
+            actions.borrow().finish_reload(false);
+        }
+    };
     // The firewall first: if its new setup fails, nothing changes.
     let firewall_changed = new.firewall != old.firewall
         || new.knock.params != old.knock.params
@@ -121,6 +170,7 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
     let replacement = if firewall_changed {
         let mut fw = AnyFirewall::from_config(&new);
         if let Err(e) = fw.setup().await {
+            abort(runner_staged);
             return refuse(format!(
                 "firewall setup for the new configuration failed: {e}"
             ));
@@ -157,6 +207,7 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
         }
         Err(e) => {
             drop(c);
+            abort(runner_staged);
             return refuse(format!("knock sequences: {e}"));
         }
     };
@@ -193,6 +244,13 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
     }
     c.tracker = tracker;
     c.server_key = server_key;
+    if runner_staged {
+        actions.borrow().finish_reload(true);
+    }
+    if let Some(spawned) = new_runner {
+        Actions::attach(&actions, spawned);
+    }
+    actions.borrow_mut().set_config(&new);
     let range = (new.knock.params.port_lo, new.knock.params.port_hi);
     c.capture_range
         .send_if_modified(|r| std::mem::replace(r, range) != range);
@@ -208,8 +266,16 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
         }
     };
     let message = format!(
-        "reloaded: {} (added: {}; removed: {}){}",
+        "reloaded: {}{} (added: {}; removed: {}){}",
         crate::config::count(c.names.len(), "client", "clients"),
+        if c.config.actions.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {}",
+                crate::config::count(c.config.actions.len(), "action", "actions")
+            )
+        },
         list(&added),
         list(&removed),
         notes

@@ -70,6 +70,8 @@ pub(super) fn status(
         knock: crate::control::KnockStatus::of(config),
         leases: lease_list,
         clients,
+        actions: core.actions.borrow().statuses(),
+        action_runner: core.actions.borrow().runner_status(),
         counters: Counters {
             packets_seen: stats.packets,
             packets_in_range: stats.in_range,
