@@ -372,6 +372,28 @@ pub fn config_parse(data: &[u8]) {
             );
             assert!(config.knock.skew_steps <= 10);
             assert!((1..=600_000).contains(&config.knock.timeout_ms));
+            for (i, a) in config.actions.iter().enumerate() {
+                assert!(config.actions[..i].iter().all(|o| o.name != a.name));
+                assert!(sesame_proto::is_action_name(a.name.as_bytes()), "{a:?}");
+                assert!(
+                    a.command.first().is_some_and(|p| p.starts_with('/')),
+                    "{a:?}"
+                );
+                assert!(a.user != "root" || a.allow_root, "{a:?}");
+                assert!((1..=64).contains(&a.max_concurrent), "{a:?}");
+                // The rule reads back as itself.
+                let rule = a.argument.to_string();
+                assert_eq!(
+                    sesame_proto::ArgumentRule::parse(&rule).as_ref(),
+                    Ok(&a.argument)
+                );
+            }
+            for c in &config.clients {
+                assert!(
+                    c.actions.iter().all(|n| config.action(n).is_some()),
+                    "{c:?}"
+                );
+            }
             let server = PrivateKey::from_bytes(SERVER_KEY).public_key();
             for (i, c) in config.clients.iter().enumerate() {
                 assert!(c.allow.iter().all(|s| protect.contains(s)), "{c:?}");
@@ -417,4 +439,28 @@ pub fn metrics_request(data: &[u8]) {
     if matches!(request, Request::Metrics { head_only: false }) {
         assert_eq!(body, BODY);
     }
+}
+
+/// `action_protocol`: any bytes as a line between the daemon and the action runner (both
+/// directions). A line either side accepts is exactly what that side would write for what it
+/// parsed, and writing it again parses to the same thing; `sanitize` always gives printable
+/// ASCII within its limit.
+pub fn action_protocol(data: &[u8]) {
+    use crate::action::protocol::{FromRunner, MAX_TEXT, ToRunner, sanitize};
+    let text = String::from_utf8_lossy(data);
+    if let Ok(req) = ToRunner::parse(&text) {
+        assert_eq!(req.to_line(), text, "{req:?}");
+        assert_eq!(ToRunner::parse(&req.to_line()), Ok(req));
+    }
+    if let Ok(msg) = FromRunner::parse(&text) {
+        assert_eq!(msg.to_line(), text, "{msg:?}");
+        assert_eq!(FromRunner::parse(&msg.to_line()), Ok(msg));
+    }
+    let clean = sanitize(&text, MAX_TEXT);
+    assert!(clean.len() <= MAX_TEXT);
+    assert!(
+        clean.bytes().all(|b| (0x20..=0x7e).contains(&b)),
+        "{clean:?}"
+    );
+    assert_eq!(clean.trim(), clean);
 }

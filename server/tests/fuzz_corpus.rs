@@ -13,10 +13,11 @@ use corpus::{Target, fuzz_dir};
 
 use sesame_server::fuzz_targets;
 
-const TARGETS: [(&str, Target); 3] = [
+const TARGETS: [(&str, Target); 4] = [
     ("frame_tracker", fuzz_targets::frame_tracker),
     ("config_parse", fuzz_targets::config_parse),
     ("metrics_request", fuzz_targets::metrics_request),
+    ("action_protocol", fuzz_targets::action_protocol),
 ];
 
 corpus::replay_tests!(TARGETS);
