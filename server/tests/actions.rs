@@ -149,7 +149,20 @@ impl Runner {
 }
 
 impl Drop for Runner {
+    /// SIGTERM, which makes the runner kill what it runs (SIGKILL would leave its commands
+    /// running on), then SIGKILL if it is still there after 3 s.
     fn drop(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        drop(self.stdin.take());
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(3) {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
