@@ -228,7 +228,9 @@ impl Actions {
             return;
         };
         let pid = child.id().unwrap_or(0);
-        tracing::info!(pid, "action runner ready");
+        // Not "ready": operators' scripts and the tests wait for the daemon's `ready` line,
+        // which comes later (after the firewall and the capture sockets).
+        tracing::info!(pid, "action runner started");
         let (tx, mut rx) = mpsc::unbounded_channel::<ToRunner>();
         tokio::task::spawn_local(async move {
             while let Some(req) = rx.recv().await {
