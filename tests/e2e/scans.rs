@@ -49,6 +49,11 @@ fn deployment(tag: &str, protocol: &str, step_seconds: u32) -> Fixture {
     f.spec.knock.payload = "none".to_owned();
     f.spec.knock.step_seconds = step_seconds;
     f.spec.lease_seconds = 30;
+    // The range capture filter: every scanned port reaches the tracker, so its reset rule
+    // meets the whole scan. With the live-port filter (the default) only the scan's packets to
+    // live ports would reach it (every port of every sequence, but a few dozen in all):
+    // tests/e2e/capture_filter.rs covers that.
+    f.daemon_env = vec![("SESAMED_CAPTURE_FILTER", "range".to_owned())];
     f.start();
     f
 }
