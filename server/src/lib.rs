@@ -1,6 +1,8 @@
 //! `sesamed`, the sesame knock daemon.
 //!
-//! The binary is a thin `main` around [`main`]. Unsafe code lives only in [`capture`].
+//! The binary is a thin `main` around [`main`]. Unsafe code lives only in [`capture`], and in
+//! two functions of [`action::runner`] (a command's `setsid` between fork and exec, and marking
+//! inherited descriptors close-on-exec).
 #![deny(unsafe_code)]
 
 pub mod action;

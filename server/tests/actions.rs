@@ -88,6 +88,16 @@ fn lab(tag: &str, extra: &str) -> (TempDir, PathBuf) {
     (dir, path)
 }
 
+/// [`lab`] with the phone's extra lines made from the directory's path.
+fn lab_in(dir: TempDir, extra: impl Fn(&str) -> String) -> (TempDir, PathBuf) {
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    sesame_keys::write_private_key_file(&dir.path("server.key"), &PrivateKey::generate()).unwrap();
+    let path = dir.path("sesamed.toml");
+    let extra = extra(&dir.0.display().to_string());
+    std::fs::write(&path, config_text(&dir.0, &extra)).unwrap();
+    (dir, path)
+}
+
 /// An action runner on pipes, as the daemon starts it.
 struct Runner {
     child: Child,
@@ -98,13 +108,16 @@ struct Runner {
 impl Runner {
     fn start(config: &Path, as_uid: Option<u32>) -> Runner {
         let mut cmd = Command::new(SESAMED);
-        cmd.args(["action-runner", "--config"])
-            .arg(config)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
+        cmd.args(["action-runner", "--config"]).arg(config);
         if let Some(uid) = as_uid {
             cmd.uid(uid).gid(uid);
         }
+        Runner::spawn(cmd)
+    }
+
+    /// `cmd` (which starts `sesamed action-runner` in some way) on pipes.
+    fn spawn(mut cmd: Command) -> Runner {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
@@ -627,4 +640,199 @@ fn sigint_is_ignored_and_sigterm_kills_the_commands_before_the_runner_exits() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(!alive(pid), "the command is gone");
     assert!(!alive(background), "its background process is gone");
+}
+
+/// The fields of `/proc/PID/stat` after the command name: state, ppid, pgrp, session, tty_nr...
+fn stat_fields(stat: &str) -> Vec<String> {
+    stat.rsplit(") ")
+        .next()
+        .unwrap()
+        .split(' ')
+        .map(str::to_owned)
+        .collect()
+}
+
+fn read_pid(path: &Path) -> u32 {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Nothing a command starts outlives its run: a background job is killed when the command
+/// exits by itself, and a process that left the command's process group and session (setsid)
+/// is killed with the rest at the timeout.
+#[test]
+fn nothing_a_command_starts_outlives_its_run() {
+    if skip_unless_root() {
+        return;
+    }
+    let extra = |out: &str| {
+        format!(
+            r#"actions = ["bg", "esc"]
+[[action]]
+name = "bg"
+command = ["/bin/sh", "-c", "sleep 999 >/dev/null 2>&1 & echo $! > {out}/bg.pid; (setsid sleep 998 >/dev/null 2>&1 & echo $! > {out}/bg2.pid)"]
+user = "nobody"
+cooldown_ms = 0
+[[action]]
+name = "esc"
+command = ["/bin/sh", "-c", "setsid sleep 997 >/dev/null 2>&1 & echo $! > {out}/esc.pid; sleep 60"]
+user = "daemon"
+timeout_ms = 300
+"#
+        )
+    };
+    let (dir, config) = lab_in(TempDir::new("act-leftover"), extra);
+    let mut r = Runner::start(&config, None);
+    assert!(r.recv().starts_with("ready "));
+    r.send("run 1 bg phone 198.18.0.2");
+    let (done, _) = r.until("done 1 ");
+    assert!(done.starts_with("done 1 exited 0 "), "{done}");
+    let bg = read_pid(&dir.path("bg.pid"));
+    let bg2 = read_pid(&dir.path("bg2.pid"));
+    assert!(!alive(bg), "the background job went with the command");
+    assert!(
+        !alive(bg2),
+        "a double-forked setsid job went with the command"
+    );
+
+    r.send("run 2 esc phone 198.18.0.2");
+    let (start, _) = r.until("start 2 ");
+    let pid: u32 = start.rsplit(' ').next().unwrap().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let esc = read_pid(&dir.path("esc.pid"));
+    let stat = std::fs::read_to_string(format!("/proc/{esc}/stat")).unwrap();
+    let sid: u32 = stat_fields(&stat)[3].parse().unwrap();
+    assert_eq!(sid, esc, "setsid made it a session of its own");
+    let (done, _) = r.until("done 2 ");
+    assert!(done.starts_with("done 2 killed - "), "{done}");
+    assert!(!alive(pid), "the command is gone");
+    assert!(!alive(esc), "the process that left its session is gone too");
+}
+
+/// A pseudo-terminal: its master, and the slave's descriptor opened for a child to make it its
+/// controlling terminal.
+#[allow(unsafe_code)]
+fn pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    // SAFETY: plain libc calls on a descriptor this function owns; `name` is a buffer of the
+    // length passed, which ptsname_r fills with a NUL-terminated path.
+    let (master, path) = unsafe {
+        let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(fd >= 0, "posix_openpt");
+        let master = std::fs::File::from_raw_fd(fd);
+        assert_eq!(libc::grantpt(fd), 0);
+        assert_eq!(libc::unlockpt(fd), 0);
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(fd, name.as_mut_ptr(), name.len()), 0);
+        let path = std::ffi::CStr::from_ptr(name.as_ptr())
+            .to_str()
+            .unwrap()
+            .to_owned();
+        (master, path)
+    };
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(path)
+        .unwrap();
+    (master, slave)
+}
+
+/// The runner as `sesamed run` in an administrator's terminal starts it: in a session whose
+/// controlling terminal is `tty`, with a descriptor it inherited open (fd 7, not close-on-exec).
+#[allow(unsafe_code)]
+fn runner_in_a_terminal(config: &Path, tty: &std::fs::File) -> Runner {
+    use std::os::fd::AsRawFd;
+    let fd = tty.as_raw_fd();
+    let mut cmd = Command::new(SESAMED);
+    cmd.args(["action-runner", "--config"]).arg(config);
+    // SAFETY: between fork and exec the closure calls only async-signal-safe functions
+    // (setsid, ioctl, dup2) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0
+                || libc::ioctl(fd, libc::TIOCSCTTY, 0) < 0
+                || libc::dup2(fd, 7) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let r = Runner::spawn(cmd);
+    // The test can fail: the runner has the terminal, and fd 7.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", r.child.id())).unwrap();
+    assert_ne!(
+        stat_fields(&stat)[4],
+        "0",
+        "the runner has a controlling terminal"
+    );
+    assert!(
+        std::fs::read_link(format!("/proc/{}/fd/7", r.child.id())).is_ok(),
+        "the runner has fd 7"
+    );
+    r
+}
+
+fn tty_actions(out: &str) -> String {
+    format!(
+        r#"actions = ["tty", "fds"]
+[[action]]
+name = "tty"
+command = ["/bin/sh", "-c", "exec >{out}/tty.out 2>&1; echo $$; cat /proc/$$/stat; if (exec 3</dev/tty); then echo TTY; else echo NOTTY; fi"]
+user = "nobody"
+[[action]]
+name = "fds"
+command = ["/bin/sh", "-c", "exec >{out}/fds.out; ls /proc/$$/fd"]
+user = "nobody"
+"#
+    )
+}
+
+/// A command starts a session of its own (its pid is its session and process group id), so it
+/// has no controlling terminal: it cannot write to (or inject input into) the terminal sesamed
+/// runs in.
+#[test]
+fn a_command_has_a_session_of_its_own_and_no_terminal() {
+    if skip_unless_root() {
+        return;
+    }
+    let dir = TempDir::new("act-tty");
+    let (dir, config) = lab_in(dir, tty_actions);
+    let (_master, slave) = pty();
+    let mut r = runner_in_a_terminal(&config, &slave);
+    assert!(r.recv().starts_with("ready "));
+    r.send("run 1 tty phone 198.18.0.2");
+    let (done, _) = r.until("done 1 ");
+    assert!(done.starts_with("done 1 exited 0 "), "{done}");
+    let out = std::fs::read_to_string(dir.path("tty.out")).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    let fields = stat_fields(lines[1]);
+    assert_eq!(fields[2], lines[0], "its process group: {out}");
+    assert_eq!(fields[3], lines[0], "its session: {out}");
+    assert_eq!(fields[4], "0", "no controlling terminal: {out}");
+    assert_eq!(lines.last(), Some(&"NOTTY"), "{out}");
+}
+
+/// A command gets descriptors 0, 1 and 2 and nothing else, whatever the runner inherited.
+#[test]
+fn a_command_gets_no_descriptor_the_runner_inherited() {
+    if skip_unless_root() {
+        return;
+    }
+    let dir = TempDir::new("act-fds");
+    let (dir, config) = lab_in(dir, tty_actions);
+    let (_master, slave) = pty();
+    let mut r = runner_in_a_terminal(&config, &slave);
+    assert!(r.recv().starts_with("ready "));
+    r.send("run 1 fds phone 198.18.0.2");
+    let (done, _) = r.until("done 1 ");
+    assert!(done.starts_with("done 1 exited 0 "), "{done}");
+    let out = std::fs::read_to_string(dir.path("fds.out")).unwrap();
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["0", "1", "2"], "{out}");
 }

@@ -15,9 +15,23 @@
 //! action's rule, and the action has fewer than `max_concurrent` runs going. A command runs
 //! with the action's argv (placeholders replaced), an environment of `PATH` and the
 //! `SESAME_*` variables only, `/` as its directory, stdin and stdout on `/dev/null`, stderr to
-//! this runner (its first line is reported), in a process group of its own, as the action's
-//! account (gid, no supplementary groups, uid). At `timeout_ms` its process group gets
-//! SIGTERM, one second later SIGKILL.
+//! this runner (its first line is reported), in a session and process group of its own (no
+//! controlling terminal), as the action's account (gid, no supplementary groups, uid), with no
+//! file descriptor but 0, 1 and 2 (the runner marks every one it inherited close-on-exec at
+//! start). At `timeout_ms` its process group gets SIGTERM, one second later SIGKILL.
+//!
+//! Nothing a command starts outlives its run. When the command ends (by itself or killed), its
+//! process group gets SIGKILL. The runner is a child subreaper (`PR_SET_CHILD_SUBREAPER`): a
+//! process whose parent ended while it ran on (a background job, a double fork, one that left
+//! the group with `setsid`) becomes the runner's child instead of init's, and since the runner
+//! has no other children than the commands it starts, every child of the runner that is not a
+//! running command nor in a running command's process group is left over from an ended run:
+//! at the end of each run the runner SIGKILLs and reaps those ([`sweep`]), until none is left.
+//! (Such an escaped process of a run still going is killed at the end of whichever run ends
+//! first.) Every process a run started has a parent chain that leads back to the runner, so
+//! this reaches all of them. It signals only the runner's own unreaped children, and the
+//! group only while one of those is in it: such ids cannot be reused, so it never signals a
+//! stranger.
 //!
 //! Signals: SIGINT is ignored (Ctrl-C reaches the runner with the daemon in a terminal; the
 //! daemon stops and closes the runner's stdin, and the commands still running end or time
@@ -34,7 +48,8 @@ use std::process::{ExitCode, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::{Pid, Uid};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -45,6 +60,10 @@ use crate::config::Config;
 
 /// Between SIGTERM and SIGKILL at an action's timeout.
 pub const KILL_GRACE: Duration = Duration::from_secs(1);
+
+/// How long [`sweep`] keeps killing what a run left behind before it gives up (a process stuck
+/// in the kernel cannot die at once; the next sweep tries again).
+const SWEEP_WITHIN: Duration = Duration::from_secs(2);
 
 /// How much of a command's stderr is kept (the rest is read and dropped, so it never blocks).
 const STDERR_KEPT: usize = 4096;
@@ -81,7 +100,46 @@ fn say(line: &FromRunner) {
 fn load(path: &Path, me: Uid, can_switch: bool) -> Result<(Config, Vec<Resolved>), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     let resolved = resolve(&config, me, can_switch).map_err(|e| e.to_string())?;
+    if let Some(own) = resolved.iter().find(|r| r.uid == me) {
+        // A command of another account gets setgroups([]) in the child; one of the runner's own
+        // account keeps the runner's groups, so it must have none to give.
+        let gid = nix::unistd::getegid();
+        let extra: Vec<String> = nix::unistd::getgroups()
+            .map_err(|e| format!("action runner: getgroups: {e}"))?
+            .into_iter()
+            .filter(|g| *g != gid)
+            .map(|g| g.to_string())
+            .collect();
+        if !extra.is_empty() {
+            return Err(format!(
+                "action '{}': it runs as sesamed's own account, and sesamed has supplementary groups ({}) it cannot drop without CAP_SETGID, which the command would get; start sesamed without them (remove the account from those groups, or SupplementaryGroups= in its unit), or as root",
+                own.config.name,
+                extra.join(", ")
+            ));
+        }
+    }
     Ok((config, resolved))
+}
+
+/// Marks every file descriptor above 2 close-on-exec: what the runner inherited (from sesamed,
+/// which inherited it from whatever started it) never reaches a command.
+#[allow(unsafe_code)]
+fn close_inherited_on_exec() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD only sets the descriptor flags of `fd` (FD_CLOEXEC is the only one);
+        // it touches no memory, and on a descriptor that is not open (the directory read
+        // above, closed by now) it fails with EBADF, which is ignored.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
 }
 
 /// The runner's `main`: 0 when its stdin closed and every command ended, 1 when it could not
@@ -89,8 +147,25 @@ fn load(path: &Path, me: Uid, can_switch: bool) -> Result<(Config, Vec<Resolved>
 pub fn main(path: &Path) -> ExitCode {
     // Its own name in `ps` and `top` (started through /proc/self/exe, it would be "exe").
     let _ = nix::sys::prctl::set_name(c"sesamed-runner");
+    close_inherited_on_exec();
+    // What a command leaves behind becomes this runner's child (see the module's doc).
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        say(&FromRunner::Error {
+            message: format!("action runner: PR_SET_CHILD_SUBREAPER: {e}"),
+        });
+        return ExitCode::from(1);
+    }
     let me = Uid::effective();
     let could_switch = can_switch_users();
+    if could_switch {
+        // Commands of its own account keep its groups: it has none (with CAP_SETGID).
+        if let Err(e) = nix::unistd::setgroups(&[]) {
+            say(&FromRunner::Error {
+                message: format!("action runner: setgroups: {e}"),
+            });
+            return ExitCode::from(1);
+        }
+    }
     let (config, resolved) = match load(path, me, could_switch) {
         Ok(x) => x,
         Err(message) => {
@@ -220,6 +295,7 @@ async fn serve(state: State, fp: String) -> std::io::Result<()> {
         }
         idle.notified().await;
     }
+    sweep(&state, None).await;
     drop(tx);
     let _ = writer.await;
     Ok(())
@@ -255,6 +331,72 @@ fn terminate(state: &Rc<RefCell<State>>) {
     );
     for group in s.groups.values() {
         let _ = killpg(*group, Signal::SIGKILL);
+    }
+}
+
+/// The children of process `parent`, from /proc: (pid, process group, whether a zombie).
+fn children_of(parent: i32) -> Vec<(i32, i32, bool)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the name in parentheses: state, ppid, pgrp, ...
+        let mut fields = stat.rsplit_once(") ")?.1.split(' ');
+        let zombie = fields.next()? == "Z";
+        let ppid: i32 = fields.next()?.parse().ok()?;
+        let pgrp: i32 = fields.next()?.parse().ok()?;
+        (ppid == parent).then_some((pid, pgrp, zombie))
+    })
+    .collect()
+}
+
+/// Kills and reaps what ended runs left behind: the process group of the run that just ended
+/// (`group`), and every child of this runner (a subreaper) that is neither a running command
+/// nor in a running command's process group; again until none is left (a killed process's
+/// children become the runner's in turn), for at most [`SWEEP_WITHIN`].
+async fn sweep(state: &Rc<RefCell<State>>, group: Option<Pid>) {
+    let me = std::process::id() as i32;
+    let until = Instant::now() + SWEEP_WITHIN;
+    loop {
+        let mut left = false;
+        {
+            // No await from the scan to the kills: `groups` holds every command started.
+            let s = state.borrow();
+            let running: Vec<i32> = s.groups.values().map(|g| g.as_raw()).collect();
+            let children = children_of(me);
+            // The group at once (what a command forks fast dies with it), but only while an
+            // unreaped child of the runner is in it: then its id cannot belong to anyone else.
+            if let Some(group) = group.filter(|g| children.iter().any(|c| c.1 == g.as_raw())) {
+                let _ = killpg(group, Signal::SIGKILL);
+            }
+            for (pid, pgrp, zombie) in children {
+                if running.contains(&pid) {
+                    continue; // a running command: its own task waits for it
+                }
+                let pid = Pid::from_raw(pid);
+                if zombie {
+                    // Reaped by its pid, never with -1: the commands' statuses stay theirs.
+                    let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+                    left = true;
+                } else if !running.contains(&pgrp) {
+                    let _ = kill(pid, Signal::SIGKILL);
+                    left = true;
+                }
+            }
+        }
+        if !left {
+            return;
+        }
+        if Instant::now() >= until {
+            eprintln!(
+                "sesamed action-runner: processes left by a command are still there after {} ms",
+                SWEEP_WITHIN.as_millis()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -367,6 +509,22 @@ fn status_code(status: std::process::ExitStatus) -> u8 {
     }
 }
 
+/// The command starts a session of its own (and so a process group, whose id is its pid): it
+/// has no controlling terminal, so it cannot reach the terminal sesamed may run in.
+#[allow(unsafe_code)]
+fn new_session(cmd: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
+    // calls are allowed: it calls setsid(2) alone, and builds its error from the errno without
+    // allocating.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
 /// Runs one request's command to its end (or its timeout).
 async fn execute(
     state: &Rc<RefCell<State>>,
@@ -392,8 +550,8 @@ async fn execute(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(false);
+    new_session(&mut cmd);
     if !req.argument.is_empty() {
         cmd.env("SESAME_ARGUMENT", &req.argument);
     }
@@ -440,13 +598,13 @@ async fn execute(
     });
     let timeout = Duration::from_millis(action.config.timeout_ms);
     let waited = tokio::time::timeout(timeout, child.wait()).await;
-    state.borrow_mut().groups.remove(&req.id);
     let (outcome, code) = match waited {
         // Killed at SIGTERM (see `terminate`).
         Ok(Ok(_)) if terminating.get() => (Outcome::Killed, None),
         Ok(Ok(status)) => (Outcome::Exited, Some(status_code(status))),
         Ok(Err(e)) => {
-            let _ = killpg(group, Signal::SIGKILL);
+            state.borrow_mut().groups.remove(&req.id);
+            sweep(state, Some(group)).await;
             return failed(format!("waiting for {}: {e}", argv[0]));
         }
         Err(_) => {
@@ -458,12 +616,14 @@ async fn execute(
                 let _ = killpg(group, Signal::SIGKILL);
                 let _ = child.wait().await;
             }
-            // What is left of its process group goes too.
-            let _ = killpg(group, Signal::SIGKILL);
             (Outcome::Killed, None)
         }
     };
     let ms = started.elapsed().as_millis() as u64;
+    // The command is reaped; what is left of its process group, and whatever left the group,
+    // goes too (also after a normal exit: a background job is part of the run).
+    state.borrow_mut().groups.remove(&req.id);
+    sweep(state, Some(group)).await;
     if let Some(mut reader) = reader {
         // What it wrote before it ended; a process it left behind may hold stderr open.
         if tokio::time::timeout(Duration::from_millis(100), &mut reader)
