@@ -32,6 +32,15 @@
 //!   --json FILE           also write every figure as JSON lines to FILE
 //! sesame-netbench floor-send ADDR PORT...          the floor's client: one empty UDP datagram
 //!                                                  to each PORT but the last, 136 bytes to it
+//! sesame-netbench filter [options]                 sesamed's capture filter under a random
+//!                                                  in-range flood, the range filter against the
+//!                                                  live-port one, at several client counts:
+//!   --clients LIST        comma-separated client counts (default 10,1000,100000)
+//!   --modes LIST          SESAMED_CAPTURE_FILTER values, in this order (default range,auto)
+//!   --flood-seconds N     shortest flood per run (default 20)
+//!   --flood-knocks N      legitimate knocks during each flood (default 20)
+//!   --flood-rate PPS      flood rate, 0 = as fast as possible (default 0)
+//!   --json FILE           also write every figure as JSON lines to FILE
 //! ```
 //!
 //! Every system gets the same topology, service, probe and client addresses. The server's two
@@ -96,6 +105,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("floor-send") => floor_send(&args[1..]),
+        Some("filter") => filter_bench(&args[1..]),
         Some("-h" | "--help") => {
             print!("{}", usage());
             Ok(())
@@ -1227,6 +1237,20 @@ fn setup_floor(bed: &mut Bed, tools: &Tools, opts: &Opts, netlink: bool) -> Resu
 }
 
 fn setup_sesame(bed: &mut Bed, opts: &Opts, tmpfs: bool, netlink: bool) -> Result<Setup> {
+    let (config, profile, state_dir) = sesame_config(bed, opts, tmpfs, netlink, 1)?;
+    start_sesame(bed, opts, &config, &profile, &state_dir, &[])
+}
+
+/// Writes sesamed's configuration with `clients` clients (`laptop`, whose profile is written
+/// too, and `clients - 1` others with fresh keys) and checks it; returns the configuration,
+/// the profile and the state directory.
+fn sesame_config(
+    bed: &Bed,
+    opts: &Opts,
+    tmpfs: bool,
+    netlink: bool,
+    clients: usize,
+) -> Result<(PathBuf, PathBuf, String)> {
     let lab = &bed.lab;
     let server_key = lab.gen_key("server");
     let client_key = lab.gen_key("laptop");
@@ -1242,6 +1266,10 @@ fn setup_sesame(bed: &mut Bed, opts: &Opts, tmpfs: bool, netlink: bool) -> Resul
     }
     spec.clients
         .push(ClientSpec::new("laptop", &client_key.public));
+    for i in 1..clients {
+        let key = sesame_keys::PrivateKey::generate().public_key().to_base64();
+        spec.clients.push(ClientSpec::new(&format!("c{i}"), &key));
+    }
     let mut toml = spec.to_toml();
     if !netlink {
         toml = toml.replacen("\n[firewall]\n", "\n[firewall]\nnetlink = false\n", 1);
@@ -1257,6 +1285,21 @@ fn setup_sesame(bed: &mut Bed, opts: &Opts, tmpfs: bool, netlink: bool) -> Resul
     if !check.status.success() {
         return Err(format!("sesamed check: {}", text(&check)));
     }
+    Ok((config, profile, spec.state_dir))
+}
+
+/// Starts sesamed on `config` with `env` added and waits until it is ready.
+fn start_sesame(
+    bed: &mut Bed,
+    opts: &Opts,
+    config: &Path,
+    profile: &Path,
+    state_dir: &str,
+    env: &[(&str, &str)],
+) -> Result<Setup> {
+    let lab = &bed.lab;
+    let mut all_env = vec![("RUST_LOG", "info,sesame_server=debug"), ("NO_COLOR", "1")];
+    all_env.extend_from_slice(env);
     let mut d = Daemon::spawn(
         lab,
         "sesamed",
@@ -1268,12 +1311,14 @@ fn setup_sesame(bed: &mut Bed, opts: &Opts, tmpfs: bool, netlink: bool) -> Resul
             "--log-format".into(),
             "json".into(),
         ],
-        &[("RUST_LOG", "info,sesame_server=debug"), ("NO_COLOR", "1")],
+        &all_env,
     )?;
     let log = d.log.clone();
-    d.wait_for(&log, "ready", Duration::from_secs(20))?;
+    // Long enough for 1 000 000 clients' keys and step tables.
+    d.wait_for(&log, "ready", Duration::from_secs(600))?;
     bed.daemon = Some(d);
     let sesame = bin("sesame");
+    let profile = profile.to_owned();
     Ok(Setup {
         knock: Box::new(move |_| {
             let mut c = Command::new(&sesame);
@@ -1292,8 +1337,8 @@ fn setup_sesame(bed: &mut Bed, opts: &Opts, tmpfs: bool, netlink: bool) -> Resul
         notes: json!({
             "client": "sesame open --profile laptop.toml",
             "server": "sesamed run, nftables backend, udp knocks, length 3, payload required, range 10000-32767",
-            "state_dir": spec.state_dir,
-            "interfaces": spec.interfaces,
+            "state_dir": state_dir,
+            "interfaces": [LAN],
             "lease_seconds": opts.lease,
             "rust_log": "info,sesame_server=debug (for the breakdown)",
         }),
@@ -2423,4 +2468,204 @@ fn report(
         }
     }
     s
+}
+
+// ---------------------------------------------------------------------------------------------
+// `filter`: how much of a random in-range flood reaches sesamed, by capture filter
+
+/// `packets_seen` of `sesamed status --json` (every packet the capture filter let through).
+fn packets_seen(bed: &Bed, config: &Path) -> Result<u64> {
+    let o = bed.lab.sesamed(&[
+        "status".as_ref(),
+        "--json".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    if !o.status.success() {
+        return Err(format!("sesamed status: {}", text(&o)));
+    }
+    let v: Value = serde_json::from_slice(&o.stdout).map_err(|e| format!("status: {e}"))?;
+    v["counters"]["packets_seen"]
+        .as_u64()
+        .ok_or_else(|| format!("status has no packets_seen: {v}"))
+}
+
+/// The last `capture filter: …` line of sesamed's (JSON) log: (filter, message).
+fn last_filter_line(log: &Path) -> (String, String) {
+    log_lines(log)
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("capture filter: "))
+        })
+        .map(|v| {
+            (
+                v["filter"].as_str().unwrap_or("").to_owned(),
+                v["message"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .next_back()
+        .unwrap_or_default()
+}
+
+fn filter_bench(args: &[String]) -> Result<()> {
+    let mut clients: Vec<usize> = vec![10, 1000, 100_000];
+    let mut modes: Vec<String> = vec!["range".into(), "auto".into()];
+    let mut opts = Opts::parse(&[])?;
+    opts.flood_knocks = 20;
+    let mut json_out: Option<File> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
+        let num = || {
+            v.parse::<u64>()
+                .map_err(|_| format!("{a}: not a number: {v}"))
+        };
+        match a.as_str() {
+            "--clients" => {
+                clients = v
+                    .split(',')
+                    .map(|x| x.parse().map_err(|_| format!("--clients: {x}")))
+                    .collect::<Result<_>>()?;
+            }
+            "--modes" => modes = v.split(',').map(str::to_owned).collect(),
+            "--flood-seconds" => opts.flood_seconds = num()?.max(1),
+            "--flood-knocks" => opts.flood_knocks = num()? as usize,
+            "--flood-rate" => opts.flood_rate = num()?,
+            "--json" => {
+                json_out = Some(File::create(v).map_err(|e| format!("{v}: {e}"))?);
+            }
+            _ => return Err(format!("unknown option {a} (see --help)")),
+        }
+    }
+    if !require_netns() {
+        return Err("needs root, ip netns and nft (see above)".into());
+    }
+    let range_size = f64::from(SESAME_RANGE.1 - SESAME_RANGE.0) + 1.0;
+    println!(
+        "Capture filter under a random in-range flood ({}-{}, 65 536 spoofed sources, rate {}), {} s per run, {} knocks each; {}, load before {}",
+        SESAME_RANGE.0,
+        SESAME_RANGE.1,
+        if opts.flood_rate == 0 {
+            "as fast as possible".to_owned()
+        } else {
+            format!("{} pps", opts.flood_rate)
+        },
+        opts.flood_seconds,
+        opts.flood_knocks,
+        utc_now(),
+        loadavg()
+    );
+    println!();
+    println!(
+        "| clients | filter | live ports | offered pps | delivered to sesamed | delivered pps | × range's | sesamed CPU % | × range's | knocks opened | median ms | p99 ms | ready s |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &n in &clients {
+        let mut bed = Bed::new(
+            &format!("netbench-filter-{n}"),
+            modes.len() * (opts.flood_knocks + 1),
+        )?;
+        let t = Instant::now();
+        let (config, profile, state_dir) = sesame_config(&bed, &opts, false, true, n)?;
+        eprintln!(
+            "{n} clients: configuration written and checked in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        let mut base: Option<(f64, f64)> = None;
+        for mode in &modes {
+            bed.daemon = None;
+            let t = Instant::now();
+            let setup = start_sesame(
+                &mut bed,
+                &opts,
+                &config,
+                &profile,
+                &state_dir,
+                &[("SESAMED_CAPTURE_FILTER", mode.as_str())],
+            )?;
+            let ready = t.elapsed().as_secs_f64();
+            let log = bed
+                .daemon
+                .as_ref()
+                .map(|d| d.log.clone())
+                .unwrap_or_default();
+            let warm = bed.take(1)?;
+            knock_series(&bed, &*setup.knock, &warm, &opts, opts.knock_timeout)?;
+            let seen0 = packets_seen(&bed, &config)?;
+            let r = flood_phase(
+                &mut bed,
+                &setup,
+                ("range", SESAME_RANGE.0, SESAME_RANGE.1),
+                &opts,
+            )?;
+            std::thread::sleep(Duration::from_millis(300));
+            let seen1 = packets_seen(&bed, &config)?;
+            let sent = r.generator["packets"].as_u64().unwrap_or(0);
+            let share = if sent > 0 {
+                (seen1 - seen0) as f64 / sent as f64
+            } else {
+                f64::NAN
+            };
+            let delivered_pps = share * r.offered_pps;
+            let (kind, message) = last_filter_line(&log);
+            let live: Option<u64> = message
+                .strip_prefix("capture filter: ")
+                .and_then(|m| m.split(' ').next()?.parse().ok());
+            let opened = r.knocks.iter().filter(|k| k.open.is_some()).count();
+            let lat = summarize(&open_ms(&r.knocks), r.knocks.len());
+            let (vs_pps, vs_cpu) = match base {
+                None => {
+                    base = Some((delivered_pps, r.cpu_percent));
+                    (1.0, 1.0)
+                }
+                Some((p, c)) => (delivered_pps / p, r.cpu_percent / c),
+            };
+            println!(
+                "| {n} | {mode} ({kind}) | {} | {:.0} | {:.2} % | {:.0} | {} | {:.1} | {} | {opened}/{} | {} | {} | {ready:.1} |",
+                live.map_or_else(
+                    || "-".to_owned(),
+                    |l| format!("{l} ({:.1} %)", l as f64 / range_size * 100.0)
+                ),
+                r.offered_pps,
+                share * 100.0,
+                delivered_pps,
+                f2(vs_pps),
+                r.cpu_percent,
+                f2(vs_cpu),
+                r.knocks.len(),
+                f2(lat.median),
+                f2(lat.p99),
+            );
+            if let Some(f) = json_out.as_mut() {
+                let line = json!({
+                    "clients": n,
+                    "mode": mode,
+                    "filter": kind,
+                    "filter_message": message,
+                    "live_ports": live,
+                    "range_ports": range_size,
+                    "offered_pps": r.offered_pps,
+                    "sent": sent,
+                    "seen": seen1 - seen0,
+                    "delivered_share": share,
+                    "delivered_pps": delivered_pps,
+                    "cpu_percent": r.cpu_percent,
+                    "hwm_kib": r.hwm_kib,
+                    "knocks": r.knocks.len(),
+                    "opened": opened,
+                    "median_ms": lat.median,
+                    "p99_ms": lat.p99,
+                    "ready_seconds": ready,
+                    "seconds": r.seconds,
+                    "generator": r.generator,
+                });
+                let _ = writeln!(f, "{line}");
+            }
+        }
+        bed.daemon = None;
+    }
+    Ok(())
 }

@@ -155,3 +155,71 @@ fn netbench_smoke_run_measures_every_system() {
         assert_eq!(ratios.len(), 2, "sesame/peer ratios: {lines}");
     }
 }
+
+/// A smoke run of `sesame-netbench filter` (BENCHMARKS.md, "Only live ports reach sesamed"):
+/// 10 and 300 clients (a classic BPF program and the eBPF bitmap), the range filter and the
+/// live one, a 2-second flood at [`SMOKE_RATE`] each. It checks that every run was measured,
+/// that every knock opened and which filter each run used; it judges no figure.
+#[test]
+fn netbench_filter_smoke_run_measures_both_filters() {
+    if !require_netns() {
+        return;
+    }
+    let json = std::env::temp_dir().join(format!(
+        "sesame-netbench-filter-smoke-{}.jsonl",
+        std::process::id()
+    ));
+    let o = Command::new(env!("CARGO_BIN_EXE_sesame-netbench"))
+        .args([
+            "filter",
+            "--clients",
+            "10,300",
+            "--flood-seconds",
+            "2",
+            "--flood-knocks",
+            "3",
+            "--flood-rate",
+            SMOKE_RATE,
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .expect("run sesame-netbench filter");
+    assert!(
+        o.status.success(),
+        "sesame-netbench filter failed: {}",
+        text(&o)
+    );
+    let lines = std::fs::read_to_string(&json).expect("the JSON lines file");
+    let _ = std::fs::remove_file(&json);
+    let records: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let kinds: Vec<(u64, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["clients"].as_u64().unwrap_or(0),
+                r["filter"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (10, "range"),
+            (10, "classic"),
+            (300, "range"),
+            (300, "ebpf")
+        ],
+        "{lines}"
+    );
+    for r in &records {
+        assert_eq!(r["opened"], 3, "every knock opens: {r}");
+        assert!(
+            r["sent"].as_u64().unwrap_or(0) > 0,
+            "the flood sent nothing: {r}"
+        );
+    }
+}
