@@ -836,3 +836,61 @@ fn a_command_gets_no_descriptor_the_runner_inherited() {
     let out = std::fs::read_to_string(dir.path("fds.out")).unwrap();
     assert_eq!(out.lines().collect::<Vec<_>>(), ["0", "1", "2"], "{out}");
 }
+
+/// A command of the runner's own account gets no supplementary group either: a runner that
+/// can (CAP_SETGID) drops its own at start; one that cannot, and has some, refuses to start
+/// with one line rather than hand them to every command.
+#[test]
+fn a_command_of_the_runners_own_account_gets_no_supplementary_group() {
+    if skip_unless_root() {
+        return;
+    }
+    // Every action as `user` (the lines that replace each `user = ...`).
+    let as_account = |config: &Path, user: &str| {
+        let text = std::fs::read_to_string(config)
+            .unwrap()
+            .replace("user = \"nobody\"", user)
+            .replace("user = \"daemon\"", user);
+        std::fs::write(config, text).unwrap();
+    };
+    let setpriv = |config: &Path, args: &[&str]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(args)
+            .args([SESAMED, "action-runner", "--config"])
+            .arg(config);
+        Runner::spawn(cmd)
+    };
+    // Root with groups 4 and 42, every action as root: the command has none.
+    let (dir, config) = lab("act-groups-root", "");
+    as_account(&config, "user = \"root\"\nallow_root = true");
+    let mut r = setpriv(&config, &["--groups=4,42"]);
+    assert!(r.recv().starts_with("ready "));
+    r.send("run 1 rec laptop 198.18.0.2 ab");
+    let (done, _) = r.until("done 1 ");
+    assert!(done.starts_with("done 1 exited 0 "), "{done}");
+    let out = std::fs::read_to_string(dir.path("rec.out")).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[5..8], ["0", "0", "0"], "uid, gid, groups: {out}");
+    drop(r);
+
+    // As `daemon` with groups 4 and 42 it cannot drop: it refuses to start.
+    let (dir, config) = lab("act-groups-own", "");
+    as_account(&config, "user = \"daemon\"");
+    std::os::unix::fs::chown(dir.path("server.key"), Some(1), Some(1)).unwrap();
+    let mut r = setpriv(&config, &["--reuid=1", "--regid=1", "--groups=4,42"]);
+    let line = r.recv();
+    assert!(
+        line.starts_with("error action 'rec': it runs as sesamed's own account, and sesamed has supplementary groups (4, 42) it cannot drop"),
+        "{line}"
+    );
+    assert_eq!(r.child.wait().unwrap().code(), Some(1));
+    // Without them it starts, and the command has only its own group.
+    let mut r = setpriv(&config, &["--reuid=1", "--regid=1", "--clear-groups"]);
+    assert!(r.recv().starts_with("ready "));
+    r.send("run 1 rec laptop 198.18.0.2 ab");
+    let (done, _) = r.until("done 1 ");
+    assert!(done.starts_with("done 1 exited 0 "), "{done}");
+    let out = std::fs::read_to_string(dir.path("rec.out")).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[5..8], ["1", "1", "1"], "uid, gid, groups: {out}");
+}
