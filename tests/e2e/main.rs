@@ -6,6 +6,7 @@
 //! (`cargo test --workspace` builds the binaries itself).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod actions;
 mod boot;
 mod capture_filter;
 mod clock;
