@@ -29,6 +29,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdout};
 use tokio::sync::{mpsc, oneshot};
 
+use super::core::LogLimiter;
 use super::{rfc3339, system_now};
 use crate::action::protocol::{Done, FromRunner, MAX_LINE, Outcome, RunRequest, ToRunner};
 use crate::config::{ActionConfig, Config};
@@ -332,32 +333,39 @@ impl Actions {
     }
 
     /// A grant's action: run it, unless the knock came from another address than the one its
-    /// payload names (`bound`), or the cooldown or the cap says no.
+    /// payload names (`bound`), or the cooldown or the cap says no. The `action not run` lines
+    /// go through `log`, the limiter of the `rejected` lines (a client with a valid key could
+    /// otherwise write one per knock); the counters count every refusal.
     pub(super) fn request(
         &mut self,
         client: &str,
         source: IpAddr,
         bound: Option<IpAddr>,
         action: &sesame_proto::Action,
+        log: &mut LogLimiter,
     ) {
         let name = action.name.as_str();
         let Some(config) = self.config.iter().find(|a| a.name == name).cloned() else {
             // The tracker only grants configured actions; a reload may have removed it since.
-            tracing::warn!(client = %client, source = %source, action = %name, reason = %"unknown", "action not run");
+            if log.allow() {
+                tracing::warn!(client = %client, source = %source, action = %name, reason = %"unknown", "action not run");
+            }
             return;
         };
         if let Some(address) = bound.filter(|a| *a != source) {
             // `allow_other_ip` lets a knock open another address; it never lets one run an
             // action from elsewhere than the address its payload names.
             self.count(name, "other_ip");
-            tracing::warn!(
-                client = %client,
-                source = %source,
-                action = %name,
-                reason = %"other_ip",
-                detail = %format!("the payload names {address}; an action runs only for a knock from the address it names"),
-                "action not run"
-            );
+            if log.allow() {
+                tracing::warn!(
+                    client = %client,
+                    source = %source,
+                    action = %name,
+                    reason = %"other_ip",
+                    detail = %format!("the payload names {address}; an action runs only for a knock from the address it names"),
+                    "action not run"
+                );
+            }
             return;
         }
         let key = (client.to_owned(), name.to_owned());
@@ -366,32 +374,36 @@ impl Actions {
             let since = now.duration_since(*at);
             if since < Duration::from_millis(config.cooldown_ms) {
                 self.count(name, "cooldown");
-                tracing::warn!(
-                    client = %client,
-                    source = %source,
-                    action = %name,
-                    reason = %"cooldown",
-                    detail = %format!(
-                        "this client ran it {} ms ago (cooldown_ms = {})",
-                        since.as_millis(),
-                        config.cooldown_ms
-                    ),
-                    "action not run"
-                );
+                if log.allow() {
+                    tracing::warn!(
+                        client = %client,
+                        source = %source,
+                        action = %name,
+                        reason = %"cooldown",
+                        detail = %format!(
+                            "this client ran it {} ms ago (cooldown_ms = {})",
+                            since.as_millis(),
+                            config.cooldown_ms
+                        ),
+                        "action not run"
+                    );
+                }
                 return;
             }
         }
         let running = self.running.get(name).copied().unwrap_or(0);
         if running >= config.max_concurrent as u64 {
             self.count(name, "busy");
-            tracing::warn!(
-                client = %client,
-                source = %source,
-                action = %name,
-                reason = %"busy",
-                detail = %format!("{running} runs going (max_concurrent = {})", config.max_concurrent),
-                "action not run"
-            );
+            if log.allow() {
+                tracing::warn!(
+                    client = %client,
+                    source = %source,
+                    action = %name,
+                    reason = %"busy",
+                    detail = %format!("{running} runs going (max_concurrent = {})", config.max_concurrent),
+                    "action not run"
+                );
+            }
             return;
         }
         let id = self.next_id;
@@ -408,14 +420,16 @@ impl Actions {
             .is_some_and(|l| l.requests.send(req).is_ok());
         if !sent {
             self.count(name, "failed");
-            tracing::error!(
-                client = %client,
-                source = %source,
-                action = %name,
-                reason = %"runner_unavailable",
-                detail = %"the action runner is not running (its exit is logged above): a reload starts a new one, with the privileges sesamed has now, or restart sesamed",
-                "action not run"
-            );
+            if log.allow() {
+                tracing::error!(
+                    client = %client,
+                    source = %source,
+                    action = %name,
+                    reason = %"runner_unavailable",
+                    detail = %"the action runner is not running (its exit is logged above): a reload starts a new one, with the privileges sesamed has now, or restart sesamed",
+                    "action not run"
+                );
+            }
             return;
         }
         self.next_id += 1;
@@ -757,11 +771,12 @@ done"#
     fn cooldown_cap_and_address_decide_before_the_runner_is_asked() {
         local(async {
             let a = Actions::new(&config());
+            let mut log = LogLimiter::new();
             Actions::attach(&a, fake_runner(0).await);
             let src: IpAddr = LAPTOP.parse().unwrap();
             // Runs, and its answer is counted and shown.
             a.borrow_mut()
-                .request("laptop", src, Some(src), &action("quick"));
+                .request("laptop", src, Some(src), &action("quick"), &mut log);
             settle().await;
             assert_eq!(count(&a, "quick", "exited_zero"), 1);
             let st = a.borrow().statuses();
@@ -773,19 +788,22 @@ done"#
             assert_eq!(quick.running, 0);
             // The same client again within cooldown_ms: not run; another client: runs.
             a.borrow_mut()
-                .request("laptop", src, None, &action("quick"));
-            a.borrow_mut().request("phone", src, None, &action("quick"));
+                .request("laptop", src, None, &action("quick"), &mut log);
+            a.borrow_mut()
+                .request("phone", src, None, &action("quick"), &mut log);
             settle().await;
             assert_eq!(count(&a, "quick", "cooldown"), 1);
             assert_eq!(count(&a, "quick", "exited_zero"), 2);
             // A payload naming another address than the knock's source: not run.
             let other: IpAddr = "198.18.0.9".parse().unwrap();
             a.borrow_mut()
-                .request("laptop", src, Some(other), &action("slow"));
+                .request("laptop", src, Some(other), &action("slow"), &mut log);
             assert_eq!(count(&a, "slow", "other_ip"), 1);
             // `slow` gets no answer: one runs, the next is over max_concurrent (1).
-            a.borrow_mut().request("laptop", src, None, &action("slow"));
-            a.borrow_mut().request("laptop", src, None, &action("slow"));
+            a.borrow_mut()
+                .request("laptop", src, None, &action("slow"), &mut log);
+            a.borrow_mut()
+                .request("laptop", src, None, &action("slow"), &mut log);
             assert_eq!(count(&a, "slow", "busy"), 1);
             assert_eq!(a.borrow().running.get("slow"), Some(&1));
             let st = a.borrow().statuses();
@@ -805,16 +823,19 @@ done"#
     fn a_run_the_runner_never_ends_is_failed_after_its_timeout() {
         local(async {
             let a = Actions::new(&config());
+            let mut log = LogLimiter::new();
             Actions::attach(&a, fake_runner(0).await);
             let src: IpAddr = LAPTOP.parse().unwrap();
-            a.borrow_mut().request("laptop", src, None, &action("slow"));
+            a.borrow_mut()
+                .request("laptop", src, None, &action("slow"), &mut log);
             tokio::time::sleep(Duration::from_millis(100) + DONE_MARGIN).await;
             assert_eq!(count(&a, "slow", "failed"), 0, "not before");
             tokio::time::sleep(crate::action::runner::KILL_GRACE + Duration::from_millis(300))
                 .await;
             assert_eq!(count(&a, "slow", "failed"), 1);
             assert_eq!(a.borrow().running.get("slow"), Some(&0));
-            a.borrow_mut().request("laptop", src, None, &action("slow"));
+            a.borrow_mut()
+                .request("laptop", src, None, &action("slow"), &mut log);
             assert_eq!(a.borrow().running.get("slow"), Some(&1));
         });
     }
@@ -825,10 +846,12 @@ done"#
     fn a_runner_that_exits_fails_closed() {
         local(async {
             let a = Actions::new(&config());
+            let mut log = LogLimiter::new();
             Actions::attach(&a, fake_runner(1).await);
             let src: IpAddr = LAPTOP.parse().unwrap();
             // `slow` gets no answer, and the runner exits after reading it.
-            a.borrow_mut().request("laptop", src, None, &action("slow"));
+            a.borrow_mut()
+                .request("laptop", src, None, &action("slow"), &mut log);
             settle().await;
             assert!(!a.borrow().has_runner());
             assert_eq!(count(&a, "slow", "failed"), 1);
@@ -836,9 +859,63 @@ done"#
             let runner = a.borrow().runner_status().unwrap();
             assert_eq!(runner.state, "exited");
             assert!(runner.since.is_some());
-            a.borrow_mut().request("phone", src, None, &action("quick"));
+            a.borrow_mut()
+                .request("phone", src, None, &action("quick"), &mut log);
             assert_eq!(count(&a, "quick", "failed"), 1);
             assert!(a.borrow().pending.is_empty());
         });
+    }
+
+    /// A buffer the log lines of a test go to.
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// `action not run` lines share the limiter of the `rejected` lines (50 a second, then one
+    /// line saying how many were suppressed); the counters count every refusal.
+    #[test]
+    fn action_not_run_lines_are_rate_limited() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            local(async {
+                let a = Actions::new(&config());
+                let mut log = LogLimiter::new();
+                Actions::attach(&a, fake_runner(0).await);
+                let src: IpAddr = LAPTOP.parse().unwrap();
+                a.borrow_mut()
+                    .request("laptop", src, None, &action("quick"), &mut log);
+                for _ in 0..200 {
+                    a.borrow_mut()
+                        .request("laptop", src, None, &action("quick"), &mut log);
+                }
+                assert_eq!(count(&a, "quick", "cooldown"), 200);
+                tokio::time::sleep(Duration::from_millis(1050)).await;
+                log.flush_if_due();
+            });
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let refused = text
+            .lines()
+            .filter(|l| l.contains("action not run") && l.contains("reason=cooldown"))
+            .count();
+        assert_eq!(refused, 50, "{text}");
+        assert!(
+            text.contains("suppressed=150"),
+            "one line says how many were left out: {text}"
+        );
     }
 }

@@ -211,9 +211,13 @@ impl Core {
                 if let Some(action) = &g.action {
                     let name = self.name(g.client).to_owned();
                     let bound = g.bound.then_some(g.address);
-                    self.actions
-                        .borrow_mut()
-                        .request(&name, g.source, bound, action);
+                    self.actions.borrow_mut().request(
+                        &name,
+                        g.source,
+                        bound,
+                        action,
+                        &mut self.limiter,
+                    );
                 }
             }
             Event::Rejected {
