@@ -395,7 +395,13 @@ impl LiveFilter {
         let mode = FilterMode::from_env();
         let ebpf = match mode {
             FilterMode::Auto | FilterMode::Ebpf => match ebpf::Ebpf::load() {
-                Ok(e) => Some(Arc::new(e)),
+                Ok(e) => {
+                    tracing::debug!(
+                        mapped = e.is_mapped(),
+                        "eBPF socket filter loaded (mapped: its bitmap is updated without system calls)"
+                    );
+                    Some(Arc::new(e))
+                }
                 Err(e) => {
                     tracing::info!(error = %e, "eBPF socket filter unavailable: live ports are filtered in the kernel only while they fit in a classic BPF program, else the whole knock range is admitted");
                     None

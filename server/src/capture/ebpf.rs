@@ -15,10 +15,11 @@
 //!
 //! Privileges: creating the map and loading the program need CAP_BPF (or CAP_SYS_ADMIN) where
 //! `kernel.unprivileged_bpf_disabled` is set (Debian's default), so [`Ebpf::load`] runs before
-//! sesamed drops its privileges; attaching the program to a socket it owns and updating the
-//! map through the file descriptor it holds need none (Linux 6.5 and later; on older kernels
-//! an update after the drop is refused and sesamed falls back to the range filter with a log
-//! line).
+//! sesamed drops its privileges. The map is made mappable (`BPF_F_MMAPABLE`, Linux 5.5+) and
+//! mapped then, so later updates are atomic stores into shared memory: no system call and no
+//! privilege. Attaching the program to a socket sesamed owns needs none either. Without a
+//! mapping (older kernels) updates go through `bpf()`, which kernels before 6.5 refuse to an
+//! unprivileged process; sesamed then falls back to the range filter with a log line.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -150,9 +151,74 @@ pub fn program(map_fd: RawFd) -> Vec<Insn> {
 pub struct Ebpf {
     prog: OwnedFd,
     map: OwnedFd,
+    /// The map mapped into memory (`BPF_F_MMAPABLE`, Linux 5.5+): updates are plain atomic
+    /// stores, with no system call and no privilege. `None`: updates go through `bpf()`.
+    mapped: Option<Mapped>,
     /// What the map holds (sesamed is its only writer).
     words: Mutex<Vec<u32>>,
 }
+
+/// The bitmap's words in a shared mapping of the map.
+#[derive(Debug)]
+struct Mapped {
+    ptr: std::ptr::NonNull<std::sync::atomic::AtomicU32>,
+}
+
+// SAFETY: the mapping is shared memory that is only ever accessed through atomics, from any
+// thread; it stays mapped until `Mapped` is dropped.
+unsafe impl Send for Mapped {}
+// SAFETY: as above: every access is an atomic operation.
+unsafe impl Sync for Mapped {}
+
+/// An array map stores each value in an 8-byte slot (the value size rounded up to 8), the
+/// value at its start.
+const SLOT: usize = 8;
+/// Bytes of the mapping: the slots, a whole number of pages (16 KiB).
+const MAPPED_LEN: usize = WORDS * SLOT;
+
+impl Mapped {
+    fn new(map: &OwnedFd) -> io::Result<Mapped> {
+        // SAFETY: a fresh shared mapping of the map's descriptor (valid, owned by the caller)
+        // at an address the kernel chooses; nothing else refers to it yet.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                MAPPED_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap"))?;
+        Ok(Mapped { ptr })
+    }
+
+    /// The word of index `i` (at the start of its slot).
+    fn word(&self, i: usize) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY: the mapping holds MAPPED_LEN bytes, page-aligned (so aligned for AtomicU32,
+        // which has u32's layout), and lives as long as `self`; it is only accessed through
+        // atomics (the BPF program reads it concurrently).
+        let all = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), MAPPED_LEN / 4) };
+        &all[i * (SLOT / 4)]
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `Mapped::new`, of that length, unmapped once; no
+        // reference to it outlives `self`.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), MAPPED_LEN);
+        }
+    }
+}
+
+/// `BPF_F_MMAPABLE` (linux/bpf.h).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 // SAFETY notes for the system calls: every attribute block is a `#[repr(C)]` struct that
 // lives across the call, its exact size is passed, and the pointers it holds point at memory
@@ -213,16 +279,34 @@ impl Ebpf {
     /// Creates the bitmap (all clear) and loads the program. Needs CAP_BPF or CAP_SYS_ADMIN
     /// on most systems: call it before dropping privileges.
     pub fn load() -> io::Result<Ebpf> {
-        let mut create = MapCreate {
-            map_type: BPF_MAP_TYPE_ARRAY,
-            key_size: 4,
-            value_size: 4,
-            max_entries: WORDS as u32,
-            map_flags: 0,
+        Self::load_with(true)
+    }
+
+    /// [`Ebpf::load`], mapping the bitmap when `mmap` (else updates go through `bpf()`).
+    pub fn load_with(mmap: bool) -> io::Result<Ebpf> {
+        let create = |flags| {
+            let mut attr = MapCreate {
+                map_type: BPF_MAP_TYPE_ARRAY,
+                key_size: 4,
+                value_size: 4,
+                max_entries: WORDS as u32,
+                map_flags: flags,
+            };
+            let fd = sys_bpf(BPF_MAP_CREATE, &mut attr)?;
+            // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+            Ok::<_, io::Error>(unsafe { OwnedFd::from_raw_fd(fd) })
         };
-        let fd = sys_bpf(BPF_MAP_CREATE, &mut create)?;
-        // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
-        let map = unsafe { OwnedFd::from_raw_fd(fd) };
+        // A mappable map first (updates need no system call, hence no privilege, after the
+        // drop: kernels before 6.5 refuse bpf() to an unprivileged process when
+        // kernel.unprivileged_bpf_disabled is set); kernels before 5.5 lack it.
+        let (map, mapped) = match create(if mmap { BPF_F_MMAPABLE } else { 0 }) {
+            Ok(map) if !mmap => (map, None),
+            Ok(map) => match Mapped::new(&map) {
+                Ok(m) => (map, Some(m)),
+                Err(_) => (map, None),
+            },
+            Err(_) => (create(0)?, None),
+        };
         let insns = program(map.as_raw_fd());
         let license = c"GPL";
         let mut log = vec![0u8; 16 * 1024];
@@ -257,11 +341,22 @@ impl Ebpf {
         Ok(Ebpf {
             prog,
             map,
+            mapped,
             words: Mutex::new(vec![0; WORDS]),
         })
     }
 
+    /// Whether updates are stores into a mapping (no system call, no privilege).
+    pub fn is_mapped(&self) -> bool {
+        self.mapped.is_some()
+    }
+
     fn write_word(&self, index: usize, word: u32) -> io::Result<()> {
+        if let Some(m) = &self.mapped {
+            m.word(index)
+                .store(word, std::sync::atomic::Ordering::Release);
+            return Ok(());
+        }
         let key = index as u32;
         let mut update = MapUpdate {
             map_fd: self.map.as_raw_fd() as u32,

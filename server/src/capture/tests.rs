@@ -261,7 +261,14 @@ fn ebpf_program_admits_exactly_the_live_ports_in_the_kernel() {
         eprintln!("skipped: loading eBPF needs root");
         return;
     }
-    let e = match ebpf::Ebpf::load() {
+    for mmap in [true, false] {
+        ebpf_checks(mmap);
+    }
+}
+
+/// The checks of the test above, with the bitmap updated through a mapping or through bpf().
+fn ebpf_checks(mmap: bool) {
+    let e = match ebpf::Ebpf::load_with(mmap) {
         Ok(e) => e,
         Err(err) => panic!("the kernel refused the eBPF filter: {err}"),
     };
@@ -285,6 +292,7 @@ fn ebpf_program_admits_exactly_the_live_ports_in_the_kernel() {
             }
         }
     };
+    assert_eq!(e.is_mapped(), mmap, "this kernel (5.5+) maps the bitmap");
     e.set(&[12345, 12346, 20000, 65535, 0]).unwrap();
     run(&[0, 12345, 12346, 20000, 65535]);
     // A new set: the old ports go, the new ones come.
