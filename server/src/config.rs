@@ -891,6 +891,14 @@ impl Config {
                     format!("'{name}' is not a valid name (letters, digits, ., _ and -)"),
                 ));
             }
+            if name.starts_with('-') {
+                // `{client}` alone in an action's argv element would pass for an option.
+                return Err(err(
+                    span_of(&c.name),
+                    "client.name",
+                    format!("'{name}' is not a valid name: it may not start with '-'"),
+                ));
+            }
             if by_name.insert(name.clone(), ()).is_some() {
                 return Err(err(
                     span_of(&c.name),

@@ -259,6 +259,25 @@ fn actions_have_safe_defaults_and_clients_name_them() {
         assert!(e.contains(key), "{to}: {e}");
         assert_eq!(e.lines().count(), 1, "{e}");
     }
+    // A client name that starts with '-' (`{client}` would pass for an option).
+    let e = Config::parse(
+        &text.replace("name = \"laptop\"", "name = \"-laptop\""),
+        Path::new("s.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        "line 9: client.name: '-laptop' is not a valid name: it may not start with '-'"
+    );
+    // Elsewhere a '-' is fine.
+    Config::parse(
+        &text
+            .replace("name = \"laptop\"", "name = \"my-laptop\"")
+            .replace("name = \"phone\"", "name = \"phone-\""),
+        Path::new("s.toml"),
+    )
+    .unwrap();
 }
 
 #[test]
