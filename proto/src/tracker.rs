@@ -201,6 +201,11 @@ impl UsedStep {
 /// * A payload is refused if its gate MAC is among `accepted` (the same datagram twice), or if
 ///   its timestamp is at or before `floor`. Any other timestamp inside the window is accepted,
 ///   even one older than a payload accepted before (two devices, a clock a little ahead).
+/// * A payload that names an action is also refused if its timestamp is at or before
+///   `action_floor`, the timestamp of the newest payload naming an action accepted before:
+///   actions run in timestamp order, so a knock an attacker held back (the user retried, the
+///   retry ran) never runs after a later one. Held back with no later action knock accepted,
+///   it can still run late, once, while the window admits it.
 /// * A sequence-only knock is refused if its step is among `steps`, or starts at or before
 ///   `floor`: one grant per client per step.
 ///
@@ -214,12 +219,18 @@ pub struct ReplayState {
     pub steps: Vec<UsedStep>,
     /// Nothing at or before this moment is accepted.
     pub floor: Option<UnixMillis>,
+    /// No payload naming an action is accepted at or before this moment (the timestamp of the
+    /// newest one accepted; `None`: none yet, as 0). It never leaves: one number per client.
+    pub action_floor: Option<UnixMillis>,
 }
 
 impl ReplayState {
     /// Whether the state holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.accepted.is_empty() && self.steps.is_empty() && self.floor.is_none()
+        self.accepted.is_empty()
+            && self.steps.is_empty()
+            && self.floor.is_none()
+            && self.action_floor.is_none()
     }
 
     fn below_floor(&self, t: UnixMillis) -> bool {
@@ -233,6 +244,16 @@ impl ReplayState {
     /// Whether a payload with this timestamp and MAC was accepted before, or is too old.
     pub fn payload_replayed(&self, timestamp: UnixMillis, mac: &[u8; MAC_LEN]) -> bool {
         self.below_floor(timestamp) || self.accepted.iter().any(|a| a.mac == *mac)
+    }
+
+    /// Whether a payload naming an action with this timestamp is refused by the action floor:
+    /// one naming an action with this timestamp or a later one was accepted before.
+    pub fn action_replayed(&self, timestamp: UnixMillis) -> bool {
+        self.action_floor.is_some_and(|f| timestamp <= f)
+    }
+
+    fn record_action(&mut self, timestamp: UnixMillis) {
+        self.action_floor = Some(self.action_floor.map_or(timestamp, |f| f.max(timestamp)));
     }
 
     /// Whether a sequence-only grant for this step was given before, or is too old.
@@ -319,7 +340,8 @@ pub enum Reason {
     /// The payload datagram failed to open.
     Payload(RejectReason),
     /// The same datagram (or the same step, for a sequence-only knock) was seen before, or
-    /// is older than what the replay state still remembers.
+    /// is older than what the replay state still remembers, or it names an action and is not
+    /// newer than the client's last accepted action knock ([`ReplayState::action_floor`]).
     Replay,
     /// The payload's timestamp is further ahead of the server's clock than `max_ahead_ms`.
     TooFarAhead,
@@ -1973,7 +1995,9 @@ impl Tracker {
     ) -> Result<Grant, Reason> {
         let window_start = self.window_start(now);
         self.replay[client as usize].prune(window_start);
-        if self.replay[client as usize].payload_replayed(request.timestamp, &mac)
+        let replay = &self.replay[client as usize];
+        if replay.payload_replayed(request.timestamp, &mac)
+            || (request.action.is_some() && replay.action_replayed(request.timestamp))
             || (request.address.is_none()
                 && self.unbound_floor.is_some_and(|f| request.timestamp < f))
         {
@@ -2036,6 +2060,9 @@ impl Tracker {
             step_seconds,
             counter,
         });
+        if request.action.is_some() {
+            replay.record_action(request.timestamp);
+        }
         Ok(Grant {
             client: ClientId(client),
             source,

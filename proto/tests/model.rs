@@ -32,6 +32,8 @@
 //!   ignored when there is no other progress;
 //! * a payload opens only with the keys and counter it was built for, counter in the window,
 //!   timestamp in that counter's step, never twice, not at or below the client's replay floor,
+//!   and, if it names an action, not at or below the timestamp of the newest payload naming an
+//!   action the client had accepted (its action floor, which never leaves),
 //!   at most one step ahead of now, and within the client's policy (expiry, source prefixes,
 //!   openable address, other address only with `allow_other_ip`, an action only among the
 //!   client's actions and with an argument its rule allows, services inside `allow`); an
@@ -158,7 +160,8 @@ enum Op {
     },
     /// A payload datagram to the payload port of `client` at now's step + `offset`: valid
     /// (built with the client's keys), possibly with a timestamp outside its step, or garbage;
-    /// `action` picks none, `wake` with a good or a bad argument, or `ping`.
+    /// `action` picks none, `wake` with a good or a bad argument, or `ping`. A `held` one is
+    /// built but not sent (an attacker drops it on the way; `Resend` may deliver it later).
     Payload {
         src: usize,
         client: usize,
@@ -167,6 +170,7 @@ enum Op {
         variant: usize,
         garbage: bool,
         action: usize,
+        held: bool,
     },
     /// Sends one of the datagrams built so far again, to its payload port.
     Resend { src: usize, idx: usize },
@@ -196,8 +200,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (
             (0..3usize, 0..3usize, -1i8..=1, 0..5usize, 0..6usize, prop::bool::weighted(0.2)),
             prop_oneof![3 => Just(0usize), 1 => 1..4usize],
+            prop::bool::weighted(0.15),
         )
-            .prop_map(|((src, client, offset, ts, variant, garbage), action)| Op::Payload {
+            .prop_map(|((src, client, offset, ts, variant, garbage), action, held)| Op::Payload {
                 src,
                 client,
                 offset,
@@ -205,6 +210,7 @@ fn op() -> impl Strategy<Value = Op> {
                 variant,
                 garbage,
                 action,
+                held,
             }),
         1 => (0..3usize, 0..8usize).prop_map(|(src, idx)| Op::Resend { src, idx }),
         2 => (0..3usize, 0..42u16, any::<bool>(), prop::bool::weighted(0.2))
@@ -282,6 +288,8 @@ struct ReplayModel {
     accepted: Vec<(UnixMillis, [u8; 16])>,
     steps: Vec<u64>,
     floor: Option<UnixMillis>,
+    /// The newest accepted payload naming an action.
+    action_floor: Option<UnixMillis>,
 }
 
 impl ReplayModel {
@@ -408,6 +416,9 @@ impl Model {
         if r.floor.is_some_and(|f| req.timestamp <= f) || r.accepted.iter().any(|a| a.1 == mac) {
             return None;
         }
+        if req.action.is_some() && r.action_floor.is_some_and(|f| req.timestamp <= f) {
+            return None;
+        }
         if req.timestamp > now.plus_millis(STEP_MS) {
             return None;
         }
@@ -458,6 +469,12 @@ impl Model {
         r.accepted.push((req.timestamp, mac));
         if !r.steps.contains(&counter) {
             r.steps.push(counter);
+        }
+        if req.action.is_some() {
+            r.action_floor = Some(
+                r.action_floor
+                    .map_or(req.timestamp, |f| f.max(req.timestamp)),
+            );
         }
         Some(Grant {
             client: sesame_proto::ClientId(client as u32),
@@ -832,6 +849,7 @@ fn run(setup: &Setup, ops: &[Op]) -> Result<usize, String> {
                 variant,
                 garbage,
                 action,
+                held,
             } => {
                 let client = client % setup.clients;
                 let counter = now.counter(STEP).wrapping_add_signed(i64::from(offset));
@@ -879,6 +897,9 @@ fn run(setup: &Setup, ops: &[Op]) -> Result<usize, String> {
                     built.push((d.clone(), client, counter));
                     d
                 };
+                if held {
+                    continue;
+                }
                 sends.push((
                     SOURCES[src],
                     Packet {
@@ -1010,6 +1031,7 @@ fn model_grants_in_every_mode() {
                 variant: 1,
                 garbage: false,
                 action: 0,
+                held: false,
             },
         ];
         let grants = run(&setup, &ops).unwrap();
@@ -1017,6 +1039,46 @@ fn model_grants_in_every_mode() {
         // payload comes).
         assert_eq!(grants, 1, "{mode}");
     }
+}
+
+/// The review's hold-back attack, as model ops: an action knock A is dropped on the way, a
+/// plain knock too, the retry B (with the action) runs, then the attacker delivers A and the
+/// plain one. Tracker and model agree that A is refused (the action floor) and the plain knock
+/// opens: two grants. (The random cases reach this too, held payloads being `Resend` later.)
+#[test]
+fn model_a_held_back_action_knock_is_refused_after_a_later_one() {
+    let setup = Setup {
+        length: 0,
+        mode: PayloadMode::Required,
+        protocol: KnockProtocol::Udp,
+        clients: 1,
+    };
+    let payload = |ts, action, held| Op::Payload {
+        src: 0,
+        client: 0,
+        offset: 0,
+        ts,
+        variant: 1,
+        garbage: false,
+        action,
+        held,
+    };
+    let ops = vec![
+        payload(0, 3, true),
+        payload(1, 0, true),
+        Op::Wait {
+            ms: 16_000,
+            advance: true,
+        },
+        payload(2, 3, false),
+        Op::Wait {
+            ms: 2000,
+            advance: true,
+        },
+        Op::Resend { src: 0, idx: 0 },
+        Op::Resend { src: 0, idx: 1 },
+    ];
+    assert_eq!(run(&setup, &ops), Ok(2));
 }
 
 /// The random cases are not vacuous: over a deterministic sample they grant plenty, both from
@@ -1129,6 +1191,7 @@ fn model_grants_allowed_actions_only() {
         variant: 0,
         garbage: false,
         action,
+        held: false,
     };
     for (client, action, grants) in [(0, 1, 1), (0, 2, 0), (0, 3, 1), (2, 3, 0), (1, 1, 0)] {
         let ops = vec![

@@ -7,13 +7,16 @@
 //!
 //! ```text
 //! sesame-replay 2
-//! <client public key> <floor ms or -> <accepted or -> <steps or ->
+//! <client public key> <floor ms or -> <accepted or -> <steps or -> [action=<ms>]
 //! ...
 //! sha256 <hex digest of every preceding byte>
 //! ```
 //!
 //! where `<accepted>` is a comma-separated list of `<timestamp ms>:<gate MAC, 32 hex digits>`
-//! and `<steps>` one of `<step_seconds>:<counter>`. At a clean shutdown the snapshot also holds
+//! and `<steps>` one of `<step_seconds>:<counter>`. A client that has run an action has a
+//! fifth field, `action=<ms>`: its action floor (the timestamp of the newest accepted payload
+//! naming an action; PROTOCOL.md 7.2). A line without it (every line written before action
+//! floors existed) has none, which refuses nothing, as 0 would. At a clean shutdown the snapshot also holds
 //! every gate MAC the tracker remembers (datagrams that passed the gate but were refused are in
 //! no client's state), one per line: `seen <MAC> <client public key> <until ms>`. Everything is in time (milliseconds), not
 //! in counters of one step length, so a change of `step_seconds` keeps it meaningful.
@@ -23,7 +26,7 @@
 //!
 //! ```text
 //! sesame-replay-journal 2
-//! <client public key> <floor> <accepted> <steps> <check>
+//! <client public key> <floor> <accepted> <steps> [action=<ms>] <check>
 //! ...
 //! ```
 //!
@@ -54,6 +57,8 @@ use sesame_proto::{AcceptedPayload, MAC_LEN, ReplayState, SeenMac, UnixMillis, U
 const HEADER: &str = "sesame-replay 2";
 const JOURNAL_HEADER: &str = "sesame-replay-journal 2";
 const HEADER_V1: &str = "sesame-replay 1";
+/// The prefix of a state line's optional fifth field, the client's action floor.
+const ACTION_FIELD: &str = "action=";
 const JOURNAL_HEADER_V1: &str = "sesame-replay-journal 1";
 /// The snapshot's name inside `state_dir`.
 pub const FILE_NAME: &str = "replay.state";
@@ -539,7 +544,8 @@ fn journal_record(key: &PublicKey, s: &ReplayState) -> String {
     format!("{body} {check}\n")
 }
 
-/// `<key> <floor> <accepted> <steps>`.
+/// `<key> <floor> <accepted> <steps>`, then ` action=<ms>` if the client has an action floor
+/// (without one, the line is as it was before action floors existed).
 fn line(key: &PublicKey, s: &ReplayState) -> String {
     let list = |items: Vec<String>| {
         if items.is_empty() {
@@ -548,8 +554,11 @@ fn line(key: &PublicKey, s: &ReplayState) -> String {
             items.join(",")
         }
     };
+    let action = s
+        .action_floor
+        .map_or_else(String::new, |f| format!(" {ACTION_FIELD}{}", f.0));
     format!(
-        "{key} {} {} {}",
+        "{key} {} {} {}{action}",
         s.floor.map_or_else(|| "-".to_owned(), |f| f.0.to_string()),
         list(
             s.accepted
@@ -566,10 +575,11 @@ fn line(key: &PublicKey, s: &ReplayState) -> String {
     )
 }
 
-/// Parses `<key> <floor> <accepted> <steps>`.
+/// Parses `<key> <floor> <accepted> <steps> [action=<ms>]`.
 fn parse_line(line: &str) -> Option<(PublicKey, ReplayState)> {
     let mut parts = line.split(' ');
-    let (Some(key), Some(floor), Some(accepted), Some(steps), None) = (
+    let (Some(key), Some(floor), Some(accepted), Some(steps), action, None) = (
+        parts.next(),
         parts.next(),
         parts.next(),
         parts.next(),
@@ -577,6 +587,10 @@ fn parse_line(line: &str) -> Option<(PublicKey, ReplayState)> {
         parts.next(),
     ) else {
         return None;
+    };
+    let action_floor = match action {
+        None => None,
+        Some(a) => Some(UnixMillis(a.strip_prefix(ACTION_FIELD)?.parse().ok()?)),
     };
     let items = |text: &str| -> Option<Vec<(String, String)>> {
         if text == "-" {
@@ -595,6 +609,7 @@ fn parse_line(line: &str) -> Option<(PublicKey, ReplayState)> {
         } else {
             Some(UnixMillis(floor.parse().ok()?))
         },
+        action_floor,
         ..ReplayState::default()
     };
     for (ts, mac) in items(accepted)? {
@@ -741,7 +756,7 @@ fn parse(bytes: &[u8]) -> Result<Snapshot, String> {
         }
         let (key, state) = parse_line(line).ok_or_else(|| {
             format!(
-                "line {}: expected '<key> <floor|-> <accepted|-> <steps|->'",
+                "line {}: expected '<key> <floor|-> <accepted|-> <steps|-> [action=<ms>]'",
                 i + 2
             )
         })?;
@@ -837,7 +852,74 @@ mod tests {
                 counter: ts / 30_000,
             }],
             floor: Some(UnixMillis(ts / 2)),
+            action_floor: Some(UnixMillis(ts + 1)),
         }
+    }
+
+    /// The action floor (PROTOCOL.md 7.2) is saved with the rest, in the journal and in the
+    /// snapshot; files written before it existed (four fields a line) load with none, and a
+    /// client that never ran an action is still written in that format.
+    #[test]
+    fn the_action_floor_is_saved_and_files_without_it_still_load() {
+        let dir = tmpdir("action");
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = sesame_keys::PrivateKey::generate().public_key();
+        let b = sesame_keys::PrivateKey::generate().public_key();
+        // Written by the code before action floors: a snapshot for a, a journal record for b.
+        let mac = "ab".repeat(MAC_LEN);
+        let body = format!("{HEADER}\n{a} 77 1234:{mac} 30:99\n");
+        let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
+        let snapshot = format!("{body}sha256 {}\n", hex(digest.as_ref()));
+        std::fs::write(dir.join(FILE_NAME), &snapshot).unwrap();
+        let record = format!("{b} - 5000:{mac} 30:58800000");
+        let journal = format!("{JOURNAL_HEADER}\n{record} {}\n", check16(&record));
+        std::fs::write(dir.join(JOURNAL_NAME), &journal).unwrap();
+        let mut store = ReplayStore::open(&dir).unwrap();
+        let old_a = ReplayState {
+            accepted: vec![AcceptedPayload {
+                timestamp: UnixMillis(1234),
+                mac: [0xab; MAC_LEN],
+            }],
+            steps: vec![UsedStep {
+                step_seconds: 30,
+                counter: 99,
+            }],
+            floor: Some(UnixMillis(77)),
+            action_floor: None,
+        };
+        assert_eq!(store.get(&a), old_a);
+        assert_eq!(store.get(&b).action_floor, None);
+        assert_eq!(store.get(&b).accepted.len(), 1);
+        // Without an action floor a line is exactly the old format.
+        assert_eq!(line(&a, &old_a), format!("{a} 77 1234:{mac} 30:99"));
+        // With one: journal, then snapshot, both load it.
+        let with = ReplayState {
+            action_floor: Some(UnixMillis(1_764_000_008_000)),
+            ..old_a.clone()
+        };
+        assert_eq!(
+            line(&a, &with),
+            format!("{a} 77 1234:{mac} 30:99 action=1764000008000")
+        );
+        store.save([(&a, with.clone())]).unwrap();
+        assert_eq!(ReplayStore::open(&dir).unwrap().get(&a), with);
+        store.compact().unwrap();
+        let again = ReplayStore::open(&dir).unwrap();
+        assert_eq!(again.get(&a), with);
+        assert_eq!(again.get(&b).action_floor, None);
+        // A state holding only an action floor is not empty: it is saved.
+        let only = ReplayState {
+            action_floor: Some(UnixMillis(9)),
+            ..ReplayState::default()
+        };
+        store.save([(&b, only.clone())]).unwrap();
+        assert_eq!(ReplayStore::open(&dir).unwrap().get(&b), only);
+        std::fs::remove_dir_all(&dir).unwrap();
+        // A fifth field that is not an action floor is corruption, not "no floor".
+        for bad in ["action=", "action=x", "actions=5", "5", "action=5 6"] {
+            assert!(parse_line(&format!("{a} 77 - - {bad}")).is_none(), "{bad}");
+        }
+        assert!(parse_line(&format!("{a} 77 - - action=5")).is_some());
     }
 
     #[test]

@@ -211,8 +211,9 @@ pub fn check_state_file(bytes: &[u8]) -> Result<Vec<String>, String> {
     Ok(entries)
 }
 
-/// `<key> <floor|-> <accepted|-> <steps|->`: accepted is `ts:mac` (32 hex digits) items,
-/// steps `step_seconds:counter` items, comma-separated.
+/// `<key> <floor|-> <accepted|-> <steps|-> [action=<ms>]`: accepted is `ts:mac` (32 hex
+/// digits) items, steps `step_seconds:counter` items, comma-separated; the action floor only
+/// for a client that ran an action.
 fn state_line_ok(l: &str) -> bool {
     let parts: Vec<&str> = l.split(' ').collect();
     let num = |s: &str| s.parse::<u64>().is_ok();
@@ -221,7 +222,12 @@ fn state_line_ok(l: &str) -> bool {
             || s.split(',')
                 .all(|i| i.split_once(':').is_some_and(|(a, b)| item(a, b)))
     };
-    parts.len() == 4
+    let action_floor_ok = match parts.get(4) {
+        None => true,
+        Some(a) => a.strip_prefix("action=").is_some_and(num),
+    };
+    (parts.len() == 4 || parts.len() == 5)
+        && action_floor_ok
         && parts[0].len() == 44
         && (parts[1] == "-" || num(parts[1]))
         && list(parts[2], &|ts, mac| {

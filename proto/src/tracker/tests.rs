@@ -1181,6 +1181,187 @@ fn an_action_is_granted_once_and_never_for_a_replay() {
     }
 }
 
+/// The review's attack (actions-review.md, finding 1): an attacker on the client's network
+/// drops knock A (`sesame run`), the user retries, knock B runs the action; later, still
+/// inside the window, the attacker sends A. A must not run the action a second time: it is
+/// refused by the action floor, and keeps being refused after a restart.
+#[test]
+fn a_held_back_action_knock_never_runs_after_a_later_one() {
+    let mut w = world_with(
+        config(3, KnockProtocol::Udp, PayloadMode::Required),
+        1,
+        action_policy,
+    );
+    // A: built at T0, every packet of it dropped on the way.
+    let a = w.payload(0, T0, action_request(T0, "ping", "", vec![]));
+    // A plain knock (no action), built before B and held back too.
+    let plain_at = T0.plus_millis(4000);
+    let plain = w.payload(0, plain_at, World::request(plain_at));
+    // B: the user's retry, 8 s later, runs.
+    let b_at = T0.plus_millis(8000);
+    w.knock(
+        0,
+        b_at,
+        v4(2),
+        &[0, 1, 2],
+        Some(action_request(b_at, "ping", "", vec![])),
+    );
+    let g = w.grants();
+    assert_eq!(g.len(), 1, "{:?}", w.rejections());
+    assert!(g[0].action.is_some());
+    assert_eq!(
+        g[0].replay.action_floor,
+        Some(b_at),
+        "the grant carries the action floor, so the daemon persists it before running"
+    );
+    // After the cooldown, still in the window, from the client's own address: refused.
+    let late = T0.plus_millis(25_000);
+    w.knock_raw(0, late, v4(2), &[0, 1, 2], Some(a.clone()));
+    assert!(
+        w.grants().is_empty(),
+        "the held-back action knock ran again"
+    );
+    assert_eq!(w.rejections(), vec![Reason::Replay]);
+    // A held-back knock without an action is a plain grant: still accepted (it opens what
+    // the client may open, for the address it names, and runs nothing).
+    w.knock_raw(0, late.plus_millis(10), v4(2), &[0, 1, 2], Some(plain));
+    let g = w.grants();
+    assert_eq!(g.len(), 1, "{:?}", w.rejections());
+    assert_eq!(g[0].action, None);
+    assert_eq!(
+        g[0].replay.action_floor,
+        Some(b_at),
+        "a plain grant leaves it"
+    );
+    // The floor survives a restart (the daemon loads the persisted state into a new tracker),
+    // and A, built with a fresh datagram of the same moment (not the same MAC), is refused.
+    let saved = w.tracker.replay_states().to_vec();
+    assert_eq!(saved[0].action_floor, Some(b_at));
+    let entries = vec![ClientEntry {
+        name: "c".into(),
+        keys: ClientKeys::for_server(&w.server, &w.clients[0].public_key(), None).unwrap(),
+        policy: action_policy(0),
+    }];
+    let restart = T0.plus_millis(26_000);
+    w.tracker = Tracker::new(
+        config(3, KnockProtocol::Udp, PayloadMode::Required),
+        w.server.clone(),
+        entries,
+        saved,
+        restart,
+    )
+    .unwrap();
+    let same_moment = Request {
+        random: [7; 16],
+        ..action_request(T0.plus_millis(7999), "ping", "", vec![])
+    };
+    let d = w.payload(0, T0.plus_millis(7999), same_moment);
+    w.knock_raw(0, restart, v4(2), &[0, 1, 2], Some(d));
+    assert!(w.grants().is_empty());
+    assert_eq!(w.rejections(), vec![Reason::Replay]);
+    // A later action knock runs, and raises the floor.
+    let c_at = T0.plus_millis(27_000);
+    w.knock(
+        0,
+        c_at,
+        v4(2),
+        &[0, 1, 2],
+        Some(action_request(c_at, "ping", "", vec![])),
+    );
+    let g = w.grants();
+    assert_eq!(g.len(), 1, "{:?}", w.rejections());
+    assert_eq!(g[0].replay.action_floor, Some(c_at));
+}
+
+/// Across a step turn: A stamped late in one step, B early in the next, A sent after B (its
+/// step still in the skew window) is refused.
+#[test]
+fn a_held_back_action_knock_of_the_previous_step_is_refused() {
+    let mut w = world_with(
+        config(3, KnockProtocol::Udp, PayloadMode::Required),
+        1,
+        action_policy,
+    );
+    let a_at = T0.plus_millis(29_000);
+    let a = w.payload(0, a_at, action_request(a_at, "ping", "", vec![]));
+    let b_at = T0.plus_millis(31_000);
+    w.tracker.advance(b_at).unwrap();
+    w.knock(
+        0,
+        b_at,
+        v4(2),
+        &[0, 1, 2],
+        Some(action_request(b_at, "ping", "", vec![])),
+    );
+    assert_eq!(w.grants().len(), 1, "{:?}", w.rejections());
+    let late = T0.plus_millis(45_000);
+    let seq = w.sequence(0, a_at.counter(STEP));
+    for k in &seq.knocks {
+        w.send(late, v4(2), k.proto, k.port, None);
+    }
+    w.send(late, v4(2), Proto::Udp, seq.payload_port, Some(&a));
+    assert!(w.grants().is_empty(), "the held-back action knock ran");
+    assert_eq!(w.rejections(), vec![Reason::Replay]);
+}
+
+/// What the action floor leaves alone: a held-back action knock still runs late, once, when
+/// no later action knock was accepted (a later plain grant does not raise the floor, nor does
+/// a refused action knock); then its MAC refuses it.
+#[test]
+fn a_held_back_action_knock_runs_late_once_when_no_later_one_ran() {
+    let mut w = world_with(
+        config(3, KnockProtocol::Udp, PayloadMode::Required),
+        1,
+        action_policy,
+    );
+    let a = w.payload(0, T0, action_request(T0, "ping", "", vec![]));
+    // Later: a plain grant, and an action knock refused by the policy (an argument for ping).
+    let t = T0.plus_millis(5000);
+    w.knock(0, t, v4(2), &[0, 1, 2], Some(World::request(t)));
+    assert_eq!(w.grants().len(), 1, "{:?}", w.rejections());
+    let t = T0.plus_millis(6000);
+    w.knock(
+        0,
+        t,
+        v4(2),
+        &[0, 1, 2],
+        Some(action_request(t, "ping", "x", vec![])),
+    );
+    assert!(w.grants().is_empty());
+    assert_eq!(
+        w.rejections(),
+        vec![Reason::ArgumentNotAllowed(ActionName::new("ping").unwrap())]
+    );
+    assert_eq!(w.tracker.replay_states()[0].action_floor, None);
+    let late = T0.plus_millis(20_000);
+    w.knock_raw(0, late, v4(2), &[0, 1, 2], Some(a.clone()));
+    let g = w.grants();
+    assert_eq!(g.len(), 1, "{:?}", w.rejections());
+    assert!(g[0].action.is_some());
+    assert_eq!(g[0].replay.action_floor, Some(T0));
+    w.knock_raw(0, late.plus_millis(10), v4(2), &[0, 1, 2], Some(a));
+    assert!(w.grants().is_empty());
+    assert_eq!(w.rejections(), vec![Reason::Replay]);
+}
+
+#[test]
+fn the_action_floor_refuses_action_payloads_at_or_before_it_and_is_never_pruned() {
+    let mut r = ReplayState::default();
+    assert!(!r.action_replayed(UnixMillis(0)));
+    r.record_action(UnixMillis(5000));
+    r.record_action(UnixMillis(3000));
+    assert_eq!(r.action_floor, Some(UnixMillis(5000)), "it only rises");
+    assert!(r.action_replayed(UnixMillis(5000)));
+    assert!(r.action_replayed(UnixMillis(4999)));
+    assert!(!r.action_replayed(UnixMillis(5001)));
+    assert!(!r.is_empty());
+    // Payloads without an action only see the other rules.
+    assert!(!r.payload_replayed(UnixMillis(4000), &[1; MAC_LEN]));
+    r.prune(UnixMillis(1_000_000));
+    assert_eq!(r.action_floor, Some(UnixMillis(5000)));
+    assert_eq!(r.floor, None, "the action floor does not raise the floor");
+}
+
 #[test]
 fn an_action_bound_to_another_address_is_refused() {
     let mut w = world_with(
