@@ -1,11 +1,15 @@
 //! Packet capture: AF_PACKET sockets in cooked mode (`SOCK_DGRAM`: the kernel strips the link
-//! header, so Ethernet, WireGuard, tun and PPP interfaces all deliver IP packets) with a
-//! classic BPF filter, so only UDP datagrams and TCP SYNs (without ACK) to the knock range
-//! reach user space. The knock ports stay closed: packet sockets see packets before the
+//! header, so Ethernet, WireGuard, tun and PPP interfaces all deliver IP packets) with an
+//! in-kernel filter, so only UDP datagrams and TCP SYNs (without ACK) to the live ports reach
+//! user space: every client's knock and payload ports in the window and the step after it
+//! ([`LiveFilter`], from `Tracker::live_ports`), as a classic BPF program while it fits
+//! ([`live_program`]), else as the eBPF bitmap of [`ebpf`], else the whole knock range
+//! ([`filter_program`]). The knock ports stay closed: packet sockets see packets before the
 //! firewall drops them.
 //!
 //! This module is the only place in sesame with `unsafe` code (binding a packet socket to an
-//! interface and setting a socket option that socket2 does not wrap).
+//! interface, socket options that socket2 does not wrap, and in [`ebpf`] the `bpf()` system
+//! call and the mapping of the bitmap).
 
 use std::ffi::CString;
 use std::io::Read;
