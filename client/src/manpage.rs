@@ -61,7 +61,7 @@ pub fn main_page(cmd: clap::Command) -> String {
     for (code, what) in [
         (
             "0",
-            "Success (open --wait and proxy: the service answered; open --wait with lease = \"connection\" in the profile: the knock was sent, and nothing connected to check it). When the server's host has IPv4 and IPv6 addresses, open knocks both, and one family that cannot be knocked (no route from this host; or no address to bind its knock to, when it is not the first address: open sends no unbound knock there) is only reported: open succeeds if the other was knocked (with --wait: if the service answered at the address it checks, the first in the resolver's order that this host has a route to).",
+            "Success (open --wait and proxy: the service answered; open --wait with lease = \"connection\" in the profile: the knock was sent, and nothing connected to check it). When the server's host has IPv4 and IPv6 addresses, open knocks both, and one family that cannot be knocked (no route from this host; or no address to bind its knock to, when it is not the first address: open sends no unbound knock there) is only reported: open succeeds if the other was knocked (with --wait: if the service answered at the address it checks, the first in the resolver's order that this host has a route to). run: the knock was sent; the server never answers, so this does not say that the action ran (sesamed status on the server does).",
         ),
         (
             "1",
@@ -197,6 +197,9 @@ mod tests {
         let page = main_page(crate::Cli::command());
         assert!(page.contains("sesame run myserver wake nas"), "{page}");
         assert!(page.contains("sesame\\-run(1)"), "{page}");
+        let exit =
+            &page[page.find(".SH \"EXIT STATUS\"").unwrap()..page.find(".SH EXAMPLES").unwrap()];
+        assert!(exit.contains("run: the knock was sent"), "{exit}");
     }
 
     /// groff renders it without a warning (where groff is installed).
