@@ -49,7 +49,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
-use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, Uid};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -334,22 +334,36 @@ fn terminate(state: &Rc<RefCell<State>>) {
     }
 }
 
-/// The children of process `parent`, from /proc: (pid, process group, whether a zombie).
-fn children_of(parent: i32) -> Vec<(i32, i32, bool)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| {
-        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // After the name in parentheses: state, ppid, pgrp, ...
-        let mut fields = stat.rsplit_once(") ")?.1.split(' ');
-        let zombie = fields.next()? == "Z";
-        let ppid: i32 = fields.next()?.parse().ok()?;
-        let pgrp: i32 = fields.next()?.parse().ok()?;
-        (ppid == parent).then_some((pid, pgrp, zombie))
-    })
-    .collect()
+/// This process's children: from `/proc/self/task/*/children`, which lists them whoever they
+/// run as (under systemd's `ProtectProc=invisible` the `/proc/PID` of another account's
+/// process is hidden), or, without that file, from the `/proc/PID/stat` files it can see.
+fn children() -> Vec<Pid> {
+    let mut out = Vec::new();
+    let mut listed = false;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+                listed = true;
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    if !listed {
+        let me = std::process::id() as i32;
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            out.extend(dir.filter_map(|e| {
+                let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                // After the name in parentheses: state, ppid, ...
+                let ppid: i32 = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+                (ppid == me).then_some(pid)
+            }));
+        }
+    }
+    out.into_iter().map(Pid::from_raw).collect()
 }
 
 /// Kills and reaps what ended runs left behind: the process group of the run that just ended
@@ -357,32 +371,34 @@ fn children_of(parent: i32) -> Vec<(i32, i32, bool)> {
 /// nor in a running command's process group; again until none is left (a killed process's
 /// children become the runner's in turn), for at most [`SWEEP_WITHIN`].
 async fn sweep(state: &Rc<RefCell<State>>, group: Option<Pid>) {
-    let me = std::process::id() as i32;
     let until = Instant::now() + SWEEP_WITHIN;
     loop {
         let mut left = false;
         {
-            // No await from the scan to the kills: `groups` holds every command started.
+            // No await from the listing to the kills: `groups` holds every command started.
             let s = state.borrow();
-            let running: Vec<i32> = s.groups.values().map(|g| g.as_raw()).collect();
-            let children = children_of(me);
+            let running: Vec<Pid> = s.groups.values().copied().collect();
+            let children: Vec<(Pid, Option<Pid>)> = children()
+                .into_iter()
+                .filter(|pid| !running.contains(pid)) // a running command: its task waits for it
+                .map(|pid| (pid, nix::unistd::getpgid(Some(pid)).ok()))
+                .collect();
             // The group at once (what a command forks fast dies with it), but only while an
             // unreaped child of the runner is in it: then its id cannot belong to anyone else.
-            if let Some(group) = group.filter(|g| children.iter().any(|c| c.1 == g.as_raw())) {
+            if let Some(group) = group.filter(|g| children.iter().any(|c| c.1 == Some(*g))) {
                 let _ = killpg(group, Signal::SIGKILL);
             }
-            for (pid, pgrp, zombie) in children {
-                if running.contains(&pid) {
-                    continue; // a running command: its own task waits for it
-                }
-                let pid = Pid::from_raw(pid);
-                if zombie {
-                    // Reaped by its pid, never with -1: the commands' statuses stay theirs.
-                    let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
-                    left = true;
-                } else if !running.contains(&pgrp) {
-                    let _ = kill(pid, Signal::SIGKILL);
-                    left = true;
+            for (pid, pgrp) in children {
+                // Reaped by its pid, never with -1: the commands' statuses stay theirs.
+                match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => {
+                        if !pgrp.is_some_and(|g| running.contains(&g)) {
+                            let _ = kill(pid, Signal::SIGKILL);
+                            left = true;
+                        }
+                    }
+                    Ok(_) => left = true, // reaped: look again for what it left
+                    Err(_) => {}
                 }
             }
         }
