@@ -446,9 +446,12 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             for note in knock_notes(&config)
                 .into_iter()
                 .chain(prefix_notes(&config))
-                .chain(action_notes)
+                .chain(action_notes.notes)
             {
                 eprintln!("sesamed: note: {note}");
+            }
+            for warning in action_notes.warnings {
+                eprintln!("sesamed: warning: {warning}");
             }
             for note in control::notes_against_running(&config, &secrets.server_key.public_key()) {
                 eprintln!("sesamed: note: {note}");

@@ -203,16 +203,32 @@ pub fn can_switch_users() -> bool {
         .all(|c| caps::has_cap(None, CapSet::Effective, *c).unwrap_or(false))
 }
 
+/// What `sesamed check` says about the actions besides errors.
+#[derive(Debug, Default)]
+pub struct CheckNotes {
+    /// Odd but works (`sesamed: note: ...`).
+    pub notes: Vec<String>,
+    /// Works, but weakens what sesamed protects (`sesamed: warning: ...`).
+    pub warnings: Vec<String>,
+}
+
 /// `sesamed check`: the actions' accounts, as this process would run them (an error for what
-/// stops sesamed from starting), and notes about what is odd but works.
-pub fn check(config: &Config) -> Result<Vec<String>, String> {
-    let mut notes = Vec::new();
+/// stops sesamed from starting), notes about what is odd but works, and warnings about what
+/// works but weakens sesamed (an action that runs as sesamed's own account).
+pub fn check(config: &Config) -> Result<CheckNotes, String> {
+    let mut out = CheckNotes::default();
     if config.actions.is_empty() {
-        return Ok(notes);
+        return Ok(out);
     }
     let me = Uid::effective();
+    // The account the daemon runs as: `user` when started as root, else this one.
+    let daemon = match &config.user {
+        Some(name) if me.is_root() => User::from_name(name).ok().flatten().map(|u| u.uid),
+        _ => Some(me),
+    };
     let resolved =
         resolve(config, me, can_switch_users()).map_err(|e| format!("action.user: {e}"))?;
+    let mut notes = Vec::new();
     let key_owner = {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(&config.private_key_file)
@@ -253,14 +269,20 @@ pub fn check(config: &Config) -> Result<Vec<String>, String> {
                 a.name
             ));
         }
-        if key_owner == Some(r.uid.as_raw()) && !r.uid.is_root() {
+        if daemon == Some(r.uid) && !r.uid.is_root() {
+            out.warnings.push(format!(
+                "action '{}' runs as '{}', the account sesamed itself runs as: a flaw in its command then runs code as sesamed, which can read the server key (and with it forge any client's knock), rewrite sesamed's state (its replay protection, after the next restart), and signal or stop sesamed; run it as an account of its own (start sesamed as root with user = \"{}\" in the configuration, so that its action runner can switch accounts, and give the action user = \"<another account>\")",
+                a.name, a.user, a.user
+            ));
+        } else if key_owner == Some(r.uid.as_raw()) && !r.uid.is_root() {
             notes.push(format!(
                 "action '{}' runs as '{}', which owns the server key (private_key_file): a flaw in its command can give the key away; an account of its own is safer (that needs sesamed started as root with user = \"...\")",
                 a.name, a.user
             ));
         }
     }
-    Ok(notes)
+    out.notes = notes;
+    Ok(out)
 }
 
 /// What `sesamed check` prints under its summary: each action as it would run, and what each
