@@ -31,9 +31,15 @@ use crate::operator::sesamed_ok;
 const RULE: &str = "^[a-z0-9-]{1,16}$";
 /// The timeout of the `hang` action.
 const HANG_TIMEOUT_MS: u64 = 1500;
+/// The cooldown of the `door` action (short: the held-back knock test waits it out).
+const DOOR_COOLDOWN_MS: u64 = 1000;
+/// The link from the client to the attacker in the held-back knock test, at each end.
+const WIFI_CLIENT_IF: &str = "c-wifi";
+/// See [`WIFI_CLIENT_IF`].
+const WIFI_ATTACKER_IF: &str = "a-wifi";
 
-/// A deployment with actions: `laptop` may run `record`, `once` and `hang`; `phone` may run
-/// none; `tablet` may run `record` and open other addresses than its own
+/// A deployment with actions: `laptop` may run `record`, `once`, `hang` and `door`; `phone`
+/// may run none; `tablet` may run `record` and open other addresses than its own
 /// (`allow_other_ip = true`).
 struct Actions {
     f: Fixture,
@@ -95,12 +101,14 @@ impl Actions {
         ]);
         let once = list(&[&probe, "record", &mark("once.json"), "{client}"]);
         let hang = list(&[&probe, "hang", &mark("hang.json")]);
+        let door = list(&[&probe, "record", &mark("door.json"), "{client}"]);
         let actions = format!(
             "\n[[action]]\nname = \"record\"\ncommand = {record}\nuser = \"nobody\"\nargument = {RULE:?}\ncooldown_ms = 0\nmax_concurrent = 4\ntimeout_ms = 10000\n\
              \n[[action]]\nname = \"once\"\ncommand = {once}\ncooldown_ms = 600000\n\
-             \n[[action]]\nname = \"hang\"\ncommand = {hang}\ntimeout_ms = {HANG_TIMEOUT_MS}\ncooldown_ms = 0\n"
+             \n[[action]]\nname = \"hang\"\ncommand = {hang}\ntimeout_ms = {HANG_TIMEOUT_MS}\ncooldown_ms = 0\n\
+             \n[[action]]\nname = \"door\"\ncommand = {door}\ncooldown_ms = {DOOR_COOLDOWN_MS}\n"
         );
-        f.client().extra = "actions = [\"record\", \"once\", \"hang\"]\n".to_owned();
+        f.client().extra = "actions = [\"record\", \"once\", \"hang\", \"door\"]\n".to_owned();
         let phone = f.lab.gen_key("phone");
         f.spec.clients.push(ClientSpec::new("phone", &phone.public));
         let tablet = f.lab.gen_key("tablet");
@@ -541,4 +549,150 @@ fn a_hanging_action_is_killed_at_its_timeout_with_its_process_group() {
         metrics.contains("sesamed_actions_total{action=\"hang\",outcome=\"killed\"} 1"),
         "{metrics}"
     );
+}
+
+/// Runs `ip ARGS` (from the root namespace; ARGS name the namespace with `-n`).
+fn ip(args: &[&str]) {
+    let o = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(o.status.success(), "ip {}: {}", args.join(" "), text(&o));
+}
+
+/// The security review's "held-back action knock" (actions-review finding 1): an attacker on
+/// the client's Wi-Fi keeps the client's first `sesame run` knock A from the server; the user
+/// sees nothing happen and retries (knock B), which runs the action; after the action's
+/// cooldown, still inside A's window, the attacker sends A from the client's address (behind
+/// the same NAT it is the client's address). A must not run the action a second time: sesamed
+/// refuses it as a replay (the per-client action floor: B is newer than A).
+///
+/// The attacker is on the path as ARP spoofing would put it: the client's route and neighbour
+/// entry for the server point into a link to the attacker's namespace, which captures the real
+/// client's knock for the real server (and does not forward it). Without the action floor
+/// (sesamed before it) the replayed A runs the action again, and this test fails.
+#[test]
+fn a_held_back_action_knock_does_not_run_after_the_retry() {
+    if !require_netns() {
+        return;
+    }
+    let a = Actions::start("action-held");
+    let f = &a.f;
+    let me = a.client_addr();
+    let server = f.server(Family::V4);
+    let (cli, att) = (f.lab.ns(Host::Client), f.lab.ns(Host::Attacker));
+
+    // The attacker in the middle: a link client -> attacker; the client's packets to the
+    // server take it; the attacker forwards nothing.
+    ip(&[
+        "link",
+        "add",
+        WIFI_CLIENT_IF,
+        "netns",
+        cli,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        WIFI_ATTACKER_IF,
+        "netns",
+        att,
+    ]);
+    ip(&["-n", cli, "link", "set", WIFI_CLIENT_IF, "up"]);
+    ip(&["-n", att, "link", "set", WIFI_ATTACKER_IF, "up"]);
+    f.lab
+        .run_ok(Host::Attacker, "sysctl", &["-qw", "net.ipv4.ip_forward=0"]);
+    let mac = f.lab.mac(Host::Attacker, WIFI_ATTACKER_IF);
+    let server_s = server.to_string();
+    let me_s = me.to_string();
+    let neigh = [
+        "-n",
+        cli,
+        "neigh",
+        "replace",
+        &server_s,
+        "lladdr",
+        &mac,
+        "dev",
+        WIFI_CLIENT_IF,
+        "nud",
+        "permanent",
+    ];
+    ip(&neigh);
+    let host_route = format!("{server}/32");
+    ip(&[
+        "-n",
+        cli,
+        "route",
+        "add",
+        &host_route,
+        "dev",
+        WIFI_CLIENT_IF,
+        "src",
+        &me_s,
+    ]);
+
+    // 1. Knock A: the real `sesame run`, captured by the attacker; the server sees nothing.
+    let cap = f
+        .lab
+        .capture(Host::Attacker, WIFI_ATTACKER_IF, "held", "udp or tcp");
+    let mark = f.mark();
+    let out = a.run_ok(&f.profile, &["door"]);
+    assert!(
+        out.contains("sent action 'door' to ") && out.contains(&format!("bound to {me} ")),
+        "{out}"
+    );
+    let held_pcap = cap.path.to_string_lossy().into_owned();
+    let held = cap.stop();
+    let payloads = held
+        .iter()
+        .filter(|p| p.src == me && p.dst == server)
+        .filter(|p| matches!(&p.l4, pcap::L4::Udp { payload, .. } if sesame_proto::is_payload_len(payload.len())))
+        .count();
+    assert_eq!(
+        payloads, 1,
+        "the attacker holds knock A's payload: {held:#?}"
+    );
+    a.assert_nothing_ran(mark, "door.json", 0, "knock A, held back");
+    let seen = f.daemon().matching(mark, &[&format!("source={me}")]);
+    assert!(seen.is_empty(), "knock A reached sesamed: {seen:?}");
+
+    // 2. The attacker lets the client's traffic through again; the user retries: knock B runs.
+    ip(&[
+        "-n",
+        cli,
+        "route",
+        "del",
+        &host_route,
+        "dev",
+        WIFI_CLIENT_IF,
+    ]);
+    ip(&["-n", cli, "neigh", "del", &server_s, "dev", WIFI_CLIENT_IF]);
+    let mark = f.mark();
+    a.run_ok(&f.profile, &["door"]);
+    f.daemon().expect_after(
+        mark,
+        &[
+            "action finished",
+            "client=laptop",
+            &format!("source={me}"),
+            "action=door",
+            "code=0",
+        ],
+        LOG_WAIT,
+    );
+    assert_eq!(a.marks("door.json").len(), 1, "knock B ran the action once");
+
+    // 3. Past the cooldown (so only the replay defence can stop it), the attacker sends A from
+    //    the client's address.
+    std::thread::sleep(Duration::from_millis(DOOR_COOLDOWN_MS + 500));
+    let mark = f.mark();
+    let o = f.lab.netprobe(
+        Host::Client,
+        &["replay".to_owned(), held_pcap, server.to_string()],
+    );
+    assert!(o.status.success(), "replay: {}", text(&o));
+    a.assert_nothing_ran(mark, "door.json", 1, "held-back knock A, sent after B");
+    let line = a.expect_reject(mark, me, "replay", "held-back knock A, sent after B");
+    assert!(line.contains("client=laptop"), "{line}");
 }
