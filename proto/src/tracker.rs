@@ -1124,8 +1124,10 @@ impl Tracker {
         self.tables.insert(at, table);
     }
 
-    /// Drops the tables that left the window and builds the missing ones (synchronously).
-    pub fn advance(&mut self, now: UnixMillis) -> Result<(), SequenceError> {
+    /// Drops the tables that left the window (and any beyond the step after it), building
+    /// nothing: a server that builds the step-ahead table on another thread calls this at the
+    /// turn, then [`Tracker::install`]s the table when it is ready.
+    pub fn retire(&mut self, now: UnixMillis) {
         let w = self.config.window().counters(now);
         while self.tables.front().is_some_and(|t| t.counter < *w.start()) {
             self.tables.pop_front();
@@ -1137,6 +1139,11 @@ impl Tracker {
         {
             self.tables.pop_back();
         }
+    }
+
+    /// Drops the tables that left the window and builds the missing ones (synchronously).
+    pub fn advance(&mut self, now: UnixMillis) -> Result<(), SequenceError> {
+        self.retire(now);
         for counter in self.missing_counters(now) {
             let table = StepTable::build(
                 &self.clients,
@@ -1276,11 +1283,14 @@ impl Tracker {
         // sequences that point into it) complete a knock for a counter outside the window.
         let w = self.config.window().counters(now);
         let expected = (w.end() - w.start() + 1) as usize;
-        if self.in_window(now).count() < expected
-            || self.tables.front().is_some_and(|t| t.counter < *w.start())
-        {
+        if self.in_window(now).count() < expected {
             // Errors are impossible with validated parameters; without tables nothing matches.
             let _ = self.advance(now);
+        } else if self.tables.front().is_some_and(|t| t.counter < *w.start()) {
+            // The step turned and the window's tables are all there: only drop the old one.
+            // The step-ahead table is the server's to build (off the packet path), and is
+            // needed only at the next turn, where the line above builds it if it is missing.
+            self.retire(now);
         }
         if self.poll_timeout().is_some_and(|t| t <= now) {
             self.end_waits(now, events);

@@ -2063,3 +2063,36 @@ mod live_ports {
         assert!(w.tracker.live_ports(T0).is_some());
     }
 }
+
+/// A server that builds the step-ahead table elsewhere: `retire` at the turn drops the old
+/// table and builds nothing; knocks of the new window still work without any table being
+/// built on the packet path, and the table installed later completes the live set.
+#[test]
+fn retire_at_a_turn_then_install_the_step_ahead_table() {
+    let mut w = world(PayloadMode::Required, 3);
+    let turn = UnixMillis((T0.0 / 30_000 + 1) * 30_000);
+    w.tracker.retire(turn);
+    let ahead = *w.tracker.live_counters(turn).end();
+    assert_eq!(w.tracker.missing_counters(turn), vec![ahead]);
+    assert!(
+        w.tracker.live_ports(turn).is_none(),
+        "the step ahead is not there yet"
+    );
+    // A knock of the new step is granted, and the packet path built nothing.
+    let src = v4(9);
+    let at = turn.plus_millis(100);
+    let req = World::request(at);
+    w.knock(1, at, src, &[0, 1, 2], Some(req));
+    assert!(
+        w.events.iter().any(|e| matches!(e, Event::Granted(_))),
+        "{:?}",
+        w.events
+    );
+    assert_eq!(w.tracker.missing_counters(at), vec![ahead]);
+    let clients = w.tracker.clients_shared();
+    let config = w.tracker.config().clone();
+    let table = StepTable::build(&clients, &config.params, config.payload, ahead).unwrap();
+    w.tracker.install(table, at);
+    assert!(w.tracker.missing_counters(at).is_empty());
+    assert!(w.tracker.live_ports(at).is_some());
+}

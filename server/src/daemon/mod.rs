@@ -9,13 +9,15 @@
 //! * [`firewall_task`]: leases ([`crate::lease::LeaseTable`]) and the backend;
 //! * [`reload`]: a new configuration without a restart;
 //! * [`status`]: what the control socket reports;
-//! * [`actions`]: the action runner, and what becomes of a knock's action.
+//! * [`actions`]: the action runner, and what becomes of a knock's action;
+//! * [`steps`]: the step tables (the next step's built off the packet thread).
 
 mod actions;
 mod core;
 mod firewall_task;
 mod reload;
 mod status;
+mod steps;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -368,16 +370,14 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         let live_filter = Rc::clone(&live_filter);
         tokio::task::spawn_local(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let building = Rc::new(std::cell::Cell::new(false));
             loop {
                 tick.tick().await;
                 let now = system_now();
+                // The step tables (the next step's off the packet thread) and, once they are
+                // all there, the new live ports of the capture filter.
+                steps::refresh(&core, &live_filter, &building, now);
                 let mut core = core.borrow_mut();
-                if let Err(e) = core.tracker.advance(now) {
-                    tracing::error!(error = %e, "step tables could not be computed");
-                }
-                // After the step turned: the new live ports (a union of the old and the new
-                // window until then, see Tracker::live_ports).
-                live_filter.borrow_mut().update(&core.tracker, now, false);
                 // Also forgets the gate MACs whose step has left the window.
                 core.handle_timeout();
                 core.limiter.flush_if_due();
