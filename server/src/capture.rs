@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use sesame_proto::{Proto, Tracker, UnixMillis};
+use sesame_proto::{PayloadMode, Proto, Tracker, UnixMillis};
 use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, SockFilter, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
@@ -470,6 +470,21 @@ impl LiveFilter {
         };
         if self.mode == FilterMode::Range {
             return range();
+        }
+        // Where a sequence alone opens (payload "none" or "optional"), the tracker's reset
+        // rule is what stops a sweep of the knock range: every in-range packet that fits no
+        // candidate resets the source. A live-port filter would hide those packets, and an
+        // in-order sweep would complete every ascending sequence. Only "required" (a sequence
+        // opens nothing without its AEAD payload) may filter on live ports.
+        if tracker.config().payload != PayloadMode::Required {
+            return (
+                Admit::Range,
+                "range".to_owned(),
+                format!(
+                    "capture filter: the whole knock range (payload = \"{}\": a sequence alone opens, so sesamed must see every in-range packet for a sweep of the range to reset it)",
+                    tracker.config().payload.as_str()
+                ),
+            );
         }
         let Some(live) = tracker.live_ports(now) else {
             return range();

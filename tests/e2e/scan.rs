@@ -6,6 +6,7 @@ use std::time::Duration;
 use sesame_tests::{Family, Host, require_netns};
 
 use crate::common::Fixture;
+use crate::flood::counter;
 
 fn scenario(tag: &str, payload: &str) {
     let mut f = Fixture::new(tag);
@@ -13,6 +14,7 @@ fn scenario(tag: &str, payload: &str) {
     f.spec.knock.port_range = (20000, 21999);
     f.spec.lease_seconds = 30;
     f.start();
+    let before = crate::flood::status(&f);
     let server = f.server(Family::V4).to_string();
     let attacker = f.lab.addr(Host::Attacker, Family::V4);
     let mark = f.mark();
@@ -59,6 +61,17 @@ fn scenario(tag: &str, payload: &str) {
     );
     let grants = f.grants(mark);
     assert_eq!(grants.len(), 1, "exactly the client's grant: {grants:?}");
+    if payload != "required" {
+        // A sequence alone opens: the reset rule must meet every scanned port, so the capture
+        // filter admits the whole range (a live-port filter let an in-order sweep complete
+        // every ascending sequence).
+        let after = crate::flood::status(&f);
+        let in_range = counter(&after, "packets_in_range") - counter(&before, "packets_in_range");
+        assert!(
+            in_range >= 12_000 * 9 / 10,
+            "payload = {payload}: sesamed saw only {in_range} of the scan's 12000 in-range packets: {after}"
+        );
+    }
 }
 
 #[test]
