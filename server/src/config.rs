@@ -461,6 +461,19 @@ fn span_of<T>(s: &Spanned<T>) -> Option<Range<usize>> {
     (r != (0..0)).then_some(r)
 }
 
+/// The text of an unquoted TOML time (`expires = 2027-01-01T00:00Z`) as `client.expires` reads
+/// it: the seconds written out and a zero fraction left off, so `00:00Z` is the RFC 3339 time
+/// `00:00:00Z` (toml 1 keeps what the file wrote; this is how toml 0.9 printed it).
+fn toml_datetime_text(mut d: toml::value::Datetime) -> String {
+    if let Some(t) = &mut d.time {
+        t.second.get_or_insert(0);
+        if t.nanosecond == Some(0) {
+            t.nanosecond = None;
+        }
+    }
+    d.to_string()
+}
+
 /// Names used in logs, hook arguments and file names: letters, digits, `.`, `_`, `-`.
 fn is_simple_name(s: &str, max: usize) -> bool {
     !s.is_empty()
@@ -957,7 +970,7 @@ impl Config {
                 Some(v) => {
                     let text = match v.get_ref() {
                         toml::Value::String(s) => s.clone(),
-                        toml::Value::Datetime(d) => d.to_string(),
+                        toml::Value::Datetime(d) => toml_datetime_text(*d),
                         other => other.to_string(),
                     };
                     Some(parse_rfc3339(&text).map_err(|e| {
@@ -1196,5 +1209,50 @@ impl Config {
                 .collect(),
         };
         Some(profile.to_toml())
+    }
+}
+
+#[cfg(test)]
+mod expires_tests {
+    use super::*;
+
+    fn expires_of(expires: &str) -> Result<Option<UnixMillis>, String> {
+        let dir = std::env::temp_dir().join(format!("sesame-expires-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key_file = dir.join("server.key");
+        let key = PrivateKey::generate();
+        std::fs::write(&key_file, format!("{}\n", key.to_base64().as_str())).unwrap();
+        let text = format!(
+            "private_key_file = \"{}\"\nstate_dir = \"{}\"\n\n[firewall]\nbackend = \"log\"\nprotect = [\"tcp/22\"]\n\n[[client]]\nname = \"c\"\npublic_key = \"{}\"\nexpires = {expires}\n",
+            key_file.display(),
+            dir.join("state").display(),
+            PrivateKey::generate().public_key().to_base64()
+        );
+        let config = Config::parse(&text, &dir.join("sesamed.toml"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        config
+            .map(|c| c.clients[0].expires)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_unquoted_time_reads_as_its_rfc3339_text() {
+        let t = Some(UnixMillis(1_893_456_000_000)); // 2030-01-01T00:00:00Z
+        assert_eq!(expires_of("\"2030-01-01T00:00:00Z\""), Ok(t));
+        assert_eq!(expires_of("2030-01-01T00:00:00Z"), Ok(t));
+        // No seconds (TOML 1.1) and a zero fraction: the seconds are 0, as before.
+        assert_eq!(expires_of("2030-01-01T00:00Z"), Ok(t));
+        assert_eq!(expires_of("2030-01-01T00:00:00.000Z"), Ok(t));
+        assert_eq!(
+            expires_of("2030-01-01T01:00:00.5+01:00"),
+            Ok(Some(UnixMillis(1_893_456_000_500)))
+        );
+        // Without an offset it is no RFC 3339 time; the message shows the seconds.
+        let e = expires_of("2030-01-01T00:00").unwrap_err();
+        assert!(
+            e.contains("client.expires: client 'c': '2030-01-01T00:00:00' is not an RFC 3339 time"),
+            "{e}"
+        );
     }
 }
