@@ -387,6 +387,8 @@ pub struct LiveFilter {
     last: Option<(std::ops::RangeInclusive<u64>, (u16, u16))>,
     /// What the last update chose, for the log line when it changes.
     kind: String,
+    /// Its one-line description (`sesamed status` shows it).
+    detail: String,
 }
 
 impl LiveFilter {
@@ -426,6 +428,7 @@ impl LiveFilter {
             tx,
             last: None,
             kind: "range".to_owned(),
+            detail: "capture filter: the whole knock range".to_owned(),
         };
         (filter, rx)
     }
@@ -452,12 +455,22 @@ impl LiveFilter {
         } else {
             tracing::debug!(filter = %kind, "{detail}");
         }
+        self.detail = detail;
         let wanted = Wanted { range, admit };
         self.tx.send_if_modified(|w| {
             let changed = w.range != wanted.range || !w.admit.same(&wanted.admit);
             *w = wanted;
             changed
         });
+    }
+
+    /// What the capture filter admits now, for `sesamed status`.
+    pub fn status(&self) -> crate::control::CaptureFilterStatus {
+        crate::control::CaptureFilterStatus {
+            kind: self.kind.clone(),
+            detail: self.detail.clone(),
+            ebpf_loaded: self.ebpf.is_some(),
+        }
     }
 
     fn choose(&mut self, tracker: &Tracker, now: UnixMillis) -> (Admit, String, String) {

@@ -231,8 +231,24 @@ pub struct Status {
     /// The action runner; none without actions.
     #[serde(default)]
     pub action_runner: Option<RunnerStatus>,
+    /// What the capture filter admits (none from a sesamed before 0.2).
+    #[serde(default)]
+    pub capture_filter: Option<CaptureFilterStatus>,
     /// Counters.
     pub counters: Counters,
+}
+
+/// The capture filter in use: which mechanism, and what it admits.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CaptureFilterStatus {
+    /// `range` (every port of the knock range), `classic` (the live ports, as a classic BPF
+    /// program) or `ebpf` (the live ports, in the eBPF filter's bitmap).
+    pub kind: String,
+    /// One line: how many live ports, and how the filter holds them (or why the whole range).
+    pub detail: String,
+    /// Whether the eBPF filter was loaded at start (it needs CAP_BPF then; without it, live
+    /// ports are filtered only while they fit in a classic program).
+    pub ebpf_loaded: bool,
 }
 
 /// The answer to `reload`.
@@ -587,6 +603,12 @@ pub fn prometheus(status: &Status) -> String {
         out.push_str(&format!(
             "# HELP sesamed_action_runner_up Whether the action runner runs (0: no action can run).\n# TYPE sesamed_action_runner_up gauge\nsesamed_action_runner_up {}\n",
             u8::from(up)
+        ));
+    }
+    if let Some(f) = &status.capture_filter {
+        out.push_str(&format!(
+            "# HELP sesamed_capture_filter_info The capture filter in use (range, classic or ebpf).\n# TYPE sesamed_capture_filter_info gauge\nsesamed_capture_filter_info{{filter=\"{}\",ebpf_loaded=\"{}\"}} 1\n",
+            f.kind, f.ebpf_loaded
         ));
     }
     out

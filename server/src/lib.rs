@@ -724,6 +724,14 @@ fn human_status(s: &control::Status) -> String {
         up % 60,
         s.config
     );
+    if let Some(f) = &s.capture_filter {
+        let ebpf = if f.ebpf_loaded {
+            ""
+        } else {
+            " (eBPF filter not loaded: the log at start says why)"
+        };
+        let _ = writeln!(out, "{}{ebpf}", f.detail);
+    }
     let _ = writeln!(out, "leases ({}):", s.leases.len());
     for l in &s.leases {
         let _ = writeln!(

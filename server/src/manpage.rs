@@ -63,7 +63,7 @@ pub fn main_page(cmd: clap::Command) -> String {
         ),
         (
             "/usr/lib/systemd/system/sesamed.service".to_owned(),
-            "The systemd unit (installed by the Debian package, not enabled; from source, /etc/systemd/system/sesamed.service): runs sesamed as the user sesame with only CAP_NET_RAW and CAP_NET_ADMIN, after sesamed check.".to_owned(),
+            "The systemd unit (installed by the Debian package, not enabled; from source, /etc/systemd/system/sesamed.service): runs sesamed as the user sesame with only CAP_NET_RAW and CAP_NET_ADMIN (and CAP_BPF until the capture filter is loaded), after sesamed check.".to_owned(),
         ),
         (
             "/usr/lib/sysusers.d/sesame.conf, /usr/lib/tmpfiles.d/sesame.conf".to_owned(),

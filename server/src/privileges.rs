@@ -3,8 +3,10 @@
 //! `user = "name"` it also stops being root.
 //!
 //! The capability sets after [`drop_privileges`]: effective = permitted = inheritable =
-//! ambient = bounding = {CAP_NET_RAW, CAP_NET_ADMIN}. Ambient capabilities carry over to the
-//! `nft` program and to hook commands; `no_new_privs` is set so no exec can gain more.
+//! ambient = {CAP_NET_RAW, CAP_NET_ADMIN}, and the bounding set too when sesamed may shrink it
+//! (CAP_SETPCAP, as root). CAP_BPF, which the shipped unit grants for loading the eBPF capture
+//! filter at start, is dropped here with everything else. Ambient capabilities carry over to
+//! the `nft` program and to hook commands; `no_new_privs` is set so no exec can gain more.
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -60,6 +60,11 @@ fn metrics_endpoint_serves_what_status_prints() {
             .collect()
     };
     assert_eq!(names(&scraped), names(&status), "the same metrics");
+    // One client, payload "required": the live ports fit in a classic BPF program.
+    assert!(
+        scraped.contains("sesamed_capture_filter_info{filter=\"classic\","),
+        "the capture filter in use:\n{scraped}"
+    );
     // Only GET and HEAD of /metrics.
     let (_, head) = curl(
         &f,

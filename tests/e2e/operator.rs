@@ -202,6 +202,12 @@ fn status_shows_leases_last_knocks_and_counters() {
     assert!(
         human
             .lines()
+            .any(|l| l.starts_with("capture filter: ") && l.contains("live ports")),
+        "the capture filter in use: {human}"
+    );
+    assert!(
+        human
+            .lines()
             .any(|l| l.contains("laptop") && l.contains("no knock since start")),
         "{human}"
     );

@@ -23,6 +23,10 @@ const NOBODY: u32 = 65_534;
 
 /// CAP_NET_ADMIN (12) and CAP_NET_RAW (13), as /proc/PID/status shows a capability set.
 const NET_ADMIN_AND_RAW: &str = "0000000000003000";
+/// The shipped unit's bounding set: those two and CAP_BPF (bit 39), which sesamed uses at
+/// start only (loading the eBPF capture filter) and cannot drop from the bounding set without
+/// CAP_SETPCAP; with no_new_privs nothing can raise it again.
+const UNIT_BOUNDING: &str = "0000008000003000";
 
 /// The unit file.
 fn unit_path() -> PathBuf {
@@ -144,7 +148,7 @@ fn creds(status_file: &Path) -> Creds {
 /// Checks every thread of `pid`: uid and gid `id` (real, effective, saved, filesystem), no
 /// supplementary groups, permitted = effective = bounding = ambient = inheritable =
 /// {NET_ADMIN, NET_RAW}, no_new_privs. Returns the main thread's credentials.
-fn assert_least_privilege(pid: u32, id: u32) -> Creds {
+fn assert_least_privilege(pid: u32, id: u32, bounding: &str) -> Creds {
     let ids = format!("{id} {id} {id} {id}");
     let want = Creds {
         uid: ids.clone(),
@@ -153,7 +157,7 @@ fn assert_least_privilege(pid: u32, id: u32) -> Creds {
         cap_inh: NET_ADMIN_AND_RAW.into(),
         cap_prm: NET_ADMIN_AND_RAW.into(),
         cap_eff: NET_ADMIN_AND_RAW.into(),
-        cap_bnd: NET_ADMIN_AND_RAW.into(),
+        cap_bnd: bounding.into(),
         cap_amb: NET_ADMIN_AND_RAW.into(),
         no_new_privs: "1".into(),
     };
@@ -199,7 +203,7 @@ fn privilege_root_start_with_user_switches_and_keeps_two_capabilities() {
         .expect(&["privileges dropped"], Duration::from_secs(5));
     assert!(line.contains(&format!("uid={NOBODY}")), "{line}");
     let pid = f.daemon().pid();
-    let c = assert_least_privilege(pid, NOBODY);
+    let c = assert_least_privilege(pid, NOBODY, NET_ADMIN_AND_RAW);
     eprintln!("sesamed as nobody: {c:?}");
 
     knock_works(&f);
@@ -256,7 +260,7 @@ fn privilege_root_start_with_user_switches_and_keeps_two_capabilities() {
         "{}",
         f.daemon().output()
     );
-    assert_least_privilege(pid, NOBODY);
+    assert_least_privilege(pid, NOBODY, NET_ADMIN_AND_RAW);
 
     // A reload runs as nobody: a PSK file only root can read is refused with a clear error
     // (the running configuration stays and keeps serving); owned by nobody, it is read.
@@ -287,12 +291,12 @@ fn privilege_root_start_with_user_switches_and_keeps_two_capabilities() {
         "reload with a PSK owned by nobody: {}",
         text(&o)
     );
-    assert_least_privilege(pid, NOBODY);
+    assert_least_privilege(pid, NOBODY, NET_ADMIN_AND_RAW);
 
     // A restart as root hands the (now nobody-owned) state over again.
     f.stop_daemon();
     f.daemon = Some(f.lab.start_sesamed(&f.config));
-    assert_least_privilege(f.daemon().pid(), NOBODY);
+    assert_least_privilege(f.daemon().pid(), NOBODY, NET_ADMIN_AND_RAW);
     knock_works(&f);
 }
 
@@ -307,10 +311,24 @@ fn privilege_unprivileged_start_with_the_units_capabilities_works() {
     let mut f = Fixture::new("p-setpriv");
     prepare_unprivileged(&mut f, NOBODY);
     let launcher = unit_launcher(NOBODY, None);
-    start_fixture(&mut f, |c| c, &launcher, &[]);
+    // The eBPF capture filter (what sesamed picks past ~250 clients) must load under the
+    // unit's capabilities: CAP_BPF at start, dropped before the first packet.
+    start_fixture(
+        &mut f,
+        |c| c,
+        &launcher,
+        &[("SESAMED_CAPTURE_FILTER", "ebpf")],
+    );
     let pid = f.daemon().pid();
-    let c = assert_least_privilege(pid, NOBODY);
+    let c = assert_least_privilege(pid, NOBODY, UNIT_BOUNDING);
     eprintln!("sesamed started by setpriv: {c:?}");
+    let filter = &status(&f)["capture_filter"];
+    assert_eq!(
+        (filter["kind"].as_str(), filter["ebpf_loaded"].as_bool()),
+        (Some("ebpf"), Some(true)),
+        "under the unit's capabilities the eBPF filter loads: {filter}\n{}",
+        f.daemon().output()
+    );
     knock_works(&f);
     let file = f.lab.path("state/replay.journal");
     let m = std::fs::metadata(&file).unwrap();
@@ -327,7 +345,7 @@ fn privilege_unprivileged_start_with_the_units_capabilities_works() {
         "control socket"
     );
     assert_eq!(status(&f)["counters"]["leases_opened"], 1);
-    assert_least_privilege(pid, NOBODY);
+    assert_least_privilege(pid, NOBODY, UNIT_BOUNDING);
     f.stop_daemon();
     assert!(
         !f.lab.path("run/sesamed.sock").exists(),
@@ -404,8 +422,8 @@ const UNIT_MUST_HAVE: &[&str] = &[
     "ExecStart=/usr/sbin/sesamed run --config /etc/sesame/sesamed.toml",
     "ExecReload=/bin/kill -HUP $MAINPID",
     "User=sesame",
-    "AmbientCapabilities=CAP_NET_RAW CAP_NET_ADMIN",
-    "CapabilityBoundingSet=CAP_NET_RAW CAP_NET_ADMIN",
+    "AmbientCapabilities=CAP_NET_RAW CAP_NET_ADMIN CAP_BPF",
+    "CapabilityBoundingSet=CAP_NET_RAW CAP_NET_ADMIN CAP_BPF",
     "NoNewPrivileges=yes",
     "ProtectSystem=strict",
     "ReadWritePaths=/var/lib/sesame",
@@ -428,6 +446,7 @@ const UNIT_MUST_HAVE: &[&str] = &[
     "RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_PACKET AF_INET AF_INET6",
     "SystemCallArchitectures=native",
     "SystemCallFilter=@system-service",
+    "SystemCallFilter=bpf",
     "UMask=0077",
 ];
 

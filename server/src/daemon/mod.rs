@@ -406,6 +406,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     if let Some(listener) = metrics {
         let core = Rc::clone(&core);
         let fw_state = Rc::clone(&fw_state);
+        let live_filter = Rc::clone(&live_filter);
         let render = move || {
             let core = core.borrow();
             let s = status::status(
@@ -413,6 +414,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
                 started,
                 &core,
                 &fw_state.borrow(),
+                &live_filter.borrow(),
                 clock.now(),
             );
             control::prometheus(&s)
@@ -438,6 +440,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
                                 started,
                                 &core,
                                 &fw_state.borrow(),
+                                &live_filter.borrow(),
                                 clock.now(),
                             )
                         };

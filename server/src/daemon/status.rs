@@ -17,6 +17,7 @@ pub(super) fn status(
     started: Instant,
     core: &Core,
     fw: &FwState,
+    filter: &crate::capture::LiveFilter,
     now: UnixMillis,
 ) -> Status {
     let stats = core.tracker.stats();
@@ -72,6 +73,7 @@ pub(super) fn status(
         clients,
         actions: core.actions.borrow().statuses(),
         action_runner: core.actions.borrow().runner_status(),
+        capture_filter: Some(filter.status()),
         counters: Counters {
             packets_seen: stats.packets,
             packets_in_range: stats.in_range,
