@@ -482,23 +482,51 @@ fn is_simple_name(s: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// The largest configuration file sesamed reads: 256 MiB. 1 000 000 clients as
+/// `sesamed client add` writes them (a 14-character name, the key, one `allow`: 115 bytes
+/// each) make a file of 115 MB (110 MiB), so this leaves room for 2.3 times that (268 bytes
+/// per client at 1 000 000). A larger file is refused by its size, never parsed cut short.
+pub const MAX_CONFIG_BYTES: u64 = 256 << 20;
+
 /// Reads a configuration file without blocking on a FIFO or a device at its path: it must be
-/// a regular file (a symbolic link to one is fine: only root can put one in /etc/sesame).
+/// a regular file (a symbolic link to one is fine: only root can put one in /etc/sesame) of
+/// at most [`MAX_CONFIG_BYTES`].
 pub fn read_config_text(path: &Path) -> std::io::Result<String> {
+    read_text_capped(path, MAX_CONFIG_BYTES)
+}
+
+fn read_text_capped(path: &Path, cap: u64) -> std::io::Result<String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)?;
-    if !file.metadata()?.is_file() {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "not a regular file",
         ));
     }
-    let mut text = String::new();
-    file.take(16 << 20).read_to_string(&mut text)?;
+    let too_big = |size: u64| {
+        std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "the file is {size} bytes, more than the {cap} bytes ({} MiB) a configuration may have",
+                cap >> 20
+            ),
+        )
+    };
+    if meta.len() > cap {
+        return Err(too_big(meta.len()));
+    }
+    let mut text = String::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // One byte more than the cap tells a file that grew past it since from one that ends there.
+    file.take(cap + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > cap {
+        return Err(too_big(text.len() as u64));
+    }
     Ok(text)
 }
 
@@ -1209,6 +1237,97 @@ impl Config {
                 .collect(),
         };
         Some(profile.to_toml())
+    }
+}
+
+#[cfg(test)]
+mod read_cap_tests {
+    use super::*;
+
+    /// A valid configuration of exactly `total` bytes whose one `[[client]]` comes after a
+    /// comment that pads it, so that a file cut anywhere in the padding loses the client.
+    fn padded_config(dir: &Path, total: u64) -> PathBuf {
+        let key = PrivateKey::generate();
+        let key_file = dir.join("server.key");
+        std::fs::write(&key_file, format!("{}\n", key.to_base64().as_str())).unwrap();
+        let head = format!(
+            "private_key_file = \"{}\"\nstate_dir = \"{}\"\n\n[firewall]\nbackend = \"log\"\nprotect = [\"tcp/22\"]\n",
+            key_file.display(),
+            dir.join("state").display()
+        );
+        let tail = format!(
+            "\n[[client]]\nname = \"last\"\npublic_key = \"{}\"\n",
+            PrivateKey::generate().public_key().to_base64()
+        );
+        let fixed = (head.len() + tail.len() + 2) as u64;
+        let pad = usize::try_from(total - fixed).unwrap();
+        let mut text = String::with_capacity(total as usize);
+        text.push_str(&head);
+        text.push('#');
+        text.push_str(&"x".repeat(pad));
+        text.push('\n');
+        text.push_str(&tail);
+        assert_eq!(text.len() as u64, total);
+        let path = dir.join("sesamed.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sesame-readcap-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_file_one_byte_over_the_cap_is_refused_by_its_size() {
+        let dir = temp_dir("over");
+        let path = dir.join("sesamed.toml");
+        // Sparse: no disk space, and never read.
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(MAX_CONFIG_BYTES + 1)
+            .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            e,
+            format!(
+                "{}: the file is 268435457 bytes, more than the 268435456 bytes (256 MiB) a configuration may have",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_file_at_the_cap_is_read_whole() {
+        // Read, not parsed: parsing 256 MiB takes seconds in a debug build; the_cap_is_exact
+        // parses a file at its cap.
+        let dir = temp_dir("at");
+        let path = padded_config(&dir, MAX_CONFIG_BYTES);
+        let text = read_config_text(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let text = text.unwrap();
+        assert_eq!(text.len() as u64, MAX_CONFIG_BYTES);
+        assert!(text.ends_with("\"\n") && text.contains("\n[[client]]\nname = \"last\"\n"));
+    }
+
+    #[test]
+    fn the_cap_is_exact() {
+        let dir = temp_dir("small");
+        let path = padded_config(&dir, 4096);
+        let text = read_text_capped(&path, 4096);
+        let e = read_text_capped(&path, 4095).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let config = Config::parse(&text.unwrap(), &path).unwrap();
+        assert_eq!(config.clients.len(), 1);
+        assert_eq!(config.clients[0].name, "last");
+        assert_eq!(e.kind(), std::io::ErrorKind::FileTooLarge);
+        assert!(
+            e.to_string()
+                .contains("4096 bytes, more than the 4095 bytes")
+        );
     }
 }
 

@@ -388,9 +388,27 @@ pub fn request(path: &Path, request: &str) -> std::io::Result<String> {
     stream.write_all(request.as_bytes())?;
     stream.write_all(b"\n")?;
     let mut answer = String::new();
-    stream.take(16 << 20).read_to_string(&mut answer)?;
+    // One byte more than the cap tells an answer cut short from one that ends there.
+    stream
+        .take(MAX_ANSWER_BYTES + 1)
+        .read_to_string(&mut answer)?;
+    if answer.len() as u64 > MAX_ANSWER_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "the answer of sesamed at {} is longer than the {} MiB read from it",
+                path.display(),
+                MAX_ANSWER_BYTES >> 20
+            ),
+        ));
+    }
     Ok(answer)
 }
+
+/// The longest answer [`request`] reads: 256 MiB. `status` lists every client (about 85
+/// bytes each with 14-character names and no knock yet, 150 with one), so 1 000 000 clients
+/// answer 85 to 150 MB.
+pub const MAX_ANSWER_BYTES: u64 = 256 << 20;
 
 /// What the running sesamed of `config` (if one answers on its control socket and runs this
 /// file) would change at the next reload that clients must know about: other `[knock]`
@@ -625,3 +643,53 @@ pub const ACTION_OUTCOMES: [&str; 7] = [
     "busy",
     "other_ip",
 ];
+
+#[cfg(test)]
+mod answer_cap_tests {
+    use super::*;
+
+    /// Answers one request with `len` bytes; returns what [`request`] made of it.
+    fn answer_of(tag: &str, len: u64) -> std::io::Result<String> {
+        let dir = std::env::temp_dir().join(format!("sesame-answer-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            // The request first (closing with it unread would reset the connection).
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut line).unwrap();
+            let chunk = vec![b'x'; 1 << 20];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                if stream.write_all(&chunk[..n]).is_err() {
+                    break;
+                }
+                left -= n as u64;
+            }
+        });
+        let answer = request(&path, "status");
+        server.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        answer
+    }
+
+    #[test]
+    fn a_status_of_a_million_clients_is_read_whole() {
+        // 1 000 000 clients without a knock: about 85 MB (the old 16 MiB cap cut it).
+        let answer = answer_of("million", 85_000_000).unwrap();
+        assert_eq!(answer.len(), 85_000_000);
+    }
+
+    #[test]
+    fn an_answer_over_the_cap_is_an_error_not_cut() {
+        let e = answer_of("over", MAX_ANSWER_BYTES + 1).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::FileTooLarge);
+        assert!(
+            e.to_string()
+                .contains("is longer than the 256 MiB read from it")
+        );
+    }
+}
