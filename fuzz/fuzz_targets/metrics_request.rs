@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sesame_server::fuzz_targets::metrics_request(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sesame_fuzz_harness::metrics_request(data));

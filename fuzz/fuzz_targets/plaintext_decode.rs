@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| sesame_proto::fuzz_targets::plaintext_decode(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sesame_fuzz_harness::plaintext_decode(data));

@@ -8,8 +8,6 @@
 
 mod action;
 mod address;
-#[doc(hidden)]
-pub mod fuzz_targets;
 mod kdf;
 mod knock;
 mod params;
@@ -52,7 +50,10 @@ pub use tracker::{
 };
 pub use uri::{ProfileUri, URI_PREFIX, UriError, is_valid_name};
 
-#[cfg(fuzzing)]
+// Hooks for the fuzz harness (`fuzz/harness`), which holds the fuzz targets' bodies: only with
+// `--cfg fuzzing` (cargo-fuzz) or the `test-hooks` feature (which the harness turns on).
+#[cfg(any(fuzzing, feature = "test-hooks"))]
+#[doc(hidden)]
 pub mod fuzzing;
 
 #[cfg(test)]

@@ -13,8 +13,6 @@ pub mod control;
 pub mod daemon;
 pub mod edit;
 pub mod firewall;
-#[doc(hidden)]
-pub mod fuzz_targets;
 pub mod instance;
 pub mod lease;
 pub mod manpage;

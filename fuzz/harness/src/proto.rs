@@ -1,8 +1,5 @@
-//! Bodies of the cargo-fuzz targets in `fuzz/`, one function per target.
-//!
-//! They live here, always compiled, so that `proto/tests/fuzz_corpus.rs` can replay the
-//! committed corpus in an ordinary `cargo test`. Each function takes arbitrary bytes, must
-//! never panic, and asserts only genuine invariants of the code under test.
+//! The targets of `sesame-proto`: the payload datagram, the plaintext codec, key and profile
+//! parsing, STUN, and the tracker as a stateful target.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -10,16 +7,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
 use sesame_keys::{PresharedKey, PrivateKey, PublicKey};
-
-use crate::MAC_LEN;
-
-use crate::payload::{remac, seal};
-use crate::{
+use sesame_proto::fuzzing::{remac, seal};
+use sesame_proto::{
     Action, ActionName, AllowedAction, ArgumentRule, ClientEntry, ClientKeys, DATAGRAM_LEN, Event,
-    Grant, IpNet, KnockParams, KnockProtocol, MAX_DATAGRAM_LEN, Opener, PLAINTEXT_LEN, PayloadMode,
-    Policy, Profile, Proto, Reason, RejectReason, Request, Service, TimeWindow, Tracker,
-    TrackerConfig, UnixMillis, WireNoise, build_payload, canonical_ip, decode_plaintext,
-    derive_sequence, encode_plaintext, is_payload_len,
+    Grant, IpNet, KnockParams, KnockProtocol, MAC_LEN, MAX_DATAGRAM_LEN, Opener, PLAINTEXT_LEN,
+    PayloadMode, Policy, Profile, Proto, Reason, RejectReason, Request, Service, TimeWindow,
+    Tracker, TrackerConfig, UnixMillis, WireNoise, build_payload, canonical_ip, carried_mac,
+    decode_plaintext, derive_sequence, encode_plaintext, is_payload_len,
 };
 
 /// The client private key of the `ssh-from-source` payload vector (and of most
@@ -930,7 +924,7 @@ impl StatefulInput {
 }
 
 /// The datagram that carries `pt` past the crypto: with `--cfg fuzzing` the crypto is bypassed
-/// (see `crate::fuzzing`), so any ephemeral key, tag and MAC do; in a normal build (the corpus
+/// (see `sesame_proto::fuzzing`), so any ephemeral key, tag and MAC do; in a normal build (the corpus
 /// replay) it is really sealed for the client and counter, so the same checks run on the
 /// genuine path.
 #[cfg(fuzzing)]
@@ -947,7 +941,7 @@ fn bypass_datagram(
     ctx.update(keys.client_public().as_bytes());
     ctx.update(&counter.to_be_bytes());
     ctx.update(pt);
-    d[crate::MAC_OFFSET..].copy_from_slice(&ctx.finish().as_ref()[..crate::MAC_LEN]);
+    d[sesame_proto::MAC_OFFSET..].copy_from_slice(&ctx.finish().as_ref()[..MAC_LEN]);
     d
 }
 
@@ -1112,11 +1106,11 @@ pub fn payload_open_bypass(data: &[u8]) {
     let mut tracker = fuzz_tracker(config);
     let opener = Opener::new(PrivateKey::from_bytes(TRACKER_SERVER_KEY), window);
     #[cfg(fuzzing)]
-    let _bypass = crate::fuzzing::CryptoBypass::enable();
+    let _bypass = sesame_proto::fuzzing::CryptoBypass::enable();
     let mut now = TRACKER_T0;
     let mut replay: [ReplayModel; 2] = Default::default();
     // Gate MACs of the datagrams that reached the gate: a second copy is a replay.
-    let mut seen: Vec<[u8; crate::MAC_LEN]> = Vec::new();
+    let mut seen: Vec<[u8; MAC_LEN]> = Vec::new();
     let mut events = Vec::new();
     for _ in 0..64 {
         let Some(ctrl) = input.byte() else { break };
@@ -1153,7 +1147,7 @@ pub fn payload_open_bypass(data: &[u8]) {
                 }
             }
         }
-        let mac = crate::carried_mac(&datagram).unwrap_or_default();
+        let mac = carried_mac(&datagram).unwrap_or_default();
         let was_seen = seen.contains(&mac);
         seen.push(mac);
         for r in &mut replay {
@@ -1378,7 +1372,9 @@ pub fn tracker_stateful_seeds() -> Vec<Vec<u8>> {
 /// panics; an address comes back only from a Binding success response with that transaction
 /// id; and a response built from that address (XOR-MAPPED-ADDRESS) parses back to it.
 pub fn stun_parse(data: &[u8]) {
-    use crate::stun::{HEADER_LEN, MAGIC_COOKIE, TRANSACTION_ID_LEN, parse_binding_response};
+    use sesame_proto::stun::{
+        HEADER_LEN, MAGIC_COOKIE, TRANSACTION_ID_LEN, parse_binding_response,
+    };
     let Some((tid, msg)) = data.split_first_chunk::<TRANSACTION_ID_LEN>() else {
         return;
     };

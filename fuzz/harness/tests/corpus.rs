@@ -1,32 +1,99 @@
-//! Replays the committed fuzzing corpus of the sesamed targets (`fuzz/corpus/frame_tracker/`,
-//! `fuzz/corpus/config_parse/`, `fuzz/corpus/metrics_request/`) and any crash reproducers (`fuzz/regressions/<target>/`)
-//! through the target bodies in `sesame_server::fuzz_targets`, so a plain `cargo test` catches
-//! a regression on any input the fuzzer has ever kept.
+//! Replays the committed fuzzing corpora (`fuzz/corpus/<target>/`) and the crash reproducers
+//! (`fuzz/regressions/<target>/`) through the target bodies of this crate, so a plain `cargo
+//! test` catches a regression on any input the fuzzer has ever kept; checks that the seeds
+//! reach what their targets are about, and the fixes of what the fuzzer found.
+//!
+//! `payload_open_bypass` replays on the genuine path here: without `--cfg fuzzing` there is no
+//! crypto bypass, so its harness really seals each plaintext for the client and counter.
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-#[path = "../../proto/tests/common/corpus.rs"]
-mod corpus;
-use corpus::{Target, fuzz_dir};
+use sesame_fuzz_harness as targets;
 
-use sesame_server::fuzz_targets;
+/// A fuzz target's body.
+type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 4] = [
-    ("frame_tracker", fuzz_targets::frame_tracker),
-    ("config_parse", fuzz_targets::config_parse),
-    ("metrics_request", fuzz_targets::metrics_request),
-    ("action_protocol", fuzz_targets::action_protocol),
+const TARGETS: [(&str, Target); 11] = [
+    ("payload_open", targets::payload_open),
+    ("plaintext_decode", targets::plaintext_decode),
+    ("key_parse", targets::key_parse),
+    ("profile_parse", targets::profile_parse),
+    ("tracker_stateful", targets::tracker_stateful),
+    ("payload_open_bypass", targets::payload_open_bypass),
+    ("stun_parse", targets::stun_parse),
+    ("frame_tracker", targets::frame_tracker),
+    ("config_parse", targets::config_parse),
+    ("metrics_request", targets::metrics_request),
+    ("action_protocol", targets::action_protocol),
 ];
 
-corpus::replay_tests!(TARGETS);
+/// The `fuzz/` directory of the repository.
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
 
-/// Finding 1 (`fuzz/README.md`): a `[section]` header holding control characters, then a TOML
-/// error on a later line, used to put the header's text as it was into the one-line error, also
-/// with the file name in front.
+/// Runs every file of `dir` through `target`; returns how many there were.
+fn replay(dir: &Path, target: Target) -> usize {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file())
+        .collect();
+    files.sort();
+    for path in &files {
+        let data = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // A panic names the file, so a failure here can be reproduced with `cargo fuzz run`.
+        eprintln!("replaying {}", path.display());
+        target(&data);
+    }
+    files.len()
+}
+
+/// Every committed corpus (`fuzz/corpus/<target>/`) replays, and none is missing or empty.
 #[test]
-fn control_chars_in_a_section_name_stay_out_of_the_error() {
+fn corpus_replays() {
+    for (name, target) in TARGETS {
+        let dir = fuzz_dir().join("corpus").join(name);
+        assert!(dir.is_dir(), "missing corpus directory {}", dir.display());
+        let n = replay(&dir, target);
+        assert!(n > 0, "empty corpus directory {}", dir.display());
+    }
+}
+
+/// The reproducers of the crashes the fuzzer found (`fuzz/regressions/<target>/`), all fixed,
+/// replay; there is at least one.
+#[test]
+fn regressions_replay() {
+    let mut n = 0;
+    for (name, target) in TARGETS {
+        let dir = fuzz_dir().join("regressions").join(name);
+        if dir.is_dir() {
+            n += replay(&dir, target);
+        }
+    }
+    assert!(n > 0, "no regressions found under {}", fuzz_dir().display());
+}
+
+/// Finding 1 (`fuzz/README.md`), in profiles: a `[section]` header holding control characters,
+/// then a TOML error on a later line, used to put the header's text as it was into the
+/// one-line error.
+#[test]
+fn control_chars_in_a_profile_section_name_stay_out_of_the_error() {
+    let path = fuzz_dir().join("regressions/profile_parse/control-chars-in-section-name");
+    let text = String::from_utf8(fs::read(&path).unwrap()).unwrap();
+    assert!(text.chars().any(|c| c == '\r'), "{text:?}");
+    let err = sesame_proto::Profile::parse(&text).unwrap_err();
+    let msg = err.to_string();
+    assert!(!msg.chars().any(char::is_control), "{msg:?}");
+    assert_eq!(err.line, Some(3), "{msg:?}");
+    assert_eq!(err.key, None, "{msg:?}");
+}
+
+/// Finding 1 in sesamed's configuration, also with the file name in front.
+#[test]
+fn control_chars_in_a_config_section_name_stay_out_of_the_error() {
     let path = fuzz_dir().join("regressions/config_parse/control-chars-in-section-name");
     let text = String::from_utf8(fs::read(&path).unwrap()).unwrap();
     assert!(text.chars().any(|c| c == '\r'), "{text:?}");
@@ -73,12 +140,36 @@ fn length_one_is_refused_naming_the_key() {
     }
 }
 
+/// The `tracker_stateful` seeds reach what the target is about: completed sequences,
+/// sequence-only and payload grants in every mode, resets and evictions; the
+/// `payload_open_bypass` seeds run.
+#[test]
+fn stateful_seeds_reach_grants() {
+    let mut total = targets::StatefulSummary::default();
+    for (i, seed) in targets::tracker_stateful_seeds().iter().enumerate() {
+        let s = targets::tracker_stateful_run(seed);
+        eprintln!("seed {i} (sel {}): {s:?}", seed[0]);
+        total.sequence_grants += s.sequence_grants;
+        total.payload_grants += s.payload_grants;
+        total.completed += s.completed;
+        total.resets += s.resets;
+        total.evicted += s.evicted;
+    }
+    assert!(total.sequence_grants >= 6, "{total:?}");
+    assert!(total.payload_grants >= 6, "{total:?}");
+    assert!(total.completed >= 18, "{total:?}");
+    assert!(total.resets > 0 && total.evicted > 0, "{total:?}");
+    for seed in targets::payload_open_bypass_seeds() {
+        targets::payload_open_bypass(&seed);
+    }
+}
+
 /// The `frame_tracker` seeds are real knocks: they get through the parser and complete
 /// sequences and grants in every mode.
 #[test]
 fn frame_seeds_reach_grants() {
-    for seed in fuzz_targets::frame_tracker_seeds() {
-        let s = fuzz_targets::frame_tracker_run(&seed);
+    for seed in targets::frame_tracker_seeds() {
+        let s = targets::frame_tracker_run(&seed);
         eprintln!("sel {}: {s:?}", seed[0]);
         // One grant per knock in every mode: in `optional` mode the payload's (the sequence
         // alone grants only when no payload comes).
@@ -90,7 +181,7 @@ fn frame_seeds_reach_grants() {
 /// The `config_parse` seeds: the configuration of `tests/cli.rs` and the ways it is broken
 /// there, plus variants. The first one is valid.
 fn config_seeds() -> Vec<String> {
-    let valid = include_str!("data/sesamed-test.toml")
+    let valid = include_str!("../../../server/tests/data/sesamed-test.toml")
         .replace(
             "LAPTOP_PUBLIC_KEY",
             "O7wpzy8hg16eO+wSQAhuylX7Q3e/2cIUj4Fxa3z/ymY=",
@@ -180,6 +271,8 @@ fn config_seeds() -> Vec<String> {
     seeds
 }
 
+/// The `config_parse` seeds are what `config_seeds` says: the first valid, a few more, most
+/// broken; all run through the target.
 #[test]
 fn config_seeds_are_what_they_say() {
     let seeds = config_seeds();
@@ -195,23 +288,27 @@ fn config_seeds_are_what_they_say() {
         seeds.len()
     );
     for s in &seeds {
-        fuzz_targets::config_parse(s.as_bytes());
+        targets::config_parse(s.as_bytes());
     }
 }
 
-/// Writes the seeds into `fuzz/corpus/` (run once before fuzzing:
-/// `cargo test -p sesame-server --test fuzz_corpus -- --ignored write_seeds`).
+/// Writes the seeds of `tracker_stateful`, `payload_open_bypass`, `frame_tracker` and
+/// `config_parse` into `fuzz/corpus/` (run once before fuzzing:
+/// `cargo test -p sesame-fuzz-harness --test corpus -- --ignored write_seeds`).
 #[test]
 #[ignore]
 fn write_seeds() {
-    let dir = fuzz_dir().join("corpus").join("frame_tracker");
-    fs::create_dir_all(&dir).unwrap();
-    for (i, seed) in fuzz_targets::frame_tracker_seeds().iter().enumerate() {
-        fs::write(dir.join(format!("seed-{i:02}")), seed).unwrap();
-    }
-    let dir = fuzz_dir().join("corpus").join("config_parse");
-    fs::create_dir_all(&dir).unwrap();
-    for (i, seed) in config_seeds().iter().enumerate() {
-        fs::write(dir.join(format!("seed-{i:02}")), seed).unwrap();
+    let config: Vec<Vec<u8>> = config_seeds().into_iter().map(String::into_bytes).collect();
+    for (name, seeds) in [
+        ("tracker_stateful", targets::tracker_stateful_seeds()),
+        ("payload_open_bypass", targets::payload_open_bypass_seeds()),
+        ("frame_tracker", targets::frame_tracker_seeds()),
+        ("config_parse", config),
+    ] {
+        let dir = fuzz_dir().join("corpus").join(name);
+        fs::create_dir_all(&dir).unwrap();
+        for (i, seed) in seeds.iter().enumerate() {
+            fs::write(dir.join(format!("seed-{i:02}")), seed).unwrap();
+        }
     }
 }

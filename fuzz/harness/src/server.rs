@@ -1,7 +1,5 @@
-//! Bodies of the sesamed cargo-fuzz targets in `fuzz/` (`frame_tracker`, `config_parse`,
-//! `metrics_request`), one function per target, always compiled so that
-//! `server/tests/fuzz_corpus.rs` replays the committed corpus in an ordinary `cargo test`.
-//! They never panic except on a genuine invariant violation, which they assert.
+//! The targets of `sesame-server` (sesamed): `frame_tracker` (raw IP packets through the
+//! capture's parser into a tracker), `config_parse`, `metrics_request` and `action_protocol`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -15,8 +13,8 @@ use sesame_proto::{
     derive_sequence,
 };
 
-use crate::capture::parse_ip;
-use crate::config::Config;
+use sesame_server::capture::parse_ip;
+use sesame_server::config::{Config, ConfigFileError, DEFAULT_CONFIG};
 
 /// The virtual clock's start.
 const T0: UnixMillis = UnixMillis(1_764_000_000_000);
@@ -350,12 +348,12 @@ pub fn config_parse(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let path = Path::new(crate::config::DEFAULT_CONFIG);
+    let path = Path::new(DEFAULT_CONFIG);
     match Config::parse(text, path) {
         Err(e) => {
             let msg = e.to_string();
             assert!(!msg.chars().any(char::is_control), "{msg:?}");
-            let full = crate::config::ConfigFileError {
+            let full = ConfigFileError {
                 path: path.to_path_buf(),
                 error: e,
             }
@@ -419,7 +417,7 @@ pub fn config_parse(data: &[u8]) {
 /// always one well-formed HTTP/1.1 response whose `Content-Length` is its body's length, and
 /// nothing of the request ever appears in it.
 pub fn metrics_request(data: &[u8]) {
-    use crate::metrics::{Request, parse_request, respond};
+    use sesame_server::metrics::{Request, parse_request, respond};
     const BODY: &str = "sesamed_grants_total 1\n";
     let request = parse_request(data);
     let answer = respond(request, || BODY.to_owned());
@@ -446,7 +444,7 @@ pub fn metrics_request(data: &[u8]) {
 /// parsed, and writing it again parses to the same thing; `sanitize` always gives printable
 /// ASCII within its limit.
 pub fn action_protocol(data: &[u8]) {
-    use crate::action::protocol::{FromRunner, MAX_TEXT, ToRunner, sanitize};
+    use sesame_server::action::protocol::{FromRunner, MAX_TEXT, ToRunner, sanitize};
     let text = String::from_utf8_lossy(data);
     if let Ok(req) = ToRunner::parse(&text) {
         assert_eq!(req.to_line(), text, "{req:?}");
