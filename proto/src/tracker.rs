@@ -967,6 +967,16 @@ impl Tracker {
         self.unbound_floor = Some(self.unbound_floor.map_or(t, |f| f.max(t)));
     }
 
+    /// Refuses, for every client, every payload stamped at or before `t` and every step that
+    /// starts then (it raises each client's floor). For a server whose journal records may
+    /// not have reached the disk before a machine crash: `t` is a fence it had made durable,
+    /// at or after the timestamp of anything it accepted.
+    pub fn refuse_all_before(&mut self, t: UnixMillis) {
+        for state in &mut self.replay {
+            state.raise_floor(t);
+        }
+    }
+
     /// What a server starting at `start` after a crash must refuse: every datagram that passed
     /// the gate before the crash had a counter at most `counter(start) + skew_steps`, so an
     /// unbound payload stamped before the end of that step, or `max_ahead_ms` after `start`

@@ -204,6 +204,8 @@ pub struct Config {
     pub private_key_file: PathBuf,
     /// Where replay state lives.
     pub state_dir: PathBuf,
+    /// `state_sync`: when the replay state is made durable.
+    pub state_sync: StateSync,
     /// Interfaces to capture on.
     pub interfaces: Interfaces,
     /// The control socket (status, reload).
@@ -222,6 +224,30 @@ pub struct Config {
     pub actions: Vec<ActionConfig>,
 }
 
+/// `state_sync`: when a grant's replay state reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StateSync {
+    /// `"grant"` (the default): every grant's journal record is synced (`fdatasync`) before
+    /// the grant.
+    #[default]
+    Grant,
+    /// `"fence"`: a background task keeps a durable fence a few seconds ahead of the newest
+    /// timestamp sesamed may accept; a grant covered by it writes its journal record without
+    /// waiting for the disk. After a machine crash (another boot) everything stamped before
+    /// the fence is refused, for every client, until the clock passes it.
+    Fence,
+}
+
+impl StateSync {
+    /// The config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateSync::Grant => "grant",
+            StateSync::Fence => "fence",
+        }
+    }
+}
+
 /// The secrets a configuration points at.
 pub struct Secrets {
     /// The server's private key.
@@ -236,6 +262,8 @@ struct RawConfig {
     private_key_file: Spanned<String>,
     #[serde(default = "default_state_dir")]
     state_dir: String,
+    #[serde(default)]
+    state_sync: Option<Spanned<String>>,
     #[serde(default = "default_interfaces")]
     interfaces: Spanned<Vec<String>>,
     #[serde(default = "default_control_socket")]
@@ -1096,6 +1124,20 @@ impl Config {
             });
         }
 
+        let state_sync = match &raw.state_sync {
+            None => StateSync::Grant,
+            Some(v) => match v.get_ref().as_str() {
+                "grant" => StateSync::Grant,
+                "fence" => StateSync::Fence,
+                other => {
+                    return Err(err(
+                        Some(v.span()),
+                        "state_sync",
+                        format!("'{other}' is not \"grant\" or \"fence\""),
+                    ));
+                }
+            },
+        };
         let metrics_listen = match &raw.metrics.listen {
             None => None,
             Some(l) => Some(l.get_ref().parse::<std::net::SocketAddr>().map_err(|_| {
@@ -1113,6 +1155,7 @@ impl Config {
             path: path.to_path_buf(),
             private_key_file: resolve(raw.private_key_file.get_ref()),
             state_dir: resolve(&raw.state_dir),
+            state_sync,
             interfaces,
             control_socket: resolve(&raw.control_socket),
             user,

@@ -71,15 +71,91 @@ pub const COMPACT_AFTER: usize = 4096;
 pub const RUNNING_NAME: &str = "sesamed.running";
 /// Every file sesamed keeps in `state_dir` (anything else there stops a start that hands the
 /// directory to a service account).
-pub const OWN_FILES: [&str; 7] = [
+pub const OWN_FILES: [&str; 9] = [
     FILE_NAME,
     JOURNAL_NAME,
     "replay.state.tmp",
+    FENCE_NAME,
+    "replay.fence.tmp",
     RUNNING_NAME,
     crate::instance::LOCK_NAME,
     LEASES_NAME,
     "leases.tmp",
 ];
+
+/// The fence of `state_sync = "fence"` (`sesame-fence 1 <ms> <check>`): sesamed accepted
+/// nothing stamped after it. Rewritten atomically a few times a minute, ahead of the clock.
+pub const FENCE_NAME: &str = "replay.fence";
+const FENCE_HEADER: &str = "sesame-fence 1";
+
+/// Makes `fence` durable in `dir` (temporary file, fsync, rename, fsync of the directory).
+pub fn write_fence(dir: &Path, fence: UnixMillis) -> std::io::Result<()> {
+    let body = format!("{FENCE_HEADER} {}", fence.0);
+    let text = format!("{body} {}\n", check16(&body));
+    let tmp = dir.join(format!("{FENCE_NAME}.tmp"));
+    let mut file = create_temporary(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, dir.join(FENCE_NAME))?;
+    File::open(dir).and_then(|d| d.sync_all())
+}
+
+/// Reads the fence of [`write_fence`]: `Ok(None)` if there is none, an error if it is
+/// unreadable or fails its check.
+pub fn read_fence(dir: &Path) -> std::io::Result<Option<UnixMillis>> {
+    let bytes = match read_state_file(&dir.join(FENCE_NAME)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not a valid fence file");
+    let text = std::str::from_utf8(&bytes).map_err(|_| bad())?;
+    let line = text.strip_suffix('\n').ok_or_else(bad)?;
+    let (body, check) = line.rsplit_once(' ').ok_or_else(bad)?;
+    let ms = body
+        .strip_prefix(FENCE_HEADER)
+        .and_then(|r| r.strip_prefix(' '))
+        .ok_or_else(bad)?;
+    if check16(body) != check {
+        return Err(bad());
+    }
+    ms.parse::<u64>()
+        .map(|m| Some(UnixMillis(m)))
+        .map_err(|_| bad())
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`): written pages survive a crash of
+/// sesamed, not of the machine, so a journal record written without a sync is lost only if
+/// the boot changed.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// How the last run on `dir` ended: `None` cleanly (or never ran), `Some(same_boot)` without
+/// removing its marker (a crash), `same_boot` telling whether it ran in this boot (false when
+/// unknown). Read before [`ReplayStore::mark_running`].
+pub fn previous_run(dir: &Path) -> Option<bool> {
+    match read_state_file(&dir.join(RUNNING_NAME)) {
+        Ok(bytes) => {
+            let theirs = String::from_utf8_lossy(&bytes).trim().to_owned();
+            Some(!theirs.is_empty() && boot_id().is_some_and(|b| b == theirs))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(_) => Some(false),
+    }
+}
+
+/// Removes the fence file (a start with `state_sync = "grant"`, once nothing needs it).
+pub fn remove_fence(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.join(FENCE_NAME)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
 
 /// The active leases, rewritten when they change, so that a restarted sesamed knows (and
 /// `status` shows) the leases still in the kernel, and whose they are.
@@ -247,11 +323,25 @@ pub struct ReplayStore {
     legacy: bool,
     /// Gate MACs saved at the last clean shutdown (written with every snapshot).
     seen: Vec<SeenMac>,
+    /// `state_sync = "fence"`: the durable fence (ms; 0 = none yet) and `max_ahead_ms`. A
+    /// record is written without a sync while the fence is past now + max_ahead_ms, the
+    /// latest timestamp the tracker accepts.
+    fence: Option<(std::sync::Arc<std::sync::atomic::AtomicU64>, u64)>,
+    /// Journal appends written without a sync, covered by the fence.
+    unsynced_appends: u64,
 }
 
 impl ReplayStore {
     /// Opens (creating the directory with mode 0700 if needed) and loads the state.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
+        Self::open_with(dir, false)
+    }
+
+    /// [`ReplayStore::open`]; with `lost_writes` (a machine crash under `state_sync =
+    /// "fence"`, whose records were written without a sync) the journal is read up to its
+    /// first bad record instead of refused there: what follows may be lost pages, and the
+    /// fence refuses everything they could have held.
+    pub fn open_with(dir: &Path, lost_writes: bool) -> Result<Self, StateError> {
         if !dir.exists() {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -284,7 +374,7 @@ impl ReplayStore {
                 (0, 0, true)
             }
             Ok(bytes) => {
-                let j = parse_journal(&bytes).map_err(|why| StateError::Corrupt {
+                let j = parse_journal(&bytes, lost_writes).map_err(|why| StateError::Corrupt {
                     path: jpath.clone(),
                     why,
                 })?;
@@ -310,6 +400,41 @@ impl ReplayStore {
             journal_dirty,
             legacy,
             seen,
+            fence: None,
+            unsynced_appends: 0,
+        })
+    }
+
+    /// `state_sync = "fence"`: from now on a journal record needs no sync while `fence` (ms,
+    /// made durable by [`write_fence`] before it is stored there) is past now +
+    /// `max_ahead_ms`; otherwise (the fence writer lags, or failed) it is synced as usual.
+    pub fn use_fence(
+        &mut self,
+        fence: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        max_ahead_ms: u64,
+    ) {
+        self.fence = Some((fence, max_ahead_ms));
+    }
+
+    /// A reload's new `max_ahead_ms` (the fence must cover that much ahead of now).
+    pub fn set_max_ahead(&mut self, max_ahead_ms: u64) {
+        if let Some((_, ahead)) = &mut self.fence {
+            *ahead = max_ahead_ms;
+        }
+    }
+
+    /// Journal appends written without a sync because the fence covered them.
+    pub fn unsynced_appends(&self) -> u64 {
+        self.unsynced_appends
+    }
+
+    /// Whether the fence covers a grant now.
+    fn fence_covers(&self) -> bool {
+        self.fence.as_ref().is_some_and(|(f, ahead)| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(u64::MAX, |d| d.as_millis() as u64);
+            now.saturating_add(*ahead) < f.load(std::sync::atomic::Ordering::Acquire)
         })
     }
 
@@ -340,7 +465,10 @@ impl ReplayStore {
             .open(&path)
             .map_err(link_refused)
         {
-            Ok(f) => {
+            Ok(mut f) => {
+                if let Some(id) = boot_id() {
+                    f.write_all(id.as_bytes()).map_err(io)?;
+                }
                 f.sync_all().map_err(io)?;
                 File::open(&self.dir)
                     .and_then(|d| d.sync_all())
@@ -350,7 +478,21 @@ impl ReplayStore {
                     })?;
                 Ok(false)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // This run's boot from now on (a crash later in this boot is "same boot").
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .map_err(link_refused)
+                    .map_err(io)?;
+                if let Some(id) = boot_id() {
+                    f.write_all(id.as_bytes()).map_err(io)?;
+                }
+                f.sync_all().map_err(io)?;
+                Ok(true)
+            }
             Err(e) => Err(io(e)),
         }
     }
@@ -459,9 +601,13 @@ impl ReplayStore {
             file.set_len(self.journal_len).map_err(io)?;
             self.journal_dirty = false;
         }
+        let covered = self.fence_covers();
         let written = file
             .write_all_at(bytes, self.journal_len)
-            .and_then(|()| file.sync_data());
+            .and_then(|()| if covered { Ok(()) } else { file.sync_data() });
+        if covered && written.is_ok() {
+            self.unsynced_appends += 1;
+        }
         if let Err(source) = written {
             self.journal_dirty = true;
             return Err(io(source));
@@ -647,7 +793,7 @@ struct Journal {
     valid_len: u64,
 }
 
-fn parse_journal(bytes: &[u8]) -> Result<Journal, String> {
+fn parse_journal(bytes: &[u8], lenient: bool) -> Result<Journal, String> {
     let header = format!("{JOURNAL_HEADER}\n");
     let mut out = Journal {
         records: Vec::new(),
@@ -672,7 +818,7 @@ fn parse_journal(bytes: &[u8]) -> Result<Journal, String> {
                 out.valid_len += line.len() as u64;
             }
             // The last record may be torn by a crash before its sync: never acknowledged.
-            None if i == last => break,
+            None if i == last || lenient => break,
             None => return Err(format!("record {} fails its check", i + 1)),
         }
     }
@@ -1090,5 +1236,97 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         let a = sesame_keys::PrivateKey::generate().public_key();
         assert!(store.save([(&a, state(1))]).is_err());
+    }
+
+    #[test]
+    fn a_fence_round_trips_and_a_damaged_one_is_an_error() {
+        let dir = tmpdir("fence");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(read_fence(&dir).unwrap(), None);
+        write_fence(&dir, UnixMillis(1_893_456_000_123)).unwrap();
+        assert_eq!(
+            read_fence(&dir).unwrap(),
+            Some(UnixMillis(1_893_456_000_123))
+        );
+        let path = dir.join(FENCE_NAME);
+        let text = std::fs::read_to_string(&path).unwrap();
+        // One digit changed: the check fails.
+        std::fs::write(&path, text.replacen("123", "124", 1)).unwrap();
+        assert!(read_fence(&dir).is_err());
+        std::fs::write(&path, "").unwrap();
+        assert!(read_fence(&dir).is_err());
+        remove_fence(&dir).unwrap();
+        assert_eq!(read_fence(&dir).unwrap(), None);
+        remove_fence(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_fence_ahead_of_the_clock_spares_the_sync_and_one_behind_does_not() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = tmpdir("fence-sync");
+        let a = sesame_keys::PrivateKey::generate().public_key();
+        let mut store = ReplayStore::open(&dir).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let fence = Arc::new(AtomicU64::new(now + 60_000));
+        store.use_fence(Arc::clone(&fence), 30_000);
+        store.save([(&a, state(1))]).unwrap();
+        assert_eq!(
+            store.unsynced_appends(),
+            1,
+            "covered: written without a sync"
+        );
+        // A reload's larger max_ahead_ms is past the fence: synced again.
+        store.set_max_ahead(90_000);
+        store.save([(&a, state(2))]).unwrap();
+        assert_eq!(store.unsynced_appends(), 1);
+        store.set_max_ahead(30_000);
+        // The writer lags: the fence is behind now + max_ahead_ms.
+        fence.store(now, Ordering::Release);
+        store.save([(&a, state(3))]).unwrap();
+        assert_eq!(store.unsynced_appends(), 1);
+        // Either way the record is there.
+        assert_eq!(ReplayStore::open(&dir).unwrap().get(&a), state(3));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn after_lost_writes_the_journal_is_read_up_to_its_first_bad_record() {
+        let dir = tmpdir("lost");
+        let a = sesame_keys::PrivateKey::generate().public_key();
+        let b = sesame_keys::PrivateKey::generate().public_key();
+        let mut store = ReplayStore::open(&dir).unwrap();
+        store.save([(&a, state(1000))]).unwrap();
+        store.save([(&b, state(2000))]).unwrap();
+        store.save([(&a, state(3000))]).unwrap();
+        // A page of the middle record never reached the disk: zeros.
+        let path = store.journal_path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let lines: Vec<usize> = bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c == b'\n')
+            .map(|(i, _)| i + 1)
+            .collect();
+        // lines[0]: end of the header, [1]: of the first record, [2]: of the second.
+        for byte in &mut bytes[lines[1] + 1..lines[1] + 9] {
+            *byte = 0;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        // Any other start: refused, as before (less state would make old knocks valid).
+        assert!(matches!(
+            ReplayStore::open(&dir),
+            Err(StateError::Corrupt { .. })
+        ));
+        // After a machine crash under "fence": read up to the damage (the fence covers the
+        // rest).
+        let lenient = ReplayStore::open_with(&dir, true).unwrap();
+        assert_eq!(lenient.get(&a), state(1000));
+        assert_eq!(lenient.get(&b), ReplayState::default());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

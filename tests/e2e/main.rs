@@ -18,6 +18,7 @@ mod docker;
 mod dualstack;
 mod embedding;
 mod faults;
+mod fence;
 mod first_run;
 mod fleet;
 mod flood;

@@ -468,6 +468,57 @@ fn unbound_payloads_from_before_a_restart_are_refused() {
 }
 
 #[test]
+fn a_fence_refuses_every_payload_stamped_before_it_bound_or_not() {
+    // After a machine crash with state_sync = "fence" the journal may have lost the accepted
+    // payloads: the server refuses, for every client, everything stamped at or before the
+    // fence it had made durable; a payload stamped after it is accepted.
+    let cfg = config(0, KnockProtocol::Udp, PayloadMode::Required);
+    let mut w = world_with(cfg.clone(), 1, default_policy);
+    let seq = w.sequence(0, T0.counter(STEP));
+    let bound = Request {
+        address: Some(v4(2)),
+        ..World::request(T0)
+    };
+    let captured = w.payload(0, T0, bound);
+    w.send(T0, v4(2), Proto::Udp, seq.payload_port, Some(&captured));
+    assert_eq!(w.grants().len(), 1);
+    // The restart lost the accepted payload (no replay state saved).
+    let restart = T0.plus_millis(2000);
+    let entries = vec![ClientEntry {
+        name: "c".into(),
+        keys: ClientKeys::for_server(&w.server, &w.clients[0].public_key(), None).unwrap(),
+        policy: default_policy(0),
+    }];
+    w.tracker = Tracker::new(cfg, w.server.clone(), entries, Vec::new(), restart).unwrap();
+    let fence = T0.plus_millis(10_000);
+    w.tracker.refuse_all_before(fence);
+    w.send(restart, v4(2), Proto::Udp, seq.payload_port, Some(&captured));
+    assert!(w.grants().is_empty(), "the captured bound payload is refused");
+    assert_eq!(w.rejections(), vec![Reason::Replay]);
+    let at_fence = w.payload(
+        0,
+        fence,
+        Request {
+            address: Some(v4(2)),
+            ..World::request(fence)
+        },
+    );
+    w.send(restart, v4(2), Proto::Udp, seq.payload_port, Some(&at_fence));
+    assert!(w.grants().is_empty(), "stamped at the fence: refused");
+    let after = fence.plus_millis(1);
+    let fresh = w.payload(
+        0,
+        after,
+        Request {
+            address: Some(v4(2)),
+            ..World::request(after)
+        },
+    );
+    w.send(restart, v4(2), Proto::Udp, seq.payload_port, Some(&fresh));
+    assert_eq!(w.grants().len(), 1, "{:?}", w.rejections());
+}
+
+#[test]
 fn sequence_only_modes_grant_once_per_step() {
     for mode in [PayloadMode::None, PayloadMode::Optional] {
         let mut w = world(mode, 1);

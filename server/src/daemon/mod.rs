@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use self::core::{Core, LogLimiter};
 use self::firewall_task::{FwState, firewall_task};
 use crate::capture;
-use crate::config::{Config, Interfaces, Secrets};
+use crate::config::{Config, Interfaces, Secrets, StateSync};
 use crate::control;
 use crate::firewall::{AnyFirewall, Firewall, FirewallError};
 use crate::lease::LeaseTable;
@@ -168,6 +168,109 @@ fn tracker_config(config: &Config) -> TrackerConfig {
     }
 }
 
+/// How far ahead of the latest timestamp the tracker accepts (now + `max_ahead_ms`) the fence
+/// of `state_sync = "fence"` is written, and how often it is rewritten: a grant skips the
+/// journal's sync while the fence is ahead, so the writer has `FENCE_LEAD_MS -
+/// FENCE_PERIOD_MS` for a write before grants fall back to syncing.
+const FENCE_LEAD_MS: u64 = 5_000;
+const FENCE_PERIOD_MS: u64 = 2_000;
+
+/// `state_sync`: after a machine crash under "fence", refuses everything stamped before the
+/// fence (and saves those floors, synced); then, under "fence", writes the first fence before
+/// any grant and returns it (the writer task keeps it ahead), or under "grant" removes a fence
+/// file that nothing needs any more.
+fn start_fence(
+    config: &Config,
+    store: &mut ReplayStore,
+    tracker: &mut Tracker,
+    keys: &[PublicKey],
+    lost_writes: bool,
+    fence_file: std::io::Result<Option<UnixMillis>>,
+) -> Result<Option<std::sync::Arc<std::sync::atomic::AtomicU64>>, StartError> {
+    let dir = &config.state_dir;
+    let fence_io = |source| {
+        StartError::State(crate::state::StateError::Io {
+            path: dir.join(crate::state::FENCE_NAME),
+            source,
+        })
+    };
+    let now = system_now();
+    let previous = match &fence_file {
+        Ok(f) => *f,
+        Err(e) => {
+            tracing::error!(error = %e, file = %dir.join(crate::state::FENCE_NAME).display(), "replay state: the fence is unreadable; treating it as the latest possible");
+            None
+        }
+    };
+    if lost_writes {
+        // Anything accepted before the crash was stamped at most at the fence; without a
+        // readable one, at most max_ahead_ms + the lead after the crash, which was before now.
+        let floor = previous
+            .unwrap_or(now.plus_millis(config.knock.max_ahead_ms + FENCE_LEAD_MS))
+            .max(now.plus_millis(config.knock.max_ahead_ms));
+        tracker.refuse_all_before(floor);
+        store.save(
+            keys.iter()
+                .zip(tracker.replay_states())
+                .map(|(k, s)| (k, s.clone())),
+        )?;
+        tracing::warn!(
+            until = %rfc3339(floor),
+            seconds = floor.since(now).div_ceil(1000),
+            "the machine stopped while state_sync = \"fence\" (another boot since): journal records may be lost, so every knock stamped before the fence is refused, for every client, until the clock passes it"
+        );
+    }
+    if config.state_sync != StateSync::Fence {
+        if let Err(e) = crate::state::remove_fence(dir) {
+            tracing::warn!(error = %e, "replay state: cannot remove the old fence file");
+        }
+        return Ok(None);
+    }
+    let first = now
+        .plus_millis(config.knock.max_ahead_ms + FENCE_LEAD_MS)
+        .max(previous.unwrap_or(UnixMillis(0)));
+    crate::state::write_fence(dir, first).map_err(fence_io)?;
+    let fence = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(first.0));
+    store.use_fence(std::sync::Arc::clone(&fence), config.knock.max_ahead_ms);
+    Ok(Some(fence))
+}
+
+/// Keeps the fence of `state_sync = "fence"` ahead of the clock: rewrites it every
+/// FENCE_PERIOD_MS on a blocking thread, and publishes it once it is durable. A failed write
+/// is logged (once until one succeeds again); grants then sync their records as under "grant".
+async fn keep_fence(core: Rc<RefCell<Core>>, fence: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::Ordering;
+    let mut tick = tokio::time::interval(Duration::from_millis(FENCE_PERIOD_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let (dir, ahead) = {
+            let c = core.borrow();
+            (c.config.state_dir.clone(), c.config.knock.max_ahead_ms)
+        };
+        let next = system_now()
+            .plus_millis(ahead + FENCE_LEAD_MS)
+            .max(UnixMillis(fence.load(Ordering::Acquire)));
+        match tokio::task::spawn_blocking(move || crate::state::write_fence(&dir, next)).await {
+            Ok(Ok(())) => {
+                fence.store(next.0, Ordering::Release);
+                if failing {
+                    tracing::info!("replay state: the fence is written again");
+                    failing = false;
+                }
+            }
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::error!(error = %e, "replay state: the fence cannot be written; grants sync their journal records until it can");
+                    failing = true;
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config, secrets: Secrets) -> Result<(), StartError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -205,7 +308,13 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         path: config.control_socket.display().to_string(),
         source,
     })?;
-    let store = ReplayStore::open(&config.state_dir)?;
+    // Under state_sync = "fence" journal records reach the disk without a sync: a crash of the
+    // machine (another boot, not just of sesamed) may have lost some, and the fence says
+    // what to refuse instead.
+    let previous = crate::state::previous_run(&config.state_dir);
+    let fence_file = crate::state::read_fence(&config.state_dir);
+    let lost_writes = previous == Some(false) && !matches!(fence_file, Ok(None));
+    let mut store = ReplayStore::open_with(&config.state_dir, lost_writes)?;
     if store.found_legacy() {
         tracing::info!(
             state_dir = %config.state_dir.display(),
@@ -238,6 +347,14 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     if crashed {
         tracker.refuse_unbound_before(unbound_from);
     }
+    let fence = start_fence(
+        &config,
+        &mut store,
+        &mut tracker,
+        &keys,
+        lost_writes,
+        fence_file,
+    )?;
 
     firewall.setup().await?;
 
@@ -312,6 +429,9 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         capture_range: range_tx,
         actions: Rc::clone(&actions),
     }));
+    if let Some(fence) = fence {
+        tokio::task::spawn_local(keep_fence(Rc::clone(&core), fence));
+    }
     let clock = Clock::new();
     let fw_state = Rc::new(RefCell::new(FwState {
         table: LeaseTable::new(firewall.traits(), lease_policy(&config)),

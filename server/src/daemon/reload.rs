@@ -257,6 +257,7 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
     c.keys = keys;
     c.names = names;
     c.last = last;
+    c.store.set_max_ahead(new.knock.max_ahead_ms);
     c.config = new;
     let list = |v: &[String]| {
         if v.is_empty() {
