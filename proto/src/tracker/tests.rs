@@ -492,8 +492,17 @@ fn a_fence_refuses_every_payload_stamped_before_it_bound_or_not() {
     w.tracker = Tracker::new(cfg, w.server.clone(), entries, Vec::new(), restart).unwrap();
     let fence = T0.plus_millis(10_000);
     w.tracker.refuse_all_before(fence);
-    w.send(restart, v4(2), Proto::Udp, seq.payload_port, Some(&captured));
-    assert!(w.grants().is_empty(), "the captured bound payload is refused");
+    w.send(
+        restart,
+        v4(2),
+        Proto::Udp,
+        seq.payload_port,
+        Some(&captured),
+    );
+    assert!(
+        w.grants().is_empty(),
+        "the captured bound payload is refused"
+    );
     assert_eq!(w.rejections(), vec![Reason::Replay]);
     let at_fence = w.payload(
         0,
@@ -503,7 +512,13 @@ fn a_fence_refuses_every_payload_stamped_before_it_bound_or_not() {
             ..World::request(fence)
         },
     );
-    w.send(restart, v4(2), Proto::Udp, seq.payload_port, Some(&at_fence));
+    w.send(
+        restart,
+        v4(2),
+        Proto::Udp,
+        seq.payload_port,
+        Some(&at_fence),
+    );
     assert!(w.grants().is_empty(), "stamped at the fence: refused");
     let after = fence.plus_millis(1);
     let fresh = w.payload(
