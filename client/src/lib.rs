@@ -23,12 +23,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
 use clap::{CommandFactory, Parser, Subcommand};
+use sesame_cli::Exit;
 use sesame_keys::{PresharedKey, PrivateKey};
 use sesame_proto::{ClientKeys, LeaseKind, Profile, Service, UnixMillis, derive_sequence};
 
 use crate::knock::Family;
 
-/// A usage or configuration error: exit status 2.
+/// A usage or configuration error: [`Exit::Usage`].
 #[derive(Debug)]
 pub struct UsageError(pub String);
 
@@ -49,7 +50,7 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 pub const ONE_CONNECTION_NOTE: &str = "this server's leases admit one connection per knock (lease = \"connection\" in the profile): --wait does not connect, since that would use the lease up; connect now, or use `sesame proxy NAME %h %p` as ssh's ProxyCommand, which knocks and makes that one connection";
 
 /// The knock was sent, but `--wait` cannot tell whether it worked (the service answered
-/// already before it): exit status 3.
+/// already before it): [`Exit::Unconfirmed`].
 #[derive(Debug)]
 pub struct Unconfirmed(pub String);
 
@@ -308,34 +309,24 @@ pub fn main() -> ExitCode {
 
 /// Runs the client with the given arguments (the first is the program name).
 pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let cli = match Cli::try_parse_from(wait_value_apart(args.into_iter().collect())) {
+    let cli: Cli = match sesame_cli::parse(wait_value_apart(args.into_iter().collect())) {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(status) => return status.into(),
     };
     match dispatch(cli) {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("sesame: {e:#}");
-            ExitCode::from(exit_status(&e))
-        }
+        Ok(status) => status.into(),
+        Err(e) => sesame_cli::fail("sesame", format_args!("{e:#}"), exit_status(&e)),
     }
 }
 
-/// The exit status for an error: 2 usage or configuration, 3 unconfirmed, else 1.
-fn exit_status(e: &anyhow::Error) -> u8 {
+/// The exit status for an error: usage or configuration, unconfirmed, else a failure.
+fn exit_status(e: &anyhow::Error) -> Exit {
     if e.downcast_ref::<UsageError>().is_some() {
-        2
+        Exit::Usage
     } else if e.downcast_ref::<Unconfirmed>().is_some() {
-        3
+        Exit::Unconfirmed
     } else {
-        1
+        Exit::Failure
     }
 }
 
@@ -375,7 +366,7 @@ fn wait_value_apart(mut args: Vec<OsString>) -> Vec<OsString> {
 }
 
 /// Runs a command: its exit status, or the error that ends it.
-fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
     let done = match cli.command {
         // With several profiles, open prints what became of each and returns the status.
         Command::Open(args) => return open::open(args),
@@ -415,7 +406,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Man { dir } => manpage::man(Cli::command(), dir.as_deref()),
     };
-    done.map(|()| 0)
+    done.map(|()| Exit::Success)
 }
 
 fn family_of(ipv4: bool, ipv6: bool) -> Family {

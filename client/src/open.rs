@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::anyhow;
+use sesame_cli::Exit;
 use sesame_proto::{LeaseKind, PayloadMode, Proto, Service};
 
 use crate::knock::{self, Binding};
@@ -58,7 +59,7 @@ struct Done {
 
 /// `sesame open`: returns the exit status when it printed the outcome itself (several
 /// profiles), or the error of the one profile.
-pub(crate) fn open(args: OpenArgs) -> anyhow::Result<u8> {
+pub(crate) fn open(args: OpenArgs) -> anyhow::Result<Exit> {
     let (targets, many) = targets(&args)?;
     let mut prepared = Vec::with_capacity(targets.len());
     for t in targets {
@@ -73,16 +74,16 @@ pub(crate) fn open(args: OpenArgs) -> anyhow::Result<u8> {
             return Err(usage("name a profile, or give --profile FILE"));
         };
         knock_one(p, &args, &mut print_line)?;
-        return Ok(0);
+        return Ok(Exit::Success);
     }
     if args.dry_run {
-        let mut status = 0;
+        let mut status = Exit::Success;
         for p in &prepared {
             let name = p.name.as_deref().unwrap_or_default();
             println!("# {name}");
             if let Err(e) = knock_one(p, &args, &mut print_line) {
                 eprintln!("sesame: {name}: {e:#}");
-                status = worse(status, crate::exit_status(&e));
+                status = status.worse(crate::exit_status(&e));
             }
         }
         return Ok(status);
@@ -107,13 +108,13 @@ pub(crate) fn open(args: OpenArgs) -> anyhow::Result<u8> {
             });
         }
     });
-    let mut status = 0;
+    let mut status = Exit::Success;
     let (mut failed, mut unconfirmed) = (Vec::new(), Vec::new());
     for (p, slot) in prepared.iter().zip(results) {
         let name = p.name.as_deref().unwrap_or_default();
         let Some((lines, result)) = slot.into_inner().ok().flatten() else {
             eprintln!("sesame: {name}: the knock did not finish");
-            status = worse(status, 1);
+            status = status.worse(Exit::Failure);
             failed.push(name);
             continue;
         };
@@ -127,8 +128,8 @@ pub(crate) fn open(args: OpenArgs) -> anyhow::Result<u8> {
             Err(e) => {
                 eprintln!("sesame: {name}: {e:#}");
                 let code = crate::exit_status(&e);
-                status = worse(status, code);
-                if code == 3 {
+                status = status.worse(code);
+                if code == Exit::Unconfirmed {
                     unconfirmed.push(name);
                 } else {
                     failed.push(name);
@@ -147,18 +148,6 @@ pub(crate) fn open(args: OpenArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(status)
-}
-
-/// The exit status of several outcomes: a usage error (2) over a failure (1) over an
-/// unconfirmed knock (3) over success (0).
-fn worse(a: u8, b: u8) -> u8 {
-    let rank = |c: u8| match c {
-        0 => 0,
-        3 => 1,
-        1 => 2,
-        _ => 3,
-    };
-    if rank(b) > rank(a) { b } else { a }
 }
 
 fn print_line(line: Line) {
@@ -582,15 +571,5 @@ mod tests {
             }
             assert_eq!(unbound_refused(&bound, dual, first, allow_ip), None);
         }
-    }
-
-    #[test]
-    fn the_worst_status_wins() {
-        assert_eq!(worse(0, 3), 3);
-        assert_eq!(worse(3, 1), 1);
-        assert_eq!(worse(1, 3), 1);
-        assert_eq!(worse(1, 2), 2);
-        assert_eq!(worse(2, 0), 2);
-        assert_eq!(worse(0, 0), 0);
     }
 }

@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sesame_cli::Exit;
 
 use crate::config::Config;
 
@@ -197,15 +198,16 @@ enum LogFormat {
     Json,
 }
 
-/// A failure with its exit status: 1 for runtime failures, 2 for usage and configuration.
+/// A failure with its exit status: [`Exit::Failure`] at run time, [`Exit::Usage`] for usage
+/// and configuration.
 struct Failure {
-    code: u8,
+    status: Exit,
     message: String,
 }
 
 fn config_error(e: impl std::fmt::Display) -> Failure {
     Failure {
-        code: 2,
+        status: Exit::Usage,
         message: e.to_string(),
     }
 }
@@ -225,7 +227,7 @@ fn init_logging(format: LogFormat) {
 
 fn runtime_error(e: impl std::fmt::Display) -> Failure {
     Failure {
-        code: 1,
+        status: Exit::Failure,
         message: e.to_string(),
     }
 }
@@ -368,16 +370,9 @@ pub fn main() -> ExitCode {
 
 /// Runs the daemon CLI with the given arguments (the first is the program name).
 pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let cli = match Cli::try_parse_from(args) {
+    let cli: Cli = match sesame_cli::parse(args) {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(status) => return status.into(),
     };
     if !matches!(
         cli.command,
@@ -392,11 +387,8 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         return action::runner::main(config);
     }
     match dispatch(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("sesamed: {}", f.message);
-            ExitCode::from(f.code)
-        }
+        Ok(()) => Exit::Success.into(),
+        Err(f) => sesame_cli::fail("sesamed", f.message, f.status),
     }
 }
 
@@ -407,7 +399,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             let config = Config::load(&config).map_err(config_error)?;
             let secrets = config.load_secrets().map_err(config_error)?;
             daemon::run(config, secrets).map_err(|e| Failure {
-                code: 1,
+                status: Exit::Failure,
                 message: e.to_string(),
             })
         }
@@ -425,7 +417,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                     Ok(())
                 }
                 _ => Err(Failure {
-                    code: 2,
+                    status: Exit::Usage,
                     message: format!(
                         "{}: firewall.backend is not \"nftables\": the gate rules are sesamed's nftables table; with the command backend, close the services in your own boot rules",
                         config.path.display()
@@ -469,7 +461,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                     ),
                     Err(e) => {
                         return Err(Failure {
-                            code: 1,
+                            status: Exit::Failure,
                             message: format!(
                                 "the kernel refuses the nftables table sesamed would build: {e}"
                             ),
@@ -510,12 +502,12 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             let config = Config::load(&config).map_err(config_error)?;
             let answer =
                 control::request(&config.control_socket, "status").map_err(|e| Failure {
-                    code: 1,
+                    status: Exit::Failure,
                     message: e.to_string(),
                 })?;
             let status: control::Status =
                 serde_json::from_str(answer.trim()).map_err(|e| Failure {
-                    code: 1,
+                    status: Exit::Failure,
                     message: format!("unexpected answer from sesamed: {e}"),
                 })?;
             if json {
@@ -589,7 +581,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                     check_new_client(change, &name, running)
                 })
                 .map_err(|e| Failure {
-                    code: 1,
+                    status: Exit::Failure,
                     message: e,
                 })?;
                 println!("{}", printed[0]);
@@ -632,7 +624,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 let done = format!("removed client '{name}' from {}", config.display());
                 let printed =
                     edit::apply(&config, change, &done, |_, _| Ok(())).map_err(|e| Failure {
-                        code: 1,
+                        status: Exit::Failure,
                         message: e,
                     })?;
                 for line in &printed {
@@ -829,7 +821,10 @@ fn human_status(s: &control::Status) -> String {
 /// and primary gid (no supplementary groups), so files it cannot read fail here.
 fn check_as_user(config: &std::path::Path, user: &str) -> Result<(), Failure> {
     use std::os::unix::process::CommandExt;
-    let usage = |message: String| Failure { code: 2, message };
+    let usage = |message: String| Failure {
+        status: Exit::Usage,
+        message,
+    };
     let account = nix::unistd::User::from_name(user)
         .map_err(|e| usage(format!("--as-user {user}: {e}")))?
         .ok_or_else(|| usage(format!("--as-user {user}: no such user")))?;
@@ -840,7 +835,7 @@ fn check_as_user(config: &std::path::Path, user: &str) -> Result<(), Failure> {
         )));
     }
     let exe = std::env::current_exe().map_err(|e| Failure {
-        code: 1,
+        status: Exit::Failure,
         message: format!("cannot find this program: {e}"),
     })?;
     let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
@@ -857,18 +852,22 @@ fn check_as_user(config: &std::path::Path, user: &str) -> Result<(), Failure> {
         .current_dir("/")
         .status()
         .map_err(|e| Failure {
-            code: 1,
+            status: Exit::Failure,
             message: format!("cannot run the check as {user}: {e}"),
         })?;
     match status.code() {
         Some(0) => Ok(()),
         // The child said why; keep its status.
         Some(code) => Err(Failure {
-            code: code.clamp(1, 2) as u8,
+            status: if code >= 2 {
+                Exit::Usage
+            } else {
+                Exit::Failure
+            },
             message: format!("the check as {user} failed (above)"),
         }),
         None => Err(Failure {
-            code: 1,
+            status: Exit::Failure,
             message: format!("the check as {user} was killed"),
         }),
     }

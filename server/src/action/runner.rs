@@ -51,6 +51,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, Uid};
+use sesame_cli::Exit;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
@@ -153,7 +154,7 @@ pub fn main(path: &Path) -> ExitCode {
         say(&FromRunner::Error {
             message: format!("action runner: PR_SET_CHILD_SUBREAPER: {e}"),
         });
-        return ExitCode::from(1);
+        return Exit::Failure.into();
     }
     let me = Uid::effective();
     let could_switch = can_switch_users();
@@ -163,14 +164,14 @@ pub fn main(path: &Path) -> ExitCode {
             say(&FromRunner::Error {
                 message: format!("action runner: setgroups: {e}"),
             });
-            return ExitCode::from(1);
+            return Exit::Failure.into();
         }
     }
     let (config, resolved) = match load(path, me, could_switch) {
         Ok(x) => x,
         Err(message) => {
             say(&FromRunner::Error { message });
-            return ExitCode::from(1);
+            return Exit::Failure.into();
         }
     };
     let switch = resolved.iter().any(|r| r.uid != me);
@@ -178,7 +179,7 @@ pub fn main(path: &Path) -> ExitCode {
         say(&FromRunner::Error {
             message: format!("action runner: privileges: {e}"),
         });
-        return ExitCode::from(1);
+        return Exit::Failure.into();
     }
     let fp = fingerprint(&config);
     let state = State {
@@ -206,16 +207,13 @@ pub fn main(path: &Path) -> ExitCode {
             say(&FromRunner::Error {
                 message: format!("action runner: runtime: {e}"),
             });
-            return ExitCode::from(1);
+            return Exit::Failure.into();
         }
     };
     let local = tokio::task::LocalSet::new();
     match local.block_on(&runtime, serve(state, fp)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("sesamed action-runner: {e}");
-            ExitCode::from(1)
-        }
+        Ok(()) => Exit::Success.into(),
+        Err(e) => sesame_cli::fail("sesamed action-runner", e, Exit::Failure),
     }
 }
 
