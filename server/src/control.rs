@@ -365,11 +365,27 @@ where
             Ok(Ok(_)) => handle(line.trim()).await,
             _ => continue,
         };
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = write.write_all(answer.as_bytes()).await;
-            let _ = write.write_all(b"\n").await;
-        })
-        .await;
+        write_answer(&mut write, &answer).await;
+    }
+}
+
+/// How long writing an answer may make no progress before the reader is dropped.
+const WRITE_STALL: Duration = Duration::from_secs(2);
+
+/// Writes `answer` and a newline in 64 KiB pieces, dropping a reader that takes none of a
+/// piece for [`WRITE_STALL`]: a stalled reader does not hold the socket, and a large answer
+/// (`status` of 1 000 000 clients is about 85 MB) to a reader that keeps reading is written
+/// whole, however busy the machine (a 2-second limit on the whole answer cut it).
+async fn write_answer<W: tokio::io::AsyncWrite + Unpin>(write: &mut W, answer: &str) {
+    let pieces = answer
+        .as_bytes()
+        .chunks(1 << 16)
+        .chain(std::iter::once(&b"\n"[..]));
+    for piece in pieces {
+        match tokio::time::timeout(WRITE_STALL, write.write_all(piece)).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
     }
 }
 
@@ -681,6 +697,57 @@ mod answer_cap_tests {
         // 1 000 000 clients without a knock: about 85 MB (the old 16 MiB cap cut it).
         let answer = answer_of("million", 85_000_000).unwrap();
         assert_eq!(answer.len(), 85_000_000);
+    }
+
+    /// Serves one connection's answer of `len` bytes with [`write_answer`] to a reader that
+    /// takes 1 MiB every `pause`; returns how many bytes it got.
+    fn slow_reader_gets(len: usize, pause: Duration) -> usize {
+        let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        let writer = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut stream = tokio::net::UnixStream::from_std(theirs).unwrap();
+                write_answer(&mut stream, &"x".repeat(len)).await;
+            });
+        });
+        let mut got = 0;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            std::thread::sleep(pause);
+            let mut piece = 0;
+            while piece < buf.len() {
+                match ours.read(&mut buf[piece..]) {
+                    Ok(0) => break,
+                    Ok(n) => piece += n,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            got += piece;
+            if piece < buf.len() {
+                break;
+            }
+        }
+        writer.join().unwrap();
+        got
+    }
+
+    #[test]
+    fn a_slow_reader_gets_a_large_answer_whole() {
+        // 40 MiB at 1 MiB per 100 ms: 4 s, longer than a stall, never stalled that long.
+        assert_eq!(
+            slow_reader_gets(40 << 20, Duration::from_millis(100)),
+            (40 << 20) + 1
+        );
+    }
+
+    #[test]
+    fn a_stalled_reader_is_dropped() {
+        let got = slow_reader_gets(40 << 20, WRITE_STALL + Duration::from_millis(500));
+        assert!(got < 40 << 20, "{got}");
     }
 
     #[test]
