@@ -10,7 +10,9 @@
 //! * `preallocated + O_DSYNC`: both;
 //! * `preallocated + O_DIRECT + O_DSYNC`: whole 4 KiB blocks past the page cache (a FUA write
 //!   on a disk that has it, instead of a cache flush);
-//! * `ReplayStore::save`: sesamed's own code, as built (whatever it does).
+//! * `ReplayStore::save`: sesamed's own code, as built, under `state_sync = "grant"`;
+//! * `ReplayStore::save` under `state_sync = "fence"`: the same code with a fence ahead of the
+//!   clock (what a grant costs there; the fence itself is rewritten off the packet path).
 //!
 //! The options take turns record by record, so the disk's mood hits all of them alike. Each
 //! record is what a grant writes for a client with a few accepted payloads (about 250 bytes).
@@ -226,8 +228,15 @@ fn main() {
     let store_dir = dir.join("store");
     std::fs::create_dir_all(&store_dir).unwrap();
     let mut store = ReplayStore::open(&store_dir).expect("open the store");
+    let fenced_dir = dir.join("fenced");
+    std::fs::create_dir_all(&fenced_dir).unwrap();
+    let mut fenced = ReplayStore::open(&fenced_dir).expect("open the store");
+    fenced.use_fence(
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
+        30_000,
+    );
     let key = PrivateKey::from_bytes([7; 32]).public_key();
-    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); raws.len() + 1];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); raws.len() + 2];
     for i in 0..n {
         let rec = record(i);
         for (k, raw) in raws.iter_mut().enumerate() {
@@ -237,8 +246,11 @@ fn main() {
         }
         let s = state(i);
         let t = Instant::now();
-        store.save([(&key, s)]).expect("save");
+        store.save([(&key, s.clone())]).expect("save");
         times[raws.len()].push(t.elapsed());
+        let t = Instant::now();
+        fenced.save([(&key, s)]).expect("save");
+        times[raws.len() + 1].push(t.elapsed());
     }
     let fs = std::process::Command::new("stat")
         .args(["-f", "-c", "%T"])
@@ -255,6 +267,7 @@ fn main() {
     println!("|---|---:|---:|---:|---:|---:|");
     let mut names: Vec<&str> = raws.iter().map(|r| r.name).collect();
     names.push("ReplayStore::save (sesamed, as built)");
+    names.push("ReplayStore::save, state_sync = \"fence\"");
     let mut base = f64::NAN;
     for (name, t) in names.iter().zip(times.iter_mut()) {
         t.sort();
