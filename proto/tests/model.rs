@@ -55,10 +55,12 @@ use sesame_proto::{
     build_payload, carried_mac, derive_sequence, is_payload_len,
 };
 
-const STEP: u32 = 30;
+// The shared fixtures' step, clock start and timeout (`sesame-fixtures`); the knock range is
+// this test's own.
+const STEP: u32 = sesame_fixtures::STEP_SECONDS;
 const STEP_MS: u64 = STEP as u64 * 1000;
-const T0: UnixMillis = UnixMillis(1_764_000_000_000);
-const TIMEOUT_MS: u64 = 5000;
+const T0: UnixMillis = sesame_fixtures::T0;
+const TIMEOUT_MS: u64 = sesame_fixtures::TIMEOUT_MS;
 /// 40 ports: sequences of different clients and steps collide, and strays reset.
 const LO: u16 = 20000;
 const HI: u16 = 20039;
@@ -114,13 +116,12 @@ fn policy(i: usize) -> Policy {
 }
 
 fn server_key() -> PrivateKey {
-    PrivateKey::from_bytes([0x42; 32])
+    sesame_fixtures::server_key()
 }
 
+/// The shared fixtures' client keys from number 7 (the keys this test has always used).
 fn client_key(i: usize) -> PrivateKey {
-    let mut b = [0u8; 32];
-    b[8..16].copy_from_slice(&(i as u64 + 7).to_le_bytes());
-    PrivateKey::from_bytes(b)
+    sesame_fixtures::client_key(i as u64 + 7)
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {

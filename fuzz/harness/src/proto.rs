@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
+use sesame_fixtures::{STEP_SECONDS, T0, TIMEOUT_MS, client_key, server_key};
 use sesame_keys::{PresharedKey, PrivateKey, PublicKey};
 use sesame_proto::fuzzing::{remac, seal};
 use sesame_proto::{
@@ -216,28 +217,24 @@ pub fn profile_parse(data: &[u8]) {
 // The tracker as a stateful target, and the payload policy past the crypto.
 // ---------------------------------------------------------------------------------------------
 
-/// The virtual clock's start (the tracker tests' `T0`).
-const TRACKER_T0: UnixMillis = UnixMillis(1_764_000_000_000);
-/// Step length of the tracker targets.
-const TRACKER_STEP: u32 = 30;
-/// Timeout of the tracker targets.
-const TRACKER_TIMEOUT_MS: u64 = 5000;
+/// The virtual clock's start (the shared fixtures', as in the tracker tests).
+const TRACKER_T0: UnixMillis = T0;
+/// Step length of the tracker targets (the shared fixtures').
+const TRACKER_STEP: u32 = STEP_SECONDS;
+/// Timeout of the tracker targets (the shared fixtures').
+const TRACKER_TIMEOUT_MS: u64 = TIMEOUT_MS;
 /// The knock range of `tracker_stateful`: 64 ports (one excluded), so that the sequences of two
 /// clients over three steps collide and resets happen.
 const TRACKER_RANGE: (u16, u16) = (10000, 10063);
 const TRACKER_EXCLUDED: u16 = 10005;
-/// The server key of the tracker targets.
-const TRACKER_SERVER_KEY: [u8; 32] = [0x42; 32];
 
 /// Most valid payloads built per input (each costs an X25519 in the tracker); resends of them
 /// are unlimited.
 const MAX_BUILDS: usize = 8;
 
-/// The two fixed clients' private keys (deterministic).
+/// The two fixed clients' private keys: the shared fixtures' clients 1 and 2.
 fn tracker_client_key(i: usize) -> PrivateKey {
-    let mut b = [0u8; 32];
-    b[8..16].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-    PrivateKey::from_bytes(b)
+    client_key(i as u64 + 1)
 }
 
 fn tcp22() -> Service {
@@ -329,7 +326,7 @@ fn tracker_client_publics() -> &'static [PublicKey; 2] {
 /// X25519 under the fuzzer's coverage instrumentation is what limits the executions per
 /// second of the stateful targets).
 fn fuzz_tracker(config: TrackerConfig) -> Tracker {
-    let server = PrivateKey::from_bytes(TRACKER_SERVER_KEY);
+    let server = server_key();
     let clients = (0..2)
         .map(|i| {
             let keys = match ClientKeys::for_server(&server, &tracker_client_publics()[i], None) {
@@ -1104,7 +1101,7 @@ pub fn payload_open_bypass(data: &[u8]) {
         skew_steps: 1,
     };
     let mut tracker = fuzz_tracker(config);
-    let opener = Opener::new(PrivateKey::from_bytes(TRACKER_SERVER_KEY), window);
+    let opener = Opener::new(server_key(), window);
     #[cfg(fuzzing)]
     let _bypass = sesame_proto::fuzzing::CryptoBypass::enable();
     let mut now = TRACKER_T0;

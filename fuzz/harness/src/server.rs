@@ -6,35 +6,30 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use etherparse::PacketBuilder;
+use sesame_fixtures::{STEP_SECONDS as STEP, T0, client_key, server_key, tracker_config};
 use sesame_keys::{PrivateKey, PublicKey};
 use sesame_proto::{
-    ClientEntry, ClientKeys, Event, KnockParams, KnockProtocol, PayloadMode, Policy, Proto,
-    Request, Service, Tracker, TrackerConfig, UnixMillis, WireNoise, build_payload, canonical_ip,
-    derive_sequence,
+    ClientEntry, ClientKeys, Event, KnockProtocol, PayloadMode, Policy, Proto, Request, Service,
+    Tracker, TrackerConfig, UnixMillis, WireNoise, build_payload, canonical_ip, derive_sequence,
 };
 
 use sesame_server::capture::parse_ip;
 use sesame_server::config::{Config, ConfigFileError, DEFAULT_CONFIG};
 
-/// The virtual clock's start.
-const T0: UnixMillis = UnixMillis(1_764_000_000_000);
-const STEP: u32 = 30;
-const SERVER_KEY: [u8; 32] = [0x42; 32];
-
-fn client_key(i: usize) -> PrivateKey {
-    let mut b = [0u8; 32];
-    b[8..16].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-    PrivateKey::from_bytes(b)
+/// The fixed clients' private keys: the shared fixtures' clients 1 and 2.
+fn client(i: usize) -> PrivateKey {
+    client_key(i as u64 + 1)
 }
 
 /// The fixed clients' public keys, computed once (X25519 dominates the cost of an input).
 fn client_publics() -> &'static [PublicKey; 2] {
     static PUBLICS: OnceLock<[PublicKey; 2]> = OnceLock::new();
-    PUBLICS.get_or_init(|| [client_key(0).public_key(), client_key(1).public_key()])
+    PUBLICS.get_or_init(|| [client(0).public_key(), client(1).public_key()])
 }
 
 /// `frame_tracker`'s knock settings: byte 0 of the input picks the payload mode (`% 3`) and
-/// single-packet mode (bit 2); 30 s steps, ports 10000-19999 without 10022, mixed UDP/TCP.
+/// single-packet mode (bit 2); the shared fixtures' settings (30 s steps, ports 10000-19999
+/// without 10022, one step of skew, 5 s timeout), mixed UDP/TCP.
 fn frame_config(sel: u8) -> TrackerConfig {
     let mode = [
         PayloadMode::Required,
@@ -42,22 +37,13 @@ fn frame_config(sel: u8) -> TrackerConfig {
         PayloadMode::None,
     ][usize::from(sel % 3)];
     let length = if sel & 4 != 0 { 0 } else { 3 };
-    let params =
-        match KnockParams::new(STEP, length, (10000, 19999), &[10022], KnockProtocol::Mixed) {
-            Ok(p) => p,
-            Err(e) => panic!("valid parameters: {e}"),
-        };
-    TrackerConfig {
-        max_sources: 16,
-        max_candidates: 4,
-        ..TrackerConfig::new(params, 1, 5000, mode)
-    }
+    tracker_config(length, KnockProtocol::Mixed, mode, 16, 4)
 }
 
 /// Two fixed clients: 0 may open tcp/22 for its source; 1 may open tcp/22 and udp/51820 for
 /// any address.
 fn frame_tracker_for(config: TrackerConfig) -> Tracker {
-    let server = PrivateKey::from_bytes(SERVER_KEY);
+    let server = server_key();
     let clients = (0..2)
         .map(|i| {
             let keys = match ClientKeys::for_server(&server, &client_publics()[i], None) {
@@ -262,7 +248,7 @@ pub fn ip_packet(src: IpAddr, proto: Proto, port: u16, payload: &[u8]) -> Vec<u8
 /// IPv4 and IPv6, in and out of order, plus noise (a SYN-ACK, a fragment, garbage, an
 /// out-of-range port) and clock moves. Each returns the input bytes.
 pub fn frame_tracker_seeds() -> Vec<Vec<u8>> {
-    let server = PrivateKey::from_bytes(SERVER_KEY).public_key();
+    let server = server_key().public_key();
     let counter = T0.counter(STEP);
     let mut seeds = Vec::new();
     for sel in [0u8, 1, 2, 4] {
@@ -275,7 +261,7 @@ pub fn frame_tracker_seeds() -> Vec<Vec<u8>> {
         .into_iter()
         .enumerate()
         {
-            let keys = match ClientKeys::for_client(&client_key(i), &server, None) {
+            let keys = match ClientKeys::for_client(&client(i), &server, None) {
                 Ok(k) => k,
                 Err(e) => panic!("fixed keys: {e}"),
             };
@@ -392,7 +378,7 @@ pub fn config_parse(data: &[u8]) {
                     "{c:?}"
                 );
             }
-            let server = PrivateKey::from_bytes(SERVER_KEY).public_key();
+            let server = server_key().public_key();
             for (i, c) in config.clients.iter().enumerate() {
                 assert!(c.allow.iter().all(|s| protect.contains(s)), "{c:?}");
                 assert!(config.clients[..i].iter().all(|o| o.name != c.name));

@@ -5,10 +5,13 @@ use crate::action::AllowedAction;
 use crate::params::KnockProtocol;
 use crate::payload::{WireNoise, build_payload};
 use crate::sequence::Sequence;
+use sesame_fixtures::{EXCLUDED_PORT, PORT_RANGE, SKEW_STEPS, TIMEOUT_MS, client_key, server_key};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-const STEP: u32 = 30;
-const T0: UnixMillis = UnixMillis(1_764_000_000_000);
+// The shared fixtures' settings (`sesame-fixtures`), as this crate's own types: there
+// `sesame_proto::UnixMillis` and `crate::UnixMillis` are different types.
+const STEP: u32 = sesame_fixtures::STEP_SECONDS;
+const T0: UnixMillis = UnixMillis(sesame_fixtures::T0_MS);
 
 struct World {
     server: PrivateKey,
@@ -18,14 +21,14 @@ struct World {
 }
 
 fn params(length: u64, protocol: KnockProtocol) -> KnockParams {
-    KnockParams::new(STEP, length, (10000, 19999), &[10022], protocol).unwrap()
+    KnockParams::new(STEP, length, PORT_RANGE, &[EXCLUDED_PORT], protocol).unwrap()
 }
 
 fn config(length: u64, protocol: KnockProtocol, payload: PayloadMode) -> TrackerConfig {
     TrackerConfig {
         max_sources: 1024,
         max_candidates: 8,
-        ..TrackerConfig::new(params(length, protocol), 1, 5000, payload)
+        ..TrackerConfig::new(params(length, protocol), SKEW_STEPS, TIMEOUT_MS, payload)
     }
 }
 
@@ -34,14 +37,8 @@ fn tcp22() -> Service {
 }
 
 fn world_with(config: TrackerConfig, n: usize, policy: impl Fn(usize) -> Policy) -> World {
-    let server = PrivateKey::from_bytes([0x42; 32]);
-    let clients: Vec<PrivateKey> = (0..n)
-        .map(|i| {
-            let mut b = [0u8; 32];
-            b[8..16].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-            PrivateKey::from_bytes(b)
-        })
-        .collect();
+    let server = server_key();
+    let clients: Vec<PrivateKey> = (0..n).map(|i| client_key(i as u64 + 1)).collect();
     let entries = clients
         .iter()
         .enumerate()
