@@ -12,9 +12,7 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
-#[path = "../../tests/support/tempdir.rs"]
-mod tempdir;
-use tempdir::TempDir;
+use sesame_test_support::TempDir;
 
 fn run(args: &[&str], stdin: Option<&str>, dir: &Path) -> Output {
     let mut child = Command::new(SESAME)

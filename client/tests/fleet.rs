@@ -15,9 +15,7 @@ use sesame_proto::{KnockParams, KnockProtocol, LeaseKind, PayloadMode, Profile, 
 
 const SESAME: &str = env!("CARGO_BIN_EXE_sesame");
 
-#[path = "../../tests/support/tempdir.rs"]
-mod tempdir;
-use tempdir::TempDir;
+use sesame_test_support::TempDir;
 
 /// `sesame ARGS` with HOME = `home` (XDG_CONFIG_HOME unset), in `home`, with `stdin`.
 fn sesame(home: &Path, args: &[&str], stdin: &str) -> Output {

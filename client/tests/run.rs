@@ -14,9 +14,7 @@ use sesame_proto::{ClientKeys, Opener, TimeWindow, UnixMillis};
 
 const SESAME: &str = env!("CARGO_BIN_EXE_sesame");
 
-#[path = "../../tests/support/tempdir.rs"]
-mod tempdir;
-use tempdir::TempDir;
+use sesame_test_support::TempDir;
 
 fn sesame(args: &[&str], dir: &Path) -> Output {
     Command::new(SESAME)

@@ -21,9 +21,7 @@ use sesame_proto::{
 
 const SESAME: &str = env!("CARGO_BIN_EXE_sesame");
 
-#[path = "../../tests/support/tempdir.rs"]
-mod tempdir;
-use tempdir::TempDir;
+use sesame_test_support::TempDir;
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)
@@ -312,7 +310,7 @@ fn man_page_renders() {
     assert!(o.status.success(), "{}", text(&o));
     let page = String::from_utf8(o.stdout).unwrap();
     assert!(page.contains(".TH sesame 1"), "{page}");
-    tempdir::assert_man_page_renders(
+    sesame_test_support::assert_man_page_renders(
         &page,
         "sesame.1",
         &[

@@ -21,9 +21,7 @@ use sesame_server::config::Config;
 
 const SESAMED: &str = env!("CARGO_BIN_EXE_sesamed");
 
-#[path = "../../tests/support/tempdir.rs"]
-mod tempdir;
-use tempdir::TempDir;
+use sesame_test_support::TempDir;
 
 const NOBODY: u32 = 65534;
 

@@ -9,9 +9,7 @@ use sesame_keys::PrivateKey;
 
 const SESAMED: &str = env!("CARGO_BIN_EXE_sesamed");
 
-#[path = "../../tests/support/tempdir.rs"]
-mod tempdir;
-use tempdir::TempDir as Dir;
+use sesame_test_support::TempDir as Dir;
 
 fn sesamed(args: &[&str]) -> Output {
     Command::new(SESAMED).args(args).output().unwrap()

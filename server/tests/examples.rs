@@ -14,9 +14,6 @@ use std::path::Path;
 use sesame_proto::Profile;
 use sesame_server::config::Config;
 
-#[path = "../../tests/support/tempdir.rs"]
-mod tempdir;
-
 fn read(rel: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -334,7 +331,7 @@ fn the_configuration_manual_page_has_every_key() {
         missing.is_empty(),
         "sesamed.toml(5) has no entry for: {missing:?}"
     );
-    tempdir::assert_man_page_renders(
+    sesame_test_support::assert_man_page_renders(
         &page,
         "sesamed.toml.5",
         &[
@@ -398,9 +395,13 @@ fn the_manual_pages_have_files_exit_status_and_examples() {
             path.display()
         );
     }
-    tempdir::assert_man_page_renders(&page, "sesamed.1", &["FILES", "EXIT STATUS", "EXAMPLES"]);
+    sesame_test_support::assert_man_page_renders(
+        &page,
+        "sesamed.1",
+        &["FILES", "EXIT STATUS", "EXAMPLES"],
+    );
 
-    let dir = tempdir::TempDir::new("man-dir");
+    let dir = sesame_test_support::TempDir::new("man-dir");
     let o = std::process::Command::new(sesamed)
         .args(["man", "--dir"])
         .arg(&dir.0)

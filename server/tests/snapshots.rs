@@ -43,9 +43,7 @@ fn cli_snapshots() {
         .run();
 }
 
-#[path = "../../tests/support/tempdir.rs"]
-mod tempdir;
-use tempdir::TempDir;
+use sesame_test_support::TempDir;
 
 fn sesamed(args: &[&str], cwd: &Path) -> Output {
     Command::new(SESAMED)
@@ -443,7 +441,7 @@ fn man_page_renders() {
     assert!(o.status.success(), "{}", text(&o));
     let page = stdout(&o);
     assert!(page.contains(".TH sesamed 1"), "{page}");
-    tempdir::assert_man_page_renders(
+    sesame_test_support::assert_man_page_renders(
         &page,
         "sesamed.8",
         &[

@@ -1,33 +1,35 @@
-//! A temporary directory for the CLI tests of `sesame` and `sesamed`, removed on drop. One
-//! file, included by path from each test crate that needs it (`client/tests`, `server/tests`).
-// Each test crate uses what it needs of this file.
-#![allow(dead_code)]
+//! Helpers shared by the CLI tests of `sesame` and `sesamed` (`client/tests`, `server/tests`):
+//! a temporary directory and a check of the manual pages. A dev-dependency only; not
+//! published.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 /// A fresh directory under the system's temporary directory, removed on drop.
-pub struct TempDir(pub PathBuf);
+#[derive(Debug)]
+pub struct TempDir(
+    /// The directory's path.
+    pub PathBuf,
+    // Held for its `Drop`, which removes the directory.
+    #[allow(dead_code)] tempfile::TempDir,
+);
 
 impl TempDir {
-    /// `sesame-test-TAG-RANDOM`.
+    /// `sesame-test-TAG-RANDOM`, mode 0755 (as `mkdir` makes it; tempfile's is 0700).
     pub fn new(tag: &str) -> Self {
-        let mut rnd = [0u8; 6];
-        sesame_keys::fill_random(&mut rnd);
-        let name: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
-        let dir = std::env::temp_dir().join(format!("sesame-test-{tag}-{name}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("sesame-test-{tag}-"))
+            .tempdir()
+            .expect("create a temporary directory");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the temporary directory");
+        TempDir(dir.path().to_path_buf(), dir)
     }
 
     /// `rel` inside the directory.
     pub fn path(&self, rel: &str) -> PathBuf {
         self.0.join(rel)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
