@@ -2098,6 +2098,8 @@ impl Tracker {
     }
 }
 
+#[cfg(test)]
+mod pins;
 mod seen;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,145 @@
+//! When a source's state is reclaimed: as soon as it holds nothing (no first knock, no partial
+//! or completed sequence, no early payload), and never while it holds something. A source kept
+//! forever would fill the table up to `max_sources` and push real knockers out by eviction.
+
+use super::*;
+
+#[test]
+fn a_source_is_forgotten_once_its_sequence_is_granted() {
+    let mut lab = Lab::new(PayloadMode::None, 1);
+    let c = c0();
+    let seq = lab.sequence(0, c);
+    lab.send(T0, v4(2), Proto::Udp, seq.knocks[0].port, None);
+    assert_eq!(lab.tracker.tracked_sources(), 1, "a first knock is kept");
+    lab.knocks(0, c, T0, v4(2));
+    assert_eq!(lab.grants(), vec![(ClientId(0), c)]);
+    assert_eq!(lab.tracker.tracked_sources(), 0);
+}
+
+#[test]
+fn a_source_is_forgotten_once_its_payload_is_granted() {
+    let mut lab = Lab::new(PayloadMode::Required, 1);
+    let c = c0();
+    lab.knocks(0, c, T0, v4(2));
+    assert_eq!(lab.tracker.tracked_sources(), 1, "it waits for the payload");
+    let d = lab.payload(0, c, T0);
+    lab.send_payload(0, c, T0, v4(2), &d);
+    assert_eq!(lab.grants(), vec![(ClientId(0), c)]);
+    assert_eq!(lab.tracker.tracked_sources(), 0);
+}
+
+#[test]
+fn a_source_is_forgotten_when_its_payload_overtook_the_last_knock() {
+    let mut lab = Lab::new(PayloadMode::Required, 1);
+    let c = c0();
+    let seq = lab.sequence(0, c);
+    let d = lab.payload(0, c, T0);
+    for k in &seq.knocks[..2] {
+        lab.send(T0, v4(2), k.proto, k.port, None);
+    }
+    lab.send_payload(0, c, T0, v4(2), &d);
+    let last = seq.knocks[2];
+    lab.send(T0, v4(2), last.proto, last.port, None);
+    assert_eq!(lab.grants(), vec![(ClientId(0), c)]);
+    assert_eq!(lab.tracker.tracked_sources(), 0);
+}
+
+#[test]
+fn a_source_is_forgotten_when_its_wait_for_the_payload_ends() {
+    let mut lab = Lab::new(PayloadMode::Required, 1);
+    let c = c0();
+    lab.knocks(0, c, T0, v4(2));
+    let deadline = lab.tracker.poll_timeout().unwrap();
+    assert_eq!(deadline, T0.plus_millis(TIMEOUT_MS));
+    lab.tracker.handle_timeout(deadline, &mut lab.events);
+    assert!(
+        lab.take()
+            .iter()
+            .any(|e| matches!(e, Event::PayloadMissing { .. }))
+    );
+    assert_eq!(lab.tracker.tracked_sources(), 0);
+}
+
+#[test]
+fn a_stray_packet_with_no_progress_leaves_no_state() {
+    let mut lab = Lab::new(PayloadMode::Required, 1);
+    let stray = lab.stray_port(T0);
+    assert_eq!(
+        lab.send(T0, v4(2), Proto::Udp, stray, None),
+        Outcome::Ignored
+    );
+    assert_eq!(lab.tracker.tracked_sources(), 0);
+}
+
+#[test]
+fn a_source_waiting_for_its_payload_is_kept_after_a_stray_packet() {
+    let mut lab = Lab::new(PayloadMode::Required, 1);
+    let c = c0();
+    lab.knocks(0, c, T0, v4(2));
+    let stray = lab.stray_port(T0);
+    lab.send(T0.plus_millis(10), v4(2), Proto::Udp, stray, None);
+    assert_eq!(lab.tracker.tracked_sources(), 1);
+    let d = lab.payload(0, c, T0);
+    lab.send_payload(0, c, T0.plus_millis(20), v4(2), &d);
+    assert_eq!(lab.grants(), vec![(ClientId(0), c)]);
+}
+
+#[test]
+fn a_source_with_a_new_first_knock_is_kept_when_its_old_wait_ends() {
+    // Client 0's sequence completes and waits for a payload that never comes; meanwhile the
+    // source starts client 1's. The end of the first wait must not drop the second's progress.
+    let mut lab = Lab::new(PayloadMode::Required, 2);
+    let c = c0();
+    lab.knocks(0, c, T0, v4(2));
+    let seq = lab.sequence(1, c);
+    lab.send(
+        T0.plus_millis(1000),
+        v4(2),
+        Proto::Udp,
+        seq.knocks[0].port,
+        None,
+    );
+    lab.tracker
+        .handle_timeout(T0.plus_millis(TIMEOUT_MS), &mut lab.events);
+    assert_eq!(lab.tracker.tracked_sources(), 1);
+    let now = T0.plus_millis(TIMEOUT_MS + 1);
+    for k in &seq.knocks[1..] {
+        lab.send(now, v4(2), k.proto, k.port, None);
+    }
+    assert!(
+        lab.take().iter().any(|e| matches!(
+            e,
+            Event::SequenceComplete {
+                client: ClientId(1),
+                ..
+            }
+        )),
+        "client 1's sequence completes"
+    );
+}
+
+#[test]
+fn a_source_with_partial_progress_is_kept_when_its_old_wait_ends() {
+    // As above, two knocks in: the candidates alone must keep the source.
+    let mut lab = Lab::new(PayloadMode::Required, 2);
+    let c = c0();
+    lab.knocks(0, c, T0, v4(2));
+    let seq = lab.sequence(1, c);
+    for k in &seq.knocks[..2] {
+        lab.send(T0.plus_millis(1000), v4(2), k.proto, k.port, None);
+    }
+    lab.tracker
+        .handle_timeout(T0.plus_millis(TIMEOUT_MS), &mut lab.events);
+    assert_eq!(lab.tracker.tracked_sources(), 1);
+    let last = seq.knocks[2];
+    assert_eq!(
+        lab.send(
+            T0.plus_millis(TIMEOUT_MS + 1),
+            v4(2),
+            last.proto,
+            last.port,
+            None
+        ),
+        Outcome::Complete
+    );
+}
