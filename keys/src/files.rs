@@ -123,7 +123,7 @@ pub fn read_secret_file_with(path: &Path, links: Links) -> Result<Zeroizing<Stri
         });
     }
     let mode = meta.mode() & 0o7777;
-    if mode & SECRET_FILE_FORBIDDEN_MODE != 0 {
+    if mode_is_too_open(mode) {
         return Err(KeyFileError::TooOpen {
             path: path.to_path_buf(),
             mode,
