@@ -143,3 +143,30 @@ fn a_source_with_partial_progress_is_kept_when_its_old_wait_ends() {
         Outcome::Complete
     );
 }
+
+#[test]
+fn a_reloaded_tracker_still_knows_which_steps_had_a_payload() {
+    // `optional` mode grants a sequence alone only for a step no datagram passed the gate
+    // for. A reload (a new tracker that inherits the old one's seen cache) keeps that record.
+    let c = c0();
+    let mut old = Lab::with(config(PayloadMode::Optional), 1, |_| Policy::default());
+    old.knocks(0, c, T0, v4(2));
+    // Through the gate, then refused: the policy allows no service.
+    let d = old.payload(0, c, T0);
+    old.send_payload(0, c, T0, v4(2), &d);
+    assert!(old.grants().is_empty());
+    let knock_and_wait = |lab: &mut Lab| {
+        let at = T0.plus_millis(100);
+        lab.knocks(0, c, at, v4(3));
+        lab.tracker
+            .handle_timeout(at.plus_millis(TIMEOUT_MS), &mut lab.events);
+        lab.grants()
+    };
+    // A tracker without the record grants the copied knocks alone...
+    let mut fresh = Lab::with(config(PayloadMode::Optional), 1, |_| Policy::default());
+    assert_eq!(knock_and_wait(&mut fresh), vec![(ClientId(0), c)]);
+    // ...the reloaded one does not.
+    let mut reloaded = Lab::with(config(PayloadMode::Optional), 1, |_| Policy::default());
+    reloaded.tracker.inherit_seen(&old.tracker);
+    assert_eq!(knock_and_wait(&mut reloaded), vec![]);
+}
