@@ -1,7 +1,8 @@
 //! Scans with nmap (the Debian package) from the attacker namespace: a UDP scan and a TCP-SYN
 //! scan of the whole knock range, and a randomised scan (nmap's random port order, UDP and
 //! SYN at once) repeated every time step for several steps. None may open anything, and the
-//! legitimate client knocking at the same time from the client namespace must get in.
+//! legitimate client knocking at the same time from the client namespace must get in. (The
+//! harness's own in-order sweep of scenario 6 is in `scan_sweep.rs`.)
 //!
 //! The deployments use `payload = "none"`, the weakest mode: a completed sequence alone
 //! opens, so only the tracker's reset rule stands between a scan and a grant.

@@ -1,5 +1,7 @@
 //! Scenario 6: a full UDP scan of the knock range from one source opens nothing and does not
-//! stop the legitimate client knocking at the same time from another address.
+//! stop the legitimate client knocking at the same time from another address. The scan is the
+//! harness's own in-order sweep (`sesame-netprobe scan`, every port in turn, every second);
+//! nmap's scans (UDP, SYN, randomised) are in `scan_nmap.rs`.
 
 use std::time::Duration;
 
