@@ -11,7 +11,8 @@
 //! sesame-flood MODE [options]
 //!
 //! modes (raw frames on --iface, spoofed sources):
-//!   udp        UDP datagrams (random 0..=32 bytes) to random ports of the knock range
+//!   udp        UDP datagrams (random 0..=32 bytes, or --size) to random ports of the knock
+//!              range
 //!   syn        TCP SYNs to random ports of the knock range
 //!   payload    184-byte random datagrams to the current payload ports of the client of
 //!              --profile (the attacker knows the client's key: the worst case); with
@@ -20,7 +21,8 @@
 //!   mix        udp, syn and (with --profile) payload, mixed at random
 //!   replay     ONE given UDP datagram (--hex, or taken from --pcap) to one port (--port), from
 //!              every source of the pool in turn: a captured valid knock replayed from
-//!              spoofed sources
+//!              spoofed sources; with --sequence every UDP datagram of the capture, in order,
+//!              from each source (a captured knock sequence)
 //! mode (normal sockets, the namespace's own address):
 //!   knock      --count valid knocks (sequence and payload) of the client of --profile, with
 //!              strictly increasing timestamps, to each --to address in turn
@@ -38,17 +40,23 @@
 //!   --profile FILE        client profile (payload mode; its key file is read)
 //!   --skew N              payload mode: also target the N steps either side (default 1)
 //!   --with-knocks         payload mode: send the knocks before each payload
-//!   --hex HEX             replay mode: the datagram's bytes, in hex (at most 194 bytes)
+//!   --size N              udp mode: datagrams of exactly N random bytes (at most 1452)
+//!   --base64              udp mode: the random bytes from the base64 alphabet (a fake SPA
+//!                         packet of fwknop)
+//!   --hex HEX             replay mode: the datagram's bytes, in hex (at most 1452 bytes)
 //!   --pcap FILE           replay mode: take the datagram from this capture (a UDP datagram
 //!                         of it, see --pick); its destination port is the default --port
 //!   --pick N              replay mode with --pcap: the Nth UDP datagram of the capture,
 //!                         from 0 (default: the last one)
+//!   --sequence            replay mode with --pcap: every UDP datagram of the capture, in
+//!                         order, each to its own destination port, from each source
 //!   --port N              replay mode: destination port (required with --hex)
 //!   --duration-ms N       stop after this long (default 5000; 0 = no limit)
 //!   --count N             stop after this many frames (default 0 = no limit)
 //!   --rate PPS            frames per second (default 0 = as fast as possible)
 //!   --batch N             frames per sendmmsg (default 64)
 //!   --stdin-stop          also stop when stdin reaches end of file or a line is read
+//!   --cpu N               run on CPU N only (sched_setaffinity), for several senders
 //! knock options:
 //!   --profile FILE --to ADDR (repeatable) --count N (default 1000) --gap-us N (default 0)
 //!   --allow-ip ADDR       ask to open ADDR instead of the source (repeatable: one per knock,
@@ -92,7 +100,7 @@ fn main() -> ExitCode {
 }
 
 /// Options that take no value.
-const FLAGS: &[&str] = &["with-knocks", "stdin-stop"];
+const FLAGS: &[&str] = &["with-knocks", "stdin-stop", "sequence", "base64"];
 
 fn run(args: &[String]) -> Result<()> {
     let (mode, rest) = args
@@ -223,6 +231,18 @@ impl Template {
                 rng.fill(&mut random);
                 Some(random)
             }
+            L4::UdpBase64(len) => {
+                const ALPHABET: &[u8; 64] =
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+                let mut random = vec![0u8; len];
+                rng.fill(&mut random);
+                Some(
+                    random
+                        .iter()
+                        .map(|b| ALPHABET[usize::from(b % 64)])
+                        .collect(),
+                )
+            }
             L4::Syn => None,
         };
         match payload {
@@ -271,6 +291,8 @@ impl Template {
 enum L4<'a> {
     /// A UDP datagram with this many random payload bytes.
     Udp(usize),
+    /// A UDP datagram with this many random payload bytes from the base64 alphabet.
+    UdpBase64(usize),
     /// A UDP datagram with exactly these payload bytes.
     UdpData(&'a [u8]),
     /// A TCP SYN.
@@ -299,9 +321,8 @@ fn set_port(frame: &mut [u8], l4: usize, csum: usize, udp: bool, port: u16) {
 // ---------------------------------------------------------------------------------------------
 // The raw sender
 
-/// Largest frame this tool builds (Ethernet + IPv6 + UDP + a payload of 240 bytes with all
-/// its padding is 302).
-const SLOT: usize = 320;
+/// Largest frame this tool builds: a full Ethernet frame (1500 bytes of IP packet).
+const SLOT: usize = 1514;
 
 /// An AF_PACKET socket bound to one interface, with `batch` frame slots sent by `sendmmsg`.
 struct RawSender {
@@ -470,11 +491,13 @@ impl Targets {
     }
 }
 
-/// Per-source frames: a small UDP datagram, a SYN and a payload-sized datagram.
+/// Per-source frames: a small UDP datagram, a SYN, a payload-sized datagram and the replayed
+/// datagrams.
 struct Source {
     small: Option<Template>,
     syn: Option<Template>,
     big: Option<Template>,
+    seq: Vec<Template>,
 }
 
 fn source_addr(base: IpAddr, i: u32) -> IpAddr {
@@ -543,12 +566,18 @@ fn flood(mode: &str, a: &Args) -> Result<()> {
     }
     let span = u32::from(hi - lo) + 1;
 
-    // Replay mode: the one datagram, and the port it goes to.
-    let replayed: Option<(Vec<u8>, u16)> = if mode == "replay" {
-        Some(replay_datagram(a)?)
+    // Replay mode: the datagram(s), and the port each goes to.
+    let replayed: Option<Vec<(Vec<u8>, u16)>> = if mode == "replay" {
+        Some(replay_datagrams(a)?)
     } else {
         None
     };
+    // udp mode: a fixed datagram size instead of 0..=32 bytes, random or base64 bytes.
+    let size: Option<usize> = match a.get("size") {
+        Some(_) => Some(usize::try_from(a.num("size", 0)?).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let base64 = a.flag("base64");
 
     let want_small = matches!(mode, "udp" | "mix") || with_knocks;
     let want_syn = matches!(mode, "syn" | "mix") || with_knocks;
@@ -578,16 +607,25 @@ fn flood(mode: &str, a: &Args) -> Result<()> {
             let small_len = if with_knocks && mode == "payload" {
                 0
             } else {
-                (i % 33) as usize
+                size.unwrap_or((i % 33) as usize)
             };
-            let big = match &replayed {
-                Some((data, _)) => build(true, L4::UdpData(data))?,
-                None => build(want_big, L4::Udp(DATAGRAM_LEN))?,
+            let small_l4 = if base64 {
+                L4::UdpBase64(small_len)
+            } else {
+                L4::Udp(small_len)
             };
+            let small = build(want_small, small_l4)?;
+            let syn = build(want_syn, L4::Syn)?;
+            let big = build(want_big, L4::Udp(DATAGRAM_LEN))?;
+            let mut seq = Vec::new();
+            for (data, _) in replayed.iter().flatten() {
+                seq.extend(build(true, L4::UdpData(data))?);
+            }
             pool.push(Source {
-                small: build(want_small, L4::Udp(small_len))?,
-                syn: build(want_syn, L4::Syn)?,
+                small,
+                syn,
                 big,
+                seq,
             });
         }
     }
@@ -602,6 +640,9 @@ fn flood(mode: &str, a: &Args) -> Result<()> {
         });
     }
 
+    if a.get("cpu").is_some() {
+        pin_to_cpu(usize::try_from(a.num("cpu", 0)?).map_err(|e| e.to_string())?)?;
+    }
     let mut tx = RawSender::open(&iface, batch)?;
     println!("flooding");
     let started = Instant::now();
@@ -645,8 +686,12 @@ fn flood(mode: &str, a: &Args) -> Result<()> {
                     "payload" | "replay" => 2,
                     _ => rng.below(if want_big { 3 } else { 2 }) as usize,
                 };
-                if let Some((_, port)) = &replayed {
-                    (s, 2, *port)
+                if let Some(datagrams) = &replayed {
+                    // Popped from the end: the datagrams in the captured order.
+                    for (j, (_, port)) in datagrams.iter().enumerate().rev() {
+                        unit.push((s, 3 + j, *port));
+                    }
+                    unit.pop().ok_or("internal: empty unit")?
                 } else if pick == 2 {
                     let t = targets.as_ref().ok_or("internal: no targets")?;
                     let (knocks, payload_port) = &t.seqs[rng.below(t.seqs.len() as u32) as usize];
@@ -669,10 +714,11 @@ fn flood(mode: &str, a: &Args) -> Result<()> {
             let template = match frame_kind {
                 0 => source.small.as_ref(),
                 1 => source.syn.as_ref(),
-                _ => source.big.as_ref(),
+                2 => source.big.as_ref(),
+                j => source.seq.get(j - 3),
             }
             .ok_or("internal: missing frame template")?;
-            kinds[frame_kind] += 1;
+            kinds[frame_kind.min(2)] += 1;
             let len = template.emit(tx.slot(slot), port);
             tx.lens[slot] = len;
         }
@@ -693,9 +739,38 @@ fn flood(mode: &str, a: &Args) -> Result<()> {
         "pps": if seconds > 0.0 { sent as f64 / seconds } else { 0.0 },
         "rate": rate,
         "batch": batch,
+        "cpu": a.get("cpu"),
     });
     println!("{out}");
     Ok(())
+}
+
+/// Replay mode's datagrams and their destination ports: every UDP datagram of `--pcap` with
+/// `--sequence`, else the one of [`replay_datagram`].
+fn replay_datagrams(a: &Args) -> Result<Vec<(Vec<u8>, u16)>> {
+    if !a.flag("sequence") {
+        return Ok(vec![replay_datagram(a)?]);
+    }
+    let file = a.get("pcap").ok_or("--sequence needs --pcap")?;
+    if a.get("hex").is_some() || a.get("pick").is_some() || a.get("port").is_some() {
+        return Err("--sequence replays the whole capture: no --hex, --pick or --port".into());
+    }
+    let udp = udp_datagrams(Path::new(file))?;
+    if udp.is_empty() {
+        return Err(format!("{file}: no UDP datagram in the capture"));
+    }
+    Ok(udp)
+}
+
+/// The UDP datagrams of a capture, in order: (payload, destination port).
+fn udp_datagrams(file: &Path) -> Result<Vec<(Vec<u8>, u16)>> {
+    Ok(pcap::read_file(file)?
+        .into_iter()
+        .filter_map(|p| match p.l4 {
+            pcap::L4::Udp { dport, payload, .. } => Some((payload, dport)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Replay mode's datagram and destination port, from `--hex` or `--pcap` (`--pick`), and
@@ -704,13 +779,7 @@ fn replay_datagram(a: &Args) -> Result<(Vec<u8>, u16)> {
     let (data, port) = match (a.get("hex"), a.get("pcap")) {
         (Some(hex), None) => (parse_hex(hex)?, None),
         (None, Some(file)) => {
-            let udp: Vec<(Vec<u8>, u16)> = pcap::read_file(Path::new(file))?
-                .into_iter()
-                .filter_map(|p| match p.l4 {
-                    pcap::L4::Udp { dport, payload, .. } => Some((payload, dport)),
-                    _ => None,
-                })
-                .collect();
+            let udp = udp_datagrams(Path::new(file))?;
             let index = match a.get("pick") {
                 Some(_) => usize::try_from(a.num("pick", 0)?).map_err(|e| e.to_string())?,
                 None => udp.len().saturating_sub(1),
@@ -745,6 +814,27 @@ fn parse_hex(hex: &str) -> Result<Vec<u8>> {
                 .ok_or_else(|| format!("--hex: not hex at offset {i}"))
         })
         .collect()
+}
+
+/// Runs the calling thread (the sender) on CPU `cpu` only.
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(format!("--cpu {cpu}: out of range"));
+    }
+    // SAFETY: cpu_set_t is plain old data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE (checked above), so CPU_SET stays inside `set`.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is an initialised cpu_set_t that lives across the call and its exact size
+    // is passed; pid 0 is the calling thread.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r != 0 {
+        return Err(format!(
+            "--cpu {cpu}: sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -919,6 +1009,7 @@ mod tests {
                 L4::Udp(13),
                 L4::Udp(DATAGRAM_LEN),
                 L4::UdpData(&data),
+                L4::UdpBase64(180),
                 L4::Syn,
             ] {
                 let t = Template::build([2; 6], [4; 6], src, dst, l4, &mut rng).unwrap();
@@ -931,6 +1022,15 @@ mod tests {
                         TransportSlice::Udp(u) => {
                             if let L4::UdpData(d) = l4 {
                                 assert_eq!(u.payload(), d, "replayed bytes are sent as they are");
+                            }
+                            if let L4::UdpBase64(len) = l4 {
+                                assert_eq!(u.payload().len(), len);
+                                assert!(
+                                    u.payload()
+                                        .iter()
+                                        .all(|b| b.is_ascii_alphanumeric() || b"+/".contains(b)),
+                                    "base64 alphabet only"
+                                );
                             }
                             u.destination_port()
                         }

@@ -1,7 +1,10 @@
 //! A smoke run of the namespace benchmark (`sesame-netbench`, `scripts/netbench`,
-//! BENCHMARKS.md), so that it keeps compiling and working: 5 knocks per system, a 2-second
-//! flood at [`SMOKE_RATE`] frames per second per scenario. It checks that every system was
-//! measured and that the figures are sane, and that sesame opened every time; the peers'
+//! BENCHMARKS.md), so that it keeps compiling and working: 5 knocks per system, then two
+//! floods of a second each, one knock each, at [`SMOKE_FLOOD_RATE`] frames per second: a
+//! replay of a captured knock from two senders, and the mix of every kind (udp, syn, payload,
+//! replay: one sender each, which runs each kind's sender for every system). It checks that every system was measured and
+//! that the figures are sane and produced (rates, the daemon's handled rate, the replayed
+//! capture), and that sesame opened every time and never for a spoofed source; the peers'
 //! figures are reported, not judged. Without fwknop or knockd installed the peers are skipped,
 //! except in CI (`CI=true`), where they must be installed (see `.ci/run`).
 
@@ -12,6 +15,12 @@ use sesame_tests::{in_ci, require_netns, text};
 
 /// The smoke flood's rate: the other e2e tests run beside it on shared cores.
 const SMOKE_RATE: &str = "10000";
+/// The main smoke run's flood rate (all senders): low, because knockd forks a shell and an
+/// iptables for every spoofed source that replays its sequence (at 3 000 frames/s that was a
+/// thousand processes a second, the machine's load average in the hundreds for a minute).
+const SMOKE_FLOOD_RATE: &str = "300";
+/// The smoke run's flood kinds (mix runs the senders of udp, syn, payload and replay).
+const FLOOD_KINDS: [&str; 2] = ["replay", "mix"];
 
 /// Programs the peers need (Debian packages fwknop-client, fwknop-server, knockd, iptables).
 const PEER_PROGRAMS: [&str; 5] = ["fwknop", "fwknopd", "knock", "knockd", "iptables"];
@@ -51,13 +60,17 @@ fn netbench_smoke_run_measures_every_system() {
         "--gap-ms",
         "20",
         "--flood-seconds",
-        "2",
+        "1",
         "--flood-knocks",
-        "3",
+        "1",
         "--flood-timeout-ms",
-        "2000",
+        "3000",
         "--flood-rate",
-        SMOKE_RATE,
+        SMOKE_FLOOD_RATE,
+        "--flood-senders",
+        "2",
+        "--flood-kinds",
+        "replay,mix",
         "--systems",
         "floor,sesame,fwknop,knockd,floor-netlink",
         "--json",
@@ -129,22 +142,91 @@ fn netbench_smoke_run_measures_every_system() {
     }
     for system in flooded {
         let floods = of("flood", system);
-        assert!(!floods.is_empty(), "{system}: no flood record: {lines}");
+        let kinds: Vec<&str> = floods
+            .iter()
+            .map(|f| f["flood_kind"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            kinds, FLOOD_KINDS,
+            "{system}: one flood of each kind: {lines}"
+        );
         for f in floods {
-            assert_eq!(f["knocks"], 3, "{system}: {f}");
+            let kind = f["flood_kind"].as_str().unwrap_or("");
+            assert_eq!(f["knocks"], 1, "{system} {kind}: {f}");
+            // Two senders; a mixed flood has one per kind at least.
+            let senders = if kind == "mix" { 4 } else { 2 };
+            assert_eq!(f["senders"], senders, "{system} {kind}: {f}");
+            let each = f["generator"]["each"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            assert_eq!(
+                each.len(),
+                senders,
+                "{system} {kind}: every sender reported: {f}"
+            );
+            for g in &each {
+                assert!(
+                    g["packets"].as_u64().unwrap_or(0) > 0,
+                    "{system} {kind}: a sender sent nothing: {g}"
+                );
+            }
+            let mut modes: Vec<&str> = each.iter().filter_map(|g| g["mode"].as_str()).collect();
+            modes.sort_unstable();
+            modes.dedup();
+            // The peers' fake knocks are sesame-flood's udp mode (fixed-size datagrams).
+            let want: &[&str] = match (kind, system) {
+                ("mix", "sesame") => &["payload", "replay", "syn", "udp"],
+                ("mix", _) => &["replay", "syn", "udp"],
+                _ => &["replay"],
+            };
+            assert_eq!(modes, want, "{system} {kind}: the senders' modes: {f}");
             assert!(
-                f["offered_pps"].as_f64().unwrap_or(0.0) > 0.0,
-                "{system}: the flood sent nothing: {f}"
+                f["generator"]["packets"].as_u64().unwrap_or(0) > 0
+                    && f["offered_pps"].as_f64().unwrap_or(0.0) > 0.0,
+                "{system} {kind}: the flood sent nothing: {f}"
+            );
+            assert!(
+                f["arrived_pps"].as_f64().unwrap_or(0.0) > 0.0,
+                "{system} {kind}: nothing arrived at the server's link: {f}"
             );
             assert!(
                 f["peak_rss_kib"].as_u64().unwrap_or(0) > 0,
-                "{system}: no RSS figure: {f}"
+                "{system} {kind}: no RSS figure: {f}"
             );
+            if kind == "replay" {
+                // The captured knock: sesame's 3 knocks and payload, fwknop's SPA packet,
+                // knockd's 3 knocks.
+                let datagrams = match system {
+                    "sesame" => 4,
+                    "fwknop" => 1,
+                    _ => 3,
+                };
+                assert_eq!(
+                    f["replayed_datagrams"], datagrams,
+                    "{system}: the replayed capture: {f}"
+                );
+            }
             if system == "sesame" {
                 assert_eq!(f["failures"], 0, "sesame failed under the flood: {f}");
                 assert_eq!(
                     f["spurious_grants"], 0,
                     "sesame let a spoofed source in: {f}"
+                );
+                assert!(
+                    f["handled_pps"].as_f64().is_some(),
+                    "sesamed's handled rate (packets_seen): {f}"
+                );
+                if kind == "replay" || kind == "mix" {
+                    assert_eq!(
+                        f["captured_source_grants"], 0,
+                        "the replayed knock opened again: {f}"
+                    );
+                }
+            } else {
+                assert!(
+                    f["handled_pps"].is_null(),
+                    "{system} counts no packets: {f}"
                 );
             }
         }
@@ -153,6 +235,19 @@ fn netbench_smoke_run_measures_every_system() {
     if missing.is_empty() {
         let ratios: Vec<&Value> = records.iter().filter(|r| r["kind"] == "ratio").collect();
         assert_eq!(ratios.len(), 2, "sesame/peer ratios: {lines}");
+        let flood_ratios = records
+            .iter()
+            .filter(|r| r["kind"] == "flood_ratio")
+            .count();
+        assert_eq!(
+            flood_ratios,
+            2 * FLOOD_KINDS.len(),
+            "sesame/peer ratios under each flood: {lines}"
+        );
+        assert!(
+            stdout.contains("### Floods at the machine's limit"),
+            "the flood table: {stdout}"
+        );
     }
 }
 

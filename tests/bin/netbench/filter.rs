@@ -7,33 +7,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sesame_tests::{require_netns, text};
+use sesame_tests::require_netns;
 
 use crate::Result;
-use crate::flood::flood_phase;
+use crate::flood::{FloodKind, flood_phase, scenario};
 use crate::knock::knock_series;
 use crate::lab::Bed;
-use crate::options::{FilterArgs, Opts};
+use crate::options::{FilterArgs, Opts, System};
 use crate::stats::{f2, open_ms, summarize};
-use crate::systems::{SESAME_RANGE, sesame_config, start_sesame};
+use crate::systems::{SESAME_RANGE, packets_seen, sesame_config, start_sesame};
 use crate::util::{loadavg, log_lines, utc_now};
-
-/// `packets_seen` of `sesamed status --json` (every packet the capture filter let through).
-pub(crate) fn packets_seen(bed: &Bed, config: &Path) -> Result<u64> {
-    let o = bed.lab.sesamed(&[
-        "status".as_ref(),
-        "--json".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-    ]);
-    if !o.status.success() {
-        return Err(format!("sesamed status: {}", text(&o)));
-    }
-    let v: Value = serde_json::from_slice(&o.stdout).map_err(|e| format!("status: {e}"))?;
-    v["counters"]["packets_seen"]
-        .as_u64()
-        .ok_or_else(|| format!("status has no packets_seen: {v}"))
-}
 
 /// The last `capture filter: …` line of sesamed's (JSON) log: (filter, message).
 pub(crate) fn last_filter_line(log: &Path) -> (String, String) {
@@ -66,8 +49,11 @@ pub(crate) fn filter_bench(args: FilterArgs) -> Result<()> {
         flood_seconds: args.flood_seconds.max(1),
         flood_knocks: args.flood_knocks as usize,
         flood_rate: args.flood_rate,
+        // One sender, random UDP to the whole range.
+        flood_senders: 1,
         ..Opts::default()
     };
+    let scenario = scenario(System::Sesame, FloodKind::Udp).ok_or("internal: no udp flood")?;
     let mut json_out: Option<File> = match &args.json {
         Some(v) => Some(File::create(v).map_err(|e| format!("{}: {e}", v.display()))?),
         None => None,
@@ -126,16 +112,12 @@ pub(crate) fn filter_bench(args: FilterArgs) -> Result<()> {
                 .unwrap_or_default();
             let warm = bed.take(1)?;
             knock_series(&bed, &*setup.knock, &warm, &opts, opts.knock_timeout)?;
-            let seen0 = packets_seen(&bed, &config)?;
-            let r = flood_phase(
-                &mut bed,
-                &setup,
-                ("range", SESAME_RANGE.0, SESAME_RANGE.1),
-                &opts,
-            )?;
+            let seen0 = packets_seen(bed.server_ns(), &bed.lab.dir, &config)?;
+            let r = flood_phase(&mut bed, &setup, &scenario, &opts)?;
             std::thread::sleep(Duration::from_millis(300));
-            let seen1 = packets_seen(&bed, &config)?;
-            let sent = r.generator["packets"].as_u64().unwrap_or(0);
+            let seen1 = packets_seen(bed.server_ns(), &bed.lab.dir, &config)?;
+            let generator = r.generators.first().cloned().unwrap_or(Value::Null);
+            let sent = generator["packets"].as_u64().unwrap_or(0);
             let share = if sent > 0 {
                 (seen1 - seen0) as f64 / sent as f64
             } else {
@@ -192,7 +174,7 @@ pub(crate) fn filter_bench(args: FilterArgs) -> Result<()> {
                     "p99_ms": lat.p99,
                     "ready_seconds": ready,
                     "seconds": r.seconds,
-                    "generator": r.generator,
+                    "generator": generator,
                 });
                 let _ = writeln!(f, "{line}");
             }

@@ -6,10 +6,12 @@
 //! namespace, one at a time. A knock is timed from the moment the client process is started to
 //! the first TCP connection to the service that completes; connection attempts start with the
 //! client process and are repeated every `--probe-us` (each attempt sends a fresh SYN and lives
-//! `PROBE_LIFE`), so the resolution is the probe interval. Then, for each flood scenario of the
-//! system, `sesame-flood` floods from the attacker namespace (spoofed sources, as fast as it
-//! can) while the client knocks `--flood-knocks` times; the share that opens within
-//! `--flood-timeout-ms`, the daemon's CPU and its peak RSS are reported.
+//! `PROBE_LIFE`), so the resolution is the probe interval. Then, for each flood kind of
+//! `--flood-kinds`, each system in turn (what each kind sends to each system:
+//! [`flood::scenario`]): `--flood-senders` `sesame-flood` processes flood from the attacker
+//! namespace (spoofed sources, as fast as they can) while the client knocks `--flood-knocks` times; the rate
+//! offered, arrived and handled by the daemon, the share that opens within
+//! `--flood-timeout-ms`, its latency, the daemon's CPU and its peak RSS are reported.
 //!
 //! ```text
 //! sesame-netbench [options]                       run the benchmark (root; see BENCHMARKS.md)
@@ -24,7 +26,15 @@
 //!   --flood-seconds N     shortest flood per scenario, 0 = no floods (default 20)
 //!   --flood-knocks N      legitimate knocks during each flood (default 50)
 //!   --flood-timeout-ms N  a knock under flood that has not opened by then fails (default 3000)
-//!   --flood-rate PPS      flood rate, 0 = as fast as possible (default 0)
+//!   --flood-rate PPS      flood rate of all senders together, 0 = as fast as possible
+//!                         (default 0)
+//!   --flood-kinds LIST    comma-separated flood kinds, in this order: udp (garbage where
+//!                         the system listens), syn (TCP SYNs), payload (fakes of its knock),
+//!                         replay (a captured knock replayed from the spoofed sources), mix
+//!                         (all four at once) (default udp,syn,payload,replay,mix)
+//!   --flood-senders N     sender processes per flood, each from its own slice of the spoofed
+//!                         sources (default: the number of CPUs; mix: at least 4)
+//!   --flood-pin           pin sender i to CPU i mod the number of CPUs
 //!   --sequential          all of one system's knocks, then the next system's (default:
 //!                         interleaved: round by round, every system once per round, in a
 //!                         random order, so that a change in the machine's load hits all alike)

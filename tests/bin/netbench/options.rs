@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::Result;
+use crate::flood::{ALL_FLOOD_KINDS, FloodKind};
 use crate::lab::POOL_MAX;
-use crate::systems::{FWKNOP_PORT, SESAME_RANGE};
 
 /// The command line. `--help` prints the usage of the crate's documentation ([`crate::usage`]).
 #[derive(Debug, Parser)]
@@ -58,6 +58,12 @@ pub(crate) struct BenchArgs {
     flood_timeout_ms: u64,
     #[arg(long, default_value_t = 0)]
     flood_rate: u64,
+    #[arg(long, default_value = "udp,syn,payload,replay,mix")]
+    flood_kinds: String,
+    #[arg(long)]
+    flood_senders: Option<u64>,
+    #[arg(long)]
+    flood_pin: bool,
     #[arg(long)]
     sequential: bool,
     #[arg(long)]
@@ -133,23 +139,6 @@ impl System {
             .find(|x| x.name() == s)
             .ok_or_else(|| format!("unknown system {s}"))
     }
-
-    /// Flood scenarios: (name, lowest port, highest port) of the garbage.
-    pub(crate) fn floods(self) -> Vec<(&'static str, u16, u16)> {
-        match self {
-            System::Sesame => vec![("range", SESAME_RANGE.0, SESAME_RANGE.1)],
-            System::Fwknop | System::FwknopUdp => {
-                vec![("spa-port", FWKNOP_PORT, FWKNOP_PORT)]
-            }
-            System::Knockd => vec![
-                ("range", SESAME_RANGE.0, SESAME_RANGE.1),
-                ("sequence-ports", 15001, 15003),
-            ],
-            System::Floor | System::SesameTmpfs | System::FloorNetlink | System::SesameNft => {
-                Vec::new()
-            }
-        }
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -165,6 +154,11 @@ pub(crate) struct Opts {
     pub(crate) flood_knocks: usize,
     pub(crate) flood_timeout: Duration,
     pub(crate) flood_rate: u64,
+    pub(crate) flood_kinds: Vec<FloodKind>,
+    /// Sender processes per flood (a mixed flood has at least one per kind).
+    pub(crate) flood_senders: usize,
+    /// Pins sender i to CPU i mod the number of CPUs.
+    pub(crate) flood_pin: bool,
     pub(crate) skip_missing: bool,
     pub(crate) sequential: bool,
     pub(crate) json: Option<PathBuf>,
@@ -184,6 +178,9 @@ impl Default for Opts {
             flood_knocks: 50,
             flood_timeout: Duration::from_millis(3000),
             flood_rate: 0,
+            flood_kinds: ALL_FLOOD_KINDS.to_vec(),
+            flood_senders: cpus(),
+            flood_pin: false,
             skip_missing: false,
             sequential: false,
             json: None,
@@ -215,6 +212,18 @@ impl Opts {
             flood_knocks: a.flood_knocks as usize,
             flood_timeout: Duration::from_millis(a.flood_timeout_ms),
             flood_rate: a.flood_rate,
+            flood_kinds: a
+                .flood_kinds
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(FloodKind::parse)
+                .collect::<Result<_>>()?,
+            flood_senders: match a.flood_senders {
+                Some(0) => return Err("--flood-senders must be at least 1".into()),
+                Some(n) => n as usize,
+                None => cpus(),
+            },
+            flood_pin: a.flood_pin,
             skip_missing: a.skip_missing,
             sequential: a.sequential,
             json: a.json,
@@ -222,12 +231,22 @@ impl Opts {
         if o.knocks == 0 {
             return Err("--knocks must be at least 1".into());
         }
-        let floods = if o.flood_seconds > 0 { 2 } else { 0 };
-        if o.warmup + o.knocks + floods * o.flood_knocks > POOL_MAX {
+        // Each flood takes its knocks' addresses and one for a captured knock.
+        let floods = if o.flood_seconds > 0 {
+            o.flood_kinds.len()
+        } else {
+            0
+        };
+        if o.warmup + o.knocks + floods * (o.flood_knocks + 1) > POOL_MAX {
             return Err(format!(
                 "too many knocks for one lab: at most {POOL_MAX} client addresses"
             ));
         }
         Ok(o)
     }
+}
+
+/// The number of CPUs this process may run on.
+pub(crate) fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
+use crate::flood::{ALL_FLOOD_KINDS, generators_json};
 use crate::options::{Opts, System};
 use crate::run::{Phase, SystemResult};
 use crate::stats::{f2, open_ms, summarize, summary_json};
@@ -122,10 +123,19 @@ pub(crate) fn emit_system(out: &mut Out, r: &SystemResult) {
         let mut v = summary_json(&s);
         v["kind"] = json!("flood");
         v["system"] = json!(r.system.name());
-        v["scenario"] = json!(f.scenario);
-        v["ports"] = json!([f.lo, f.hi]);
+        v["scenario"] = json!(f.scenario.kind.name());
+        v["flood_kind"] = json!(f.scenario.kind.name());
+        v["what"] = json!(f.scenario.what);
+        v["senders"] = json!(f.senders);
         v["seconds"] = json!(f.seconds);
         v["offered_pps"] = json!(f.offered_pps);
+        v["arrived_pps"] = json!(f.arrived_pps);
+        v["rx_dropped"] = json!(f.rx_dropped);
+        v["handled_pps"] = if f.handled_pps.is_finite() {
+            json!(f.handled_pps)
+        } else {
+            Value::Null
+        };
         v["success_share"] = json!(s.ok as f64 / s.n.max(1) as f64);
         v["cpu_percent"] = json!(f.cpu_percent);
         v["children_cpu_percent"] = json!(f.child_cpu_percent);
@@ -133,7 +143,11 @@ pub(crate) fn emit_system(out: &mut Out, r: &SystemResult) {
         v["rss_kib"] = json!(f.rss_kib);
         v["machine_busy_percent"] = json!(f.machine_busy_percent);
         v["spurious_grants"] = json!(f.spurious_grants);
-        v["generator"] = f.generator.clone();
+        v["captured_source_grants"] = json!(f.captured_source_grants);
+        v["replayed_datagrams"] = json!(f.replayed_datagrams);
+        v["captured_knock_opened"] = json!(f.captured_knock_opened);
+        v["settle_seconds"] = json!(f.settle_seconds);
+        v["generator"] = generators_json(f);
         out.emit(&v);
     }
 }
@@ -382,46 +396,123 @@ pub(crate) fn report(
             );
         }
     }
-    if results.iter().any(|r| !r.floods.is_empty()) {
-        let _ = writeln!(
-            s,
-            "\n### Under a garbage flood (udp, 65 536 spoofed sources)\n"
-        );
-        let _ = writeln!(
-            s,
-            "| system | flood ports | s | offered pps | knocks opened | share | median ms | p99 ms | max ms | daemon CPU % | children CPU % | peak RSS MiB (idle) | opened for spoofed sources | machine busy % |"
-        );
-        let _ = writeln!(
-            s,
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-        );
+    flood_table(&mut s, results);
+    s
+}
+
+/// A rate in the table: `-` when not measured.
+fn pps(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.0}")
+    } else {
+        "-".to_owned()
+    }
+}
+
+/// The floods' table, by kind then system, and sesame's latency under each kind against the
+/// peers'.
+fn flood_table(s: &mut String, results: &[SystemResult]) {
+    if results.iter().all(|r| r.floods.is_empty()) {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n### Floods at the machine's limit (65 536 spoofed sources, split among the senders)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| kind | system | what | senders | s | offered pps | arrived pps (dropped) | daemon handled pps | knocks opened | median ms | p99 ms | daemon CPU % (children) | peak RSS MiB (idle) | opened for spoofed sources | machine busy % | daemon busy after, s |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for kind in ALL_FLOOD_KINDS {
         for r in results {
-            for f in &r.floods {
+            for f in r.floods.iter().filter(|f| f.scenario.kind == kind) {
                 let x = summarize(&open_ms(&f.knocks), f.knocks.len());
+                let replayed = match f.captured_source_grants {
+                    Some(n) => format!(" (+{n} for the captured knock's source)"),
+                    None => String::new(),
+                };
                 let _ = writeln!(
                     s,
-                    "| {} | {} ({}–{}) | {:.0} | {:.0} | {}/{} | {:.0} % | {} | {} | {} | {:.1} | {:.1} | {:.1} ({:.1}) | {} | {:.0} |",
+                    "| {} | {} | {} | {} | {:.0} | {} | {} ({}) | {} | {}/{} | {} | {} | {:.1} ({:.1}) | {:.1} ({:.1}) | {}{replayed} | {:.0} | {:.1} |",
+                    kind.name(),
                     r.system.name(),
-                    f.scenario,
-                    f.lo,
-                    f.hi,
+                    f.scenario.what,
+                    f.senders,
                     f.seconds,
-                    f.offered_pps,
+                    pps(f.offered_pps),
+                    pps(f.arrived_pps),
+                    f.rx_dropped,
+                    pps(f.handled_pps),
                     x.ok,
                     x.n,
-                    x.ok as f64 / x.n.max(1) as f64 * 100.0,
                     f2(x.median),
                     f2(x.p99),
-                    f2(x.max),
                     f.cpu_percent,
                     f.child_cpu_percent,
                     f.hwm_kib as f64 / 1024.0,
                     r.idle_hwm_kib as f64 / 1024.0,
                     f.spurious_grants,
-                    f.machine_busy_percent
+                    f.machine_busy_percent,
+                    f.settle_seconds
                 );
             }
         }
     }
-    s
+    let _ = writeln!(
+        s,
+        "\noffered: frames the senders wrote; arrived: the server link's rx counter; daemon handled: sesamed's `packets_seen` (what its capture filter let through); fwknopd and knockd count no packets we can read (-)."
+    );
+    let rows = flood_ratios(results);
+    if !rows.is_empty() {
+        let _ = writeln!(s, "\n| kind | sesame / peer | median | p99 |");
+        let _ = writeln!(s, "|---|---|---:|---:|");
+        for v in rows {
+            let x = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+            let _ = writeln!(
+                s,
+                "| {} | sesame / {} | {} | {} |",
+                v["flood_kind"].as_str().unwrap_or(""),
+                v["to"].as_str().unwrap_or(""),
+                f2(x("median")),
+                f2(x("p99"))
+            );
+        }
+    }
+}
+
+/// sesame's knock-to-open under each flood kind against each peer's under the same kind.
+pub(crate) fn flood_ratios(results: &[SystemResult]) -> Vec<Value> {
+    let mut v = Vec::new();
+    let Some(sesame) = find(results, System::Sesame) else {
+        return v;
+    };
+    for f in &sesame.floods {
+        let a = summarize(&open_ms(&f.knocks), f.knocks.len());
+        for peer in [System::Fwknop, System::Knockd, System::FwknopUdp] {
+            let Some(p) = find(results, peer) else {
+                continue;
+            };
+            for g in p
+                .floods
+                .iter()
+                .filter(|g| g.scenario.kind == f.scenario.kind)
+            {
+                let b = summarize(&open_ms(&g.knocks), g.knocks.len());
+                v.push(json!({
+                    "kind": "flood_ratio",
+                    "flood_kind": f.scenario.kind.name(),
+                    "of": "sesame",
+                    "to": peer.name(),
+                    "median": a.median / b.median,
+                    "p99": a.p99 / b.p99,
+                    "opened": [a.ok, b.ok],
+                }));
+            }
+        }
+    }
+    v
 }

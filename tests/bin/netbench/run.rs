@@ -10,11 +10,11 @@ use sesame_tests::{ProcStats, Rng, clk_tck, in_ci, proc_stats, require_netns};
 
 use crate::Result;
 use crate::breakdown::{EventTimes, Stages, sesame_times, stages};
-use crate::flood::{FloodResult, flood_phase};
+use crate::flood::{FloodResult, flood_phase, scenario, scenarios};
 use crate::knock::{Knock, knock_from, knock_series, pause};
 use crate::lab::Bed;
 use crate::options::{Opts, System};
-use crate::report::{Out, emit_system, machine, ratios, report};
+use crate::report::{Out, emit_system, flood_ratios, machine, ratios, report};
 use crate::stats::{Summary, f2, open_ms, summarize};
 use crate::systems::{Setup, Tools, setup_floor, setup_fwknop, setup_knockd, setup_sesame};
 use crate::util::{cpu_jiffies, loadavg, ms};
@@ -45,11 +45,12 @@ pub(crate) struct Prepared {
 
 pub(crate) fn prepare(system: System, tools: &Tools, opts: &Opts) -> Result<Prepared> {
     let floods = if opts.flood_seconds > 0 {
-        system.floods().len()
+        scenarios(system, &opts.flood_kinds).len()
     } else {
         0
     };
-    let pool = opts.warmup + opts.knocks + floods * opts.flood_knocks;
+    // Each flood: its knocks, and one knock captured for a replay.
+    let pool = opts.warmup + opts.knocks + floods * (opts.flood_knocks + 1);
     let mut bed = Bed::new(&format!("netbench-{}", system.name()), pool)?;
     let setup = match system {
         System::Floor => setup_floor(&mut bed, tools, opts, false)?,
@@ -144,14 +145,22 @@ pub(crate) fn measure_latency(prepared: &mut [Prepared], opts: &Opts) -> Result<
     })
 }
 
-/// Figures of the measured knocks, then the floods; the system's namespaces go at the end.
-pub(crate) fn finish(p: Prepared, opts: &Opts) -> Result<SystemResult> {
+/// A system whose knocks are measured: its figures so far (floods are added to them), and
+/// what the floods need.
+pub(crate) struct Finished {
+    pub(crate) result: SystemResult,
+    setup: Setup,
+    bed: Bed,
+}
+
+/// Figures of the measured knocks (the floods come after, [`flood_all`]).
+pub(crate) fn finish(p: Prepared, opts: &Opts) -> Result<Finished> {
     let Prepared {
         system,
         setup,
         knocks,
         stats0,
-        mut bed,
+        bed,
         ..
     } = p;
     let stats1 = bed
@@ -204,32 +213,55 @@ pub(crate) fn finish(p: Prepared, opts: &Opts) -> Result<SystemResult> {
         _ => None,
     };
     let idle_hwm_kib = stats1.map_or(0, |s| s.hwm_kib);
-    let mut flood_results = Vec::new();
-    if opts.flood_seconds > 0 {
-        for sc in system.floods() {
-            eprintln!("{}: flood {}", system.name(), sc.0);
-            flood_results.push(flood_phase(&mut bed, &setup, sc, opts)?);
+    let notes = setup.notes.clone();
+    Ok(Finished {
+        result: SystemResult {
+            system,
+            latency,
+            client_exit,
+            knocks,
+            stages,
+            floods: Vec::new(),
+            notes,
+            idle_hwm_kib,
+            cpu_per_knock,
+        },
+        setup,
+        bed,
+    })
+}
+
+/// The floods: kind by kind, every system under each kind one after the other, so that the
+/// systems under one kind are measured close together.
+fn flood_all(systems: &mut [Finished], opts: &Opts) -> Result<()> {
+    if opts.flood_seconds == 0 {
+        return Ok(());
+    }
+    for kind in &opts.flood_kinds {
+        for f in systems.iter_mut() {
+            let system = f.result.system;
+            let Some(sc) = scenario(system, *kind) else {
+                continue;
+            };
+            eprintln!("{}: flood {} ({})", system.name(), kind.name(), sc.what);
+            let r = flood_phase(&mut f.bed, &f.setup, &sc, opts)?;
+            f.result.floods.push(r);
         }
     }
-    if system == System::SesameTmpfs {
+    Ok(())
+}
+
+/// The figures of a system; its namespaces go.
+fn close(f: Finished) -> SystemResult {
+    if f.result.system == System::SesameTmpfs {
         let dir = format!(
             "/dev/shm/sesame-netbench-{}-{}",
             std::process::id(),
-            bed.lab.n
+            f.bed.lab.n
         );
         let _ = std::fs::remove_dir_all(dir);
     }
-    Ok(SystemResult {
-        system,
-        latency,
-        client_exit,
-        knocks,
-        stages,
-        floods: flood_results,
-        notes: setup.notes,
-        idle_hwm_kib,
-        cpu_per_knock,
-    })
+    f.result
 }
 
 pub(crate) fn bench(opts: &Opts) -> Result<()> {
@@ -311,8 +343,13 @@ pub(crate) fn bench(opts: &Opts) -> Result<()> {
         "nice_percent": phase.nice,
     }));
     let mut results: Vec<SystemResult> = Vec::new();
-    for p in prepared {
-        let r = finish(p, opts)?;
+    let mut finished: Vec<Finished> = prepared
+        .into_iter()
+        .map(|p| finish(p, opts))
+        .collect::<Result<_>>()?;
+    flood_all(&mut finished, opts)?;
+    for f in finished {
+        let r = close(f);
         eprintln!(
             "{}: median {} ms, p99 {} ms, {} of {} opened",
             r.system.name(),
@@ -325,7 +362,7 @@ pub(crate) fn bench(opts: &Opts) -> Result<()> {
         results.push(r);
     }
     let ratios = ratios(&results);
-    for r in &ratios {
+    for r in ratios.iter().chain(&flood_ratios(&results)) {
         out.emit(r);
     }
     print!("{}", report(&m, opts, &phase, &results, &skipped, &ratios));

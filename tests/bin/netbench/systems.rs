@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sesame_tests::{ClientSpec, DaemonSpec, bin, text};
+use sesame_tests::{ClientSpec, DaemonSpec, Host, bin, text};
 
 use crate::Result;
 use crate::floor::{FLOOR_PORTS, FloorListener, floor_ruleset};
@@ -31,6 +31,11 @@ pub(crate) struct Setup {
     pub(crate) comm: &'static str,
     /// Extra facts for the report (versions, settings).
     pub(crate) notes: Value,
+    /// sesame's client profile (the payload flood aims at its ports).
+    pub(crate) profile: Option<PathBuf>,
+    /// Reads the packets the daemon has seen so far (sesamed's `packets_seen`), for a daemon
+    /// that counts them.
+    pub(crate) packets_seen: Option<Box<dyn Fn() -> Result<u64>>>,
 }
 
 pub(crate) struct Tools {
@@ -108,6 +113,8 @@ pub(crate) fn setup_floor(
                 "4 UDP sockets (blocking recv, same source), then one exec of `nft add element inet floor granted4 { SRC . tcp . 22 timeout LEASE }`"
             },
         }),
+        profile: None,
+        packets_seen: None,
     })
 }
 
@@ -199,6 +206,10 @@ pub(crate) fn start_sesame(
     bed.daemon = Some(d);
     let sesame = bin("sesame");
     let profile = profile.to_owned();
+    let profile_for_flood = profile.clone();
+    let ns = lab.ns(Host::Server).to_owned();
+    let dir = lab.dir.clone();
+    let config = config.to_owned();
     Ok(Setup {
         knock: Box::new(move |_| {
             let mut c = Command::new(&sesame);
@@ -222,6 +233,8 @@ pub(crate) fn start_sesame(
             "lease_seconds": opts.lease,
             "rust_log": "info,sesame_server=debug (for the breakdown)",
         }),
+        profile: Some(profile_for_flood),
+        packets_seen: Some(Box::new(move || packets_seen(&ns, &dir, &config))),
     })
 }
 
@@ -324,6 +337,8 @@ pub(crate) fn setup_fwknop(
             ),
             "version": package_version("fwknop-server"),
         }),
+        profile: None,
+        packets_seen: None,
     })
 }
 
@@ -388,6 +403,8 @@ pub(crate) fn setup_knockd(bed: &mut Bed, tools: &Tools, opts: &Opts) -> Result<
             "server": format!("knockd -i {LAN} (pcap), sequence {} (udp), seq_timeout 5, start_command iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT, cmd_timeout {}, stop_command iptables -D …", ports_list(&KNOCKD_SEQUENCE), opts.lease),
             "version": package_version("knockd"),
         }),
+        profile: None,
+        packets_seen: None,
     })
 }
 
@@ -403,4 +420,21 @@ pub(crate) fn spurious(grants: &[Ipv4Addr]) -> usize {
 
 pub(crate) fn ports_list(p: &[u16]) -> String {
     p.iter().map(u16::to_string).collect::<Vec<_>>().join(" ")
+}
+
+/// `packets_seen` of `sesamed status --json` (every packet the capture filter let through).
+pub(crate) fn packets_seen(ns: &str, dir: &Path, config: &Path) -> Result<u64> {
+    let out = run_cmd(
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(bin("sesamed"))
+            .args(["status", "--json", "--config"])
+            .arg(config)
+            .current_dir(dir),
+    )
+    .map_err(|e| format!("sesamed status: {e}"))?;
+    let v: Value = serde_json::from_str(&out).map_err(|e| format!("status: {e}"))?;
+    v["counters"]["packets_seen"]
+        .as_u64()
+        .ok_or_else(|| format!("status has no packets_seen: {v}"))
 }
