@@ -10,8 +10,8 @@
 //! * `preallocated + O_DSYNC`: both;
 //! * `preallocated + O_DIRECT + O_DSYNC`: whole 4 KiB blocks past the page cache (a FUA write
 //!   on a disk that has it, instead of a cache flush);
-//! * `ReplayStore::save`: sesamed's own code, as built, under `state_sync = "grant"`;
-//! * `ReplayStore::save` under `state_sync = "fence"`: the same code with a fence ahead of the
+//! * `JournalStore::advance`: sesamed's own code, as built, under `state_sync = "grant"`;
+//! * `JournalStore::advance` under `state_sync = "fence"`: the same code with a fence ahead of the
 //!   clock (what a grant costs there; the fence itself is rewritten off the packet path).
 //!
 //! The options take turns record by record, so the disk's mood hits all of them alike. Each
@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use sesame_keys::PrivateKey;
 use sesame_proto::{AcceptedPayload, ReplayState, UnixMillis, UsedStep};
-use sesame_server::state::ReplayStore;
+use sesame_server::state::{JournalStore, ReplayStore};
 
 const PREALLOC: u64 = 1 << 20;
 
@@ -165,11 +165,15 @@ fn direct(dir: &Path, size: usize) -> Raw {
     }
 }
 
+/// One client's state after its knock in step `i`: four payloads stamped in that step and the
+/// step itself, above a floor that covers the previous step's (so each state is newer than the
+/// one before, as the tracker's are, and `advance` records it as it is).
 fn state(i: u64) -> ReplayState {
+    let start = 1_764_000_000_000 + i * 30_000;
     let mut s = ReplayState::default();
     s.accepted = (0..4)
         .map(|k| AcceptedPayload {
-            timestamp: UnixMillis(1_764_000_000_000 + i * 1000 + k),
+            timestamp: UnixMillis(start + k),
             mac: [(i as u8) ^ (k as u8); 16],
         })
         .collect();
@@ -177,16 +181,19 @@ fn state(i: u64) -> ReplayState {
         step_seconds: 30,
         counter: 58_800_000 + i,
     }];
+    s.floor = Some(UnixMillis(start - 1));
     s
 }
 
 fn record(i: u64) -> Vec<u8> {
     // The size of a journal line for state(i): key, floor, 4 accepted, 1 step, check.
+    let start = 1_764_000_000_000 + i * 30_000;
     let mut line = format!(
-        "{} - {} 30:{} {:016x}\n",
+        "{} {} {} 30:{} {:016x}\n",
         "k".repeat(44),
+        start - 1,
         (0..4)
-            .map(|k| format!("{}:{}", 1_764_000_000_000 + i * 1000 + k, "ab".repeat(16)))
+            .map(|k| format!("{}:{}", start + k, "ab".repeat(16)))
             .collect::<Vec<_>>()
             .join(","),
         58_800_000 + i,
@@ -227,10 +234,10 @@ fn main() {
     ];
     let store_dir = dir.join("store");
     std::fs::create_dir_all(&store_dir).unwrap();
-    let mut store = ReplayStore::open(&store_dir).expect("open the store");
+    let mut store = JournalStore::open(&store_dir).expect("open the store");
     let fenced_dir = dir.join("fenced");
     std::fs::create_dir_all(&fenced_dir).unwrap();
-    let mut fenced = ReplayStore::open(&fenced_dir).expect("open the store");
+    let mut fenced = JournalStore::open(&fenced_dir).expect("open the store");
     fenced.use_fence(
         std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
         30_000,
@@ -246,10 +253,10 @@ fn main() {
         }
         let s = state(i);
         let t = Instant::now();
-        store.save([(&key, s.clone())]).expect("save");
+        store.advance([(&key, s.clone())]).expect("advance");
         times[raws.len()].push(t.elapsed());
         let t = Instant::now();
-        fenced.save([(&key, s)]).expect("save");
+        fenced.advance([(&key, s)]).expect("advance");
         times[raws.len() + 1].push(t.elapsed());
     }
     let fs = std::process::Command::new("stat")
@@ -266,8 +273,8 @@ fn main() {
     println!("| option | median ms | p90 ms | p99 ms | max ms | p99 × append + fdatasync |");
     println!("|---|---:|---:|---:|---:|---:|");
     let mut names: Vec<&str> = raws.iter().map(|r| r.name).collect();
-    names.push("ReplayStore::save (sesamed, as built)");
-    names.push("ReplayStore::save, state_sync = \"fence\"");
+    names.push("JournalStore::advance (sesamed, as built)");
+    names.push("JournalStore::advance, state_sync = \"fence\"");
     let mut base = f64::NAN;
     for (name, t) in names.iter().zip(times.iter_mut()) {
         t.sort();

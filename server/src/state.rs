@@ -137,7 +137,7 @@ pub fn boot_id() -> Option<String> {
 
 /// How the last run on `dir` ended: `None` cleanly (or never ran), `Some(same_boot)` without
 /// removing its marker (a crash), `same_boot` telling whether it ran in this boot (false when
-/// unknown). Read before [`ReplayStore::mark_running`].
+/// unknown). Read before [`JournalStore::mark_running`].
 pub fn previous_run(dir: &Path) -> Option<bool> {
     match read_state_file(&dir.join(RUNNING_NAME)) {
         Ok(bytes) => {
@@ -305,10 +305,84 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The replay state of every client ever seen (removed clients are kept, so re-adding one
-/// does not make its old knocks valid again).
+/// Where the clients' replay state is kept: the seam for a replay-state backend.
+///
+/// The daemon's packet path (`Core<S: ReplayStore>` in `daemon/core.rs`) persists every
+/// grant's state through [`ReplayStore::advance`] before it grants anything, and the tracker
+/// starts from [`ReplayStore::get`]. The local journal, [`JournalStore`], is the one
+/// implementation today; a new backend (a replicated store) implements this trait and is
+/// opened in `daemon/mod.rs` `run_local` instead of `JournalStore::open_with` (the running
+/// marker, the fence of `state_sync = "fence"` and the shutdown checkpoint there are the local
+/// journal's own). Static dispatch: no `dyn` on the grant path.
+pub trait ReplayStore {
+    /// Advances each client's stored state to the given one if that is newer: what the stored
+    /// state refuses stays refused, and an older, equal or empty state changes nothing.
+    ///
+    /// An implementation must guarantee:
+    /// * durable before it returns `Ok` (a restart, or another node, never accepts again what
+    ///   the recorded states refuse);
+    /// * never goes backwards: a floor is never lowered, and an accepted payload or used step
+    ///   of the stored state is dropped only when the new floor covers it;
+    /// * on `Err` the caller grants nothing, and the same changes may be passed again.
+    fn advance<'a>(
+        &mut self,
+        changes: impl IntoIterator<Item = (&'a PublicKey, ReplayState)>,
+    ) -> Result<(), StateError>;
+
+    /// The stored state of `key` (empty if unknown): what the tracker starts from.
+    fn get(&self, key: &PublicKey) -> ReplayState;
+}
+
+/// Whether `a` refuses everything `b` refuses: floors at least as high, and each accepted
+/// payload and used step of `b` either in `a` or under its floor.
+fn covers(a: &ReplayState, b: &ReplayState) -> bool {
+    let under = |t: UnixMillis| a.floor.is_some_and(|f| t <= f);
+    a.floor >= b.floor
+        && a.action_floor >= b.action_floor
+        && b.accepted
+            .iter()
+            .all(|x| under(x.timestamp) || a.accepted.contains(x))
+        && b.steps
+            .iter()
+            .all(|x| under(x.start()) || a.steps.contains(x))
+}
+
+/// What `stored` advances to with `new`: `None` if `stored` covers `new` already (an older or
+/// equal state); `new` as it is if it covers `stored` (the tracker's own succession of states
+/// always does); else their join: the higher of each floor, `new`'s entries and those of
+/// `stored` that the higher floor does not cover.
+fn advanced(stored: Option<&ReplayState>, mut new: ReplayState) -> Option<ReplayState> {
+    let Some(old) = stored else {
+        return Some(new);
+    };
+    if covers(old, &new) {
+        return None;
+    }
+    if covers(&new, old) {
+        return Some(new);
+    }
+    new.floor = new.floor.max(old.floor);
+    new.action_floor = new.action_floor.max(old.action_floor);
+    let floor = new.floor;
+    let under = |t: UnixMillis| floor.is_some_and(|f| t <= f);
+    for a in &old.accepted {
+        if !under(a.timestamp) && !new.accepted.contains(a) {
+            new.accepted.push(*a);
+        }
+    }
+    for s in &old.steps {
+        if !under(s.start()) && !new.steps.contains(s) {
+            new.steps.push(*s);
+        }
+    }
+    Some(new)
+}
+
+/// The local journal: a snapshot and a journal in `state_dir` (the module's description), the
+/// one [`ReplayStore`] implementation. It keeps the replay state of every client ever seen
+/// (removed clients are kept, so re-adding one does not make its old knocks valid again).
 #[derive(Debug)]
-pub struct ReplayStore {
+pub struct JournalStore {
     dir: PathBuf,
     entries: BTreeMap<PublicKey, ReplayState>,
     /// The journal, once opened for writing.
@@ -331,13 +405,13 @@ pub struct ReplayStore {
     unsynced_appends: u64,
 }
 
-impl ReplayStore {
+impl JournalStore {
     /// Opens (creating the directory with mode 0700 if needed) and loads the state.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         Self::open_with(dir, false)
     }
 
-    /// [`ReplayStore::open`]; with `lost_writes` (a machine crash under `state_sync =
+    /// [`JournalStore::open`]; with `lost_writes` (a machine crash under `state_sync =
     /// "fence"`, whose records were written without a sync) the journal is read up to its
     /// first bad record instead of refused there: what follows may be lost pages, and the
     /// fence refuses everything they could have held.
@@ -391,7 +465,7 @@ impl ReplayStore {
                 });
             }
         };
-        Ok(ReplayStore {
+        Ok(JournalStore {
             dir: dir.to_path_buf(),
             entries,
             journal: None,
@@ -449,7 +523,7 @@ impl ReplayStore {
     }
 
     /// Marks the state as in use by a running sesamed; returns whether the marker was there
-    /// already, i.e. whether the last run ended without [`ReplayStore::mark_stopped`] (a
+    /// already, i.e. whether the last run ended without [`JournalStore::mark_stopped`] (a
     /// crash, a kill -9, a power loss).
     pub fn mark_running(&self) -> Result<bool, StateError> {
         let path = self.dir.join(RUNNING_NAME);
@@ -497,7 +571,7 @@ impl ReplayStore {
         }
     }
 
-    /// Removes the marker of [`ReplayStore::mark_running`] (after the shutdown's checkpoint).
+    /// Removes the marker of [`JournalStore::mark_running`] (after the shutdown's checkpoint).
     pub fn mark_stopped(&self) -> Result<(), StateError> {
         let path = self.dir.join(RUNNING_NAME);
         match std::fs::remove_file(&path) {
@@ -522,23 +596,9 @@ impl ReplayStore {
         self.dir.join(FILE_NAME)
     }
 
-    /// The stored state of `key` (empty if unknown).
-    pub fn get(&self, key: &PublicKey) -> ReplayState {
-        self.entries.get(key).cloned().unwrap_or_default()
-    }
-
-    /// Records the current state of these clients: the ones that changed are appended to the
-    /// journal and synced before this returns. On error the caller must not grant anything
-    /// (and the changes are retried with the next save).
-    pub fn save<'a>(
-        &mut self,
-        states: impl IntoIterator<Item = (&'a PublicKey, ReplayState)>,
-    ) -> Result<(), StateError> {
-        let changed: Vec<(PublicKey, ReplayState)> = states
-            .into_iter()
-            .filter(|(key, state)| !state.is_empty() && self.entries.get(*key) != Some(state))
-            .map(|(key, state)| (*key, state))
-            .collect();
+    /// Appends the changed clients' records to the journal in one write (synced unless the
+    /// fence covers it), then compacts every [`COMPACT_AFTER`] records.
+    fn record(&mut self, changed: Vec<(PublicKey, ReplayState)>) -> Result<(), StateError> {
         if changed.is_empty() {
             return Ok(());
         }
@@ -617,7 +677,7 @@ impl ReplayStore {
     }
 
     /// Moves the journal into the snapshot (at a clean shutdown, so the snapshot alone is the
-    /// whole state, with the remembered gate MACs of [`ReplayStore::set_seen`]).
+    /// whole state, with the remembered gate MACs of [`JournalStore::set_seen`]).
     pub fn checkpoint(&mut self) -> Result<(), StateError> {
         if self.journal_records == 0 && self.seen.is_empty() && !self.path().exists() {
             return Ok(());
@@ -676,6 +736,35 @@ impl ReplayStore {
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))?;
         Ok(())
+    }
+}
+
+impl ReplayStore for JournalStore {
+    /// Journals the clients whose state advanced (one record each, one write, synced before
+    /// this returns; under `state_sync = "fence"` a record the fence covers is not synced).
+    fn advance<'a>(
+        &mut self,
+        changes: impl IntoIterator<Item = (&'a PublicKey, ReplayState)>,
+    ) -> Result<(), StateError> {
+        let mut changed: Vec<(PublicKey, ReplayState)> = Vec::new();
+        for (key, state) in changes {
+            if state.is_empty() {
+                continue;
+            }
+            // An earlier change of this call is the stored state for a later one.
+            let stored = match changed.iter().rposition(|(k, _)| k == key) {
+                Some(i) => Some(&changed[i].1),
+                None => self.entries.get(key),
+            };
+            if let Some(next) = advanced(stored, state) {
+                changed.push((*key, next));
+            }
+        }
+        self.record(changed)
+    }
+
+    fn get(&self, key: &PublicKey) -> ReplayState {
+        self.entries.get(key).cloned().unwrap_or_default()
     }
 }
 
@@ -926,7 +1015,7 @@ mod tests {
         let dir = tmpdir("rt");
         let a = sesame_keys::PrivateKey::generate().public_key();
         let b = sesame_keys::PrivateKey::generate().public_key();
-        let mut store = ReplayStore::open(&dir).unwrap();
+        let mut store = JournalStore::open(&dir).unwrap();
         let sa = ReplayState {
             accepted: vec![AcceptedPayload {
                 timestamp: UnixMillis(1234),
@@ -934,7 +1023,7 @@ mod tests {
             }],
             ..ReplayState::default()
         };
-        store.save([(&a, sa.clone())]).unwrap();
+        store.advance([(&a, sa.clone())]).unwrap();
         let sb = ReplayState {
             steps: vec![
                 UsedStep {
@@ -949,8 +1038,8 @@ mod tests {
             floor: Some(UnixMillis(77)),
             ..ReplayState::default()
         };
-        store.save([(&b, sb.clone())]).unwrap();
-        let again = ReplayStore::open(&dir).unwrap();
+        store.advance([(&b, sb.clone())]).unwrap();
+        let again = JournalStore::open(&dir).unwrap();
         assert_eq!(again.get(&a), sa, "entries not saved again are kept");
         assert_eq!(again.get(&b), sb);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -960,14 +1049,14 @@ mod tests {
     fn truncated_or_altered_files_are_refused() {
         let dir = tmpdir("trunc");
         let a = sesame_keys::PrivateKey::generate().public_key();
-        let mut store = ReplayStore::open(&dir).unwrap();
+        let mut store = JournalStore::open(&dir).unwrap();
         let s = state(1_764_000_000_000);
-        store.save([(&a, s.clone())]).unwrap();
+        store.advance([(&a, s.clone())]).unwrap();
         store.compact().unwrap();
         let full = std::fs::read(store.path()).unwrap();
         for cut in [0, 5, full.len() / 2, full.len() - 1] {
             std::fs::write(store.path(), &full[..cut]).unwrap();
-            let err = ReplayStore::open(&dir).unwrap_err().to_string();
+            let err = JournalStore::open(&dir).unwrap_err().to_string();
             assert!(err.contains("corrupt replay state"), "{cut}: {err}");
             assert!(!err.contains('\n'));
         }
@@ -975,9 +1064,9 @@ mod tests {
         let i = altered.iter().position(|&b| b == b'1').unwrap();
         altered[i] = b'2';
         std::fs::write(store.path(), &altered).unwrap();
-        assert!(ReplayStore::open(&dir).is_err());
+        assert!(JournalStore::open(&dir).is_err());
         std::fs::write(store.path(), &full).unwrap();
-        assert_eq!(ReplayStore::open(&dir).unwrap().get(&a), s);
+        assert_eq!(JournalStore::open(&dir).unwrap().get(&a), s);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -997,7 +1086,9 @@ mod tests {
                 step_seconds: 30,
                 counter: ts / 30_000,
             }],
-            floor: Some(UnixMillis(ts / 2)),
+            // Below both accepted payloads and above those of any state(t < ts): each later
+            // state covers the earlier ones, as the tracker's own states do.
+            floor: Some(UnixMillis(ts.saturating_sub(1))),
             action_floor: Some(UnixMillis(ts + 1)),
         }
     }
@@ -1020,7 +1111,7 @@ mod tests {
         let record = format!("{b} - 5000:{mac} 30:58800000");
         let journal = format!("{JOURNAL_HEADER}\n{record} {}\n", check16(&record));
         std::fs::write(dir.join(JOURNAL_NAME), &journal).unwrap();
-        let mut store = ReplayStore::open(&dir).unwrap();
+        let mut store = JournalStore::open(&dir).unwrap();
         let old_a = ReplayState {
             accepted: vec![AcceptedPayload {
                 timestamp: UnixMillis(1234),
@@ -1047,19 +1138,20 @@ mod tests {
             line(&a, &with),
             format!("{a} 77 1234:{mac} 30:99 action=1764000008000")
         );
-        store.save([(&a, with.clone())]).unwrap();
-        assert_eq!(ReplayStore::open(&dir).unwrap().get(&a), with);
+        store.advance([(&a, with.clone())]).unwrap();
+        assert_eq!(JournalStore::open(&dir).unwrap().get(&a), with);
         store.compact().unwrap();
-        let again = ReplayStore::open(&dir).unwrap();
+        let again = JournalStore::open(&dir).unwrap();
         assert_eq!(again.get(&a), with);
         assert_eq!(again.get(&b).action_floor, None);
         // A state holding only an action floor is not empty: it is saved.
+        let c = sesame_keys::PrivateKey::generate().public_key();
         let only = ReplayState {
             action_floor: Some(UnixMillis(9)),
             ..ReplayState::default()
         };
-        store.save([(&b, only.clone())]).unwrap();
-        assert_eq!(ReplayStore::open(&dir).unwrap().get(&b), only);
+        store.advance([(&c, only.clone())]).unwrap();
+        assert_eq!(JournalStore::open(&dir).unwrap().get(&c), only);
         std::fs::remove_dir_all(&dir).unwrap();
         // A fifth field that is not an action floor is corruption, not "no floor".
         for bad in ["action=", "action=x", "actions=5", "5", "action=5 6"] {
@@ -1072,7 +1164,7 @@ mod tests {
     fn seen_macs_and_the_running_marker_survive_a_clean_restart() {
         let dir = tmpdir("seen");
         let a = sesame_keys::PrivateKey::generate().public_key();
-        let mut store = ReplayStore::open(&dir).unwrap();
+        let mut store = JournalStore::open(&dir).unwrap();
         assert!(
             !store.mark_running().unwrap(),
             "no marker at the first start"
@@ -1085,11 +1177,11 @@ mod tests {
         store.set_seen(seen.clone());
         store.checkpoint().unwrap();
         store.mark_stopped().unwrap();
-        let again = ReplayStore::open(&dir).unwrap();
+        let again = JournalStore::open(&dir).unwrap();
         assert_eq!(again.seen(), &seen[..]);
         assert!(!again.mark_running().unwrap(), "clean stop: no crash");
         // No mark_stopped: the next start sees a crash.
-        let third = ReplayStore::open(&dir).unwrap();
+        let third = JournalStore::open(&dir).unwrap();
         assert!(third.mark_running().unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -1109,14 +1201,14 @@ mod tests {
             format!("{JOURNAL_HEADER_V1}\n{a} 2000 - 0123456789abcdef\n"),
         )
         .unwrap();
-        let mut store = ReplayStore::open(&dir).unwrap();
+        let mut store = JournalStore::open(&dir).unwrap();
         assert!(store.found_legacy());
         assert_eq!(store.get(&a), ReplayState::default());
-        store.save([(&a, state(5000))]).unwrap();
+        store.advance([(&a, state(5000))]).unwrap();
         let j = std::fs::read_to_string(store.journal_path()).unwrap();
         assert!(j.starts_with(&format!("{JOURNAL_HEADER}\n")), "{j}");
         assert_eq!(j.lines().count(), 2, "{j}");
-        let again = ReplayStore::open(&dir).unwrap();
+        let again = JournalStore::open(&dir).unwrap();
         assert_eq!(again.get(&a), state(5000));
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -1126,18 +1218,20 @@ mod tests {
         let dir = tmpdir("journal");
         let a = sesame_keys::PrivateKey::generate().public_key();
         let b = sesame_keys::PrivateKey::generate().public_key();
-        let mut store = ReplayStore::open(&dir).unwrap();
+        let mut store = JournalStore::open(&dir).unwrap();
         store
-            .save([(&a, state(1000)), (&b, ReplayState::default())])
+            .advance([(&a, state(1000)), (&b, ReplayState::default())])
             .unwrap();
         assert!(!store.path().exists(), "no snapshot until compaction");
         let j1 = std::fs::read_to_string(store.journal_path()).unwrap();
         assert_eq!(j1.lines().count(), 2, "{j1}");
-        store.save([(&a, state(1000)), (&b, state(2000))]).unwrap();
+        store
+            .advance([(&a, state(1000)), (&b, state(2000))])
+            .unwrap();
         let j2 = std::fs::read_to_string(store.journal_path()).unwrap();
         assert_eq!(j2.lines().count(), 3, "only b changed: {j2}");
         assert!(j2.starts_with(&j1));
-        let again = ReplayStore::open(&dir).unwrap();
+        let again = JournalStore::open(&dir).unwrap();
         assert_eq!(again.get(&a), state(1000));
         assert_eq!(again.get(&b), state(2000));
         use std::os::unix::fs::PermissionsExt;
@@ -1153,9 +1247,9 @@ mod tests {
     fn a_torn_last_record_is_ignored_and_overwritten_but_a_bad_middle_one_is_refused() {
         let dir = tmpdir("torn");
         let a = sesame_keys::PrivateKey::generate().public_key();
-        let mut store = ReplayStore::open(&dir).unwrap();
-        store.save([(&a, state(1000))]).unwrap();
-        store.save([(&a, state(2000))]).unwrap();
+        let mut store = JournalStore::open(&dir).unwrap();
+        store.advance([(&a, state(1000))]).unwrap();
+        store.advance([(&a, state(2000))]).unwrap();
         let full = std::fs::read(store.journal_path()).unwrap();
         let jpath = store.journal_path();
         drop(store);
@@ -1168,12 +1262,12 @@ mod tests {
             + 1;
         for cut in last_start..full.len() {
             std::fs::write(&jpath, &full[..cut]).unwrap();
-            let mut store = ReplayStore::open(&dir).unwrap();
+            let mut store = JournalStore::open(&dir).unwrap();
             assert_eq!(store.get(&a), state(1000), "cut at {cut}");
             // The next record replaces the torn bytes.
-            store.save([(&a, state(3000))]).unwrap();
+            store.advance([(&a, state(3000))]).unwrap();
             assert_eq!(
-                ReplayStore::open(&dir).unwrap().get(&a),
+                JournalStore::open(&dir).unwrap().get(&a),
                 state(3000),
                 "cut {cut}"
             );
@@ -1182,14 +1276,14 @@ mod tests {
         let mut bad = full.clone();
         bad[last_start - 5] ^= 1;
         std::fs::write(&jpath, &bad).unwrap();
-        let err = ReplayStore::open(&dir).unwrap_err().to_string();
+        let err = JournalStore::open(&dir).unwrap_err().to_string();
         assert!(
             err.contains("corrupt replay state") && err.contains(JOURNAL_NAME),
             "{err}"
         );
         // So is a journal that is not one.
         std::fs::write(&jpath, b"something else\n").unwrap();
-        assert!(ReplayStore::open(&dir).is_err());
+        assert!(JournalStore::open(&dir).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1199,29 +1293,29 @@ mod tests {
         let keys: Vec<_> = (0..5)
             .map(|_| sesame_keys::PrivateKey::generate().public_key())
             .collect();
-        let mut store = ReplayStore::open(&dir).unwrap();
+        let mut store = JournalStore::open(&dir).unwrap();
         for (i, k) in keys.iter().enumerate() {
-            store.save([(k, state(1000 * (i as u64 + 1)))]).unwrap();
+            store.advance([(k, state(1000 * (i as u64 + 1)))]).unwrap();
         }
         // A crash after the snapshot was written but before the journal was emptied.
         store.write_snapshot().unwrap();
-        store.save([(&keys[0], state(9000))]).unwrap();
-        let again = ReplayStore::open(&dir).unwrap();
+        store.advance([(&keys[0], state(9000))]).unwrap();
+        let again = JournalStore::open(&dir).unwrap();
         assert_eq!(again.get(&keys[0]), state(9000));
         assert_eq!(again.get(&keys[4]), state(5000));
         store.compact().unwrap();
         let j = std::fs::read_to_string(store.journal_path()).unwrap();
         assert_eq!(j, format!("{JOURNAL_HEADER}\n"));
-        let again = ReplayStore::open(&dir).unwrap();
+        let again = JournalStore::open(&dir).unwrap();
         assert_eq!(again.get(&keys[0]), state(9000));
         assert_eq!(again.get(&keys[3]), state(4000));
         // Compaction comes by itself after COMPACT_AFTER records.
         let mut store = again;
         for i in 0..COMPACT_AFTER as u64 {
-            store.save([(&keys[1], state(10_000 + i))]).unwrap();
+            store.advance([(&keys[1], state(10_000 + i))]).unwrap();
         }
         assert!(store.journal_records < 10, "{}", store.journal_records);
-        let again = ReplayStore::open(&dir).unwrap();
+        let again = JournalStore::open(&dir).unwrap();
         assert_eq!(
             again.get(&keys[1]),
             state(10_000 + COMPACT_AFTER as u64 - 1)
@@ -1232,10 +1326,10 @@ mod tests {
     #[test]
     fn unwritable_directory_is_an_error() {
         let dir = tmpdir("ro");
-        let mut store = ReplayStore::open(&dir).unwrap();
+        let mut store = JournalStore::open(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let a = sesame_keys::PrivateKey::generate().public_key();
-        assert!(store.save([(&a, state(1))]).is_err());
+        assert!(store.advance([(&a, state(1))]).is_err());
     }
 
     #[test]
@@ -1267,14 +1361,14 @@ mod tests {
         use std::sync::atomic::{AtomicU64, Ordering};
         let dir = tmpdir("fence-sync");
         let a = sesame_keys::PrivateKey::generate().public_key();
-        let mut store = ReplayStore::open(&dir).unwrap();
+        let mut store = JournalStore::open(&dir).unwrap();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;
         let fence = Arc::new(AtomicU64::new(now + 60_000));
         store.use_fence(Arc::clone(&fence), 30_000);
-        store.save([(&a, state(1))]).unwrap();
+        store.advance([(&a, state(1))]).unwrap();
         assert_eq!(
             store.unsynced_appends(),
             1,
@@ -1282,15 +1376,15 @@ mod tests {
         );
         // A reload's larger max_ahead_ms is past the fence: synced again.
         store.set_max_ahead(90_000);
-        store.save([(&a, state(2))]).unwrap();
+        store.advance([(&a, state(2))]).unwrap();
         assert_eq!(store.unsynced_appends(), 1);
         store.set_max_ahead(30_000);
         // The writer lags: the fence is behind now + max_ahead_ms.
         fence.store(now, Ordering::Release);
-        store.save([(&a, state(3))]).unwrap();
+        store.advance([(&a, state(3))]).unwrap();
         assert_eq!(store.unsynced_appends(), 1);
         // Either way the record is there.
-        assert_eq!(ReplayStore::open(&dir).unwrap().get(&a), state(3));
+        assert_eq!(JournalStore::open(&dir).unwrap().get(&a), state(3));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1299,10 +1393,10 @@ mod tests {
         let dir = tmpdir("lost");
         let a = sesame_keys::PrivateKey::generate().public_key();
         let b = sesame_keys::PrivateKey::generate().public_key();
-        let mut store = ReplayStore::open(&dir).unwrap();
-        store.save([(&a, state(1000))]).unwrap();
-        store.save([(&b, state(2000))]).unwrap();
-        store.save([(&a, state(3000))]).unwrap();
+        let mut store = JournalStore::open(&dir).unwrap();
+        store.advance([(&a, state(1000))]).unwrap();
+        store.advance([(&b, state(2000))]).unwrap();
+        store.advance([(&a, state(3000))]).unwrap();
         // A page of the middle record never reached the disk: zeros.
         let path = store.journal_path();
         let mut bytes = std::fs::read(&path).unwrap();
@@ -1319,14 +1413,86 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         // Any other start: refused, as before (less state would make old knocks valid).
         assert!(matches!(
-            ReplayStore::open(&dir),
+            JournalStore::open(&dir),
             Err(StateError::Corrupt { .. })
         ));
         // After a machine crash under "fence": read up to the damage (the fence covers the
         // rest).
-        let lenient = ReplayStore::open_with(&dir, true).unwrap();
+        let lenient = JournalStore::open_with(&dir, true).unwrap();
         assert_eq!(lenient.get(&a), state(1000));
         assert_eq!(lenient.get(&b), ReplayState::default());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The contract of [`ReplayStore::advance`] (new with the trait: `save` used to record
+    /// whatever state it was given): an older state changes nothing, not even the journal,
+    /// also when it comes after the newer one in the same call.
+    #[test]
+    fn advance_never_goes_back_to_an_older_state() {
+        let dir = tmpdir("older");
+        let a = sesame_keys::PrivateKey::generate().public_key();
+        let mut store = JournalStore::open(&dir).unwrap();
+        store.advance([(&a, state(3000))]).unwrap();
+        let before = std::fs::read(store.journal_path()).unwrap();
+        store.advance([(&a, state(1000))]).unwrap();
+        assert_eq!(store.get(&a), state(3000));
+        assert_eq!(std::fs::read(store.journal_path()).unwrap(), before);
+        store
+            .advance([(&a, state(5000)), (&a, state(4000))])
+            .unwrap();
+        assert_eq!(store.get(&a), state(5000));
+        assert_eq!(JournalStore::open(&dir).unwrap().get(&a), state(5000));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// States that do not cover each other (two servers granting at once, tomorrow) are
+    /// joined: no floor is lowered and nothing either one refuses is dropped, unless the
+    /// higher floor covers it.
+    #[test]
+    fn advance_never_lowers_a_floor_and_keeps_what_the_stored_state_refuses() {
+        let dir = tmpdir("join");
+        let a = sesame_keys::PrivateKey::generate().public_key();
+        let payload = |t: u64, m: u8| AcceptedPayload {
+            timestamp: UnixMillis(t),
+            mac: [m; MAC_LEN],
+        };
+        let step = |counter: u64| UsedStep {
+            step_seconds: 30,
+            counter,
+        };
+        let stored = ReplayState {
+            accepted: vec![payload(100_000, 1), payload(50_000, 2)],
+            steps: vec![step(3), step(1)],
+            floor: Some(UnixMillis(60_000)),
+            action_floor: Some(UnixMillis(100_000)),
+        };
+        let mut store = JournalStore::open(&dir).unwrap();
+        store.advance([(&a, stored)]).unwrap();
+        let diverging = ReplayState {
+            accepted: vec![payload(90_000, 3)],
+            steps: vec![step(2)],
+            floor: Some(UnixMillis(40_000)),
+            action_floor: Some(UnixMillis(90_000)),
+        };
+        store.advance([(&a, diverging)]).unwrap();
+        let joined = ReplayState {
+            // 50_000 and step 1 (starting at 30 000) are under the floor of 60 000.
+            accepted: vec![payload(90_000, 3), payload(100_000, 1)],
+            steps: vec![step(2), step(3)],
+            floor: Some(UnixMillis(60_000)),
+            action_floor: Some(UnixMillis(100_000)),
+        };
+        assert_eq!(store.get(&a), joined);
+        assert_eq!(JournalStore::open(&dir).unwrap().get(&a), joined);
+        // A state that covers the stored one replaces it as it is.
+        let newer = ReplayState {
+            accepted: vec![payload(200_000, 4)],
+            steps: Vec::new(),
+            floor: Some(UnixMillis(120_000)),
+            action_floor: Some(UnixMillis(200_000)),
+        };
+        store.advance([(&a, newer.clone())]).unwrap();
+        assert_eq!(JournalStore::open(&dir).unwrap().get(&a), newer);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -13,7 +13,7 @@ use super::firewall_task::FwMsg;
 use super::system_now;
 use crate::capture;
 use crate::config::Config;
-use crate::state::ReplayStore;
+use crate::state::{JournalStore, ReplayStore};
 
 /// A grant to carry out: open `services` for `address`.
 #[derive(Debug)]
@@ -79,10 +79,11 @@ pub(super) struct LastKnock {
     pub(super) result: &'static str,
 }
 
-/// Everything the packet path touches.
-pub(super) struct Core {
+/// Everything the packet path touches. The packet path persists replay state only through
+/// the [`ReplayStore`] trait (`S`); the daemon runs it with the local journal.
+pub(super) struct Core<S = JournalStore> {
     pub(super) tracker: Tracker,
-    pub(super) store: ReplayStore,
+    pub(super) store: S,
     pub(super) names: Vec<String>,
     pub(super) keys: Vec<PublicKey>,
     pub(super) last: Vec<Option<LastKnock>>,
@@ -104,7 +105,7 @@ pub(super) struct Core {
     pub(super) actions: Rc<std::cell::RefCell<super::actions::Actions>>,
 }
 
-impl Core {
+impl<S: ReplayStore> Core<S> {
     pub(super) fn handle_packet(&mut self, raw: &[u8]) {
         let Some(p) = capture::parse_ip(raw) else {
             return;
@@ -162,7 +163,10 @@ impl Core {
                         states.push((*k, replay[i].clone()));
                     }
                 }
-                if let Err(e) = self.store.save(states.iter().map(|(k, s)| (k, s.clone()))) {
+                if let Err(e) = self
+                    .store
+                    .advance(states.iter().map(|(k, s)| (k, s.clone())))
+                {
                     if !self.unsaved.contains(&key) {
                         self.unsaved.push(key);
                     }

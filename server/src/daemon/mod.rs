@@ -34,7 +34,7 @@ use crate::config::{Config, Interfaces, Secrets, StateSync};
 use crate::control;
 use crate::firewall::{AnyFirewall, Firewall, FirewallError};
 use crate::lease::LeaseTable;
-use crate::state::{ReplayStore, StateError};
+use crate::state::{JournalStore, ReplayStore, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -181,7 +181,7 @@ const FENCE_PERIOD_MS: u64 = 2_000;
 /// file that nothing needs any more.
 fn start_fence(
     config: &Config,
-    store: &mut ReplayStore,
+    store: &mut JournalStore,
     tracker: &mut Tracker,
     keys: &[PublicKey],
     lost_writes: bool,
@@ -209,7 +209,7 @@ fn start_fence(
             .unwrap_or(now.plus_millis(config.knock.max_ahead_ms + FENCE_LEAD_MS))
             .max(now.plus_millis(config.knock.max_ahead_ms));
         tracker.refuse_all_before(floor);
-        store.save(
+        store.advance(
             keys.iter()
                 .zip(tracker.replay_states())
                 .map(|(k, s)| (k, s.clone())),
@@ -314,7 +314,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     let previous = crate::state::previous_run(&config.state_dir);
     let fence_file = crate::state::read_fence(&config.state_dir);
     let lost_writes = previous == Some(false) && !matches!(fence_file, Ok(None));
-    let mut store = ReplayStore::open_with(&config.state_dir, lost_writes)?;
+    let mut store = JournalStore::open_with(&config.state_dir, lost_writes)?;
     if store.found_legacy() {
         tracing::info!(
             state_dir = %config.state_dir.display(),

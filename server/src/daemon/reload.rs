@@ -13,6 +13,7 @@ use super::{client_entries, lease_policy, system_now, tracker_config};
 use crate::config::{Config, Secrets};
 use crate::control;
 use crate::firewall::{AnyFirewall, Firewall};
+use crate::state::ReplayStore;
 use sesame_proto::Tracker;
 
 /// Re-reads the configuration: clients added, removed or changed take effect, knock and
