@@ -7,6 +7,9 @@
 //! ([`filter_program`]). The knock ports stay closed: packet sockets see packets before the
 //! firewall drops them.
 //!
+//! The daemon reads packets through the [`CaptureSource`] trait, driven by [`run_capture`];
+//! [`PacketSocket`] is its AF_PACKET implementation, and the place a new backend starts from.
+//!
 //! This module is the only place in sesame with `unsafe` code (binding a packet socket to an
 //! interface, socket options that socket2 does not wrap, and in [`ebpf`] the `bpf()` system
 //! call and the mapping of the bitmap).
@@ -663,52 +666,209 @@ fn interface_is_up(name: &str) -> bool {
     })
 }
 
-/// Why a capture socket must be replaced.
-enum Lost {
+/// Why a capture source must be reopened.
+#[derive(Debug)]
+pub enum Lost {
     /// The interface was deleted, or deleted and recreated with a new index.
     Gone,
-    /// The socket failed.
+    /// The source failed.
     Failed(std::io::Error),
 }
 
-/// Reads packets from one interface (or all) forever, calling `on_packet` with each raw IP
-/// packet.
+/// Packets a source hands over before the capture task lets the other tasks run: under a
+/// flood the source never empties, and the firewall task must still open the leases being
+/// granted.
+pub const BATCH: usize = 64;
+
+/// A source of captured packets: the seam for a capture backend.
 ///
-/// * An interface that goes down keeps its socket: the kernel reports an error (logged, and
-///   cleared), and packets flow again when it comes back up.
-/// * An interface that is deleted, or deleted and recreated (new index), is noticed within a
-///   second; the socket is reopened by name as soon as the interface exists again.
-/// * Any other socket failure reopens the socket, retrying every second.
+/// [`run_capture`] drives one per interface: it opens the source, keeps its filter in step
+/// with the knock range and the live ports ([`Wanted`], from [`LiveFilter`]), hands every
+/// packet to the daemon's packet path (`daemon/core.rs`), and reopens the source when it is
+/// lost. [`PacketSocket`] (AF_PACKET with a classic or eBPF socket filter) is the one
+/// implementation today; a new backend (an in-kernel filter that does more, XDP) implements
+/// this trait and replaces `PacketSocket` in the `Capture` alias of `daemon/mod.rs`. A filter
+/// the backend cannot express in [`Admit`] gets a variant there, computed by
+/// [`LiveFilter::update`]. Static dispatch: the packet path calls no `dyn` method.
+pub trait CaptureSource: Sized {
+    /// Opens the source on `interface` (`None`: every interface), admitting the whole knock
+    /// range `range` (`lo`, `hi`). sesamed opens one per interface before it drops its
+    /// privileges, so a missing capability fails the start.
+    fn open(interface: Option<&str>, range: (u16, u16)) -> std::io::Result<Self>;
+
+    /// Replaces what the source admits with `wanted`, or with the whole `range` when `wanted`
+    /// was computed for another range (a reload changed it), in one step: there is no moment
+    /// without a filter. Returns the mechanism in use (`range`, `classic`, `ebpf`).
+    fn set_filter(&self, range: (u16, u16), wanted: &Wanted) -> std::io::Result<&'static str>;
+
+    /// Waits for packets, then hands each one (an IP packet, without a link header) to
+    /// `on_packet`, at most [`BATCH`] of them, and returns how many. `Err` when the source
+    /// must be reopened.
+    fn recv<F: FnMut(&[u8])>(
+        &mut self,
+        on_packet: &mut F,
+    ) -> impl Future<Output = Result<usize, Lost>>;
+
+    /// Called every second: `Err(Lost::Gone)` when the interface the source was opened on is
+    /// gone (deleted, or deleted and recreated).
+    fn check(&mut self) -> Result<(), Lost>;
+}
+
+/// An AF_PACKET socket on one interface (or all), registered with the runtime: the
+/// [`CaptureSource`] sesamed uses.
+pub struct PacketSocket {
+    fd: AsyncFd<Socket>,
+    /// The interface it is bound to (`None`: all), and its index then.
+    interface: Option<String>,
+    index: u32,
+    /// For the log: the interface, or `any`.
+    name: String,
+    buf: Vec<u8>,
+    /// Set when the kernel reported the interface down; cleared (and logged) when it is up
+    /// again.
+    down: bool,
+}
+
+impl std::fmt::Debug for PacketSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PacketSocket")
+            .field("interface", &self.name)
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Logs that the interface went down (once until it is back).
+fn went_down(down: &mut bool, name: &str) {
+    if !*down {
+        tracing::warn!(interface = %name, "interface went down; capture resumes when it is up");
+    }
+    *down = true;
+}
+
+/// Logs that the interface is up again, if it was down.
+fn came_back(down: &mut bool, name: &str) {
+    if *down {
+        tracing::info!(interface = %name, "capture restored: interface is up again");
+    }
+    *down = false;
+}
+
+impl CaptureSource for PacketSocket {
+    fn open(interface: Option<&str>, (lo, hi): (u16, u16)) -> std::io::Result<Self> {
+        let sock = open_socket(interface, lo, hi)?;
+        let index = match interface {
+            Some(n) => interface_index(n)?,
+            None => 0,
+        };
+        Ok(PacketSocket {
+            fd: register(sock)?,
+            interface: interface.map(str::to_owned),
+            index,
+            name: interface.unwrap_or("any").to_owned(),
+            buf: vec![0u8; SNAPLEN as usize],
+            down: false,
+        })
+    }
+
+    fn set_filter(&self, range: (u16, u16), wanted: &Wanted) -> std::io::Result<&'static str> {
+        apply(self.fd.get_ref(), range, wanted)
+    }
+
+    /// * An interface that goes down keeps its socket: the kernel reports an error (logged,
+    ///   and cleared), and packets flow again when it comes back up.
+    /// * Any other socket failure is `Lost::Failed`.
+    async fn recv<F: FnMut(&[u8])>(&mut self, on_packet: &mut F) -> Result<usize, Lost> {
+        let PacketSocket {
+            fd,
+            name,
+            buf,
+            down,
+            ..
+        } = self;
+        let mut guard = fd
+            .ready(tokio::io::Interest::READABLE | tokio::io::Interest::ERROR)
+            .await
+            .map_err(Lost::Failed)?;
+        if guard.ready().is_error() {
+            match fd.get_ref().take_error() {
+                Ok(Some(e)) if e.raw_os_error() == Some(libc::ENETDOWN) => went_down(down, name),
+                Ok(Some(e)) => {
+                    tracing::warn!(interface = %name, error = %e, "capture socket error")
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Lost::Failed(e)),
+            }
+        }
+        // Drain what is queued, up to a batch; clear readiness only when the socket says so.
+        let mut batch = 0usize;
+        loop {
+            match guard.try_io(|inner| inner.get_ref().read(buf)) {
+                Ok(Ok(n)) => {
+                    came_back(down, name);
+                    on_packet(&buf[..n]);
+                    batch += 1;
+                    if batch % BATCH == 0 {
+                        break;
+                    }
+                }
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::ENETDOWN) => went_down(down, name),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(Lost::Failed(e)),
+                Err(_would_block) => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// An interface that is deleted, or deleted and recreated (new index), is `Lost::Gone`.
+    fn check(&mut self) -> Result<(), Lost> {
+        if let Some(n) = &self.interface {
+            match interface_index(n) {
+                Ok(i) if i == self.index => {
+                    if self.down && interface_is_up(n) {
+                        came_back(&mut self.down, &self.name);
+                    }
+                }
+                _ => return Err(Lost::Gone),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads packets from one interface (or all) forever, through a capture source `S`, calling
+/// `on_packet` with each raw IP packet.
+///
+/// * A lost source (an interface deleted, or deleted and recreated with a new index, is
+///   noticed within a second; any other failure at once) is reopened by name as soon as the
+///   interface exists again, retrying every second.
 /// * A new knock range (a reload that changed `port_range`) replaces the in-kernel filter of
-///   the open socket at once (no privilege is needed for that), with the whole range until
+///   the open source at once (no privilege is needed for that), with the whole range until
 ///   the live filter for it comes.
-/// * A new live filter ([`LiveFilter`]) replaces the socket's filter atomically
+/// * A new live filter ([`LiveFilter`]) replaces the source's filter atomically
 ///   (`SO_ATTACH_FILTER`/`SO_ATTACH_BPF` swap the program in one step), so there is no moment
-///   without one; a new socket gets the range filter before it is bound and the live one
+///   without one; a new source gets the range filter before it is bound and the live one
 ///   right after.
-pub async fn run_capture<F>(
+pub async fn run_capture<S, F>(
     interface: Option<String>,
     mut range: tokio::sync::watch::Receiver<(u16, u16)>,
     mut live: tokio::sync::watch::Receiver<Wanted>,
     mut on_packet: F,
 ) where
+    S: CaptureSource,
     F: FnMut(&[u8]),
 {
     let name = interface.as_deref().unwrap_or("any").to_owned();
-    let mut buf = vec![0u8; SNAPLEN as usize];
     let mut failing = false;
     loop {
         let (lo, hi) = *range.borrow_and_update();
-        let opened = open_socket(interface.as_deref(), lo, hi).and_then(|sock| {
-            apply(&sock, (lo, hi), &live.borrow_and_update())?;
-            let index = match &interface {
-                Some(n) => interface_index(n)?,
-                None => 0,
-            };
-            Ok((register(sock)?, index))
+        let opened = S::open(interface.as_deref(), (lo, hi)).and_then(|source| {
+            source.set_filter((lo, hi), &live.borrow_and_update())?;
+            Ok(source)
         });
-        let (fd, index) = match opened {
-            Ok(x) => x,
+        let mut source = match opened {
+            Ok(s) => s,
             Err(e) => {
                 if !failing {
                     tracing::error!(interface = %name, error = %e, "capture unavailable; retrying every second");
@@ -722,11 +882,8 @@ pub async fn run_capture<F>(
             tracing::info!(interface = %name, "capture restored");
         }
         let lost = read_until_lost(
-            &fd,
-            interface.as_deref(),
-            index,
+            &mut source,
             &name,
-            &mut buf,
             &mut on_packet,
             Filters {
                 range: &mut range,
@@ -743,7 +900,7 @@ pub async fn run_capture<F>(
                 tracing::warn!(interface = %name, error = %e, "capture lost; reopening")
             }
         }
-        drop(fd);
+        drop(source);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -754,81 +911,34 @@ struct Filters<'a> {
     live: &'a mut tokio::sync::watch::Receiver<Wanted>,
 }
 
-async fn read_until_lost<F>(
-    fd: &AsyncFd<Socket>,
-    interface: Option<&str>,
-    index: u32,
+async fn read_until_lost<S, F>(
+    source: &mut S,
     name: &str,
-    buf: &mut [u8],
     on_packet: &mut F,
     filters: Filters<'_>,
 ) -> Lost
 where
+    S: CaptureSource,
     F: FnMut(&[u8]),
 {
     let Filters { range, live } = filters;
     let mut check = tokio::time::interval(Duration::from_secs(1));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Set when the kernel reported the interface down; cleared (and logged) when it is up again.
-    let mut down = false;
-    let went_down = |down: &mut bool| {
-        if !*down {
-            tracing::warn!(interface = %name, "interface went down; capture resumes when it is up");
-        }
-        *down = true;
-    };
-    let came_back = |down: &mut bool| {
-        if *down {
-            tracing::info!(interface = %name, "capture restored: interface is up again");
-        }
-        *down = false;
-    };
     loop {
         tokio::select! {
-            ready = fd.ready(tokio::io::Interest::READABLE | tokio::io::Interest::ERROR) => {
-                let mut guard = match ready {
-                    Ok(g) => g,
-                    Err(e) => return Lost::Failed(e),
-                };
-                if guard.ready().is_error() {
-                    match fd.get_ref().take_error() {
-                        Ok(Some(e)) if e.raw_os_error() == Some(libc::ENETDOWN) => went_down(&mut down),
-                        Ok(Some(e)) => tracing::warn!(interface = %name, error = %e, "capture socket error"),
-                        Ok(None) => {}
-                        Err(e) => return Lost::Failed(e),
-                    }
-                }
-                // Drain what is queued; clear readiness only when the socket says so. Every 64
-                // packets, let the other tasks run: under a flood the socket never empties, and
-                // the firewall task must still open the leases being granted.
-                let mut batch = 0u32;
-                loop {
-                    match guard.try_io(|inner| inner.get_ref().read(buf)) {
-                        Ok(Ok(n)) => {
-                            came_back(&mut down);
-                            on_packet(&buf[..n]);
-                            batch += 1;
-                            if batch % 64 == 0 {
-                                break;
-                            }
-                        }
-                        Ok(Err(e)) if e.raw_os_error() == Some(libc::ENETDOWN) => went_down(&mut down),
-                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Ok(Err(e)) => return Lost::Failed(e),
-                        Err(_would_block) => break,
-                    }
-                }
-                if batch >= 64 {
-                    tokio::task::yield_now().await;
-                }
-            }
+            got = source.recv(on_packet) => match got {
+                // A full batch: let the other tasks run before reading on.
+                Ok(n) if n >= BATCH => tokio::task::yield_now().await,
+                Ok(_) => {}
+                Err(lost) => return lost,
+            },
             changed = range.changed() => {
                 if changed.is_err() {
                     // The daemon is stopping: keep reading until it drops this task.
                     std::future::pending::<()>().await;
                 }
                 let (lo, hi) = *range.borrow_and_update();
-                if let Err(e) = apply(fd.get_ref(), (lo, hi), &live.borrow_and_update()) {
+                if let Err(e) = source.set_filter((lo, hi), &live.borrow_and_update()) {
                     return Lost::Failed(e);
                 }
                 tracing::info!(interface = %name, port_range = %format!("{lo}-{hi}"), "capture filter replaced for the new knock range");
@@ -838,21 +948,14 @@ where
                     std::future::pending::<()>().await;
                 }
                 let r = *range.borrow();
-                match apply(fd.get_ref(), r, &live.borrow_and_update()) {
+                match source.set_filter(r, &live.borrow_and_update()) {
                     Ok(kind) => tracing::debug!(interface = %name, filter = kind, "capture filter replaced"),
                     Err(e) => return Lost::Failed(e),
                 }
             }
             _ = check.tick() => {
-                if let Some(n) = interface {
-                    match interface_index(n) {
-                        Ok(i) if i == index => {
-                            if down && interface_is_up(n) {
-                                came_back(&mut down);
-                            }
-                        }
-                        _ => return Lost::Gone,
-                    }
+                if let Err(lost) = source.check() {
+                    return lost;
                 }
             }
         }

@@ -29,12 +29,16 @@ use tokio::sync::mpsc;
 
 use self::core::{Core, LogLimiter};
 use self::firewall_task::{FwState, firewall_task};
-use crate::capture;
+use crate::capture::{self, CaptureSource};
 use crate::config::{Config, Interfaces, Secrets, StateSync};
 use crate::control;
 use crate::firewall::{AnyFirewall, Firewall, FirewallError};
 use crate::lease::LeaseTable;
 use crate::state::{JournalStore, ReplayStore, StateError};
+
+/// The capture backend: the capture tasks read packets through [`CaptureSource`]; a new
+/// backend implements that trait (`capture.rs`) and replaces `PacketSocket` here.
+type Capture = capture::PacketSocket;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -365,7 +369,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         Interfaces::Named(names) => names.iter().cloned().map(Some).collect(),
     };
     for iface in &interfaces {
-        if let Err(source) = capture::open_socket(iface.as_deref(), lo, hi) {
+        if let Err(source) = Capture::open(iface.as_deref(), (lo, hi)) {
             let interface = iface.clone().unwrap_or_else(|| "any".into());
             if iface.is_none() || source.raw_os_error() == Some(libc::EPERM) {
                 return Err(StartError::Capture { interface, source });
@@ -476,7 +480,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     for iface in interfaces {
         let core = Rc::clone(&core);
         let live_rx = live_rx.clone();
-        tokio::task::spawn_local(capture::run_capture(
+        tokio::task::spawn_local(capture::run_capture::<Capture, _>(
             iface,
             range_rx.clone(),
             live_rx,
