@@ -1,11 +1,14 @@
 //! What the two programs, `sesame` (the client) and `sesamed` (the daemon), share at their
 //! edge: one set of exit statuses ([`Exit`]), the parsing of the command line with clap
-//! ([`parse`]) and the one-line error on stderr ([`fail`]).
+//! ([`parse`]), the one-line error on stderr ([`fail`]) and times as RFC 3339 text
+//! ([`rfc3339`]).
 //!
 //! The statuses are ripgrep's, plus the client's 3: 0 success, 1 a failure, 2 a usage or
 //! configuration error, 3 a knock sent that `sesame open --wait` cannot confirm. Each
 //! binary's `run` maps its errors to them; this crate only prints and converts.
 #![forbid(unsafe_code)]
+
+pub mod rfc3339;
 
 use std::ffi::OsString;
 use std::fmt::Display;

@@ -19,11 +19,12 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow};
 use clap::{CommandFactory, Parser, Subcommand};
 use sesame_cli::Exit;
+use sesame_cli::rfc3339::{self, Rfc3339Error};
 use sesame_keys::{PresharedKey, PrivateKey};
 use sesame_proto::{ClientKeys, LeaseKind, Profile, Service, UnixMillis, derive_sequence};
 
@@ -261,39 +262,27 @@ struct PortsArgs {
     #[command(flatten)]
     which: ProfileArg,
     /// The moment to compute the sequence for (RFC 3339, e.g. 2026-01-01T12:00:00Z).
-    #[arg(long, value_name = "RFC3339-TIME", value_parser = parse_rfc3339)]
+    #[arg(long, value_name = "RFC3339-TIME", value_parser = parse_time_arg)]
     at: Option<UnixMillis>,
 }
 
-fn parse_rfc3339(s: &str) -> Result<UnixMillis, String> {
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| {
-            format!("'{s}' is not an RFC 3339 time ({e}); example: 2026-01-01T12:00:00Z")
-        })?;
-    let ms = t.unix_timestamp_nanos() / 1_000_000;
-    u64::try_from(ms)
-        .map(UnixMillis)
-        .map_err(|_| format!("'{s}' is before 1970"))
+/// `--at`: an RFC 3339 time, with an example when the text is not one.
+fn parse_time_arg(s: &str) -> Result<UnixMillis, String> {
+    rfc3339::parse(s).map_err(|e| match e {
+        Rfc3339Error::Invalid { .. } => format!("{e}; example: 2026-01-01T12:00:00Z"),
+        Rfc3339Error::Before1970 { .. } => e.to_string(),
+    })
 }
 
-/// Formats a time as RFC 3339 UTC with milliseconds.
+/// A time as sesame prints it: RFC 3339 in UTC with the milliseconds when there are some
+/// ([`rfc3339::format`]), or `N ms` after the year 9999.
 pub fn format_time(t: UnixMillis) -> String {
-    let nanos = i128::from(t.0) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{} ms", t.0))
+    rfc3339::format(t).unwrap_or_else(|| format!("{} ms", t.0))
 }
 
 /// The current time from the system clock.
 pub fn system_now() -> UnixMillis {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    UnixMillis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    UnixMillis::from(SystemTime::now())
 }
 
 /// Entry point of the `sesame` binary: 0 ok, 1 failure, 2 usage or configuration error, 3 a

@@ -1,6 +1,7 @@
 //! Time as the protocol sees it: milliseconds since the Unix epoch, and time steps.
 
 use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A point in time: milliseconds since 1970-01-01T00:00:00Z (UTC, leap seconds ignored).
 ///
@@ -48,6 +49,16 @@ impl UnixMillis {
     }
 }
 
+/// A time of a clock, such as `SystemTime::now()` read by the caller: 0 before the epoch, and
+/// `u64::MAX` milliseconds at most. A conversion only: this crate never reads the clock itself.
+impl From<SystemTime> for UnixMillis {
+    fn from(t: SystemTime) -> Self {
+        t.duration_since(UNIX_EPOCH).map_or(UnixMillis(0), |d| {
+            UnixMillis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        })
+    }
+}
+
 impl fmt::Debug for UnixMillis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{:03}s", self.0 / 1000, self.0 % 1000)
@@ -74,5 +85,36 @@ impl TimeWindow {
     /// Whether `counter` is inside the window at `now`.
     pub fn contains(&self, now: UnixMillis, counter: u64) -> bool {
         self.counters(now).contains(&counter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::UnixMillis;
+
+    #[test]
+    fn a_system_time_converts_to_whole_milliseconds_since_the_epoch() {
+        let at = |d: Duration| UnixMillis::from(UNIX_EPOCH + d);
+        assert_eq!(at(Duration::ZERO), UnixMillis(0));
+        assert_eq!(at(Duration::from_micros(1_999)), UnixMillis(1));
+        assert_eq!(
+            at(Duration::from_secs(1_767_268_800)),
+            UnixMillis::from_secs(1_767_268_800)
+        );
+        assert_eq!(
+            UnixMillis::from(UNIX_EPOCH - Duration::from_secs(1)),
+            UnixMillis(0)
+        );
+    }
+
+    #[test]
+    fn a_time_past_u64_milliseconds_saturates() {
+        let far = UNIX_EPOCH.checked_add(Duration::from_millis(u64::MAX) + Duration::from_secs(1));
+        // Only where SystemTime reaches that far (it does on Linux).
+        if let Some(far) = far {
+            assert_eq!(UnixMillis::from(far), UnixMillis(u64::MAX));
+        }
     }
 }

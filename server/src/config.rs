@@ -558,15 +558,6 @@ fn read_text_capped(path: &Path, cap: u64) -> std::io::Result<String> {
     Ok(text)
 }
 
-/// Parses an RFC 3339 time into milliseconds since the epoch.
-pub fn parse_rfc3339(s: &str) -> Result<UnixMillis, String> {
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| format!("'{s}' is not an RFC 3339 time ({e})"))?;
-    u64::try_from(t.unix_timestamp_nanos() / 1_000_000)
-        .map(UnixMillis)
-        .map_err(|_| format!("'{s}' is before 1970"))
-}
-
 /// Validates the `[[action]]` tables.
 fn parse_actions(
     raw: &[RawAction],
@@ -1029,7 +1020,7 @@ impl Config {
                         toml::Value::Datetime(d) => toml_datetime_text(*d),
                         other => other.to_string(),
                     };
-                    Some(parse_rfc3339(&text).map_err(|e| {
+                    Some(sesame_cli::rfc3339::parse(&text).map_err(|e| {
                         err(
                             span_of(v),
                             "client.expires",

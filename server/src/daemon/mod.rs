@@ -21,7 +21,7 @@ mod steps;
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use sesame_keys::PublicKey;
 use sesame_proto::{ClientEntry, ClientKeys, Policy, Tracker, TrackerConfig, UnixMillis};
@@ -94,21 +94,13 @@ pub enum StartError {
 
 /// The current time from the system clock.
 pub fn system_now() -> UnixMillis {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    UnixMillis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    UnixMillis::from(SystemTime::now())
 }
 
-/// An RFC 3339 time (UTC, to the second).
+/// A time as sesamed's log lines, status and JSON show it: RFC 3339 in UTC
+/// ([`sesame_cli::rfc3339::format`]), or the bare milliseconds after the year 9999.
 pub fn rfc3339(t: UnixMillis) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0) * 1_000_000)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| t.0.to_string())
+    sesame_cli::rfc3339::format(t).unwrap_or_else(|| t.0.to_string())
 }
 
 /// A millisecond clock that never jumps: the wall clock at start plus the monotonic time since
