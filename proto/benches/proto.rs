@@ -11,8 +11,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sesame_keys::PrivateKey;
 use sesame_proto::{
-    ClientEntry, ClientKeys, KnockParams, KnockProtocol, Opener, PayloadMode, Policy, Proto,
-    Request, Service, StepTable, TimeWindow, Tracker, TrackerConfig, UnixMillis, WireNoise,
+    ClientEntry, ClientKeys, Incoming, KnockParams, KnockProtocol, Opener, PayloadMode, Policy,
+    Proto, Request, Service, StepTable, TimeWindow, Tracker, TrackerConfig, UnixMillis, WireNoise,
     build_payload, derive_sequence,
 };
 
@@ -136,7 +136,16 @@ fn bench_tracker(c: &mut Criterion) {
             |b, batch| {
                 b.iter(|| {
                     for &(src, port) in batch {
-                        t.packet(T0, src, Proto::Udp, port, None, &mut events);
+                        t.packet(
+                            T0,
+                            Incoming {
+                                source: src,
+                                proto: Proto::Udp,
+                                port,
+                                payload: None,
+                            },
+                            &mut events,
+                        );
                     }
                     events.clear();
                 })
@@ -146,7 +155,16 @@ fn bench_tracker(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("out_of_range", n), &outside, |b, batch| {
             b.iter(|| {
                 for &(src, port) in batch {
-                    t.packet(T0, src, Proto::Udp, port, None, &mut events);
+                    t.packet(
+                        T0,
+                        Incoming {
+                            source: src,
+                            proto: Proto::Udp,
+                            port,
+                            payload: None,
+                        },
+                        &mut events,
+                    );
                 }
                 events.clear();
             })
@@ -219,9 +237,27 @@ fn bench_tracker(c: &mut Criterion) {
                     let ip = IpAddr::V4(Ipv4Addr::from(0xc612_0000 + (src & 0xffff)));
                     let seq = &clients[who].1;
                     for k in &seq.knocks {
-                        t.packet(T0, ip, k.proto, k.port, None, &mut events);
+                        t.packet(
+                            T0,
+                            Incoming {
+                                source: ip,
+                                proto: k.proto,
+                                port: k.port,
+                                payload: None,
+                            },
+                            &mut events,
+                        );
                     }
-                    t.packet(T0, ip, Proto::Udp, seq.payload_port, Some(&d), &mut events);
+                    t.packet(
+                        T0,
+                        Incoming {
+                            source: ip,
+                            proto: Proto::Udp,
+                            port: seq.payload_port,
+                            payload: Some(&d),
+                        },
+                        &mut events,
+                    );
                     assert!(
                         events
                             .iter()

@@ -44,9 +44,9 @@ pub use sequence::{Knock, Sequence, SequenceError, derive_sequence};
 pub use service::{Proto, Service, ServiceParseError};
 pub use time::{TimeWindow, UnixMillis};
 pub use tracker::{
-    AcceptedPayload, ClientEntry, ClientId, Event, Grant, LivePorts, MAX_ACCEPTED, MAX_AWAITING,
-    MAX_SEEN, MAX_SEEN_PER_CLIENT, MAX_STEPS, Outcome, Policy, Reason, ReplayState, SeenMac, Stats,
-    StepTable, Tracker, TrackerConfig, UsedStep, canonical_ip,
+    AcceptedPayload, ClientEntry, ClientId, Event, Grant, Incoming, LivePorts, MAX_ACCEPTED,
+    MAX_AWAITING, MAX_SEEN, MAX_SEEN_PER_CLIENT, MAX_STEPS, Outcome, Policy, Reason, ReplayState,
+    SeenMac, Stats, StepTable, Tracker, TrackerConfig, UsedStep, canonical_ip,
 };
 pub use uri::{ProfileUri, URI_PREFIX, UriError, is_valid_name};
 

@@ -195,6 +195,19 @@ impl UsedStep {
     }
 }
 
+/// One packet as the tracker sees it: who sent it, to which port, and what it carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Incoming<'a> {
+    /// The source address (the one a grant is for unless the payload names another).
+    pub source: IpAddr,
+    /// UDP, or TCP (a SYN without ACK; anything else is not a knock).
+    pub proto: Proto,
+    /// The destination port.
+    pub port: u16,
+    /// The UDP payload (None for a TCP SYN).
+    pub payload: Option<&'a [u8]>,
+}
+
 /// Per-client replay state, kept in time (not in counters of one step length), so it stays
 /// right when `step_seconds` changes.
 ///
@@ -1272,16 +1285,19 @@ impl Tracker {
         }
     }
 
-    /// Feeds one packet: `datagram` is the UDP payload (None for TCP SYNs).
+    /// Feeds one packet that arrived at `now`.
     pub fn packet(
         &mut self,
         now: UnixMillis,
-        source: IpAddr,
-        proto: Proto,
-        port: u16,
-        datagram: Option<&[u8]>,
+        packet: Incoming<'_>,
         events: &mut Vec<Event>,
     ) -> Outcome {
+        let Incoming {
+            source,
+            proto,
+            port,
+            payload: datagram,
+        } = packet;
         self.stats.packets += 1;
         if !self.config.params.in_range(port) {
             return Outcome::OutOfRange;

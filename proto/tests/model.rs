@@ -50,7 +50,7 @@ use proptest::prelude::*;
 use sesame_keys::PrivateKey;
 use sesame_proto::{
     Action, AllowedAction, ArgumentRule, ClientEntry, ClientKeys, DATAGRAM_LEN, Event, Grant,
-    IpNet, KnockParams, KnockProtocol, ParamsError, PayloadMode, Policy, Profile, Proto,
+    Incoming, IpNet, KnockParams, KnockProtocol, ParamsError, PayloadMode, Policy, Profile, Proto,
     ReplayState, Request, Sequence, Service, Tracker, TrackerConfig, UnixMillis, WireNoise,
     build_payload, carried_mac, derive_sequence, is_payload_len,
 };
@@ -968,7 +968,16 @@ fn run(setup: &Setup, ops: &[Op]) -> Result<usize, String> {
             total += got.len();
         }
         for (i, (ip, p)) in sends.into_iter().enumerate() {
-            tracker.packet(now, ip, p.proto, p.port, p.datagram.as_deref(), &mut events);
+            tracker.packet(
+                now,
+                Incoming {
+                    source: ip,
+                    proto: p.proto,
+                    port: p.port,
+                    payload: p.datagram.as_deref(),
+                },
+                &mut events,
+            );
             tracker.assert_invariants();
             let expected = model.packet(now, ip, p);
             let got = grants_of(&mut events, &tracker, now)?;

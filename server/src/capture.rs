@@ -21,28 +21,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use sesame_proto::{PayloadMode, Proto, Tracker, UnixMillis};
+use sesame_proto::{Incoming, PayloadMode, Proto, Tracker, UnixMillis};
 use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, SockFilter, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
 pub mod ebpf;
 
-/// A packet that passed the filter, parsed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Parsed<'a> {
-    /// Source address.
-    pub source: IpAddr,
-    /// UDP or TCP.
-    pub proto: Proto,
-    /// Destination port.
-    pub port: u16,
-    /// The UDP payload (None for TCP).
-    pub payload: Option<&'a [u8]>,
-}
-
 /// Parses an IP packet (no link header) down to the transport header. Returns None for
 /// anything that is not an unfragmented UDP datagram or a TCP SYN without ACK. Never panics.
-pub fn parse_ip(packet: &[u8]) -> Option<Parsed<'_>> {
+pub fn parse_ip(packet: &[u8]) -> Option<Incoming<'_>> {
     let sliced = SlicedPacket::from_ip(packet).ok()?;
     let source = match sliced.net.as_ref()? {
         NetSlice::Ipv4(v4) => {
@@ -60,13 +47,13 @@ pub fn parse_ip(packet: &[u8]) -> Option<Parsed<'_>> {
         NetSlice::Arp(_) => return None,
     };
     match sliced.transport.as_ref()? {
-        TransportSlice::Udp(udp) => Some(Parsed {
+        TransportSlice::Udp(udp) => Some(Incoming {
             source,
             proto: Proto::Udp,
             port: udp.destination_port(),
             payload: Some(udp.payload()),
         }),
-        TransportSlice::Tcp(tcp) if tcp.syn() && !tcp.ack() => Some(Parsed {
+        TransportSlice::Tcp(tcp) if tcp.syn() && !tcp.ack() => Some(Incoming {
             source,
             proto: Proto::Tcp,
             port: tcp.destination_port(),

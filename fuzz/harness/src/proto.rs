@@ -11,10 +11,10 @@ use sesame_keys::{PresharedKey, PrivateKey, PublicKey};
 use sesame_proto::fuzzing::{remac, seal};
 use sesame_proto::{
     Action, ActionName, AllowedAction, ArgumentRule, ClientEntry, ClientKeys, DATAGRAM_LEN, Event,
-    Grant, IpNet, KnockParams, KnockProtocol, MAC_LEN, MAX_DATAGRAM_LEN, Opener, PLAINTEXT_LEN,
-    PayloadMode, Policy, Profile, Proto, Reason, RejectReason, Request, Service, TimeWindow,
-    Tracker, TrackerConfig, UnixMillis, WireNoise, build_payload, canonical_ip, carried_mac,
-    decode_plaintext, derive_sequence, encode_plaintext, is_payload_len,
+    Grant, Incoming, IpNet, KnockParams, KnockProtocol, MAC_LEN, MAX_DATAGRAM_LEN, Opener,
+    PLAINTEXT_LEN, PayloadMode, Policy, Profile, Proto, Reason, RejectReason, Request, Service,
+    TimeWindow, Tracker, TrackerConfig, UnixMillis, WireNoise, build_payload, canonical_ip,
+    carried_mac, decode_plaintext, derive_sequence, encode_plaintext, is_payload_len,
 };
 
 /// The client private key of the `ssh-from-source` payload vector (and of most
@@ -788,7 +788,16 @@ pub fn tracker_stateful_run(data: &[u8]) -> StatefulSummary {
                     });
                 }
                 let d = (proto == Proto::Udp).then_some(&datagram[..]);
-                tracker.packet(now, source, proto, port, d, &mut events);
+                tracker.packet(
+                    now,
+                    Incoming {
+                        source,
+                        proto,
+                        port,
+                        payload: d,
+                    },
+                    &mut events,
+                );
             }
             5 => {
                 now = now.plus_millis(u64::from(input.u16().unwrap_or(0)));
@@ -1150,7 +1159,16 @@ pub fn payload_open_bypass(data: &[u8]) {
         for r in &mut replay {
             r.prune(window_start(now));
         }
-        tracker.packet(now, source, Proto::Udp, port, Some(&datagram), &mut events);
+        tracker.packet(
+            now,
+            Incoming {
+                source,
+                proto: Proto::Udp,
+                port,
+                payload: Some(&datagram),
+            },
+            &mut events,
+        );
         tracker.assert_invariants();
         assert_eq!(events.len(), 1, "{events:?}");
         if was_seen {

@@ -177,7 +177,7 @@ pub fn frame_tracker_run(data: &[u8]) -> FrameSummary {
                     IpAddr::V4(_) => assert_eq!(version, Some(4)),
                     IpAddr::V6(_) => assert_eq!(version, Some(6)),
                 }
-                tracker.packet(now, p.source, p.proto, p.port, p.payload, &mut events);
+                tracker.packet(now, p, &mut events);
                 tracker.assert_invariants();
                 for e in events.drain(..) {
                     match e {

@@ -119,9 +119,16 @@ impl Lab {
         port: u16,
         datagram: Option<&[u8]>,
     ) -> Outcome {
-        let out = self
-            .tracker
-            .packet(now, source, proto, port, datagram, &mut self.events);
+        let out = self.tracker.packet(
+            now,
+            Incoming {
+                source,
+                proto,
+                port,
+                payload: datagram,
+            },
+            &mut self.events,
+        );
         self.tracker.assert_invariants();
         out
     }

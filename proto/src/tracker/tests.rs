@@ -112,9 +112,16 @@ impl World {
         port: u16,
         d: Option<&[u8]>,
     ) -> Outcome {
-        let out = self
-            .tracker
-            .packet(now, src, proto, port, d, &mut self.events);
+        let out = self.tracker.packet(
+            now,
+            Incoming {
+                source: src,
+                proto,
+                port,
+                payload: d,
+            },
+            &mut self.events,
+        );
         self.tracker.assert_invariants();
         out
     }
@@ -1869,8 +1876,16 @@ mod review {
         for i in 0..u64::from(MAX_SEEN_PER_CLIENT) + 100 {
             d[..8].copy_from_slice(&i.to_le_bytes());
             crate::payload::remac(&insider_keys, counter, &mut d);
-            w.tracker
-                .packet(T0, v4(9), Proto::Udp, insider_port, Some(&d), &mut w.events);
+            w.tracker.packet(
+                T0,
+                Incoming {
+                    source: v4(9),
+                    proto: Proto::Udp,
+                    port: insider_port,
+                    payload: Some(&d),
+                },
+                &mut w.events,
+            );
             if w.events.len() > 1024 {
                 w.events.clear();
             }
@@ -1925,8 +1940,16 @@ mod review {
         for i in 0..u64::from(MAX_SEEN_PER_CLIENT) + 100 {
             d[..8].copy_from_slice(&i.to_le_bytes());
             crate::payload::remac(&insider_keys, counter, &mut d);
-            w.tracker
-                .packet(T0, v4(9), Proto::Udp, insider_port, Some(&d), &mut w.events);
+            w.tracker.packet(
+                T0,
+                Incoming {
+                    source: v4(9),
+                    proto: Proto::Udp,
+                    port: insider_port,
+                    payload: Some(&d),
+                },
+                &mut w.events,
+            );
             if w.events.len() > 1024 {
                 w.events.clear();
             }

@@ -112,8 +112,7 @@ impl<S: ReplayStore> Core<S> {
         };
         let now = system_now();
         let armed = self.tracker.poll_timeout();
-        self.tracker
-            .packet(now, p.source, p.proto, p.port, p.payload, &mut self.events);
+        self.tracker.packet(now, p, &mut self.events);
         self.flush_events(now);
         let next = self.tracker.poll_timeout();
         if next.is_some() && (armed.is_none() || next < armed) {
