@@ -14,7 +14,7 @@ use crate::knock;
 use crate::{BindArgs, ProfileArg, family_of, format_time, system_now, usage};
 
 /// What `run` says after sending: the server's silence means the client cannot know more.
-pub const SILENT_SERVER_NOTE: &str = "the server does not answer a knock, so sesame cannot tell whether the action ran: check `sesamed status` (or its log: \"action started\", \"action finished\", \"action not run\", \"rejected\") on the server, or the action's own effect";
+pub(crate) const SILENT_SERVER_NOTE: &str = "the server does not answer a knock, so sesame cannot tell whether the action ran: check `sesamed status` (or its log: \"action started\", \"action finished\", \"action not run\", \"rejected\") on the server, or the action's own effect";
 
 #[derive(clap::Args, Debug)]
 #[command(after_long_help = "\
@@ -75,7 +75,7 @@ pub(crate) struct RunArgs {
 /// The action a knock carries, from the command line: the name and argument checked against
 /// what the protocol can carry and what any server's argument rule refuses (an argument that
 /// starts with '-'), so that a typo is a clear local error instead of a knock the server drops.
-pub fn parse_action(name: &str, argument: Option<&str>) -> Result<Action, String> {
+pub(crate) fn parse_action(name: &str, argument: Option<&str>) -> Result<Action, String> {
     if !sesame_proto::is_action_name(name.as_bytes()) {
         return Err(format!(
             "{name:?} is not an action name: 1 to 16 characters of a-z, 0-9, _ and -"

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// The longest knock sequence (number of knock packets before the payload).
 pub const MAX_LENGTH: u8 = 16;
 /// The longest time step in seconds (one day).
-pub const MAX_STEP_SECONDS: u32 = 86_400;
+pub(crate) const MAX_STEP_SECONDS: u32 = 86_400;
 
 /// Which transport the knock packets use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]

@@ -46,7 +46,7 @@ pub const TAG_LEN: usize = 16;
 /// Length of the truncated HMAC-SHA256 gate at the end of the datagram.
 pub const MAC_LEN: usize = 16;
 /// Length of the ciphertext (plaintext and tag).
-pub const CIPHERTEXT_LEN: usize = PLAINTEXT_LEN + TAG_LEN;
+pub(crate) const CIPHERTEXT_LEN: usize = PLAINTEXT_LEN + TAG_LEN;
 /// Length of the authenticated part of a payload datagram (the shortest datagram).
 pub const DATAGRAM_LEN: usize = EPHEMERAL_LEN + CIPHERTEXT_LEN + MAC_LEN;
 /// Most random padding bytes after the authenticated part.

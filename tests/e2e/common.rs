@@ -9,14 +9,14 @@ use std::time::Duration;
 use sesame_tests::{ClientSpec, DaemonSpec, Family, Host, Key, Lab, Proc, set_profile_key, text};
 
 /// How long a blocked connection attempt waits before it counts as "cannot connect".
-pub const BLOCKED_MS: u64 = 800;
+pub(crate) const BLOCKED_MS: u64 = 800;
 /// How long to wait for a grant or rejection line after a knock.
-pub const LOG_WAIT: Duration = Duration::from_secs(6);
+pub(crate) const LOG_WAIT: Duration = Duration::from_secs(6);
 /// How long to wait, after a knock that must open nothing, before checking that nothing opened.
-pub const SETTLE: Duration = Duration::from_millis(1500);
+pub(crate) const SETTLE: Duration = Duration::from_millis(1500);
 
 /// One test's deployment. Fields drop in order: processes first, the lab last.
-pub struct Fixture {
+pub(crate) struct Fixture {
     /// `sesamed run` once started.
     pub daemon: Option<Proc>,
     /// The TCP service on the protected ports.
@@ -41,7 +41,7 @@ pub struct Fixture {
 
 impl Fixture {
     /// A lab, keys and a config with the client `laptop`; nothing written or started.
-    pub fn new(tag: &str) -> Fixture {
+    pub(crate) fn new(tag: &str) -> Fixture {
         let lab = Lab::new(tag);
         let server_key = lab.gen_key("server");
         let client_key = lab.gen_key("laptop");
@@ -63,23 +63,23 @@ impl Fixture {
     }
 
     /// The `laptop` client entry.
-    pub fn client(&mut self) -> &mut ClientSpec {
+    pub(crate) fn client(&mut self) -> &mut ClientSpec {
         &mut self.spec.clients[0]
     }
 
     /// The server's address in a family (on the client link).
-    pub fn server(&self, family: Family) -> IpAddr {
+    pub(crate) fn server(&self, family: Family) -> IpAddr {
         self.lab.addr(Host::Server, family)
     }
 
     /// A service address on the server.
-    pub fn svc(&self, family: Family, port: u16) -> SocketAddr {
+    pub(crate) fn svc(&self, family: Family, port: u16) -> SocketAddr {
         SocketAddr::new(self.server(family), port)
     }
 
     /// Writes a profile for the `laptop` key (or another), with the server's host address in
     /// `family`, and returns its path. `edit` may change anything before it is written.
-    pub fn write_profile(
+    pub(crate) fn write_profile(
         &self,
         name: &str,
         family: Family,
@@ -96,7 +96,7 @@ impl Fixture {
     }
 
     /// Writes the config and the default profile; `sesamed check` must accept the config.
-    pub fn write(&mut self) {
+    pub(crate) fn write(&mut self) {
         self.lab.write("sesamed.toml", &self.spec.to_toml());
         let key = self.client_key.path.clone();
         self.profile = self.write_profile("laptop", Family::V4, &key, |_| {});
@@ -115,7 +115,7 @@ impl Fixture {
 
     /// Writes everything, starts the service on the protected TCP ports (IPv4 and IPv6) and
     /// the daemon, and waits until both are ready.
-    pub fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         self.write();
         let ports: Vec<u16> = self.serve_ports.clone().unwrap_or_else(|| {
             self.spec
@@ -163,12 +163,12 @@ impl Fixture {
     }
 
     /// The running daemon.
-    pub fn daemon(&self) -> &Proc {
+    pub(crate) fn daemon(&self) -> &Proc {
         self.daemon.as_ref().expect("sesamed is running")
     }
 
     /// Stops the daemon with SIGTERM; it must exit 0.
-    pub fn stop_daemon(&mut self) {
+    pub(crate) fn stop_daemon(&mut self) {
         let mut d = self.daemon.take().expect("sesamed is running");
         let status = d.stop(Duration::from_secs(10));
         assert!(
@@ -179,7 +179,7 @@ impl Fixture {
     }
 
     /// Stops the daemon with SIGTERM (as systemd does) and waits up to 10 s for it to exit.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.daemon().signal(libc::SIGTERM);
         let exited = self
             .daemon
@@ -192,12 +192,12 @@ impl Fixture {
     }
 
     /// A mark in the daemon's log.
-    pub fn mark(&self) -> usize {
+    pub(crate) fn mark(&self) -> usize {
         self.daemon().mark()
     }
 
     /// Runs `sesame open --profile PROFILE ARGS` on `host`; it must exit 0.
-    pub fn knock_from(&self, host: Host, profile: &Path, args: &[&str]) -> Output {
+    pub(crate) fn knock_from(&self, host: Host, profile: &Path, args: &[&str]) -> Output {
         let mut all: Vec<&str> = vec!["open", "--profile"];
         let p = profile.to_string_lossy().into_owned();
         all.push(&p);
@@ -208,12 +208,12 @@ impl Fixture {
     }
 
     /// `sesame open` with the default profile from the client namespace.
-    pub fn knock(&self, args: &[&str]) -> Output {
+    pub(crate) fn knock(&self, args: &[&str]) -> Output {
         self.knock_from(Host::Client, &self.profile, args)
     }
 
     /// Waits for the grant line for `laptop` from `source` (after `mark`) and returns it.
-    pub fn expect_grant(&self, mark: usize, source: IpAddr) -> String {
+    pub(crate) fn expect_grant(&self, mark: usize, source: IpAddr) -> String {
         let src = format!("source={source}");
         let line = self
             .daemon()
@@ -227,7 +227,7 @@ impl Fixture {
     }
 
     /// Waits for a rejection line from `source` with `reason` (after `mark`) and returns it.
-    pub fn expect_reject(&self, mark: usize, source: IpAddr, reason: &str) -> String {
+    pub(crate) fn expect_reject(&self, mark: usize, source: IpAddr, reason: &str) -> String {
         let src = format!("source={source}");
         let why = format!("reason={reason}");
         self.daemon()
@@ -235,18 +235,18 @@ impl Fixture {
     }
 
     /// Grant lines after `mark`.
-    pub fn grants(&self, mark: usize) -> Vec<String> {
+    pub(crate) fn grants(&self, mark: usize) -> Vec<String> {
         self.daemon().matching(mark, &[" granted client="])
     }
 
     /// Panics if the daemon logged any grant after `mark`.
-    pub fn assert_no_grant(&self, mark: usize, what: &str) {
+    pub(crate) fn assert_no_grant(&self, mark: usize, what: &str) {
         let g = self.grants(mark);
         assert!(g.is_empty(), "{what}: the daemon granted something: {g:?}");
     }
 
     /// True if a new connection from `from` to the server's `port` in `family` succeeds.
-    pub fn connects(&self, from: Host, family: Family, port: u16) -> bool {
+    pub(crate) fn connects(&self, from: Host, family: Family, port: u16) -> bool {
         self.lab.connects(from, self.svc(family, port), BLOCKED_MS)
     }
 
@@ -254,7 +254,7 @@ impl Fixture {
     /// within 3 s, trying again every 500 ms. Use it where the service must be open: sesamed
     /// logs `granted` a moment before the firewall element is in place, so the first SYN right
     /// after the log line may still be dropped (a real client's SYN retransmission covers it).
-    pub fn opens(&self, from: Host, family: Family, port: u16) -> bool {
+    pub(crate) fn opens(&self, from: Host, family: Family, port: u16) -> bool {
         self.lab
             .connects_within(from, self.svc(family, port), Duration::from_secs(3))
     }
@@ -262,7 +262,7 @@ impl Fixture {
     /// True once a new connection from `from` to the server's `port` in `family` fails,
     /// trying for up to 3 s. Use it where a lease must have ended: sesamed logs `lease ended`
     /// when it decides, a moment before the firewall element is gone.
-    pub fn closes(&self, from: Host, family: Family, port: u16) -> bool {
+    pub(crate) fn closes(&self, from: Host, family: Family, port: u16) -> bool {
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
         loop {
             if !self.connects(from, family, port) {
@@ -276,7 +276,7 @@ impl Fixture {
     }
 
     /// Asserts that the client (and the attacker) cannot connect to `port` in `family`.
-    pub fn assert_closed(&self, family: Family, port: u16, what: &str) {
+    pub(crate) fn assert_closed(&self, family: Family, port: u16, what: &str) {
         for host in [Host::Client, Host::Attacker] {
             assert!(
                 !self.connects(host, family, port),
@@ -289,7 +289,7 @@ impl Fixture {
 
     /// Profile for the client made by `sesamed export-client`, with `private_key_file`
     /// rewritten to the client key. The host is the server's address in `family`.
-    pub fn export_profile(&self, family: Family) -> PathBuf {
+    pub(crate) fn export_profile(&self, family: Family) -> PathBuf {
         let host = self.server(family).to_string();
         let o = self.lab.sesamed(&[
             "export-client".as_ref(),
@@ -311,7 +311,7 @@ impl Fixture {
 }
 
 /// Fails the test with a message when a line lacks one of `parts`.
-pub fn assert_line_has(line: &str, parts: &[&str]) {
+pub(crate) fn assert_line_has(line: &str, parts: &[&str]) {
     for p in parts {
         assert!(line.contains(p), "log line lacks `{p}`: {line}");
     }

@@ -32,25 +32,25 @@ use crate::common::Fixture;
 /// tracker's worst case by construction is about 60 MiB (hash table 16, buffered datagrams 9,
 /// candidate lists 9, LRU queue 17, a table resize 8), so 80 MiB covers a debug build's
 /// baseline plus that worst case, independent of how many packets or sources arrive.
-pub const RSS_CEILING_KIB: u64 = 80 * 1024;
+pub(crate) const RSS_CEILING_KIB: u64 = 80 * 1024;
 
 /// Frames per second of the CI floods (see the module documentation).
-pub const CI_RATE: u64 = 10_000;
+pub(crate) const CI_RATE: u64 = 10_000;
 
 /// Frames per second of the CI memory test: enough to fill the tracker and its LRU queue in a
 /// few seconds, without starving the tests that run beside it.
-pub const MEMORY_RATE: u64 = 25_000;
+pub(crate) const MEMORY_RATE: u64 = 25_000;
 
-pub use sesame_tests::{ProcStats, clk_tck};
+pub(crate) use sesame_tests::{ProcStats, clk_tck};
 
 /// Reads VmRSS, VmHWM and CPU time of `pid`.
-pub fn proc_stats(pid: u32) -> ProcStats {
+pub(crate) fn proc_stats(pid: u32) -> ProcStats {
     sesame_tests::proc_stats(pid).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The pid of the running sesamed (checked: `ip netns exec` execs it, so the spawned child
 /// is sesamed itself, not a wrapper).
-pub fn sesamed_pid(f: &Fixture) -> u32 {
+pub(crate) fn sesamed_pid(f: &Fixture) -> u32 {
     let pid = f.daemon().pid();
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     assert_eq!(
@@ -62,7 +62,7 @@ pub fn sesamed_pid(f: &Fixture) -> u32 {
 }
 
 /// `sesamed status --json`, parsed.
-pub fn status(f: &Fixture) -> Value {
+pub(crate) fn status(f: &Fixture) -> Value {
     let o = f.lab.sesamed(&[
         "status".as_ref(),
         "--json".as_ref(),
@@ -75,19 +75,19 @@ pub fn status(f: &Fixture) -> Value {
 }
 
 /// A counter of a status document (0 when absent).
-pub fn counter(status: &Value, name: &str) -> u64 {
+pub(crate) fn counter(status: &Value, name: &str) -> u64 {
     status["counters"][name].as_u64().unwrap_or(0)
 }
 
 /// A rejection count by reason code.
-pub fn rejections(status: &Value, reason: &str) -> u64 {
+pub(crate) fn rejections(status: &Value, reason: &str) -> u64 {
     status["counters"]["rejections"][reason]
         .as_u64()
         .unwrap_or(0)
 }
 
 /// Receive counters of the server's interface towards the attacker: (packets, dropped).
-pub fn server_rx(f: &Fixture) -> (u64, u64) {
+pub(crate) fn server_rx(f: &Fixture) -> (u64, u64) {
     let o = f.lab.run(
         Host::Server,
         "ip",
@@ -103,7 +103,7 @@ pub fn server_rx(f: &Fixture) -> (u64, u64) {
 
 /// What to flood with.
 #[derive(Clone, Debug)]
-pub struct FloodSpec {
+pub(crate) struct FloodSpec {
     /// `udp`, `syn`, `payload` or `mix`.
     pub mode: &'static str,
     /// Source and destination family.
@@ -128,7 +128,7 @@ pub struct FloodSpec {
 
 impl FloodSpec {
     /// A flood of `mode` from `sources` spoofed sources of `family`, as fast as possible.
-    pub fn new(mode: &'static str, family: Family, sources: u32) -> FloodSpec {
+    pub(crate) fn new(mode: &'static str, family: Family, sources: u32) -> FloodSpec {
         FloodSpec {
             mode,
             family,
@@ -145,14 +145,14 @@ impl FloodSpec {
 }
 
 /// A running `sesame-flood`.
-pub struct Flood {
+pub(crate) struct Flood {
     proc: Proc,
 }
 
 impl Flood {
     /// Starts the generator in the attacker namespace; it floods until [`Flood::finish`]
     /// (at most `limit`).
-    pub fn start(f: &Fixture, spec: &FloodSpec, limit: Duration) -> Flood {
+    pub(crate) fn start(f: &Fixture, spec: &FloodSpec, limit: Duration) -> Flood {
         let lab = &f.lab;
         let dst_mac = lab.mac(Host::Server, SERVER_IF_ATTACKER);
         let mut args: Vec<String> = vec![
@@ -207,7 +207,7 @@ impl Flood {
     }
 
     /// Stops the generator and returns its report.
-    pub fn finish(mut self) -> Value {
+    pub(crate) fn finish(mut self) -> Value {
         self.proc.close_stdin();
         let status = self.proc.wait_exit(Duration::from_secs(20));
         assert!(
@@ -227,7 +227,7 @@ impl Flood {
 
 /// The legitimate client's knocks under a flood.
 #[derive(Clone, Debug, Default)]
-pub struct Knocks {
+pub(crate) struct Knocks {
     /// Knocks attempted.
     pub attempted: u32,
     /// Knocks whose grant line appeared and after which a new connection succeeded.
@@ -241,11 +241,11 @@ pub struct Knocks {
 }
 
 /// How long one knock may take before it counts as failed.
-pub const KNOCK_WAIT: Duration = Duration::from_secs(3);
+pub(crate) const KNOCK_WAIT: Duration = Duration::from_secs(3);
 
 /// `n` knocks by the legitimate client (`laptop`) with `profile`, each followed by a check
 /// that its own grant line appeared and that a new connection to tcp/22 succeeds.
-pub fn knock_many(f: &Fixture, family: Family, profile: &std::path::Path, n: u32) -> Knocks {
+pub(crate) fn knock_many(f: &Fixture, family: Family, profile: &std::path::Path, n: u32) -> Knocks {
     let mut k = Knocks::default();
     let client = f.lab.addr(Host::Client, family);
     let src = format!("source={client}");
@@ -283,7 +283,7 @@ pub fn knock_many(f: &Fixture, family: Family, profile: &std::path::Path, n: u32
 
 /// Everything one flood case measured.
 #[derive(Clone, Debug)]
-pub struct Figures {
+pub(crate) struct Figures {
     /// Case name.
     pub case: String,
     /// The generator's report.
@@ -310,7 +310,7 @@ pub struct Figures {
 
 impl Figures {
     /// One JSON object (for `SESAME_FLOOD_REPORT`).
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         serde_json::json!({
             "case": self.case,
             "mode": self.generator["mode"],
@@ -335,7 +335,7 @@ impl Figures {
     }
 
     /// Prints the figures and appends them to `SESAME_FLOOD_REPORT` if set.
-    pub fn report(&self) {
+    pub(crate) fn report(&self) {
         let j = self.to_json();
         eprintln!("flood figures: {j}");
         if let Some(path) = std::env::var_os("SESAME_FLOOD_REPORT") {
@@ -350,7 +350,7 @@ impl Figures {
 }
 
 /// Milliseconds since the Unix epoch (the clock the knocks' timestamps use).
-pub fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -381,7 +381,7 @@ const COUNTERS: [&str; 12] = [
 
 /// Floods with `spec` while the client knocks `knocks` times (the flood lasts at least
 /// `min_flood`), and measures.
-pub fn measure(
+pub(crate) fn measure(
     f: &Fixture,
     case: &str,
     spec: &FloodSpec,
@@ -471,7 +471,7 @@ pub fn measure(
 /// The deployment of the flood tests: knock range 20000–21999, payload required, tcp/22 with
 /// 30-second leases; `length` knocks (`udp`, `tcp` or `mixed`) before the payload (0:
 /// single-packet mode).
-pub fn fixture(tag: &str, length: u32, protocol: &str) -> Fixture {
+pub(crate) fn fixture(tag: &str, length: u32, protocol: &str) -> Fixture {
     let mut f = Fixture::new(tag);
     f.spec.knock.length = length;
     f.spec.knock.protocol = protocol.to_owned();
@@ -483,12 +483,12 @@ pub fn fixture(tag: &str, length: u32, protocol: &str) -> Fixture {
 }
 
 /// The assertions every flood case makes.
-pub fn check(f: &Fixture, fig: &Figures) {
+pub(crate) fn check(f: &Fixture, fig: &Figures) {
     check_with(f, fig, true);
 }
 
 /// [`check`], optionally without requiring every knock to open.
-pub fn check_with(f: &Fixture, fig: &Figures, every_knock: bool) {
+pub(crate) fn check_with(f: &Fixture, fig: &Figures, every_knock: bool) {
     let d = &fig.delta;
     let n = |k: &str| d[k].as_u64().unwrap_or(0);
     let lenient = !every_knock || std::env::var("SESAME_FLOOD_LENIENT").is_ok_and(|v| v == "1");

@@ -11,7 +11,7 @@ use crate::common::{Fixture, assert_line_has};
 const LEASE: u64 = 3;
 
 /// The lease must end between `LEASE - 1` and `LEASE + 2.5` seconds after the grant was seen.
-pub fn assert_ends_on_time(f: &Fixture, family: Family, since: Instant) -> Duration {
+pub(crate) fn assert_ends_on_time(f: &Fixture, family: Family, since: Instant) -> Duration {
     let closed = f
         .lab
         .wait_closed(

@@ -52,7 +52,7 @@ fn spoofer(f: &Fixture, rate: u64) -> Flood {
 /// `n` knocks `delay_ms` apart per packet; returns how many were granted. With `jitter`,
 /// each knock starts after a random pause of up to that long, so that the knocks do not
 /// lock onto the phase of a regular spoofer (which would correlate their outcomes).
-pub fn knocks(f: &Fixture, n: u32, delay_ms: u64) -> u32 {
+pub(crate) fn knocks(f: &Fixture, n: u32, delay_ms: u64) -> u32 {
     knocks_jittered(f, n, delay_ms, Duration::ZERO)
 }
 

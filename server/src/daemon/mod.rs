@@ -40,6 +40,7 @@ use crate::state::{JournalStore, ReplayStore, StateError};
 /// backend implements that trait (`capture.rs`) and replaces `PacketSocket` here.
 type Capture = capture::PacketSocket;
 
+/// Why sesamed could not start (one line each; `sesamed run` exits 1 with it).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The replay state could not be read.

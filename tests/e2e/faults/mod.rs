@@ -34,7 +34,7 @@ use crate::common::{Fixture, LOG_WAIT};
 // Helpers shared with `privilege` and `secrets`
 
 /// Writes an executable script in the lab directory and returns its path.
-pub fn write_script(lab: &Lab, name: &str, body: &str) -> PathBuf {
+pub(crate) fn write_script(lab: &Lab, name: &str, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let p = lab.write(name, body);
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -42,7 +42,7 @@ pub fn write_script(lab: &Lab, name: &str, body: &str) -> PathBuf {
 }
 
 /// The real `nft` program (the first on `PATH`, or in the sbin directories).
-pub fn real_nft() -> PathBuf {
+pub(crate) fn real_nft() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
@@ -52,7 +52,7 @@ pub fn real_nft() -> PathBuf {
 }
 
 /// Inserts `line` right after the `[firewall]` header of a config text.
-pub fn with_firewall_line(config: &str, line: &str) -> String {
+pub(crate) fn with_firewall_line(config: &str, line: &str) -> String {
     assert!(config.contains("\n[firewall]\n"), "{config}");
     config.replacen("\n[firewall]\n", &format!("\n[firewall]\n{line}\n"), 1)
 }
@@ -60,7 +60,7 @@ pub fn with_firewall_line(config: &str, line: &str) -> String {
 /// Starts `LAUNCHER... sesamed run --config CONFIG` in the server namespace with `env` (plus
 /// `NO_COLOR=1`, and `RUST_LOG=info` unless given) and waits for its `ready` line; panics with
 /// the log if it exits or is not ready in 15 s.
-pub fn launch_sesamed(
+pub(crate) fn launch_sesamed(
     lab: &Lab,
     config: &Path,
     launcher: &[OsString],
@@ -79,7 +79,7 @@ pub fn launch_sesamed(
 }
 
 /// Like [`launch_sesamed`], without waiting.
-pub fn spawn_sesamed(
+pub(crate) fn spawn_sesamed(
     lab: &Lab,
     config: &Path,
     launcher: &[OsString],
@@ -103,7 +103,7 @@ pub fn spawn_sesamed(
 
 /// Runs `sesamed run` as [`spawn_sesamed`] does and waits for it to exit (it must, within
 /// 15 s). Returns the exit code and every output line.
-pub fn sesamed_run_to_exit(
+pub(crate) fn sesamed_run_to_exit(
     lab: &Lab,
     config: &Path,
     launcher: &[OsString],
@@ -121,7 +121,7 @@ pub fn sesamed_run_to_exit(
 
 /// Writes the fixture's files (config edited by `edit`), starts the service and sesamed
 /// (through `launcher`, with `env`) and waits until both are ready.
-pub fn start_fixture(
+pub(crate) fn start_fixture(
     f: &mut Fixture,
     edit: impl FnOnce(String) -> String,
     launcher: &[OsString],
@@ -142,7 +142,7 @@ pub fn start_fixture(
 }
 
 /// `sesamed status --json` of the fixture's daemon, parsed.
-pub fn status(f: &Fixture) -> serde_json::Value {
+pub(crate) fn status(f: &Fixture) -> serde_json::Value {
     let o = f.lab.sesamed(&[
         "status".as_ref(),
         "--json".as_ref(),
@@ -155,7 +155,7 @@ pub fn status(f: &Fixture) -> serde_json::Value {
 }
 
 /// A counter of `sesamed status --json`.
-pub fn counter(status: &serde_json::Value, name: &str) -> u64 {
+pub(crate) fn counter(status: &serde_json::Value, name: &str) -> u64 {
     status["counters"][name]
         .as_u64()
         .unwrap_or_else(|| panic!("no counter {name} in {status}"))
@@ -163,7 +163,7 @@ pub fn counter(status: &serde_json::Value, name: &str) -> u64 {
 
 /// Re-sends every packet of a capture in the lab directory from `host` to the server's
 /// address in `family`.
-pub fn replay_capture(f: &Fixture, host: Host, pcap_path: &Path, family: Family) -> String {
+pub(crate) fn replay_capture(f: &Fixture, host: Host, pcap_path: &Path, family: Family) -> String {
     let o = f.lab.netprobe(
         host,
         &[
@@ -178,7 +178,7 @@ pub fn replay_capture(f: &Fixture, host: Host, pcap_path: &Path, family: Family)
 
 /// Checks a replay state file: header, one well-formed line per client (and per remembered
 /// gate MAC), and the SHA-256 trailer over everything before it. Returns the client lines.
-pub fn check_state_file(bytes: &[u8]) -> Result<Vec<String>, String> {
+pub(crate) fn check_state_file(bytes: &[u8]) -> Result<Vec<String>, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
     let at = text.rfind("sha256 ").ok_or("no sha256 trailer")?;
     let (body, trailer) = text.split_at(at);
@@ -244,7 +244,7 @@ fn state_line_ok(l: &str) -> bool {
 }
 
 /// The number of accepted payloads a state line records.
-pub fn accepted_in(line: &str) -> usize {
+pub(crate) fn accepted_in(line: &str) -> usize {
     match line.split(' ').nth(2) {
         Some("-") | None => 0,
         Some(list) => list.split(',').count(),
@@ -254,7 +254,7 @@ pub fn accepted_in(line: &str) -> usize {
 /// The replay state as sesamed loads it: the snapshot (checked by [`check_state_file`]) if
 /// there is one, then the journal's records, each with its check (a torn last record is
 /// skipped, as sesamed does). Returns one `<key> <floor> <accepted> <steps>` line per client.
-pub fn check_replay_state(
+pub(crate) fn check_replay_state(
     snapshot: Option<&[u8]>,
     journal: Option<&[u8]>,
 ) -> Result<Vec<String>, String> {
@@ -291,7 +291,7 @@ pub fn check_replay_state(
 }
 
 /// [`check_replay_state`] of the files in `dir`.
-pub fn replay_state_in(dir: &Path) -> Result<Vec<String>, String> {
+pub(crate) fn replay_state_in(dir: &Path) -> Result<Vec<String>, String> {
     let snapshot = std::fs::read(dir.join("replay.state")).ok();
     let journal = std::fs::read(dir.join("replay.journal")).ok();
     check_replay_state(snapshot.as_deref(), journal.as_deref())
@@ -300,14 +300,14 @@ pub fn replay_state_in(dir: &Path) -> Result<Vec<String>, String> {
 /// Panics if the daemon logged a grant (`granted client=…`) after `mark`. (Unlike
 /// `Fixture::assert_no_grant`, which matches any line containing "granted", this does not
 /// trip over "nothing granted (fail closed)".)
-pub fn assert_no_grant_line(f: &Fixture, mark: usize, what: &str) {
+pub(crate) fn assert_no_grant_line(f: &Fixture, mark: usize, what: &str) {
     let g = f.daemon().matching(mark, &["granted client="]);
     assert!(g.is_empty(), "{what}: the daemon granted something: {g:?}");
 }
 
 /// Waits for the grant line for `laptop` from `source` after `mark` (`granted client=laptop`,
 /// which "nothing granted (fail closed) client=laptop" does not match).
-pub fn expect_grant_line(f: &Fixture, mark: usize, source: std::net::IpAddr) -> String {
+pub(crate) fn expect_grant_line(f: &Fixture, mark: usize, source: std::net::IpAddr) -> String {
     let src = format!("source={source}");
     f.daemon()
         .expect_after(mark, &["granted client=laptop", &src], LOG_WAIT)
@@ -397,7 +397,7 @@ impl Drop for NsMount {
     }
 }
 
-pub use sesame_tests::Rng;
+pub(crate) use sesame_tests::Rng;
 
 /// Knocks once from the client and checks that it is granted and the service opens.
 fn knock_is_granted(f: &Fixture) {

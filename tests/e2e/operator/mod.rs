@@ -29,7 +29,7 @@ use crate::common::{Fixture, LOG_WAIT, SETTLE};
 
 /// Runs `sesame ARGS` in a namespace as a user whose home is `home` (XDG_CONFIG_HOME unset),
 /// so profiles are looked up in `home/.config/sesame/profiles/`.
-pub fn sesame_at_home(lab: &Lab, host: Host, home: &Path, args: &[&str]) -> Output {
+pub(crate) fn sesame_at_home(lab: &Lab, host: Host, home: &Path, args: &[&str]) -> Output {
     Command::new("ip")
         .args(["netns", "exec", lab.ns(host)])
         .arg(bin("sesame"))
@@ -43,14 +43,14 @@ pub fn sesame_at_home(lab: &Lab, host: Host, home: &Path, args: &[&str]) -> Outp
 }
 
 /// `sesamed ARGS --config CONFIG` in the server namespace; it must exit 0; returns stdout.
-pub fn sesamed_ok(f: &Fixture, args: &[&str]) -> String {
+pub(crate) fn sesamed_ok(f: &Fixture, args: &[&str]) -> String {
     let o = sesamed_with_config(f, args);
     assert!(o.status.success(), "sesamed {args:?}: {}", text(&o));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// `sesamed ARGS --config CONFIG` in the server namespace.
-pub fn sesamed_with_config(f: &Fixture, args: &[&str]) -> Output {
+pub(crate) fn sesamed_with_config(f: &Fixture, args: &[&str]) -> Output {
     let config = f.config.to_string_lossy().into_owned();
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--config", &config]);
@@ -60,7 +60,7 @@ pub fn sesamed_with_config(f: &Fixture, args: &[&str]) -> Output {
 /// Installs the profile of the fixture's `laptop` client as a user would: `sesamed
 /// export-client laptop --host SERVER --uri` on the server, `sesame import URI --name NAME`
 /// with HOME = `home` on the client, and the laptop's key put where the profile says.
-pub fn install_laptop_profile(f: &Fixture, home: &Path, name: &str) {
+pub(crate) fn install_laptop_profile(f: &Fixture, home: &Path, name: &str) {
     std::fs::create_dir_all(home).unwrap();
     let host = f.server(Family::V4).to_string();
     let uri = sesamed_ok(f, &["export-client", "laptop", "--host", &host, "--uri"]);
