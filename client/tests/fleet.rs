@@ -3,7 +3,7 @@
 //! under its host's name and records a group in `groups.toml`; `sesame open NAME NAME…` and
 //! `sesame open @GROUP` check every profile before anything is sent (exit 2), and report each
 //! profile on a line of its own with the worst exit status. The knocks themselves are tested
-//! against two real daemons in tests/e2e/fleet.rs.
+//! against two real daemons in lab/e2e/fleet.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;

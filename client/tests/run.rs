@@ -1,7 +1,7 @@
 //! `sesame run PROFILE ACTION [ARG]` as a user runs it: what the dry run shows, the profile it
 //! refuses, and the datagram it sends, opened with the server's key (the action and its
 //! argument travel inside the AEAD, with the binding). The server's side is tested end to end
-//! in tests/e2e/actions.rs.
+//! in lab/e2e/actions.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{IpAddr, UdpSocket};

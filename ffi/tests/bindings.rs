@@ -1,6 +1,6 @@
 //! The C API from C and from Python, without a network: the C program of `tests/c/` compiled
 //! with gcc against the static library and run on every sequence vector, and the ctypes test of
-//! `tests/python/` run against the shared library. `tests/e2e/embedding.rs` runs both again in
+//! `tests/python/` run against the shared library. `lab/e2e/embedding.rs` runs both again in
 //! network namespaces against a real sesamed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -8,7 +8,7 @@
  *
  * Without --key (--psk) the key (PSK) the URI carries is used. Exit status: 0 every check
  * passed (and the knock was sent), 1 a check failed, 2 usage. Built by ffi/tests/c_program.rs
- * (against the static library) and tests/e2e/embedding.rs (against the shared one) with
+ * (against the static library) and lab/e2e/embedding.rs (against the shared one) with
  * -std=c11 -Wall -Wextra -Werror -pedantic.
  *
  * SPDX-License-Identifier: Apache-2.0 OR MIT

@@ -5,9 +5,9 @@
 
 Checks the C API against the test vectors (proto/tests/vectors/sequences.json), its errors and
 buffers, and (when `cryptography` is installed, as .ci/run ensures) opens a knock it built with
-the independent Python implementation of docs/PROTOCOL.md (tests/reference/sesame_ref.py).
+the independent Python implementation of docs/PROTOCOL.md (lab/reference/sesame_ref.py).
 
-With SESAME_TEST_URI set (tests/e2e/embedding.rs sets it, in a network namespace) it also
+With SESAME_TEST_URI set (lab/e2e/embedding.rs sets it, in a network namespace) it also
 imports that URI, which `sesamed export-client` made for the vector's keys, checks its ports
 against the vector SESAME_TEST_VECTOR at the vector's time with the key SESAME_TEST_KEY, and,
 with SESAME_TEST_KNOCK=1, knocks the real server (SESAME_TEST_ADDRESS: the address to bind).
@@ -318,7 +318,7 @@ class Api(unittest.TestCase):
 
     def test_the_reference_implementation_opens_the_knock(self) -> None:
         try:
-            sys.path.insert(0, str(ROOT / "tests" / "reference"))
+            sys.path.insert(0, str(ROOT / "lab" / "reference"))
             import sesame_ref as ref  # needs `cryptography`
         except ImportError as e:
             if os.environ.get("CI") == "true":
@@ -345,12 +345,12 @@ class Api(unittest.TestCase):
 
 
 class Deployment(unittest.TestCase):
-    """The URI of a real sesamed (tests/e2e/embedding.rs runs this in the client namespace)."""
+    """The URI of a real sesamed (lab/e2e/embedding.rs runs this in the client namespace)."""
 
     def test_uri_from_sesamed_ports_and_knock(self) -> None:
         uri = os.environ.get("SESAME_TEST_URI")
         if not uri:
-            self.skipTest("no SESAME_TEST_URI: tests/e2e/embedding.rs sets it")
+            self.skipTest("no SESAME_TEST_URI: lab/e2e/embedding.rs sets it")
         s = Sesame(LIB_PATH)
         v = next(v for v in vectors() if v["name"] == os.environ.get("SESAME_TEST_VECTOR",
                                                                      "default-udp"))

@@ -53,7 +53,7 @@ fn deployment(tag: &str, protocol: &str, step_seconds: u32) -> Fixture {
     // The range capture filter: every scanned port reaches the tracker, so its reset rule
     // meets the whole scan. With the live-port filter (the default) only the scan's packets to
     // live ports would reach it (every port of every sequence, but a few dozen in all):
-    // tests/e2e/capture_filter.rs covers that.
+    // lab/e2e/capture_filter.rs covers that.
     f.daemon_env = vec![("SESAMED_CAPTURE_FILTER", "range".to_owned())];
     f.start();
     f

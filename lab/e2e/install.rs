@@ -13,7 +13,7 @@
 //! the test starts what the installed unit says, the way systemd would: `RuntimeDirectory=`
 //! and `StateDirectory=`, then `ExecStartPre=` and `ExecStart=` as `User=`/`Group=` with the
 //! unit's capabilities, `NoNewPrivileges=` and `UMask=` (through setpriv, as
-//! `tests/e2e/privilege.rs` does). The laptop's blocks run in the client namespace with a
+//! `lab/e2e/privilege.rs` does). The laptop's blocks run in the client namespace with a
 //! fresh `$HOME`.
 //!
 //! Checked: the owners and modes the steps produce, that `sesamed check` passes as the service

@@ -2,7 +2,7 @@
 """Check every vector in proto/tests/vectors/ against the Python reference (sesame_ref.py),
 then self-test the reference.
 
-    python3 tests/reference/check_vectors.py [--vectors DIR]
+    python3 lab/reference/check_vectors.py [--vectors DIR]
 
 Prints one line per failing check, then exactly one summary line `N passed, M failed`.
 Exit status 0 only if nothing failed and at least one check ran.

@@ -1,5 +1,5 @@
 //! `sesame-actprobe`: the commands of the end-to-end tests of server actions
-//! (tests/e2e/actions.rs). sesamed runs them as an `[[action]]`'s argv; each leaves a mark in a
+//! (lab/e2e/actions.rs). sesamed runs them as an `[[action]]`'s argv; each leaves a mark in a
 //! file the test reads (one JSON object a line, appended).
 //!
 //! ```text

@@ -1,6 +1,6 @@
 //! Server actions (issue 15) end to end: `sesame run PROFILE ACTION [ARG]` in the client's
 //! namespace, `sesamed` with `[[action]]`s in the server's, and a real program as the action
-//! (`sesame-actprobe`, tests/bin/actprobe.rs), which appends what it ran as (argv, uid, gid,
+//! (`sesame-actprobe`, lab/bin/actprobe.rs), which appends what it ran as (argv, uid, gid,
 //! groups, process group, directory, environment) to a file in the server's lab directory.
 //!
 //! What must hold: an allowed action runs once, with its argv's placeholders replaced, as the

@@ -1,6 +1,6 @@
 //! The Debian packages `sesamed` and `sesame` (scripts/build-debs; scripts/test builds them and
 //! names their directory in `SESAME_DEBS`), installed with this machine's own dpkg into a
-//! scratch copy of this machine (the one tests/e2e/install.rs makes: `/etc`, `/usr` and `/var`
+//! scratch copy of this machine (the one lab/e2e/install.rs makes: `/etc`, `/usr` and `/var`
 //! copy-on-write, `/run` empty, so nothing outside the test changes, also when it fails):
 //!
 //! - `dpkg -i`: the files each package lists (binary, unit, sysusers.d and tmpfiles.d, manual
