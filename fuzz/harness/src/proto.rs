@@ -1153,6 +1153,16 @@ pub fn payload_open_bypass(data: &[u8]) {
                 }
             }
         }
+        // The tracker also holds the table of the step after the window (built ahead of the
+        // turn): a datagram whose port is that step's is judged, and refused (not stale for
+        // the window's counters, but for that one).
+        let mut judged = matches.clone();
+        let ahead = window.counters(now).end() + 1;
+        for (c, entry) in tracker.clients().iter().enumerate() {
+            if derive_sequence(&entry.keys, &params, ahead).is_ok_and(|s| s.payload_port == port) {
+                judged.push((c, ahead));
+            }
+        }
         let mac = carried_mac(&datagram).unwrap_or_default();
         let was_seen = seen.contains(&mac);
         seen.push(mac);
@@ -1213,7 +1223,14 @@ pub fn payload_open_bypass(data: &[u8]) {
             } => {
                 assert_eq!(s, canon);
                 let c = id.0 as usize;
-                let explained = matches.iter().filter(|m| m.0 == c).any(|&(_, k)| {
+                let explained = judged.iter().filter(|m| m.0 == c).any(|&(_, k)| {
+                    if k == ahead {
+                        // Outside the window: refused as stale for that counter, unopened.
+                        return matches!(
+                            reason,
+                            Reason::Payload(RejectReason::Stale { counter, .. }) if counter == k
+                        );
+                    }
                     match (expected_open(&pt, k), reason) {
                         (Err(e), Reason::Payload(got)) => e == got,
                         (Ok(r), reason) => policy_verdict(c, now, canon, &replay[c], &r)
@@ -1223,7 +1240,7 @@ pub fn payload_open_bypass(data: &[u8]) {
                 });
                 assert!(
                     explained,
-                    "unexplained rejection {reason:?} for client {c}: {matches:?}"
+                    "unexplained rejection {reason:?} for client {c}: {judged:?}"
                 );
             }
             other => panic!("unexpected event {other:?}"),
