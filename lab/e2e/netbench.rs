@@ -72,7 +72,7 @@ fn netbench_smoke_run_measures_every_system() {
         "--flood-kinds",
         "replay,mix",
         "--systems",
-        "floor,sesame,fwknop,knockd,floor-netlink",
+        "floor,sesame,fwknop,knockd,floor-netlink,sesame-fence",
         "--json",
     ])
     .arg(&json);
@@ -103,7 +103,7 @@ fn netbench_smoke_run_measures_every_system() {
         "no machine record: {lines}"
     );
 
-    let mut systems = vec!["floor", "sesame", "floor-netlink"];
+    let mut systems = vec!["floor", "sesame", "floor-netlink", "sesame-fence"];
     if missing.is_empty() {
         systems.extend(["fwknop", "knockd"]);
     }
@@ -112,7 +112,7 @@ fn netbench_smoke_run_measures_every_system() {
         assert_eq!(l.len(), 1, "{system}: no latency record; output:\n{stdout}");
         let l = l[0];
         assert_eq!(l["knocks"], 5, "{system}: {l}");
-        if ["floor", "sesame", "floor-netlink"].contains(system) {
+        if ["floor", "sesame", "floor-netlink", "sesame-fence"].contains(system) {
             assert_eq!(l["failures"], 0, "{system} failed knocks: {l}\n{stdout}");
         }
         if l["opened"].as_u64().unwrap_or(0) > 0 {

@@ -22,7 +22,8 @@
 //!   --probe-us N          a new connection attempt every N µs (default 1000)
 //!   --lease N             lease / access timeout of every system, seconds (default 5)
 //!   --systems LIST        comma-separated, in this order: floor, sesame, fwknop, knockd,
-//!                         sesame-tmpfs, floor-netlink, sesame-nft, fwknop-udp (default: all)
+//!                         sesame-tmpfs, floor-netlink, sesame-nft, fwknop-udp, sesame-fence
+//!                         (default: all)
 //!   --flood-seconds N     shortest flood per scenario, 0 = no floods (default 20)
 //!   --flood-knocks N      legitimate knocks during each flood (default 50)
 //!   --flood-timeout-ms N  a knock under flood that has not opened by then fails (default 3000)

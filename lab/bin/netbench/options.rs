@@ -105,9 +105,12 @@ pub(crate) enum System {
     SesameNft,
     /// fwknopd in UDP server mode (`-U`: a UDP socket instead of libpcap), its fastest setup.
     FwknopUdp,
+    /// sesamed with `state_sync = "fence"` (a grant covered by the fence writes its journal
+    /// record without waiting for the disk).
+    SesameFence,
 }
 
-pub(crate) const ALL_SYSTEMS: [System; 8] = [
+pub(crate) const ALL_SYSTEMS: [System; 9] = [
     System::Floor,
     System::Sesame,
     System::Fwknop,
@@ -116,6 +119,7 @@ pub(crate) const ALL_SYSTEMS: [System; 8] = [
     System::FloorNetlink,
     System::SesameNft,
     System::FwknopUdp,
+    System::SesameFence,
 ];
 
 impl System {
@@ -129,6 +133,7 @@ impl System {
             System::FloorNetlink => "floor-netlink",
             System::SesameNft => "sesame-nft",
             System::FwknopUdp => "fwknop-udp",
+            System::SesameFence => "sesame-fence",
         }
     }
 

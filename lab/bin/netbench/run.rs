@@ -16,7 +16,9 @@ use crate::lab::Bed;
 use crate::options::{Opts, System};
 use crate::report::{Out, emit_system, flood_ratios, machine, ratios, report};
 use crate::stats::{Summary, f2, open_ms, summarize};
-use crate::systems::{Setup, Tools, setup_floor, setup_fwknop, setup_knockd, setup_sesame};
+use crate::systems::{
+    Setup, Tools, setup_floor, setup_fwknop, setup_knockd, setup_sesame, setup_sesame_fence,
+};
 use crate::util::{cpu_jiffies, loadavg, ms};
 
 pub(crate) struct SystemResult {
@@ -58,6 +60,7 @@ pub(crate) fn prepare(system: System, tools: &Tools, opts: &Opts) -> Result<Prep
         System::Sesame => setup_sesame(&mut bed, opts, false, true)?,
         System::SesameTmpfs => setup_sesame(&mut bed, opts, true, true)?,
         System::SesameNft => setup_sesame(&mut bed, opts, false, false)?,
+        System::SesameFence => setup_sesame_fence(&mut bed, opts)?,
         System::Fwknop => setup_fwknop(&mut bed, tools, opts, false)?,
         System::FwknopUdp => setup_fwknop(&mut bed, tools, opts, true)?,
         System::Knockd => setup_knockd(&mut bed, tools, opts)?,
@@ -196,7 +199,7 @@ pub(crate) fn finish(p: Prepared, opts: &Opts) -> Result<Finished> {
         (Some(d), _)
             if matches!(
                 system,
-                System::Sesame | System::SesameTmpfs | System::SesameNft
+                System::Sesame | System::SesameTmpfs | System::SesameNft | System::SesameFence
             ) =>
         {
             Some(stages(&sesame_times(&d.log), &knocks))

@@ -128,6 +128,16 @@ pub(crate) fn setup_sesame(
     start_sesame(bed, opts, &config, &profile, &state_dir, &[])
 }
 
+/// sesamed with `state_sync = "fence"` (state directory on the same disk as `sesame`'s).
+pub(crate) fn setup_sesame_fence(bed: &mut Bed, opts: &Opts) -> Result<Setup> {
+    let (config, profile, state_dir) = sesame_config(bed, opts, false, true, 1)?;
+    let text =
+        std::fs::read_to_string(&config).map_err(|e| format!("{}: {e}", config.display()))?;
+    std::fs::write(&config, format!("state_sync = \"fence\"\n{text}"))
+        .map_err(|e| format!("{}: {e}", config.display()))?;
+    start_sesame(bed, opts, &config, &profile, &state_dir, &[])
+}
+
 /// Writes sesamed's configuration with `clients` clients (`laptop`, whose profile is written
 /// too, and `clients - 1` others with fresh keys) and checks it; returns the configuration,
 /// the profile and the state directory.
