@@ -505,10 +505,8 @@ impl JournalStore {
     /// Whether the fence covers a grant now.
     fn fence_covers(&self) -> bool {
         self.fence.as_ref().is_some_and(|(f, ahead)| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(u64::MAX, |d| d.as_millis() as u64);
-            now.saturating_add(*ahead) < f.load(std::sync::atomic::Ordering::Acquire)
+            let now = crate::daemon::system_now();
+            now.0.saturating_add(*ahead) < f.load(std::sync::atomic::Ordering::Acquire)
         })
     }
 
