@@ -127,39 +127,36 @@ impl Lab {
         );
     }
 
+    /// Adds a veth pair: `a.0` in namespace `a.1`, its peer `b.0` in namespace `b.1`.
+    pub(crate) fn veth(&self, a: (&str, &str), b: (&str, &str)) {
+        self.ip(&[
+            "link", "add", a.0, "netns", a.1, "type", "veth", "peer", "name", b.0, "netns", b.1,
+        ]);
+    }
+
+    /// Gives `dev` in namespace `ns` the lab's addresses (`v4`/24, `v6`/64 without duplicate
+    /// address detection) and sets it up.
+    pub(crate) fn address(&self, ns: &str, dev: &str, v4: Ipv4Addr, v6: Ipv6Addr) {
+        self.ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev]);
+        let v6 = format!("{v6}/64");
+        self.ip(&["-n", ns, "-6", "addr", "add", &v6, "dev", dev, "nodad"]);
+        self.ip(&["-n", ns, "link", "set", dev, "up"]);
+    }
+
+    /// Adds the default routes of namespace `ns` via `gw4` and `gw6`.
+    pub(crate) fn default_routes(&self, ns: &str, gw4: Ipv4Addr, gw6: Ipv6Addr) {
+        self.ip(&["-n", ns, "route", "add", "default", "via", &gw4.to_string()]);
+        let gw6 = gw6.to_string();
+        self.ip(&["-n", ns, "-6", "route", "add", "default", "via", &gw6]);
+    }
+
     fn setup(&self) {
         for ns in [&self.server_ns, &self.client_ns, &self.attacker_ns] {
             self.add_ns(ns);
         }
         let (s, c, a) = (&self.server_ns, &self.client_ns, &self.attacker_ns);
-        self.ip(&[
-            "link",
-            "add",
-            SERVER_IF_CLIENT,
-            "netns",
-            s,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            CLIENT_IF,
-            "netns",
-            c,
-        ]);
-        self.ip(&[
-            "link",
-            "add",
-            SERVER_IF_ATTACKER,
-            "netns",
-            s,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            ATTACKER_IF,
-            "netns",
-            a,
-        ]);
+        self.veth((SERVER_IF_CLIENT, s), (CLIENT_IF, c));
+        self.veth((SERVER_IF_ATTACKER, s), (ATTACKER_IF, a));
         let links = [
             (
                 s,
@@ -182,41 +179,14 @@ impl Lab {
             ),
         ];
         for (ns, dev, v4, v6) in links {
-            self.ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev]);
-            self.ip(&[
-                "-n",
-                ns,
-                "-6",
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            self.ip(&["-n", ns, "link", "set", dev, "up"]);
+            self.address(ns, dev, v4, v6);
         }
-        let routes = [
-            (c, self.v4(Host::Server), self.v6(Host::Server)),
-            (
-                a,
-                self.server_v4_attacker_side(),
-                self.server_v6_attacker_side(),
-            ),
-        ];
-        for (ns, gw4, gw6) in routes {
-            self.ip(&["-n", ns, "route", "add", "default", "via", &gw4.to_string()]);
-            self.ip(&[
-                "-n",
-                ns,
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &gw6.to_string(),
-            ]);
-        }
+        self.default_routes(c, self.v4(Host::Server), self.v6(Host::Server));
+        self.default_routes(
+            a,
+            self.server_v4_attacker_side(),
+            self.server_v6_attacker_side(),
+        );
     }
 
     /// The namespace of a host.

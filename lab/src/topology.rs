@@ -22,10 +22,7 @@ impl Lab {
             let ns = self.ns(host).to_owned();
             self.add_ns(&ns);
             let port = format!("c-lan{i}");
-            self.ip(&[
-                "link", "add", &port, "netns", &c, "type", "veth", "peer", "name", "l-cli",
-                "netns", &ns,
-            ]);
+            self.veth((&port, &c), ("l-cli", &ns));
             self.ip(&["-n", &c, "link", "set", &port, "master", "br-lan"]);
             self.ip(&["-n", &c, "link", "set", &port, "up"]);
             let addr = format!("{}/24", self.v4(host));
@@ -49,10 +46,7 @@ impl Lab {
         self.add_ns(&ns);
         let s = self.server_ns.clone();
         let port = format!("s-wan{i}");
-        self.ip(&[
-            "link", "add", &port, "netns", &s, "type", "veth", "peer", "name", "w-srv", "netns",
-            &ns,
-        ]);
+        self.veth((&port, &s), ("w-srv", &ns));
         let net = 251 + i;
         self.ip(&[
             "-n",
@@ -120,34 +114,14 @@ impl Lab {
     /// same names, addresses and client routes (the interfaces get new indexes).
     pub fn recreate_client_link(&self) {
         let (s, c) = (&self.server_ns, &self.client_ns);
-        self.ip(&[
-            "link",
-            "add",
-            SERVER_IF_CLIENT,
-            "netns",
-            s,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            CLIENT_IF,
-            "netns",
-            c,
-        ]);
+        self.veth((SERVER_IF_CLIENT, s), (CLIENT_IF, c));
         for (ns, dev, host) in [
             (s, SERVER_IF_CLIENT, Host::Server),
             (c, CLIENT_IF, Host::Client),
         ] {
-            let v4 = format!("{}/24", self.v4(host));
-            let v6 = format!("{}/64", self.v6(host));
-            self.ip(&["-n", ns, "addr", "add", &v4, "dev", dev]);
-            self.ip(&["-n", ns, "-6", "addr", "add", &v6, "dev", dev, "nodad"]);
-            self.ip(&["-n", ns, "link", "set", dev, "up"]);
+            self.address(ns, dev, self.v4(host), self.v6(host));
         }
-        let gw4 = self.v4(Host::Server).to_string();
-        let gw6 = self.v6(Host::Server).to_string();
-        self.ip(&["-n", c, "route", "add", "default", "via", &gw4]);
-        self.ip(&["-n", c, "-6", "route", "add", "default", "via", &gw6]);
+        self.default_routes(c, self.v4(Host::Server), self.v6(Host::Server));
     }
 
     /// The interface index of a link in a host's namespace.
