@@ -341,13 +341,23 @@ pub fn bind(path: &Path) -> std::io::Result<(UnixListener, SocketFile)> {
 /// The answer to a request, computed asynchronously (a reload runs `nft`).
 pub type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = String>>>;
 
-/// Serves requests one at a time until the listener fails; `handle` maps a request line to
-/// the answer.
-pub async fn serve<F>(listener: UnixListener, mut handle: F)
+/// Connections answered at once; more wait in the kernel's backlog. Each holds its answer
+/// (`status` of 1 000 000 clients is about 85 MB) until its reader has taken it.
+const MAX_CONNECTIONS: usize = 4;
+
+/// Serves requests until the listener fails, each connection in a task of its own (on the
+/// current `LocalSet`), so a slow reader of a large answer holds up no other request; `handle`
+/// maps a request line to the answer.
+pub async fn serve<F>(listener: UnixListener, handle: F)
 where
-    F: FnMut(&str) -> Answer,
+    F: Fn(&str) -> Answer + 'static,
 {
+    let handle = std::rc::Rc::new(handle);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = std::sync::Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
@@ -356,33 +366,45 @@ where
                 continue;
             }
         };
-        let (read, mut write) = stream.into_split();
-        let mut line = String::new();
-        let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
-        let request =
-            tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut line)).await;
-        let answer = match request {
-            Ok(Ok(_)) => handle(line.trim()).await,
-            _ => continue,
-        };
-        write_answer(&mut write, &answer).await;
+        let handle = std::rc::Rc::clone(&handle);
+        tokio::task::spawn_local(async move {
+            let _slot = slot;
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
+            let request =
+                tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut line)).await;
+            let answer = match request {
+                Ok(Ok(_)) => handle(line.trim()).await,
+                _ => return,
+            };
+            write_answer(&mut write, &answer, WRITE_STALL).await;
+        });
     }
 }
 
-/// How long writing an answer may make no progress before the reader is dropped.
-const WRITE_STALL: Duration = Duration::from_secs(2);
+/// How long writing an answer may make no progress before the reader is dropped. Generous:
+/// a reader only holds its own connection, and a busy reader may take nothing for seconds
+/// (`sesamed status` on a 1 000 000-client configuration stalled 1.5–2.3 s inside its first
+/// large allocation, the allocator merging the freed parse of the configuration, and a
+/// 2-second limit cut its answer at 233 152 bytes).
+const WRITE_STALL: Duration = Duration::from_secs(30);
 
 /// Writes `answer` and a newline in 64 KiB pieces, dropping a reader that takes none of a
-/// piece for [`WRITE_STALL`]: a stalled reader does not hold the socket, and a large answer
-/// (`status` of 1 000 000 clients is about 85 MB) to a reader that keeps reading is written
-/// whole, however busy the machine (a 2-second limit on the whole answer cut it).
-async fn write_answer<W: tokio::io::AsyncWrite + Unpin>(write: &mut W, answer: &str) {
+/// piece for `stall`: a stalled reader does not keep its connection for ever, and a large
+/// answer (`status` of 1 000 000 clients is about 85 MB) to a reader that keeps reading is
+/// written whole, however busy the machine (a 2-second limit on the whole answer cut it).
+async fn write_answer<W: tokio::io::AsyncWrite + Unpin>(
+    write: &mut W,
+    answer: &str,
+    stall: Duration,
+) {
     let pieces = answer
         .as_bytes()
         .chunks(1 << 16)
         .chain(std::iter::once(&b"\n"[..]));
     for piece in pieces {
-        match tokio::time::timeout(WRITE_STALL, write.write_all(piece)).await {
+        match tokio::time::timeout(stall, write.write_all(piece)).await {
             Ok(Ok(())) => {}
             _ => return,
         }
@@ -400,10 +422,15 @@ pub fn request(path: &Path, request: &str) -> std::io::Result<String> {
             ),
         )
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // sesamed answers once the answer is built: a status or a reload of 1 000 000 clients
+    // takes seconds to minutes.
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    // The buffer is allocated before the request is sent: after a large configuration was
+    // parsed and freed, the allocator's first large allocation merges the freed pieces
+    // (seconds at 1 000 000 clients), and it must not happen while sesamed writes.
+    let mut answer = String::with_capacity(1 << 20);
     stream.write_all(request.as_bytes())?;
     stream.write_all(b"\n")?;
-    let mut answer = String::new();
     // One byte more than the cap tells an answer cut short from one that ends there.
     stream
         .take(MAX_ANSWER_BYTES + 1)
@@ -420,6 +447,10 @@ pub fn request(path: &Path, request: &str) -> std::io::Result<String> {
     }
     Ok(answer)
 }
+
+/// How long [`request`] waits for each piece of the answer (the first comes once sesamed has
+/// built it: a reload of 1 000 000 clients reads and checks the whole configuration first).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The longest answer [`request`] reads: 256 MiB. `status` lists every client (about 85
 /// bytes each with 14-character names and no knock yet, 150 with one), so 1 000 000 clients
@@ -699,9 +730,10 @@ mod answer_cap_tests {
         assert_eq!(answer.len(), 85_000_000);
     }
 
-    /// Serves one connection's answer of `len` bytes with [`write_answer`] to a reader that
-    /// takes 1 MiB every `pause`; returns how many bytes it got.
-    fn slow_reader_gets(len: usize, pause: Duration) -> usize {
+    /// Serves one connection's answer of `len` bytes with [`write_answer`] (a reader that
+    /// takes nothing for `stall` is dropped) to a reader that takes 1 MiB at a time, after
+    /// `pause(i)` before the `i`-th; returns how many bytes it got.
+    fn reader_gets(len: usize, stall: Duration, pause: impl Fn(usize) -> Duration) -> usize {
         let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         theirs.set_nonblocking(true).unwrap();
         let writer = std::thread::spawn(move || {
@@ -711,13 +743,13 @@ mod answer_cap_tests {
                 .unwrap();
             rt.block_on(async move {
                 let mut stream = tokio::net::UnixStream::from_std(theirs).unwrap();
-                write_answer(&mut stream, &"x".repeat(len)).await;
+                write_answer(&mut stream, &"x".repeat(len), stall).await;
             });
         });
         let mut got = 0;
         let mut buf = vec![0u8; 1 << 20];
-        loop {
-            std::thread::sleep(pause);
+        for i in 0.. {
+            std::thread::sleep(pause(i));
             let mut piece = 0;
             while piece < buf.len() {
                 match ours.read(&mut buf[piece..]) {
@@ -739,15 +771,62 @@ mod answer_cap_tests {
     fn a_slow_reader_gets_a_large_answer_whole() {
         // 40 MiB at 1 MiB per 100 ms: 4 s, longer than a stall, never stalled that long.
         assert_eq!(
-            slow_reader_gets(40 << 20, Duration::from_millis(100)),
+            reader_gets(40 << 20, WRITE_STALL, |_| Duration::from_millis(100)),
             (40 << 20) + 1
         );
     }
 
     #[test]
+    fn a_reader_busy_for_seconds_gets_the_whole_answer() {
+        // `sesamed status` on 1 000 000 clients: the CLI took ~230 KB, then spent 1.5–2.3 s
+        // in the allocator before its next read; with a 2-second stall limit sesamed hung up
+        // and the answer was cut. 3 s without a read, then the rest.
+        let pause = |i| Duration::from_secs(if i == 1 { 3 } else { 0 });
+        assert_eq!(reader_gets(8 << 20, WRITE_STALL, pause), (8 << 20) + 1);
+    }
+
+    #[test]
     fn a_stalled_reader_is_dropped() {
-        let got = slow_reader_gets(40 << 20, WRITE_STALL + Duration::from_millis(500));
+        let stall = Duration::from_millis(300);
+        let got = reader_gets(40 << 20, stall, |_| stall * 3);
         assert!(got < 40 << 20, "{got}");
+    }
+
+    /// A reader that never reads its (large) answer holds up no other request: each
+    /// connection is served in its own task.
+    #[test]
+    fn a_stalled_reader_holds_up_no_other_request() {
+        let dir = std::env::temp_dir().join(format!("sesame-serve-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sock");
+        let std_listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, async move {
+                let listener = UnixListener::from_std(std_listener).unwrap();
+                serve(listener, |request| {
+                    let answer = format!("{request}:{}", "x".repeat(16 << 20));
+                    Box::pin(async move { answer })
+                })
+                .await;
+            });
+        });
+        let mut stalled = UnixStream::connect(&path).unwrap();
+        stalled.write_all(b"first\n").unwrap();
+        // Served one at a time, the second would wait WRITE_STALL for the first to stall.
+        let asked = std::time::Instant::now();
+        let answer = request(&path, "second").unwrap();
+        assert!(asked.elapsed() < WRITE_STALL, "{:?}", asked.elapsed());
+        assert!(answer.starts_with("second:"));
+        assert_eq!(answer.len(), "second:".len() + (16 << 20) + 1);
+        drop(stalled);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
