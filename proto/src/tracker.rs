@@ -1066,6 +1066,30 @@ impl Tracker {
         }
     }
 
+    /// Replaces the replay state of the client with public key `key` by `state`, a newer
+    /// state of the same client: a reload builds the new tracker away from the packet path
+    /// from a copy of the running tracker's states, and a knock accepted by the running one
+    /// meanwhile moved that client's state on (the grant carries it). The gate MACs of its
+    /// accepted payloads are remembered as [`Tracker::new`] remembers them. False if this
+    /// tracker has no such client.
+    pub fn update_replay(&mut self, key: &PublicKey, state: ReplayState, now: UnixMillis) -> bool {
+        let Some(&i) = self.by_key.get(key) else {
+            return false;
+        };
+        let step = self.config.params.step_seconds;
+        for a in &state.accepted {
+            let counter = a.timestamp.counter(step);
+            let expires = self.seen_expiry(counter);
+            if expires > now {
+                self.seen.insert(a.mac, i, expires);
+                let gated_until = expires.plus_millis(self.config.timeout_ms);
+                self.seen.gated(i, counter, gated_until);
+            }
+        }
+        self.replay[i as usize] = state;
+        true
+    }
+
     /// The configuration.
     pub fn config(&self) -> &TrackerConfig {
         &self.config

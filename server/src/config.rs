@@ -1223,8 +1223,14 @@ impl Config {
         )
         .map_err(|e| fail("private_key_file", e.to_string()))?;
         let mut psks = Vec::with_capacity(self.clients.len());
-        for c in &self.clients {
-            if server_key.diffie_hellman(&c.public_key).is_err() {
+        // One X25519 per client: spread over the cores (minutes at 1 000 000 on one).
+        let low_order = par_map(self.clients.len(), |i| {
+            server_key
+                .diffie_hellman(&self.clients[i].public_key)
+                .is_err()
+        });
+        for (c, low_order) in self.clients.iter().zip(low_order) {
+            if low_order {
                 return Err(fail(
                     "client.public_key",
                     format!("client '{}': the key is a low-order point", c.name),
@@ -1271,6 +1277,44 @@ impl Config {
                 .collect(),
         };
         Some(profile.to_toml())
+    }
+}
+
+/// `f(0)`, …, `f(n - 1)` in order, computed on every core (`std::thread::scope`, one block of
+/// indices per thread): the per-client key work of a large configuration (an X25519 each, 8
+/// minutes for 1 000 000 clients on one core of a busy machine). Small counts stay on this
+/// thread.
+pub(crate) fn par_map<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    if threads < 2 || n < 1024 {
+        return (0..n).map(f).collect();
+    }
+    let block = n.div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|s| {
+        let parts: Vec<_> = (0..n)
+            .step_by(block)
+            .map(|lo| s.spawn(move || (lo..n.min(lo + block)).map(f).collect::<Vec<R>>()))
+            .collect();
+        let mut out = Vec::with_capacity(n);
+        for part in parts {
+            out.extend(
+                part.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+        }
+        out
+    })
+}
+
+#[cfg(test)]
+mod par_map_tests {
+    #[test]
+    fn par_map_keeps_the_order_on_every_core() {
+        for n in [0, 1, 1023, 1024, 1025, 10_007] {
+            let v = super::par_map(n, |i| i * 3);
+            assert_eq!(v, (0..n).map(|i| i * 3).collect::<Vec<_>>());
+        }
     }
 }
 

@@ -394,6 +394,53 @@ fn replay_state_survives_a_restart() {
     );
 }
 
+/// A reload builds the new tracker from a copy of the replay states taken before it starts;
+/// a knock the running tracker accepts meanwhile is brought over with `update_replay`, and
+/// its replay is refused by the new tracker (without it, the copy would let it through).
+#[test]
+fn a_replay_state_brought_over_to_a_new_tracker_refuses_the_replay() {
+    let mut w = world(PayloadMode::Required, 1);
+    let copy = w.tracker.replay_states().to_vec();
+    let seq = w.sequence(0, T0.counter(STEP));
+    let d = w.payload(0, T0, World::request(T0));
+    w.knock(0, T0, v4(2), &[0, 1, 2], None);
+    w.send(T0, v4(2), Proto::Udp, seq.payload_port, Some(&d));
+    assert_eq!(w.grants().len(), 1);
+    let state = w.tracker.replay_states()[0].clone();
+    let key = w.clients[0].public_key();
+    for bring_over in [true, false] {
+        let entries = vec![ClientEntry {
+            name: "c".into(),
+            keys: ClientKeys::for_server(&w.server, &key, None).unwrap(),
+            policy: default_policy(0),
+        }];
+        let mut t = Tracker::new(
+            config(3, KnockProtocol::Udp, PayloadMode::Required),
+            w.server.clone(),
+            entries,
+            copy.clone(),
+            T0,
+        )
+        .unwrap();
+        if bring_over {
+            assert!(t.update_replay(&key, state.clone(), T0));
+            let stranger = client_key(99).public_key();
+            assert!(!t.update_replay(&stranger, state.clone(), T0));
+        }
+        w.tracker = t;
+        let at = T0.plus_millis(500);
+        for k in &seq.knocks {
+            w.send(at, v4(3), k.proto, k.port, None);
+        }
+        w.send(at, v4(3), Proto::Udp, seq.payload_port, Some(&d));
+        assert_eq!(
+            w.grants().is_empty(),
+            bring_over,
+            "bring_over = {bring_over}"
+        );
+    }
+}
+
 impl World {
     /// Sequence-only modes: the grant comes at once (`none`) or when the payload's time is up
     /// (`optional`).

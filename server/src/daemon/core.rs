@@ -84,12 +84,14 @@ pub(super) struct LastKnock {
 pub(super) struct Core<S = JournalStore> {
     pub(super) tracker: Tracker,
     pub(super) store: S,
-    pub(super) names: Vec<String>,
+    /// The clients' names, by index (shared with the status built off the packet thread).
+    pub(super) names: std::sync::Arc<Vec<String>>,
     pub(super) keys: Vec<PublicKey>,
     pub(super) last: Vec<Option<LastKnock>>,
     pub(super) grants: mpsc::UnboundedSender<FwMsg>,
-    /// The configuration in force.
-    pub(super) config: Config,
+    /// The configuration in force (shared with a reload, which reads it off the packet
+    /// thread).
+    pub(super) config: std::sync::Arc<Config>,
     /// The server's private key (kept: key files may not be readable after the privilege drop).
     pub(super) server_key: sesame_keys::PrivateKey,
     pub(super) events: Vec<Event>,
@@ -103,6 +105,9 @@ pub(super) struct Core<S = JournalStore> {
     pub(super) capture_range: tokio::sync::watch::Sender<(u16, u16)>,
     /// Actions: the runner, cooldowns, caps, last runs.
     pub(super) actions: Rc<std::cell::RefCell<super::actions::Actions>>,
+    /// While a reload builds the new tracker off the packet thread: the clients (indices in
+    /// this tracker) granted meanwhile, whose newer replay state the new tracker takes over.
+    pub(super) granted_during_reload: Option<Vec<u32>>,
 }
 
 impl<S: ReplayStore> Core<S> {
@@ -151,6 +156,9 @@ impl<S: ReplayStore> Core<S> {
     fn handle_event(&mut self, now: UnixMillis, event: &Event) {
         match event {
             Event::Granted(g) => {
+                if let Some(granted) = &mut self.granted_during_reload {
+                    granted.push(g.client.0);
+                }
                 // Persist before granting: a restart must never make this knock valid again.
                 // Only this client's state changed (the grant carries it), plus any whose
                 // earlier save failed.

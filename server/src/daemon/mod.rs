@@ -127,14 +127,19 @@ impl Clock {
     }
 }
 
+/// The tracker's entry of every client: its keys (an X25519 with the server key each, spread
+/// over the cores) and its policy.
 fn client_entries(config: &Config, secrets: &Secrets) -> Result<Vec<ClientEntry>, StartError> {
+    let keys = crate::config::par_map(config.clients.len(), |i| {
+        let psk = secrets.psks.get(i).and_then(Option::as_ref);
+        ClientKeys::for_server(&secrets.server_key, &config.clients[i].public_key, psk)
+    });
     config
         .clients
         .iter()
-        .zip(&secrets.psks)
-        .map(|(c, psk)| {
-            let keys = ClientKeys::for_server(&secrets.server_key, &c.public_key, psk.as_ref())
-                .map_err(|_| StartError::Keys(c.name.clone()))?;
+        .zip(keys)
+        .map(|(c, keys)| {
+            let keys = keys.map_err(|_| StartError::Keys(c.name.clone()))?;
             Ok(ClientEntry {
                 name: c.name.clone(),
                 keys,
@@ -412,7 +417,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     let core = Rc::new(RefCell::new(Core {
         tracker,
         store,
-        names,
+        names: std::sync::Arc::new(names),
         keys,
         last,
         grants: grants_tx,
@@ -420,11 +425,12 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         limiter: LogLimiter::new(),
         state_write_failures: 0,
         unsaved: Vec::new(),
-        config: config.clone(),
+        config: std::sync::Arc::new(config.clone()),
         server_key: secrets.server_key.clone(),
         timer: Rc::clone(&timer),
         capture_range: range_tx,
         actions: Rc::clone(&actions),
+        granted_during_reload: None,
     }));
     if let Some(fence) = fence {
         tokio::task::spawn_local(keep_fence(Rc::clone(&core), fence));
@@ -524,6 +530,8 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         let core = Rc::clone(&core);
         let fw_state = Rc::clone(&fw_state);
         let live_filter = Rc::clone(&live_filter);
+        // Prometheus shows no client list: the status without it is cheap (counters,
+        // leases, actions), so it is built here.
         let render = move || {
             let core = core.borrow();
             let s = status::status(
@@ -550,18 +558,34 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
             Box::pin(async move {
                 let answer = match request.as_str() {
                     "status" => {
-                        let s = {
+                        // On the packet thread only what is cheap to copy; the list of
+                        // clients and the JSON (82 MB at 1 000 000 clients) are made on a
+                        // blocking thread while knocks keep flowing.
+                        let (mut s, list) = {
                             let core = core.borrow();
-                            status::status(
+                            let fw = fw_state.borrow();
+                            let s = status::status(
                                 &core.config,
                                 started,
                                 &core,
-                                &fw_state.borrow(),
+                                &fw,
                                 &live_filter.borrow(),
                                 clock.now(),
-                            )
+                            );
+                            (s, status::ClientList::of(&core, &fw))
                         };
-                        serde_json::to_value(&s)
+                        let json = tokio::task::spawn_blocking(move || {
+                            s.clients = list.build();
+                            serde_json::to_value(&s).map(|v| v.to_string())
+                        })
+                        .await;
+                        return match json {
+                            Ok(Ok(json)) => json,
+                            Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }).to_string(),
+                            Err(e) => {
+                                serde_json::json!({ "error": format!("status: {e}") }).to_string()
+                            }
+                        };
                     }
                     "reload" => {
                         let result = reload::reload(&core).await;

@@ -1,8 +1,14 @@
 //! `sesamed reload` and SIGHUP: a new configuration without a restart.
+//!
+//! Everything that grows with the clients runs off the packet thread: reading and checking
+//! the file, the key work (an X25519 per client), matching the clients to the running ones,
+//! the new tracker and its step tables ([`prepare`], then `Tracker::new` on a blocking
+//! thread). The packet thread copies the replay states, and swaps in the finished tracker.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use sesame_keys::PublicKey;
 
@@ -16,37 +22,39 @@ use crate::firewall::{AnyFirewall, Firewall};
 use crate::state::ReplayStore;
 use sesame_proto::Tracker;
 
-/// Re-reads the configuration: clients added, removed or changed take effect, knock and
-/// firewall settings are applied, leases and replay state are kept. A configuration with
-/// errors is refused and the running one keeps serving.
-pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
-    // One reload at a time (SIGHUP and `sesamed reload` may come together): the action
-    // runner's `reload` and `commit` must pair with this one's.
-    let lock = core.borrow().actions.borrow().reload_lock();
-    let _one_at_a_time = lock.lock().await;
-    let refuse = |message: String| {
-        tracing::error!(error = %message, "reload refused; the running configuration stays");
-        control::ReloadResult { ok: false, message }
-    };
-    let (path, old, server_key) = {
-        let c = core.borrow();
-        (
-            c.config.path.clone(),
-            c.config.clone(),
-            c.server_key.clone(),
-        )
-    };
-    let new = match Config::load(&path) {
-        Ok(c) => c,
-        Err(e) => return refuse(e.to_string()),
-    };
+/// What [`prepare`] makes of the new configuration, off the packet thread.
+struct Prepared {
+    new: Config,
+    server_key: sesame_keys::PrivateKey,
+    entries: Vec<super::ClientEntry>,
+    notes: Vec<String>,
+    /// For each new client, its index among the running ones with the same public key (its
+    /// replay state carries over).
+    by_key: Vec<Option<usize>>,
+    /// For each new client, the index of the running one of the same name (its last knock
+    /// carries over).
+    by_name: Vec<Option<usize>>,
+    names: Vec<String>,
+    added: Vec<String>,
+    removed: Vec<String>,
+    /// The public keys of the new configuration, and whether a running one is not among them
+    /// (its leases end).
+    keep: HashSet<PublicKey>,
+    keys_gone: bool,
+}
+
+/// Reads and checks the new configuration against `old` (the running one), reads the keys,
+/// and does the key work; an error is the reason to refuse the reload.
+fn prepare(old: &Config, server_key: sesame_keys::PrivateKey) -> Result<Prepared, String> {
+    let path = &old.path;
+    let new = Config::load(path).map_err(|e| e.to_string())?;
     let mut psks = Vec::with_capacity(new.clients.len());
     for c in &new.clients {
         match &c.psk_file {
             Some(p) => match sesame_keys::read_psk_file_with(p, sesame_keys::Links::Refuse) {
                 Ok(k) => psks.push(Some(k)),
                 Err(e) => {
-                    return refuse(format!("{}: client '{}': {e}", path.display(), c.name));
+                    return Err(format!("{}: client '{}': {e}", path.display(), c.name));
                 }
             },
             None => psks.push(None),
@@ -55,6 +63,7 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
     let mut notes: Vec<String> = Vec::new();
     // The server key is read again, with the checks `sesamed check` makes (owner-only mode,
     // no link, a valid key): a rotated key takes effect now, a bad one refuses the reload.
+    let old_public = server_key.public_key();
     let server_key = match sesame_keys::read_private_key_file_with(
         &new.private_key_file,
         sesame_keys::Links::Refuse,
@@ -72,24 +81,26 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
             ));
             server_key
         }
-        Err(e) => return refuse(format!("{}: private_key_file: {e}", path.display())),
+        Err(e) => return Err(format!("{}: private_key_file: {e}", path.display())),
     };
-    let key_changed = server_key.public_key() != old_server_public(core);
-    if key_changed {
+    if server_key.public_key() != old_public {
         notes.push(
             "the server key changed: profiles exported before it carry the old public key; export every client's profile again (sesamed export-client NAME)".to_owned(),
         );
     }
-    for c in &new.clients {
-        if server_key.diffie_hellman(&c.public_key).is_err() {
-            return refuse(format!(
-                "{}: client '{}': the key is a low-order point",
-                path.display(),
-                c.name
-            ));
-        }
-    }
-    let changed = crate::config::profile_changes(&old, &new);
+    let secrets = Secrets {
+        server_key: server_key.clone(),
+        psks,
+    };
+    // The key work of every client (spread over the cores); a low-order key fails it.
+    let entries = client_entries(&new, &secrets).map_err(|e| match e {
+        super::StartError::Keys(name) => format!(
+            "{}: client '{name}': the key is a low-order point",
+            path.display()
+        ),
+        e => e.to_string(),
+    })?;
+    let changed = crate::config::profile_changes(old, &new);
     if !changed.is_empty() {
         let names: Vec<&str> = new.clients.iter().map(|c| c.name.as_str()).collect();
         notes.push(format!(
@@ -112,14 +123,98 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
             "changes to state_dir, interfaces, control_socket, user or metrics.listen take effect at the next restart".to_owned(),
         );
     }
-    let secrets = Secrets {
-        server_key: server_key.clone(),
-        psks,
+    // The running clients are those of `old`, in its order (the core's keys and names).
+    let old_by_key: HashMap<PublicKey, usize> = old
+        .clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.public_key, i))
+        .collect();
+    let old_by_name: HashMap<&str, usize> = old
+        .clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
+    let by_key = new
+        .clients
+        .iter()
+        .map(|c| old_by_key.get(&c.public_key).copied())
+        .collect();
+    let by_name: Vec<Option<usize>> = new
+        .clients
+        .iter()
+        .map(|c| old_by_name.get(c.name.as_str()).copied())
+        .collect();
+    let names: Vec<String> = new.clients.iter().map(|x| x.name.clone()).collect();
+    let new_names: HashSet<&str> = names.iter().map(String::as_str).collect();
+    let added = names
+        .iter()
+        .zip(&by_name)
+        .filter(|(_, old)| old.is_none())
+        .map(|(n, _)| n.clone())
+        .collect();
+    let removed = old
+        .clients
+        .iter()
+        .filter(|c| !new_names.contains(c.name.as_str()))
+        .map(|c| c.name.clone())
+        .collect();
+    let keep: HashSet<PublicKey> = new.clients.iter().map(|x| x.public_key).collect();
+    let keys_gone = old.clients.iter().any(|c| !keep.contains(&c.public_key));
+    Ok(Prepared {
+        new,
+        server_key,
+        entries,
+        notes,
+        by_key,
+        by_name,
+        names,
+        added,
+        removed,
+        keep,
+        keys_gone,
+    })
+}
+
+/// Re-reads the configuration: clients added, removed or changed take effect, knock and
+/// firewall settings are applied, leases and replay state are kept. A configuration with
+/// errors is refused and the running one keeps serving.
+pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
+    // One reload at a time (SIGHUP and `sesamed reload` may come together): the action
+    // runner's `reload` and `commit` must pair with this one's.
+    let lock = core.borrow().actions.borrow().reload_lock();
+    let _one_at_a_time = lock.lock().await;
+    let refuse = |message: String| {
+        tracing::error!(error = %message, "reload refused; the running configuration stays");
+        control::ReloadResult { ok: false, message }
     };
-    let entries = match client_entries(&new, &secrets) {
-        Ok(e) => e,
-        Err(e) => return refuse(e.to_string()),
+    let (old, server_key) = {
+        let c = core.borrow();
+        (Arc::clone(&c.config), c.server_key.clone())
     };
+    let prepared = {
+        let old = Arc::clone(&old);
+        tokio::task::spawn_blocking(move || prepare(&old, server_key)).await
+    };
+    let Prepared {
+        new,
+        server_key,
+        entries,
+        notes,
+        by_key,
+        by_name,
+        names,
+        added,
+        removed,
+        keep,
+        keys_gone,
+    } = match prepared {
+        Ok(Ok(p)) => p,
+        Ok(Err(message)) => return refuse(message),
+        Err(e) => return refuse(format!("reload: {e}")),
+    };
+    let mut notes = notes;
     // Actions: the runner reads the new configuration too and keeps it aside until the
     // commit below (it checks the accounts itself); without a runner (none was needed, or it
     // exited), one starts now if the new configuration has actions, with the privileges
@@ -180,70 +275,70 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
     } else {
         None
     };
-    let mut c = core.borrow_mut();
     // Replay state: what the running tracker holds (it may be ahead of the disk), else the
-    // store, for every client kept or added.
-    let current: HashMap<PublicKey, sesame_proto::ReplayState> = c
-        .keys
-        .iter()
-        .copied()
-        .zip(c.tracker.replay_states().iter().cloned())
-        .collect();
-    let keys: Vec<PublicKey> = new.clients.iter().map(|x| x.public_key).collect();
-    let replay = keys
-        .iter()
-        .map(|k| current.get(k).cloned().unwrap_or_else(|| c.store.get(k)))
-        .collect();
-    let tracker = match Tracker::new(
-        tracker_config(&new),
-        server_key.clone(),
-        entries,
-        replay,
-        system_now(),
-    ) {
-        Ok(mut t) => {
-            // Datagrams the running tracker saw stay refused before any key work.
-            t.inherit_seen(&c.tracker);
-            t
-        }
-        Err(e) => {
+    // store, for every client kept or added. Copied here; the tracker is built from the copy
+    // on a blocking thread, and the clients granted meanwhile are noted to be brought over.
+    let replay: Vec<_> = {
+        let mut c = core.borrow_mut();
+        c.granted_during_reload = Some(Vec::new());
+        let states = c.tracker.replay_states();
+        new.clients
+            .iter()
+            .zip(&by_key)
+            .map(|(client, old)| match old.and_then(|i| states.get(i)) {
+                Some(state) => state.clone(),
+                None => c.store.get(&client.public_key),
+            })
+            .collect()
+    };
+    let built = {
+        let config = tracker_config(&new);
+        let server_key = server_key.clone();
+        tokio::task::spawn_blocking(move || {
+            Tracker::new(config, server_key, entries, replay, system_now())
+        })
+        .await
+    };
+    let mut c = core.borrow_mut();
+    let granted = c.granted_during_reload.take().unwrap_or_default();
+    let mut tracker = match built {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
             drop(c);
             abort(runner_staged);
             return refuse(format!("knock sequences: {e}"));
         }
+        Err(e) => {
+            drop(c);
+            abort(runner_staged);
+            return refuse(format!("reload: {e}"));
+        }
     };
-    let old_names = std::mem::take(&mut c.names);
-    let names: Vec<String> = new.clients.iter().map(|x| x.name.clone()).collect();
-    let added: Vec<String> = names
-        .iter()
-        .filter(|n| !old_names.contains(n))
-        .cloned()
-        .collect();
-    let removed: Vec<String> = old_names
-        .iter()
-        .filter(|n| !names.contains(n))
-        .cloned()
-        .collect();
+    // The knocks the running tracker accepted while the new one was built: their newer
+    // replay state (a replay of them must stay refused).
+    let now = system_now();
+    for i in granted {
+        let i = i as usize;
+        if let (Some(key), Some(state)) = (c.keys.get(i), c.tracker.replay_states().get(i)) {
+            tracker.update_replay(key, state.clone(), now);
+        }
+    }
+    // Datagrams the running tracker saw stay refused before any key work.
+    tracker.inherit_seen(&c.tracker);
     // Keep the last-knock record of the clients that stay.
-    let last: Vec<Option<LastKnock>> = names
+    let last: Vec<Option<LastKnock>> = by_name
         .iter()
-        .map(|n| {
-            old_names
-                .iter()
-                .position(|o| o == n)
-                .and_then(|i| c.last.get(i).cloned().flatten())
-        })
+        .map(|old| old.and_then(|i| c.last.get(i).cloned().flatten()))
         .collect();
     if let Some(fw) = replacement {
         let policy = lease_policy(&new);
         let _ = c.grants.send(FwMsg::Replace(Box::new(fw), policy));
     }
     // Leases of keys that are gone (a client removed, or its key replaced) end now.
-    let keep: std::collections::HashSet<PublicKey> = keys.iter().copied().collect();
-    if c.keys.iter().any(|k| !keep.contains(k)) {
+    if keys_gone {
         let _ = c.grants.send(FwMsg::KeepOnly(keep));
     }
-    c.tracker = tracker;
+    let old_tracker = std::mem::replace(&mut c.tracker, tracker);
     c.server_key = server_key;
     if runner_staged {
         actions.borrow().finish_reload(true);
@@ -255,11 +350,16 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
     let range = (new.knock.params.port_lo, new.knock.params.port_hi);
     c.capture_range
         .send_if_modified(|r| std::mem::replace(r, range) != range);
-    c.keys = keys;
-    c.names = names;
+    c.keys = new.clients.iter().map(|x| x.public_key).collect();
+    c.names = Arc::new(names);
     c.last = last;
     c.store.set_max_ahead(new.knock.max_ahead_ms);
-    c.config = new;
+    let old_config = std::mem::replace(&mut c.config, Arc::new(new));
+    // The old tracker and configuration are freed off the packet thread (large at 1 000 000
+    // clients).
+    drop(c);
+    tokio::task::spawn_blocking(move || drop((old_tracker, old_config, old)));
+    let c = core.borrow();
     let list = |v: &[String]| {
         if v.is_empty() {
             "none".to_owned()
@@ -287,9 +387,4 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
     );
     tracing::info!("{message}");
     control::ReloadResult { ok: true, message }
-}
-
-/// The public key of the server key in use.
-fn old_server_public(core: &Rc<RefCell<Core>>) -> PublicKey {
-    core.borrow().server_key.public_key()
 }
