@@ -8,7 +8,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sesame_proto::{Action, PayloadMode, Service};
+use sesame_proto::Service;
+use sesame_proto::params::PayloadMode;
+use sesame_proto::wire::Action;
 
 use crate::knock;
 use crate::{BindArgs, ProfileArg, family_of, format_time, system_now, usage};
@@ -76,7 +78,7 @@ pub(crate) struct RunArgs {
 /// what the protocol can carry and what any server's argument rule refuses (an argument that
 /// starts with '-'), so that a typo is a clear local error instead of a knock the server drops.
 pub(crate) fn parse_action(name: &str, argument: Option<&str>) -> Result<Action, String> {
-    if !sesame_proto::is_action_name(name.as_bytes()) {
+    if !sesame_proto::wire::is_action_name(name.as_bytes()) {
         return Err(format!(
             "{name:?} is not an action name: 1 to 16 characters of a-z, 0-9, _ and -"
         ));
@@ -86,10 +88,10 @@ pub(crate) fn parse_action(name: &str, argument: Option<&str>) -> Result<Action,
         Some("") => {
             return Err("the argument is empty: leave it out for an action that takes none".into());
         }
-        Some(arg) if !sesame_proto::is_action_argument(arg.as_bytes()) => {
+        Some(arg) if !sesame_proto::wire::is_action_argument(arg.as_bytes()) => {
             return Err(format!(
                 "{arg:?} is not an argument a knock can carry: at most {} printable ASCII characters (! to ~), without spaces",
-                sesame_proto::ARGUMENT_LEN
+                sesame_proto::wire::ARGUMENT_LEN
             ));
         }
         Some(arg) if arg.starts_with('-') => {
@@ -118,10 +120,10 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     let action = parse_action(&args.action, args.argument.as_deref()).map_err(usage)?;
     let mut services = args.ports.clone();
     services.dedup();
-    if services.len() > sesame_proto::MAX_SERVICES {
+    if services.len() > sesame_proto::wire::MAX_SERVICES {
         return Err(usage(format!(
             "at most {} services fit in one knock, {} given",
-            sesame_proto::MAX_SERVICES,
+            sesame_proto::wire::MAX_SERVICES,
             services.len()
         )));
     }

@@ -13,7 +13,9 @@
 use std::path::PathBuf;
 
 use anyhow::anyhow;
-use sesame_proto::{ConfigError, is_valid_name, line_of};
+use sesame_proto::ConfigError;
+use sesame_proto::profile::line_of;
+use sesame_proto::uri::is_valid_name;
 use toml_edit::{Array, DocumentMut, Item, Value};
 
 use crate::profiles::config_dir;

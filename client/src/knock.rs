@@ -7,7 +7,8 @@ use anyhow::{Context, bail};
 use sesame_proto::{ClientKeys, KnockRequest, Profile, Service, UnixMillis, plan_knock};
 
 pub use sesame_net::{Family, resolve, resolve_each_family, send};
-pub use sesame_proto::{KnockPlan, Packet, PacketKind};
+pub use sesame_proto::KnockPlan;
+pub use sesame_proto::knock::{Packet, PacketKind};
 
 /// The address a knock is bound to (the address the server is asked to open), and how it was
 /// found; or why there is none.
@@ -140,7 +141,7 @@ pub fn choose_binding(
         };
     }
     Ok(match local_source(target) {
-        Ok(a) if sesame_proto::is_bindable(a) => Binding {
+        Ok(a) if sesame_proto::knock::is_bindable(a) => Binding {
             address: Some(a),
             how: "this host's public address".into(),
         },
@@ -178,7 +179,7 @@ pub fn plan_with_action(
     now: UnixMillis,
     services: Vec<Service>,
     allow_ip: Option<IpAddr>,
-    action: Option<sesame_proto::Action>,
+    action: Option<sesame_proto::wire::Action>,
 ) -> anyhow::Result<KnockPlan> {
     let request = KnockRequest {
         params: &profile.params,

@@ -26,7 +26,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 use sesame_cli::Exit;
 use sesame_cli::rfc3339::{self, Rfc3339Error};
 use sesame_keys::{PresharedKey, PrivateKey};
-use sesame_proto::{ClientKeys, LeaseKind, Profile, Service, UnixMillis, derive_sequence};
+use sesame_proto::derive::derive_sequence;
+use sesame_proto::params::LeaseKind;
+use sesame_proto::{ClientKeys, Profile, Service, UnixMillis};
 
 use crate::knock::Family;
 
@@ -656,7 +658,7 @@ impl Knocker {
         wait::Diagnosis {
             step_seconds: self.profile.params.step_seconds,
             bound: binding.is_bound(),
-            payload: self.profile.payload != sesame_proto::PayloadMode::None,
+            payload: self.profile.payload != sesame_proto::params::PayloadMode::None,
             skew_hint: self.skew_hint(),
             network_hint: wait::blocked_network_hint(&self.profile.params, self.profile.payload),
             other_address,
@@ -742,15 +744,16 @@ fn proxy(
         }
     })?;
     let services = k.profile.open.clone();
-    let binding =
-        if k.profile.payload == sesame_proto::PayloadMode::None && k.profile.params.length > 0 {
-            knock::Binding {
-                address: None,
-                how: "not bound: a sequence-only knock (mode none) names no address".into(),
-            }
-        } else {
-            binding_for(bind, &k.profile, knock_target)?
-        };
+    let binding = if k.profile.payload == sesame_proto::params::PayloadMode::None
+        && k.profile.params.length > 0
+    {
+        knock::Binding {
+            address: None,
+            how: "not bound: a sequence-only knock (mode none) names no address".into(),
+        }
+    } else {
+        binding_for(bind, &k.profile, knock_target)?
+    };
     let service = std::net::SocketAddr::new(service_ip, port);
     let other_address = elsewhere(bind.allow_ip, service);
     if let Some(ip) = other_address {

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use sesame_cli::Exit;
-use sesame_proto::{LeaseKind, PayloadMode, Proto, Service};
+use sesame_proto::params::{LeaseKind, PayloadMode};
+use sesame_proto::{Proto, Service};
 
 use crate::knock::{self, Binding};
 use crate::{Knocker, ONE_CONNECTION_NOTE, OpenArgs, Unconfirmed, groups, usage, wait};
@@ -218,10 +219,10 @@ fn prepare(t: Target, args: &OpenArgs) -> anyhow::Result<Prepared> {
         args.ports.clone()
     };
     services.dedup();
-    if services.len() > sesame_proto::MAX_SERVICES {
+    if services.len() > sesame_proto::wire::MAX_SERVICES {
         return Err(usage(format!(
             "at most {} services fit in one knock, {} given",
-            sesame_proto::MAX_SERVICES,
+            sesame_proto::wire::MAX_SERVICES,
             services.len()
         )));
     }

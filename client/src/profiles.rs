@@ -7,7 +7,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
-use sesame_proto::{Profile, ProfileUri, is_valid_name};
+use sesame_proto::Profile;
+use sesame_proto::uri::{ProfileUri, is_valid_name};
 
 use crate::usage;
 

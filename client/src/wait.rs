@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use sesame_proto::{KnockParams, KnockProtocol, PayloadMode};
+use sesame_proto::params::{KnockParams, KnockProtocol, PayloadMode};
 
 use crate::knock::{self, KnockPlan};
 

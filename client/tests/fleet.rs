@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use sesame_keys::{PresharedKey, PrivateKey};
-use sesame_proto::{KnockParams, KnockProtocol, LeaseKind, PayloadMode, Profile, ProfileUri};
+use sesame_proto::Profile;
+use sesame_proto::params::{KnockParams, KnockProtocol, LeaseKind, PayloadMode};
+use sesame_proto::uri::ProfileUri;
 
 const SESAME: &str = env!("CARGO_BIN_EXE_sesame");
 

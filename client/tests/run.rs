@@ -10,7 +10,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use sesame_keys::PrivateKey;
-use sesame_proto::{ClientKeys, Opener, TimeWindow, UnixMillis};
+use sesame_proto::time::TimeWindow;
+use sesame_proto::wire::Opener;
+use sesame_proto::{ClientKeys, UnixMillis};
 
 const SESAME: &str = env!("CARGO_BIN_EXE_sesame");
 

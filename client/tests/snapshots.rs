@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use sesame_keys::{PresharedKey, PrivateKey};
-use sesame_proto::{
-    KnockParams, KnockProtocol, LeaseKind, PayloadMode, Profile, ProfileUri, Service,
-};
+use sesame_proto::params::{KnockParams, KnockProtocol, LeaseKind, PayloadMode};
+use sesame_proto::uri::ProfileUri;
+use sesame_proto::{Profile, Service};
 
 const SESAME: &str = env!("CARGO_BIN_EXE_sesame");
 

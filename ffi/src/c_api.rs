@@ -1070,7 +1070,10 @@ mod tests {
     #[test]
     fn constants_agree_with_the_core() {
         assert_eq!(SESAME_RANDOM_BYTES_ENOUGH, core::RANDOM_BYTES_ENOUGH);
-        assert_eq!(SESAME_MAX_KNOCKS, usize::from(sesame_proto::MAX_LENGTH));
+        assert_eq!(
+            SESAME_MAX_KNOCKS,
+            usize::from(sesame_proto::params::MAX_LENGTH)
+        );
         assert_eq!(SESAME_KEY_SIZE, sesame_keys::KEY_LEN);
         assert_eq!(SESAME_KEY_TEXT_SIZE, sesame_keys::KEY_TEXT_LEN + 1);
         assert_eq!(SESAME_PROTO_TCP, sesame_proto::Proto::Tcp.number());

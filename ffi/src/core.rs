@@ -9,17 +9,19 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sesame_proto::derive::derive_sequence;
+use sesame_proto::uri::ProfileUri;
 use sesame_proto::{
-    ClientKeys, ConfigError, KeysError, KnockError, KnockRequest, ProfileUri, SequenceError,
-    UnixMillis, UriError, derive_sequence, plan_knock,
+    ClientKeys, ConfigError, KeysError, KnockError, KnockRequest, SequenceError, UnixMillis,
+    UriError, plan_knock,
 };
 
 pub use sesame_keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 pub use sesame_net::{ResolveError, SendError};
-pub use sesame_proto::{
-    Knock as SequenceKnock, KnockPlan, LeaseKind, Packet, PacketKind, PayloadMode, Proto, Sequence,
-    Service,
-};
+pub use sesame_proto::derive::{Knock as SequenceKnock, Sequence};
+pub use sesame_proto::knock::{Packet, PacketKind};
+pub use sesame_proto::params::{LeaseKind, PayloadMode};
+pub use sesame_proto::{KnockPlan, Proto, Service};
 
 /// Why an operation of the library failed. Messages never hold a secret (a refused key is
 /// described by position, never quoted).
@@ -120,7 +122,7 @@ pub fn parse_services(text: &str) -> Result<Vec<Service>, Error> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect();
-    sesame_proto::parse_services(&items).map_err(|why| Error::Argument {
+    sesame_proto::profile::parse_services(&items).map_err(|why| Error::Argument {
         what: "services",
         why,
     })
@@ -554,7 +556,8 @@ mod tests {
 
     #[test]
     fn the_server_opens_the_knock() {
-        use sesame_proto::{Opener, TimeWindow};
+        use sesame_proto::time::TimeWindow;
+        use sesame_proto::wire::Opener;
         let server =
             PrivateKey::from_base64("ZB8WCQA7MjUsJ97RyMP6/fTv5pmQi4KFvLeuoVhTSk0=").unwrap();
         let (profile, key) = vector_profile();

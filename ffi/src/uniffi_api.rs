@@ -457,7 +457,7 @@ impl Client {
         Ok(KnockOptions {
             services: services
                 .map(|items| {
-                    sesame_proto::parse_services(&items).map_err(|why| Error::Argument {
+                    sesame_proto::profile::parse_services(&items).map_err(|why| Error::Argument {
                         what: "services",
                         why,
                     })
@@ -580,7 +580,7 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sesame_proto::ProfileUri;
+    use sesame_proto::uri::ProfileUri;
 
     // The `default-udp` vector of proto/tests/vectors/sequences.json.
     const SERVER_PUBLIC: &str = "O0zfQijMZ3b1Vrg3VVxj8bKdvxDaQlzcOR8kd6yhwho=";
@@ -663,7 +663,9 @@ mod tests {
 
     #[test]
     fn a_knock_record_is_the_plan_and_the_server_opens_it() {
-        use sesame_proto::{ClientKeys, Opener, TimeWindow, UnixMillis};
+        use sesame_proto::time::TimeWindow;
+        use sesame_proto::wire::Opener;
+        use sesame_proto::{ClientKeys, UnixMillis};
         let c = client();
         let knock = c
             .build_knock(

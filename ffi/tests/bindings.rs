@@ -9,7 +9,8 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use sesame_ffi::core::{PresharedKey, PrivateKey};
-use sesame_proto::{Profile, ProfileUri};
+use sesame_proto::Profile;
+use sesame_proto::uri::ProfileUri;
 
 /// The directory holding the libraries cargo built for this test run: the test's own
 /// (`target/debug/deps`). `cargo test` does not copy them to `target/debug`, where an older

@@ -79,10 +79,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use etherparse::PacketBuilder;
-use sesame_proto::{
-    ClientKeys, DATAGRAM_LEN, KnockParams, Profile, Proto, Request, Sequence, UnixMillis,
-    build_payload, derive_sequence,
-};
+use sesame_proto::derive::{Sequence, derive_sequence};
+use sesame_proto::params::KnockParams;
+use sesame_proto::wire::{DATAGRAM_LEN, Request, build_payload};
+use sesame_proto::{ClientKeys, Profile, Proto, UnixMillis};
 use sesame_tests::{Args, Rng, pcap};
 use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
 
@@ -915,7 +915,7 @@ fn knock(a: &Args) -> Result<()> {
             counter,
             &request,
             &sesame_keys::PrivateKey::generate(),
-            &sesame_proto::WireNoise::default(),
+            &sesame_proto::wire::WireNoise::default(),
         )
         .map_err(|e| e.to_string())?;
         match udp.send_to(&datagram, SocketAddr::new(dest, seq.payload_port)) {

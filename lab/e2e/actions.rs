@@ -239,7 +239,7 @@ fn an_allowed_action_runs_once_and_every_refusal_runs_nothing() {
     let payloads = packets
         .iter()
         .filter(|p| p.dst == server)
-        .filter(|p| matches!(&p.l4, pcap::L4::Udp { payload, .. } if sesame_proto::is_payload_len(payload.len())))
+        .filter(|p| matches!(&p.l4, pcap::L4::Udp { payload, .. } if sesame_proto::wire::is_payload_len(payload.len())))
         .count();
     assert_eq!(payloads, 1, "one payload captured: {packets:#?}");
     // An action alone opens nothing.
@@ -647,7 +647,7 @@ fn a_held_back_action_knock_does_not_run_after_the_retry() {
     let payloads = held
         .iter()
         .filter(|p| p.src == me && p.dst == server)
-        .filter(|p| matches!(&p.l4, pcap::L4::Udp { payload, .. } if sesame_proto::is_payload_len(payload.len())))
+        .filter(|p| matches!(&p.l4, pcap::L4::Udp { payload, .. } if sesame_proto::wire::is_payload_len(payload.len())))
         .count();
     assert_eq!(
         payloads, 1,

@@ -118,7 +118,7 @@ fn stun_binds_a_knock_behind_a_nat_and_a_replay_from_elsewhere_opens_nothing() {
         .filter(|p| {
             p.src == public
                 && matches!(&p.l4, pcap::L4::Udp { payload, .. }
-                    if sesame_proto::is_payload_len(payload.len()))
+                    if sesame_proto::wire::is_payload_len(payload.len()))
         })
         .count();
     assert_eq!(payloads, 1, "one payload seen by the server: {packets:#?}");

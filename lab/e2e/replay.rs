@@ -56,7 +56,7 @@ fn scenario(tag: &str, family: Family, protocol: &str) {
     let to_server: Vec<&pcap::Packet> = packets.iter().filter(|p| p.dst == server).collect();
     let payloads = to_server
         .iter()
-        .filter(|p| matches!(&p.l4, pcap::L4::Udp { payload, .. } if sesame_proto::is_payload_len(payload.len())))
+        .filter(|p| matches!(&p.l4, pcap::L4::Udp { payload, .. } if sesame_proto::wire::is_payload_len(payload.len())))
         .count();
     assert_eq!(payloads, 1, "one payload captured: {packets:#?}");
     assert!(

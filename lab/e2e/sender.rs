@@ -123,7 +123,7 @@ fn sequence_ports(f: &Fixture, counters: std::ops::RangeInclusive<u64>) -> Vec<u
         .expect("client keys");
     let mut ports = Vec::new();
     for c in counters {
-        let s = sesame_proto::derive_sequence(&keys, &profile.params, c).expect("sequence");
+        let s = sesame_proto::derive::derive_sequence(&keys, &profile.params, c).expect("sequence");
         ports.extend(s.knocks.iter().map(|k| k.port));
         ports.push(s.payload_port);
     }
@@ -243,7 +243,7 @@ fn clock_probes_replayed_later_open_nothing_for_the_attacker() {
     let sent = udp_to(&packets, server);
     let payloads = sent
         .iter()
-        .filter(|(_, len)| sesame_proto::is_payload_len(*len))
+        .filter(|(_, len)| sesame_proto::wire::is_payload_len(*len))
         .count();
     eprintln!(
         "sesame open --wait sent {} datagrams ({payloads} payloads): {}",
@@ -364,7 +364,7 @@ fn one_spoofed_packet_before_the_payload_neither_locks_out_the_client_nor_enable
     let spoof_at = at_server.iter().position(|(port, _)| *port == stray);
     let payload_at = at_server
         .iter()
-        .position(|(_, len)| sesame_proto::is_payload_len(*len));
+        .position(|(_, len)| sesame_proto::wire::is_payload_len(*len));
     assert!(
         matches!((spoof_at, payload_at), (Some(s), Some(p)) if s == 3 && p == 4),
         "precondition: the server must see 3 knocks, the spoofed packet to port {stray}, then \
@@ -501,7 +501,7 @@ fn replayed_valid_datagram_from_spoofed_sources_costs_no_x25519() {
         "single-packet mode: one datagram captured: {packets:#?}"
     );
     assert!(
-        sesame_proto::is_payload_len(sent[0].1),
+        sesame_proto::wire::is_payload_len(sent[0].1),
         "the captured datagram is a payload: {} bytes",
         sent[0].1
     );

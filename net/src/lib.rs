@@ -191,7 +191,7 @@ fn syn(dest: SocketAddr) -> Result<socket2::Socket, SendError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sesame_proto::{Packet, PacketKind};
+    use sesame_proto::knock::{Packet, PacketKind};
 
     #[test]
     fn addresses_resolve_to_themselves_and_families_are_checked() {

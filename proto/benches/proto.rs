@@ -10,11 +10,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sesame_keys::PrivateKey;
-use sesame_proto::{
-    ClientEntry, ClientKeys, Incoming, KnockParams, KnockProtocol, Opener, PayloadMode, Policy,
-    Proto, Request, Service, StepTable, TimeWindow, Tracker, TrackerConfig, UnixMillis, WireNoise,
-    build_payload, derive_sequence,
-};
+use sesame_proto::derive::derive_sequence;
+use sesame_proto::params::{KnockParams, KnockProtocol, PayloadMode};
+use sesame_proto::time::TimeWindow;
+use sesame_proto::tracker::{ClientEntry, Policy, StepTable};
+use sesame_proto::wire::{Opener, Request, WireNoise, build_payload};
+use sesame_proto::{ClientKeys, Incoming, Proto, Service, Tracker, TrackerConfig, UnixMillis};
 
 const T0: UnixMillis = UnixMillis(1_764_000_000_000);
 

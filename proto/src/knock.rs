@@ -16,11 +16,13 @@ use crate::sequence::{SequenceError, derive_sequence};
 use crate::service::{Proto, Service};
 use crate::time::UnixMillis;
 
+pub use crate::address::is_bindable;
+
 /// The shortest random body of a UDP knock.
-pub const KNOCK_BODY_MIN: usize = 8;
+pub(crate) const KNOCK_BODY_MIN: usize = 8;
 /// The longest random body of a UDP knock (always shorter than a payload datagram, so the
 /// server never takes a knock for a payload).
-pub const KNOCK_BODY_MAX: usize = 120;
+pub(crate) const KNOCK_BODY_MAX: usize = 120;
 
 /// What one knock is for.
 #[derive(Clone, Debug)]

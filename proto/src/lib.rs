@@ -4,51 +4,78 @@
 //! This crate does no I/O and never reads the clock: every function that depends on time takes
 //! `now` as a [`UnixMillis`] parameter, so time windows and replay rules can be tested on a
 //! virtual clock. `docs/PROTOCOL.md` specifies every byte.
+//!
+//! # Layout
+//!
+//! The API is grouped by the job each part does, one public module per seam; a client uses the
+//! top half of the list, a server the bottom half, and both share the rest:
+//!
+//! | module | what it holds | who uses it |
+//! |---|---|---|
+//! | [`profile`], [`uri`] | the client's TOML profile, its `sesame://` one-line form, and [`ConfigError`] (the one-line error of every TOML file sesame reads) | client, server (export), apps |
+//! | [`derive`](mod@derive) | the per-client key schedule ([`ClientKeys`]) and the port sequences derived from it | client, server |
+//! | [`knock`] | everything a client sends for one knock ([`plan_knock`]), and which source address it can bind | client, apps |
+//! | [`wire`] | the payload datagram: its layout, building it, and opening it ([`wire::Opener`]) | client (build), server (open) |
+//! | [`tracker`] | the server's sans-IO state machine: packets in ([`Incoming`]), events out ([`Event`]), replay state, per-client policy | server |
+//! | [`action`] | server actions as policy: which action a client may run, with which argument | server |
+//! | [`params`], [`service`], [`time`] | what a server and its clients agree on: knock parameters, `tcp/22` services, [`UnixMillis`] and time steps | everyone |
+//! | [`stun`] | the two STUN messages a client needs to learn its public address | client |
+//!
+//! The crate root re-exports only what a user needs first: the two entry points with their
+//! inputs and outputs ([`Tracker`], [`TrackerConfig`], [`Incoming`], [`Event`] for a server;
+//! [`Profile`], [`ClientKeys`], [`KnockRequest`], [`plan_knock`], [`KnockPlan`] for a client),
+//! the vocabulary every call takes ([`UnixMillis`], [`Service`], [`Proto`]), and every error
+//! type a fallible function of the crate returns (except [`stun::StunError`], which only the
+//! optional STUN lookup meets). Everything else is reached through its module, so a name says
+//! where it belongs (`wire::MAC_LEN`, `tracker::ReplayState`).
 #![forbid(unsafe_code)]
 
-mod action;
+// The implementation files whose items a public module below re-exports under the name of its
+// job (`derive` = `kdf` + `sequence`, `wire` = `payload`, `knock` also has `address`).
 mod address;
 mod kdf;
-mod knock;
-mod params;
 mod payload;
-mod profile;
 mod sequence;
-mod service;
-pub mod stun;
-mod time;
-mod tracker;
-mod uri;
 
-pub use action::{ActionName, AllowedAction, ArgumentPattern, ArgumentRule, ArgumentRuleError};
-pub use address::is_bindable;
-pub use ipnet::IpNet;
-pub use kdf::{ClientKeys, KeysError};
-pub use knock::{
-    KNOCK_BODY_MAX, KNOCK_BODY_MIN, KnockError, KnockPlan, KnockRequest, Packet, PacketKind,
-    plan_knock,
-};
-pub use params::{KnockParams, KnockProtocol, LeaseKind, MAX_LENGTH, ParamsError, PayloadMode};
-pub use payload::{
-    ACTION_LEN, ADDRESS_LEN, ARGUMENT_LEN, Action, BuildError, DATAGRAM_LEN, EPHEMERAL_LEN,
-    FLAGS_KNOWN, MAC_LEN, MAC_OFFSET, MAX_DATAGRAM_LEN, MAX_PADDING, MAX_SERVICES, Opener,
-    PLAINTEXT_LEN, PROTOCOL_VERSION, RANDOM_LEN, RejectReason, Request, TAG_LEN, WireNoise,
-    build_payload, carried_mac, check_len, decode_plaintext, encode_plaintext, is_action_argument,
-    is_action_name, is_payload_len,
-};
-pub use profile::{
-    ConfigError, DEFAULT_LENGTH, DEFAULT_PORT_RANGE, DEFAULT_STEP_SECONDS, Profile, is_host_port,
-    line_of, parse_services, parse_services_unbounded, toml_string,
-};
-pub use sequence::{Knock, Sequence, SequenceError, derive_sequence};
+pub mod action;
+pub mod knock;
+pub mod params;
+pub mod profile;
+pub mod service;
+pub mod stun;
+pub mod time;
+pub mod tracker;
+pub mod uri;
+
+pub mod derive {
+    //! The per-client key schedule (PROTOCOL.md, "Key schedule") and the port sequences derived
+    //! from it (PROTOCOL.md, "Port sequence"): what a client and the server compute alike from
+    //! their keys and the time step's counter.
+    pub use crate::kdf::{ClientKeys, KeysError};
+    pub use crate::sequence::{Knock, Sequence, SequenceError, derive_sequence};
+}
+
+pub mod wire {
+    //! The payload datagram (PROTOCOL.md, "Payload datagram"): its layout and lengths, building
+    //! one ([`build_payload`]), and opening one ([`Opener`]), which the tracker does for a server.
+    pub use crate::payload::{
+        ARGUMENT_LEN, Action, BuildError, DATAGRAM_LEN, MAC_LEN, MAC_OFFSET, MAX_DATAGRAM_LEN,
+        MAX_PADDING, MAX_SERVICES, Opener, PLAINTEXT_LEN, RejectReason, Request, WireNoise,
+        build_payload, carried_mac, decode_plaintext, encode_plaintext, is_action_argument,
+        is_action_name, is_payload_len,
+    };
+}
+
+pub use action::ArgumentRuleError;
+pub use derive::{ClientKeys, KeysError, SequenceError};
+pub use knock::{KnockError, KnockPlan, KnockRequest, plan_knock};
+pub use params::ParamsError;
+pub use profile::{ConfigError, Profile};
 pub use service::{Proto, Service, ServiceParseError};
-pub use time::{TimeWindow, UnixMillis};
-pub use tracker::{
-    AcceptedPayload, ClientEntry, ClientId, Event, Grant, Incoming, LivePorts, MAX_ACCEPTED,
-    MAX_AWAITING, MAX_SEEN, MAX_SEEN_PER_CLIENT, MAX_STEPS, Outcome, Policy, Reason, ReplayState,
-    SeenMac, Stats, StepTable, Tracker, TrackerConfig, UsedStep, canonical_ip,
-};
-pub use uri::{ProfileUri, URI_PREFIX, UriError, is_valid_name};
+pub use time::UnixMillis;
+pub use tracker::{Event, Incoming, Tracker, TrackerConfig};
+pub use uri::UriError;
+pub use wire::{BuildError, RejectReason};
 
 // Hooks for the fuzz harness (`fuzz/harness`), which holds the fuzz targets' bodies: only with
 // `--cfg fuzzing` (cargo-fuzz) or the `test-hooks` feature (which the harness turns on).

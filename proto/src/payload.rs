@@ -26,23 +26,23 @@ use crate::service::{Proto, Service};
 use crate::time::{TimeWindow, UnixMillis};
 
 /// Protocol version carried inside the plaintext and bound into the AEAD key.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub(crate) const PROTOCOL_VERSION: u8 = 2;
 /// Length of the ephemeral public key at the start of the datagram.
-pub const EPHEMERAL_LEN: usize = 32;
+pub(crate) const EPHEMERAL_LEN: usize = 32;
 /// Length of the random field of the plaintext.
-pub const RANDOM_LEN: usize = 16;
+pub(crate) const RANDOM_LEN: usize = 16;
 /// Most services one payload can ask for.
 pub const MAX_SERVICES: usize = 8;
 /// Length of the address field of the plaintext.
-pub const ADDRESS_LEN: usize = 16;
+pub(crate) const ADDRESS_LEN: usize = 16;
 /// Length of the action name field of the plaintext.
-pub const ACTION_LEN: usize = 16;
+pub(crate) const ACTION_LEN: usize = 16;
 /// Length of the action argument field of the plaintext.
 pub const ARGUMENT_LEN: usize = 32;
 /// Length of the plaintext.
 pub const PLAINTEXT_LEN: usize = 120;
 /// Length of the Poly1305 tag.
-pub const TAG_LEN: usize = 16;
+pub(crate) const TAG_LEN: usize = 16;
 /// Length of the truncated HMAC-SHA256 gate at the end of the datagram.
 pub const MAC_LEN: usize = 16;
 /// Length of the ciphertext (plaintext and tag).
@@ -56,7 +56,7 @@ pub const MAX_DATAGRAM_LEN: usize = DATAGRAM_LEN + MAX_PADDING;
 /// Where the gate MAC starts.
 pub const MAC_OFFSET: usize = DATAGRAM_LEN - MAC_LEN;
 /// Flag bits defined by version 2 (none): any other bit set is refused.
-pub const FLAGS_KNOWN: u8 = 0;
+pub(crate) const FLAGS_KNOWN: u8 = 0;
 
 const OFF_VERSION: usize = 0;
 const OFF_FLAGS: usize = 1;
@@ -658,7 +658,7 @@ impl Opener {
 }
 
 /// A payload datagram is [`DATAGRAM_LEN`] to [`MAX_DATAGRAM_LEN`] bytes.
-pub fn check_len(datagram: &[u8]) -> Result<(), RejectReason> {
+pub(crate) fn check_len(datagram: &[u8]) -> Result<(), RejectReason> {
     match datagram.len() {
         DATAGRAM_LEN..=MAX_DATAGRAM_LEN => Ok(()),
         len if len < DATAGRAM_LEN => Err(RejectReason::Truncated { len }),

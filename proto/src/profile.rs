@@ -208,7 +208,7 @@ pub struct Profile {
 
 /// Whether `s` is a `host:port` (or `[v6]:port`) a client can resolve: a non-empty host
 /// without spaces or control characters, and a port 1..=65535.
-pub fn is_host_port(s: &str) -> bool {
+pub(crate) fn is_host_port(s: &str) -> bool {
     let Some((host, port)) = s.rsplit_once(':') else {
         return false;
     };
@@ -446,7 +446,7 @@ impl Profile {
 }
 
 /// A TOML basic string with the necessary escapes.
-pub fn toml_string(s: &str) -> String {
+pub(crate) fn toml_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

@@ -22,7 +22,7 @@ impl UnixMillis {
 
     /// The time step counter: `floor(unix_seconds / step_seconds)`.
     ///
-    /// `step_seconds` must not be zero ([`crate::KnockParams::validate`] guarantees it); a zero
+    /// `step_seconds` must not be zero ([`crate::params::KnockParams::new`] guarantees it); a zero
     /// step is treated as one second rather than dividing by zero.
     pub const fn counter(self, step_seconds: u32) -> u64 {
         let step = if step_seconds == 0 {

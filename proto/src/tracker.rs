@@ -32,7 +32,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use ipnet::IpNet;
+pub use ipnet::IpNet;
 use sesame_keys::{PrivateKey, PublicKey};
 
 use crate::action::{ActionName, AllowedAction};
@@ -1096,6 +1096,10 @@ impl Tracker {
     }
 
     /// The clients, in [`ClientId`] order.
+    // Not part of the shipping API: for the fuzz harness and the tests (`--cfg fuzzing`, the
+    // `test-hooks` feature), like `crate::fuzzing`.
+    #[cfg(any(test, fuzzing, feature = "test-hooks"))]
+    #[doc(hidden)]
     pub fn clients(&self) -> &[ClientEntry] {
         &self.clients
     }
@@ -1126,6 +1130,10 @@ impl Tracker {
     }
 
     /// Checks the state caps (for tests and fuzzing): panics if one is exceeded.
+    // Not part of the shipping API: for the fuzz harness and the tests (`--cfg fuzzing`, the
+    // `test-hooks` feature), like `crate::fuzzing`.
+    #[cfg(any(test, fuzzing, feature = "test-hooks"))]
+    #[doc(hidden)]
     pub fn assert_invariants(&self) {
         assert!(self.sources.len() <= self.config.max_sources);
         assert!(self.lru.len() <= 2 * self.config.max_sources + 64);

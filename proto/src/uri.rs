@@ -40,7 +40,7 @@ use crate::profile::Profile;
 use crate::service::{Proto, Service};
 
 /// The scheme and the version this implementation writes and reads.
-pub const URI_PREFIX: &str = "sesame://2/";
+pub(crate) const URI_PREFIX: &str = "sesame://2/";
 const FLAG_PRIVATE_KEY: u8 = 1;
 const FLAG_PSK: u8 = 2;
 const FLAG_NO_BIND: u8 = 4;

@@ -11,12 +11,14 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 use sesame_keys::{PresharedKey, PrivateKey};
 
-use crate::payload::{PLAINTEXT_LEN, remac, seal};
-use crate::sequence::{PortTrace, derive_sequence_traced};
-use crate::{
-    ClientKeys, DATAGRAM_LEN, KnockParams, KnockProtocol, Proto, Request, Service, UnixMillis,
-    WireNoise, build_payload, encode_plaintext,
+use crate::action::ArgumentRule;
+use crate::params::{KnockParams, KnockProtocol};
+use crate::payload::{
+    Action, DATAGRAM_LEN, MAX_PADDING, PLAINTEXT_LEN, Request, WireNoise, build_payload,
+    encode_plaintext, remac, seal,
 };
+use crate::sequence::{PortTrace, derive_sequence_traced};
+use crate::{ClientKeys, Proto, Service, UnixMillis};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -382,7 +384,7 @@ fn payload_cases() -> Vec<PayloadCase> {
             },
             noise: WireNoise {
                 high_bit: true,
-                padding: vec![0xee; crate::MAX_PADDING],
+                padding: vec![0xee; MAX_PADDING],
             },
         },
         PayloadCase {
@@ -400,7 +402,7 @@ fn payload_cases() -> Vec<PayloadCase> {
                 random: [0x3c; 16],
                 services: vec![],
                 address: Some("198.18.7.9".parse::<IpAddr>().unwrap()),
-                action: Some(crate::Action::new("wake-host_2", "aa:bb:cc:dd:ee:ff").unwrap()),
+                action: Some(Action::new("wake-host_2", "aa:bb:cc:dd:ee:ff").unwrap()),
                 flags: 0,
             },
             noise: WireNoise {
@@ -424,8 +426,7 @@ fn payload_cases() -> Vec<PayloadCase> {
                 services: vec![svc(Proto::Tcp, 22)],
                 address: None,
                 action: Some(
-                    crate::Action::new("restart-vpn-0123", "!\"#$%&'()*+,-./0123456789:;<=>?@")
-                        .unwrap(),
+                    Action::new("restart-vpn-0123", "!\"#$%&'()*+,-./0123456789:;<=>?@").unwrap(),
                 ),
                 flags: 0,
             },
@@ -446,7 +447,7 @@ fn payload_cases() -> Vec<PayloadCase> {
                 random: [0x77; 16],
                 services: vec![svc(Proto::Tcp, 22), svc(Proto::Udp, 51820)],
                 address: Some("2001:db8::7".parse::<IpAddr>().unwrap()),
-                action: Some(crate::Action::new("restart-vpn", "").unwrap()),
+                action: Some(Action::new("restart-vpn", "").unwrap()),
                 flags: 0,
             },
             noise: WireNoise {
@@ -540,7 +541,7 @@ fn fail_payloads() -> Value {
         "truncated",
     );
     let mut long = good.to_vec();
-    long.extend_from_slice(&[0; crate::MAX_PADDING + 1]);
+    long.extend_from_slice(&[0; MAX_PADDING + 1]);
     push(
         "too-long",
         "241 bytes (57 bytes of padding)",
@@ -915,7 +916,7 @@ fn argument_rules() -> Value {
     ];
     let mut out = Vec::new();
     for (text, args) in cases {
-        match crate::ArgumentRule::parse(text) {
+        match ArgumentRule::parse(text) {
             Ok(rule) => {
                 let (allows, refuses): (Vec<&str>, Vec<&str>) =
                     args.into_iter().partition(|a| rule.allows(a));

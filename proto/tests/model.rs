@@ -48,11 +48,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proptest::prelude::*;
 use sesame_keys::PrivateKey;
+use sesame_proto::action::{AllowedAction, ArgumentRule};
+use sesame_proto::derive::{Sequence, derive_sequence};
+use sesame_proto::params::{KnockParams, KnockProtocol, PayloadMode};
+use sesame_proto::tracker::{ClientEntry, Grant, IpNet, Policy, ReplayState};
+use sesame_proto::wire::{
+    Action, DATAGRAM_LEN, Request, WireNoise, build_payload, carried_mac, is_payload_len,
+};
 use sesame_proto::{
-    Action, AllowedAction, ArgumentRule, ClientEntry, ClientKeys, DATAGRAM_LEN, Event, Grant,
-    Incoming, IpNet, KnockParams, KnockProtocol, ParamsError, PayloadMode, Policy, Profile, Proto,
-    ReplayState, Request, Sequence, Service, Tracker, TrackerConfig, UnixMillis, WireNoise,
-    build_payload, carried_mac, derive_sequence, is_payload_len,
+    ClientKeys, Event, Incoming, ParamsError, Profile, Proto, Service, Tracker, TrackerConfig,
+    UnixMillis,
 };
 
 // The shared fixtures' step, clock start and timeout (`sesame-fixtures`); the knock range is
@@ -478,7 +483,7 @@ impl Model {
             );
         }
         Some(Grant {
-            client: sesame_proto::ClientId(client as u32),
+            client: sesame_proto::tracker::ClientId(client as u32),
             source,
             address,
             bound: req.address.is_some(),
@@ -520,7 +525,7 @@ impl Model {
         }
         r.steps.push(counter);
         Some(Grant {
-            client: sesame_proto::ClientId(client as u32),
+            client: sesame_proto::tracker::ClientId(client as u32),
             source,
             address: source,
             bound: false,
@@ -681,7 +686,7 @@ impl Model {
                         if !st.awaiting.iter().any(same) {
                             self.next_seq += 1;
                             // At most `MAX_AWAITING` per source: the oldest goes.
-                            if st.awaiting.len() >= sesame_proto::MAX_AWAITING {
+                            if st.awaiting.len() >= sesame_proto::tracker::MAX_AWAITING {
                                 st.awaiting.remove(0);
                             }
                             st.awaiting.push(slot);

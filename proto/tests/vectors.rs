@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use sesame_keys::{PresharedKey, PrivateKey, PublicKey};
-use sesame_proto::{
-    Action, ClientKeys, KnockParams, Opener, Request, Service, TimeWindow, UnixMillis, WireNoise,
-    build_payload, derive_sequence, encode_plaintext,
-};
+use sesame_proto::derive::derive_sequence;
+use sesame_proto::params::KnockParams;
+use sesame_proto::time::TimeWindow;
+use sesame_proto::wire::{Action, Opener, Request, WireNoise, build_payload, encode_plaintext};
+use sesame_proto::{ClientKeys, Service, UnixMillis};
 
 fn load(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -213,7 +214,7 @@ fn argument_rules() {
     assert!(rules.len() >= 20);
     for r in rules {
         let text = r["rule"].as_str().unwrap();
-        let parsed = sesame_proto::ArgumentRule::parse(text);
+        let parsed = sesame_proto::action::ArgumentRule::parse(text);
         if !r["valid"].as_bool().unwrap() {
             assert!(parsed.is_err(), "{text} must be refused");
             continue;

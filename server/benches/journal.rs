@@ -39,7 +39,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sesame_keys::PrivateKey;
-use sesame_proto::{AcceptedPayload, ReplayState, UnixMillis, UsedStep};
+use sesame_proto::UnixMillis;
+use sesame_proto::tracker::{AcceptedPayload, ReplayState, UsedStep};
 use sesame_server::state::{JournalStore, ReplayStore};
 
 const PREALLOC: u64 = 1 << 20;

@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use sesame_proto::{Incoming, PayloadMode, Proto, Tracker, UnixMillis};
+use sesame_proto::params::PayloadMode;
+use sesame_proto::{Incoming, Proto, Tracker, UnixMillis};
 use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, SockFilter, Socket, Type};
 use tokio::io::unix::AsyncFd;
 

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use sesame_keys::{PresharedKey, PrivateKey, PublicKey};
-use sesame_proto::{
-    ArgumentRule, ConfigError, DEFAULT_LENGTH, DEFAULT_PORT_RANGE, DEFAULT_STEP_SECONDS, IpNet,
-    KnockParams, KnockProtocol, ParamsError, PayloadMode, Service, UnixMillis,
-};
+use sesame_proto::action::ArgumentRule;
+use sesame_proto::params::{KnockParams, KnockProtocol, PayloadMode};
+use sesame_proto::profile::{DEFAULT_LENGTH, DEFAULT_PORT_RANGE, DEFAULT_STEP_SECONDS};
+use sesame_proto::tracker::IpNet;
+use sesame_proto::{ConfigError, ParamsError, Service, UnixMillis};
 use toml::Spanned;
 
 /// Default configuration file.
@@ -58,7 +59,7 @@ impl std::fmt::Display for Backend {
 }
 
 /// What a lease admits (shared with client profiles, which carry it).
-pub use sesame_proto::LeaseKind;
+pub use sesame_proto::params::LeaseKind;
 
 /// Which interfaces to capture on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -566,7 +567,7 @@ fn parse_actions(
     let mut out: Vec<ActionConfig> = Vec::with_capacity(raw.len());
     for a in raw {
         let name = a.name.get_ref().clone();
-        if !sesame_proto::is_action_name(name.as_bytes()) {
+        if !sesame_proto::wire::is_action_name(name.as_bytes()) {
             return Err(err(
                 span_of(&a.name),
                 "action.name",
@@ -853,7 +854,7 @@ impl Config {
                 ),
             ));
         }
-        let protect = sesame_proto::parse_services_unbounded(fw.protect.get_ref())
+        let protect = sesame_proto::profile::parse_services_unbounded(fw.protect.get_ref())
             .map_err(|e| err(span_of(&fw.protect), "firewall.protect", e))?;
         if protect.is_empty() {
             return Err(err(
@@ -982,8 +983,8 @@ impl Config {
             }
             let allow = match &c.allow {
                 Some(a) => {
-                    let list =
-                        sesame_proto::parse_services_unbounded(a.get_ref()).map_err(|e| {
+                    let list = sesame_proto::profile::parse_services_unbounded(a.get_ref())
+                        .map_err(|e| {
                             err(span_of(a), "client.allow", format!("client '{name}': {e}"))
                         })?;
                     for s in &list {
@@ -1181,12 +1182,15 @@ impl Config {
     }
 
     /// The argument rules of the actions a client may run (for the tracker's policy).
-    pub fn allowed_actions(&self, client: &ClientConfig) -> Vec<sesame_proto::AllowedAction> {
+    pub fn allowed_actions(
+        &self,
+        client: &ClientConfig,
+    ) -> Vec<sesame_proto::action::AllowedAction> {
         client
             .actions
             .iter()
             .filter_map(|n| self.actions.iter().find(|a| a.name == *n))
-            .map(|a| sesame_proto::AllowedAction {
+            .map(|a| sesame_proto::action::AllowedAction {
                 name: a.name.clone(),
                 argument: a.argument.clone(),
             })
@@ -1272,7 +1276,7 @@ impl Config {
             open: c
                 .allow
                 .iter()
-                .take(sesame_proto::MAX_SERVICES)
+                .take(sesame_proto::wire::MAX_SERVICES)
                 .copied()
                 .collect(),
         };

@@ -19,7 +19,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use sesame_proto::{KnockParams, Proto, Service};
+use sesame_proto::params::KnockParams;
+use sesame_proto::{Proto, Service};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::{Backend, Config};
@@ -812,7 +813,7 @@ impl Firewall for AnyFirewall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sesame_proto::KnockProtocol;
+    use sesame_proto::params::KnockProtocol;
 
     fn lease(addr: &str) -> Lease {
         let address: IpAddr = addr.parse().unwrap();

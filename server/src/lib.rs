@@ -294,7 +294,7 @@ fn profile_uri(
             "sesamed: note: this URI carries the client's pre-shared key; treat it as a secret"
         );
     }
-    let uri = sesame_proto::ProfileUri {
+    let uri = sesame_proto::uri::ProfileUri {
         name: name.to_owned(),
         profile,
         private_key,
@@ -892,7 +892,7 @@ fn actions_summary(config: &Config) -> String {
 
 /// What `[knock]` means for clients on networks that block UDP (`sesamed check`).
 fn knock_notes(config: &Config) -> Vec<String> {
-    use sesame_proto::{KnockProtocol, PayloadMode};
+    use sesame_proto::params::{KnockProtocol, PayloadMode};
     let p = &config.knock.params;
     let mut notes = Vec::new();
     if p.length == 0 {

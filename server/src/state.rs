@@ -52,7 +52,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sesame_keys::PublicKey;
-use sesame_proto::{AcceptedPayload, MAC_LEN, ReplayState, SeenMac, UnixMillis, UsedStep};
+use sesame_proto::UnixMillis;
+use sesame_proto::tracker::{AcceptedPayload, ReplayState, SeenMac, UsedStep};
+use sesame_proto::wire::MAC_LEN;
 
 const HEADER: &str = "sesame-replay 2";
 const JOURNAL_HEADER: &str = "sesame-replay-journal 2";

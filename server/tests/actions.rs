@@ -209,7 +209,7 @@ fn actions_have_safe_defaults_and_clients_name_them() {
         (fail.timeout_ms, fail.cooldown_ms, fail.max_concurrent),
         (30_000, 5_000, 1)
     );
-    assert_eq!(fail.argument, sesame_proto::ArgumentRule::None);
+    assert_eq!(fail.argument, sesame_proto::action::ArgumentRule::None);
     assert_eq!(c.clients[0].actions, ["rec", "hang", "fail"]);
     assert!(c.clients[1].actions.is_empty());
     let allowed = c.allowed_actions(&c.clients[0]);

@@ -176,7 +176,10 @@ fn export_client_prints_a_profile_the_client_reads() {
         profile.psk_file,
         Some(PathBuf::from("~/.config/sesame/phone.psk"))
     );
-    assert_eq!(profile.params.protocol, sesame_proto::KnockProtocol::Mixed);
+    assert_eq!(
+        profile.params.protocol,
+        sesame_proto::params::KnockProtocol::Mixed
+    );
     assert_eq!(profile.params.exclude_ports(), &[10022]);
     assert_eq!(profile.open.len(), 2, "phone may open everything protected");
     assert!(
@@ -220,8 +223,8 @@ fn export_client_carries_a_connection_lease() {
     let (_d, window, _) = setup("export-window", |t| t);
     let text = export(&window, false);
     assert!(!text.contains("lease"), "{text}");
-    let uri = sesame_proto::ProfileUri::decode(&export(&window, true)).unwrap();
-    assert_eq!(uri.profile.lease, sesame_proto::LeaseKind::Window);
+    let uri = sesame_proto::uri::ProfileUri::decode(&export(&window, true)).unwrap();
+    assert_eq!(uri.profile.lease, sesame_proto::params::LeaseKind::Window);
     let (_d, connection, _) = setup("export-connection", |t| {
         t.replace(
             "lease_seconds = 30",
@@ -230,9 +233,13 @@ fn export_client_carries_a_connection_lease() {
     });
     let text = export(&connection, false);
     let profile = sesame_proto::Profile::parse(&text).unwrap();
-    assert_eq!(profile.lease, sesame_proto::LeaseKind::Connection, "{text}");
+    assert_eq!(
+        profile.lease,
+        sesame_proto::params::LeaseKind::Connection,
+        "{text}"
+    );
     assert!(text.contains("\nlease = \"connection\"\n"), "{text}");
-    let uri = sesame_proto::ProfileUri::decode(&export(&connection, true)).unwrap();
+    let uri = sesame_proto::uri::ProfileUri::decode(&export(&connection, true)).unwrap();
     assert_eq!(uri.profile, profile);
 }
 

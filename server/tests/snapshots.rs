@@ -235,7 +235,7 @@ fn generated_key_qr_matches_the_configuration() {
         .map(|l| format!("{l}\n"))
         .collect();
     assert_eq!(decode_terminal_qr(&qr).unwrap(), uri);
-    let decoded = sesame_proto::ProfileUri::decode(&uri).unwrap();
+    let decoded = sesame_proto::uri::ProfileUri::decode(&uri).unwrap();
     assert_eq!(decoded.name, "tablet");
     assert_eq!(decoded.profile.host, "198.18.0.1");
     let key = decoded

@@ -8,13 +8,19 @@ use std::sync::OnceLock;
 
 use sesame_fixtures::{STEP_SECONDS, T0, TIMEOUT_MS, client_key, server_key};
 use sesame_keys::{PresharedKey, PrivateKey, PublicKey};
+use sesame_proto::action::{ActionName, AllowedAction, ArgumentRule};
+use sesame_proto::derive::derive_sequence;
 use sesame_proto::fuzzing::{remac, seal};
+use sesame_proto::params::{KnockParams, KnockProtocol, PayloadMode};
+use sesame_proto::time::TimeWindow;
+use sesame_proto::tracker::{ClientEntry, Grant, IpNet, Policy, Reason, canonical_ip};
+use sesame_proto::wire::{
+    Action, DATAGRAM_LEN, MAC_LEN, MAX_DATAGRAM_LEN, Opener, PLAINTEXT_LEN, Request, WireNoise,
+    build_payload, carried_mac, decode_plaintext, encode_plaintext, is_payload_len,
+};
 use sesame_proto::{
-    Action, ActionName, AllowedAction, ArgumentRule, ClientEntry, ClientKeys, DATAGRAM_LEN, Event,
-    Grant, Incoming, IpNet, KnockParams, KnockProtocol, MAC_LEN, MAX_DATAGRAM_LEN, Opener,
-    PLAINTEXT_LEN, PayloadMode, Policy, Profile, Proto, Reason, RejectReason, Request, Service,
-    TimeWindow, Tracker, TrackerConfig, UnixMillis, WireNoise, build_payload, canonical_ip,
-    carried_mac, decode_plaintext, derive_sequence, encode_plaintext, is_payload_len,
+    ClientKeys, Event, Incoming, Profile, Proto, RejectReason, Service, Tracker, TrackerConfig,
+    UnixMillis,
 };
 
 /// The client private key of the `ssh-from-source` payload vector (and of most
@@ -947,7 +953,7 @@ fn bypass_datagram(
     ctx.update(keys.client_public().as_bytes());
     ctx.update(&counter.to_be_bytes());
     ctx.update(pt);
-    d[sesame_proto::MAC_OFFSET..].copy_from_slice(&ctx.finish().as_ref()[..MAC_LEN]);
+    d[sesame_proto::wire::MAC_OFFSET..].copy_from_slice(&ctx.finish().as_ref()[..MAC_LEN]);
     d
 }
 

@@ -8,10 +8,11 @@ use std::sync::OnceLock;
 use etherparse::PacketBuilder;
 use sesame_fixtures::{STEP_SECONDS as STEP, T0, client_key, server_key, tracker_config};
 use sesame_keys::{PrivateKey, PublicKey};
-use sesame_proto::{
-    ClientEntry, ClientKeys, Event, KnockProtocol, PayloadMode, Policy, Proto, Request, Service,
-    Tracker, TrackerConfig, UnixMillis, WireNoise, build_payload, canonical_ip, derive_sequence,
-};
+use sesame_proto::derive::derive_sequence;
+use sesame_proto::params::{KnockProtocol, PayloadMode};
+use sesame_proto::tracker::{ClientEntry, Policy, canonical_ip};
+use sesame_proto::wire::{Request, WireNoise, build_payload};
+use sesame_proto::{ClientKeys, Event, Proto, Service, Tracker, TrackerConfig, UnixMillis};
 
 use sesame_server::capture::parse_ip;
 use sesame_server::config::{Config, ConfigFileError, DEFAULT_CONFIG};
@@ -358,7 +359,10 @@ pub fn config_parse(data: &[u8]) {
             assert!((1..=600_000).contains(&config.knock.timeout_ms));
             for (i, a) in config.actions.iter().enumerate() {
                 assert!(config.actions[..i].iter().all(|o| o.name != a.name));
-                assert!(sesame_proto::is_action_name(a.name.as_bytes()), "{a:?}");
+                assert!(
+                    sesame_proto::wire::is_action_name(a.name.as_bytes()),
+                    "{a:?}"
+                );
                 assert!(
                     a.command.first().is_some_and(|p| p.starts_with('/')),
                     "{a:?}"
@@ -368,7 +372,7 @@ pub fn config_parse(data: &[u8]) {
                 // The rule reads back as itself.
                 let rule = a.argument.to_string();
                 assert_eq!(
-                    sesame_proto::ArgumentRule::parse(&rule).as_ref(),
+                    sesame_proto::action::ArgumentRule::parse(&rule).as_ref(),
                     Ok(&a.argument)
                 );
             }

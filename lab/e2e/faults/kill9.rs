@@ -232,7 +232,7 @@ fn fault_kill9_during_a_knock_flood_then_restart() {
     // Replay everything the client sent, from the client and from the attacker.
     let payloads = packets
         .iter()
-        .filter(|p| matches!(&p.l4, pcap::L4::Udp { payload, .. } if sesame_proto::is_payload_len(payload.len())))
+        .filter(|p| matches!(&p.l4, pcap::L4::Udp { payload, .. } if sesame_proto::wire::is_payload_len(payload.len())))
         .count();
     // From the client's own address: a knock that never reached a running sesamed (sent while
     // it was dead) was never accepted, and, bound to the client's address, it may still open

@@ -152,7 +152,7 @@ fn captured_knock(f: &Fixture, profile: &Path, name: &str, json: bool) -> PathBu
     assert!(
         packets.iter().any(|p| p.dst == f.server(Family::V4)
             && matches!(&p.l4, sesame_tests::pcap::L4::Udp { payload, .. }
-                    if sesame_proto::is_payload_len(payload.len()))),
+                    if sesame_proto::wire::is_payload_len(payload.len()))),
         "the payload was captured: {packets:#?}"
     );
     f.lab.path(&format!("{name}.pcap"))

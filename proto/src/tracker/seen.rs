@@ -115,6 +115,7 @@ impl SeenCache {
     }
 
     /// The entries of each client (for the invariant checks).
+    #[cfg(any(test, fuzzing, feature = "test-hooks"))]
     pub(super) fn shares(&self) -> &[u32] {
         &self.per_client
     }

@@ -262,7 +262,7 @@ impl ToRunner {
         }
         let id = id(fields[0])?;
         let action = fields[1];
-        if !sesame_proto::is_action_name(action.as_bytes()) {
+        if !sesame_proto::wire::is_action_name(action.as_bytes()) {
             return Err(ProtocolError::Field("action"));
         }
         let client = fields[2];
@@ -277,7 +277,7 @@ impl ToRunner {
         }
         let argument = fields.get(4).copied().unwrap_or("");
         if fields.len() == 5
-            && (argument.is_empty() || !sesame_proto::is_action_argument(argument.as_bytes()))
+            && (argument.is_empty() || !sesame_proto::wire::is_action_argument(argument.as_bytes()))
         {
             return Err(ProtocolError::Field("argument"));
         }

@@ -341,7 +341,7 @@ impl Actions {
         client: &str,
         source: IpAddr,
         bound: Option<IpAddr>,
-        action: &sesame_proto::Action,
+        action: &sesame_proto::wire::Action,
         log: &mut LogLimiter,
     ) {
         let name = action.name.as_str();
@@ -737,8 +737,8 @@ done"#
         Spawned { child, stdout }
     }
 
-    fn action(name: &str) -> sesame_proto::Action {
-        sesame_proto::Action {
+    fn action(name: &str) -> sesame_proto::wire::Action {
+        sesame_proto::wire::Action {
             name: name.to_owned(),
             argument: String::new(),
         }

@@ -6,7 +6,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use sesame_keys::PublicKey;
-use sesame_proto::{ClientId, Event, Service, Tracker, UnixMillis};
+use sesame_proto::tracker::ClientId;
+use sesame_proto::{Event, Service, Tracker, UnixMillis};
 use tokio::sync::mpsc;
 
 use super::firewall_task::FwMsg;
@@ -258,7 +259,8 @@ impl<S: ReplayStore> Core<S> {
                 }
             }
             Event::PayloadMissing { source, client } => {
-                let optional = self.config.knock.payload == sesame_proto::PayloadMode::Optional;
+                let optional =
+                    self.config.knock.payload == sesame_proto::params::PayloadMode::Optional;
                 if !optional {
                     self.remember(*client, now, *source, "payload_missing");
                 }

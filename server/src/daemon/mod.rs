@@ -24,7 +24,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use sesame_keys::PublicKey;
-use sesame_proto::{ClientEntry, ClientKeys, Policy, Tracker, TrackerConfig, UnixMillis};
+use sesame_proto::tracker::{ClientEntry, Policy};
+use sesame_proto::{ClientKeys, Tracker, TrackerConfig, UnixMillis};
 use tokio::sync::mpsc;
 
 use self::core::{Core, LogLimiter};
@@ -622,7 +623,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         });
     }
 
-    if crashed && config.knock.payload != sesame_proto::PayloadMode::None {
+    if crashed && config.knock.payload != sesame_proto::params::PayloadMode::None {
         tracing::warn!(
             until = %rfc3339(unbound_from),
             "sesamed did not stop cleanly last time: payloads that name no address and may have been made before this start are refused until then (knocks bound to an address are not affected)"

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use sesame_proto::{Reason, UnixMillis};
+use sesame_proto::UnixMillis;
+use sesame_proto::tracker::Reason;
 
 use super::core::Core;
 use super::firewall_task::FwState;

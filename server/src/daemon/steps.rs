@@ -15,7 +15,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use sesame_proto::{StepTable, UnixMillis};
+use sesame_proto::UnixMillis;
+use sesame_proto::tracker::StepTable;
 
 use super::core::Core;
 use super::system_now;
