@@ -7,7 +7,7 @@
 //! zeroized when dropped and never printed by `Debug`.
 
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use sesame_proto::derive::derive_sequence;
 use sesame_proto::uri::ProfileUri;
@@ -101,10 +101,7 @@ pub const RANDOM_BYTES_ENOUGH: usize = 4096;
 
 /// The current time in milliseconds since the Unix epoch (0 for a clock set before 1970).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    UnixMillis::from(SystemTime::now()).0
 }
 
 /// Makes a new private key from the operating system's random generator, clamped as
