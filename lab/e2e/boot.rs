@@ -105,8 +105,11 @@ fn the_shipped_boot_gate_is_what_gate_rules_prints() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let shipped = std::fs::read_to_string(root.join("packaging/nftables/sesame-gate.nft"))
         .expect("packaging/nftables/sesame-gate.nft");
-    let dir = std::env::temp_dir().join(format!("sesame-gate-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("sesame-gate-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     let key = dir.join("server.key");
     let o = std::process::Command::new(sesame_tests::bin("sesame"))
         .arg("genkey")
@@ -138,7 +141,7 @@ fn the_shipped_boot_gate_is_what_gate_rules_prints() {
         .arg(&config)
         .output()
         .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    drop(tmp);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(
         shipped,

@@ -27,26 +27,24 @@ fn repo() -> PathBuf {
 }
 
 /// A directory for stand-ins, removed at the end.
-struct Dir(PathBuf);
+struct Dir(tempfile::TempDir);
 
 impl Dir {
     fn new(tag: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("sesame-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
+        Dir(tempfile::Builder::new()
+            .prefix(&format!("sesame-{tag}-"))
+            .tempdir()
+            .unwrap())
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 
     fn script(&self, name: &str, body: &str) {
-        let p = self.0.join(name);
+        let p = self.path().join(name);
         std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -66,7 +64,7 @@ fn first_run_install_deps_installs_what_the_demo_lacks_with_apt_get() {
     let lab = Lab::new("firstrun");
     let scratch = Scratch::new(&lab, "firstrun");
     let fake = Dir::new("firstrun-apt");
-    let log = fake.0.join("apt-get.log");
+    let log = fake.path().join("apt-get.log");
     // apt-get: records its arguments and the blocker it finds, and installs nftables by
     // putting the real nft back.
     fake.script(
@@ -80,7 +78,7 @@ fn first_run_install_deps_installs_what_the_demo_lacks_with_apt_get() {
     scratch.sh_ok("mkdir -p /usr/local/lib && mv /usr/sbin/nft /usr/local/lib/nft.real");
     let path = format!(
         "{}:{}:{SYSTEM_PATH}",
-        fake.0.display(),
+        fake.path().display(),
         toolchain_dir().display()
     );
     let env = [("PATH", path.into()), ("HOME", "/root".into())];
@@ -154,14 +152,14 @@ fn first_run_without_root_names_the_missing_packages() {
             .map(|d| Path::new(d).join(tool))
             .find(|p| p.exists())
             .unwrap_or_else(|| panic!("{tool} not found"));
-        std::os::unix::fs::symlink(real, fake.0.join(tool)).unwrap();
+        std::os::unix::fs::symlink(real, fake.path().join(tool)).unwrap();
     }
     for tool in ["cargo", "rustc"] {
-        std::os::unix::fs::symlink(toolchain_dir().join(tool), fake.0.join(tool)).unwrap();
+        std::os::unix::fs::symlink(toolchain_dir().join(tool), fake.path().join(tool)).unwrap();
     }
     fake.script("id", "[ \"$1\" = -u ] && { echo 1000; exit 0; }; exit 1\n");
     fake.script("apt-get", "echo \"apt-get ran: $*\" >&2; exit 99\n");
-    let path = fake.0.to_string_lossy().into_owned();
+    let path = fake.path().to_string_lossy().into_owned();
     let o = run_with_path("scripts/install-deps", &["demo"], &path, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -209,7 +207,7 @@ esac
         "id",
         "[ \"$1\" = -u ] && { echo 1000; exit 0; }; exec /usr/bin/id \"$@\"\n",
     );
-    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", fake.0.display());
+    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", fake.path().display());
     let run = |mode: &str| {
         let o = run_with_path("scripts/test", &[], &path, &[("FAKE_CARGO", mode)]);
         (
@@ -266,7 +264,7 @@ fn first_run_skip_records_the_test_and_its_reason() {
         return;
     }
     let dir = Dir::new("firstrun-skiplog");
-    let log = dir.0.join("skipped");
+    let log = dir.path().join("skipped");
     let o = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",

@@ -890,16 +890,12 @@ fn install_packaging_sysusers_and_tmpfiles_are_valid() {
         sesame_tests::skip("applying the files needs root, systemd-sysusers and systemd-tmpfiles");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("sesame-install-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::Builder::new()
+        .prefix("sesame-install-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     std::fs::create_dir_all(dir.join("etc")).unwrap();
-    struct Cleanup(PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
     for (tool, file, extra) in [
         ("systemd-sysusers", "sysusers.d/sesame.conf", None),
         (

@@ -486,15 +486,11 @@ fn packaging_unit_is_valid_and_sandboxed() {
     if !have_systemd_analyze() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("sesame-unit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    struct Cleanup(PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
+    let tmp = tempfile::Builder::new()
+        .prefix("sesame-unit-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     let copy = dir.join("sesamed.service");
     let sesamed = bin("sesamed");
     std::fs::write(
