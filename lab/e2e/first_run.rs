@@ -181,13 +181,21 @@ fn first_run_without_root_names_the_missing_packages() {
     assert!(!String::from_utf8_lossy(&o.stdout).contains("building"));
 }
 
-/// `scripts/test`'s account, with a `cargo` stand-in whose "tests" pass, record skips, or fail.
+/// `scripts/test`'s account, with a `cargo` stand-in whose "tests" pass, record skips, or fail,
+/// and whose replay of the fuzz corpora with `--cfg fuzzing` (one check) passes or fails.
 #[test]
 fn first_run_scripts_test_counts_skipped_tests_as_skipped_not_passed() {
     let fake = Dir::new("firstrun-test");
     fake.script(
         "cargo",
         r#"echo "cargo $*"
+case "$*" in
+*"-p sesame-fuzz-harness --test corpus"*)
+    echo "fuzz replay with RUSTFLAGS=$RUSTFLAGS"
+    if [ "$FAKE_CARGO" = fuzz-fails ]; then exit 101; fi
+    exit 0
+    ;;
+esac
 echo "test result: ok. 7 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s"
 case "$FAKE_CARGO" in
 skips)
@@ -232,24 +240,36 @@ esac
         out.contains("sudo env \"PATH=$PATH\" scripts/test"),
         "{out}"
     );
-    // 7 passed, 3 of which skipped; the vector check passed.
+    // 7 passed, 3 of which skipped; the vector check and the fuzz replay passed.
     assert!(
-        out.contains("\ntests: 5 passed, 0 failed, 3 skipped\n"),
+        out.contains("\ntests: 6 passed, 0 failed, 3 skipped\n"),
         "{out}"
     );
 
     let (code, out, o) = run("ok");
     assert_eq!(code, Some(0), "{}", text(&o));
     assert!(
-        out.contains("\ntests: 8 passed, 0 failed, 0 skipped\n"),
+        out.contains("\ntests: 9 passed, 0 failed, 0 skipped\n"),
         "{out}"
     );
     assert!(!out.contains("SKIPPED"), "{out}");
+    assert!(
+        out.contains("fuzz replay with RUSTFLAGS=--cfg fuzzing\n"),
+        "{out}"
+    );
 
     let (code, out, o) = run("fails");
     assert_eq!(code, Some(1), "{}", text(&o));
     assert!(
-        out.contains("\ntests: 11 passed, 1 failed, 0 skipped\n"),
+        out.contains("\ntests: 12 passed, 1 failed, 0 skipped\n"),
+        "{out}"
+    );
+
+    let (code, out, o) = run("fuzz-fails");
+    assert_eq!(code, Some(1), "{}", text(&o));
+    assert!(
+        out.contains("the fuzz corpora's replay with --cfg fuzzing FAILED\n")
+            && out.contains("\ntests: 8 passed, 1 failed, 0 skipped\n"),
         "{out}"
     );
 }
