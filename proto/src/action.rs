@@ -230,8 +230,8 @@ pub struct AllowedAction {
     pub argument: ArgumentRule,
 }
 
-/// An action's name as a small copyable value (for [`crate::tracker::Reason`]): up to 16 characters of
-/// `a-z 0-9 _ -`.
+/// An action's name as a small copyable value (for [`crate::tracker::Reason`]): up to 16
+/// characters of `a-z 0-9 _ -`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ActionName {
     bytes: [u8; ACTION_LEN],

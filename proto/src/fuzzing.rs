@@ -6,14 +6,14 @@
 //!
 //! [`seal`] and [`remac`] give the harness datagrams whose crypto is valid around bytes of its
 //! choosing (a plaintext that does not decode, a ciphertext that does not open), which the
-//! public [`crate::build_payload`] never makes.
+//! public [`crate::wire::build_payload`] never makes.
 //!
 //! `CryptoBypass` (`--cfg fuzzing` only, never with the feature) lets the
 //! `payload_open_bypass` target reach what comes after the crypto (plaintext decoding, the step
 //! check, and the tracker's replay and policy checks) with arbitrary plaintexts, which random
 //! bytes could otherwise never get to: while one is alive, on its thread,
-//! [`crate::Opener::check_gate`] accepts any MAC (the length and window checks still run) and
-//! [`crate::Opener::open_after_gate`] skips X25519 and the AEAD and takes bytes 32..152 of the
+//! [`crate::wire::Opener::check_gate`] accepts any MAC (the length and window checks still
+//! run) and `Opener::open_after_gate` skips X25519 and the AEAD and takes bytes 32..152 of the
 //! datagram as the decrypted plaintext.
 
 use sesame_keys::PrivateKey;

@@ -7,19 +7,24 @@
 //!
 //! # Layout
 //!
-//! The API is grouped by the job each part does, one public module per seam; a client uses the
-//! top half of the list, a server the bottom half, and both share the rest:
+//! The API is grouped by the job each part does, one public module per seam (who uses it in
+//! parentheses):
 //!
-//! | module | what it holds | who uses it |
-//! |---|---|---|
-//! | [`profile`], [`uri`] | the client's TOML profile, its `sesame://` one-line form, and [`ConfigError`] (the one-line error of every TOML file sesame reads) | client, server (export), apps |
-//! | [`derive`](mod@derive) | the per-client key schedule ([`ClientKeys`]) and the port sequences derived from it | client, server |
-//! | [`knock`] | everything a client sends for one knock ([`plan_knock`]), and which source address it can bind | client, apps |
-//! | [`wire`] | the payload datagram: its layout, building it, and opening it ([`wire::Opener`]) | client (build), server (open) |
-//! | [`tracker`] | the server's sans-IO state machine: packets in ([`Incoming`]), events out ([`Event`]), replay state, per-client policy | server |
-//! | [`action`] | server actions as policy: which action a client may run, with which argument | server |
-//! | [`params`], [`service`], [`time`] | what a server and its clients agree on: knock parameters, `tcp/22` services, [`UnixMillis`] and time steps | everyone |
-//! | [`stun`] | the two STUN messages a client needs to learn its public address | client |
+//! * [`profile`], [`uri`]: the client's TOML profile and its `sesame://` one-line form, and
+//!   [`ConfigError`], the one-line error of every TOML file sesame reads (client, apps; the
+//!   server exports profiles);
+//! * [`derive`](mod@derive): the per-client key schedule ([`ClientKeys`]) and the port
+//!   sequences derived from it (client and server);
+//! * [`knock`]: everything a client sends for one knock ([`plan_knock`]), and which source
+//!   address it can bind (client, apps);
+//! * [`wire`]: the payload datagram: its layout, building one, and opening one
+//!   ([`wire::Opener`], which the tracker does for a server);
+//! * [`tracker`]: the server's sans-IO state machine: packets in ([`Incoming`]), events out
+//!   ([`Event`]), the replay state and the per-client policy;
+//! * [`action`]: server actions as policy: which action a client may run, with which argument;
+//! * [`params`], [`service`], [`time`]: what a server and its clients agree on: knock
+//!   parameters, services (`tcp/22`), [`UnixMillis`] and time steps;
+//! * [`stun`]: the two STUN messages a client needs to learn its public address.
 //!
 //! The crate root re-exports only what a user needs first: the two entry points with their
 //! inputs and outputs ([`Tracker`], [`TrackerConfig`], [`Incoming`], [`Event`] for a server;

@@ -224,7 +224,7 @@ impl KnockParams {
     }
 
     /// Whether `port` is one of the excluded ports.
-    pub fn is_excluded(&self, port: u16) -> bool {
+    pub(crate) fn is_excluded(&self, port: u16) -> bool {
         self.exclude_ports.binary_search(&port).is_ok()
     }
 

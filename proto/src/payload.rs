@@ -544,7 +544,7 @@ impl Opener {
     }
 
     /// The length and window checks: everything that is checked before any key is used.
-    pub fn check_window(
+    pub(crate) fn check_window(
         &self,
         now: UnixMillis,
         counter: u64,
@@ -576,7 +576,7 @@ impl Opener {
     }
 
     /// The MAC gate alone, for a datagram that passed [`Opener::check_window`].
-    pub fn check_mac(
+    pub(crate) fn check_mac(
         &self,
         keys: &ClientKeys,
         counter: u64,
@@ -612,7 +612,7 @@ impl Opener {
 
     /// The steps after the gate (X25519, AEAD, decoding, step check), for a datagram that
     /// passed [`Opener::check_gate`] with the same keys and counter.
-    pub fn open_after_gate(
+    pub(crate) fn open_after_gate(
         &self,
         keys: &ClientKeys,
         counter: u64,

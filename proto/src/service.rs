@@ -22,7 +22,7 @@ impl Proto {
     }
 
     /// From an IANA IP protocol number.
-    pub const fn from_number(n: u8) -> Option<Self> {
+    pub(crate) const fn from_number(n: u8) -> Option<Self> {
         match n {
             6 => Some(Proto::Tcp),
             17 => Some(Proto::Udp),

@@ -255,13 +255,13 @@ impl ReplayState {
     }
 
     /// Whether a payload with this timestamp and MAC was accepted before, or is too old.
-    pub fn payload_replayed(&self, timestamp: UnixMillis, mac: &[u8; MAC_LEN]) -> bool {
+    pub(crate) fn payload_replayed(&self, timestamp: UnixMillis, mac: &[u8; MAC_LEN]) -> bool {
         self.below_floor(timestamp) || self.accepted.iter().any(|a| a.mac == *mac)
     }
 
     /// Whether a payload naming an action with this timestamp is refused by the action floor:
     /// one naming an action with this timestamp or a later one was accepted before.
-    pub fn action_replayed(&self, timestamp: UnixMillis) -> bool {
+    pub(crate) fn action_replayed(&self, timestamp: UnixMillis) -> bool {
         self.action_floor.is_some_and(|f| timestamp <= f)
     }
 
@@ -270,7 +270,7 @@ impl ReplayState {
     }
 
     /// Whether a sequence-only grant for this step was given before, or is too old.
-    pub fn step_used(&self, step: UsedStep) -> bool {
+    pub(crate) fn step_used(&self, step: UsedStep) -> bool {
         self.below_floor(step.start()) || self.steps.contains(&step)
     }
 
