@@ -19,6 +19,14 @@ pub(crate) struct Stages {
     /// The knock's latency (for the same knocks).
     pub(crate) open: Vec<f64>,
     pub(crate) client_exit: Vec<f64>,
+    /// The client's first and last datagram on its interface (the client's own time ends at
+    /// the last; for the same knocks as `sequence`, empty without the client's packet tap).
+    pub(crate) sent_first: Vec<f64>,
+    pub(crate) sent_last: Vec<f64>,
+    /// For the same knocks: the last datagram sent → `accepted` (the floor: the last datagram
+    /// received; sesamed: the payload opened and the knock accepted): the network, the
+    /// server's capture and its work on the knock.
+    pub(crate) last_sent_to_accepted: Vec<f64>,
 }
 
 /// Wall times of three events per source: (sequence complete, accepted, granted) for sesamed;
@@ -66,6 +74,12 @@ pub(crate) fn stages(times: &EventTimes, knocks: &[Knock]) -> Stages {
             st.granted.push(g);
             st.after_grant.push(ms(open) - g);
             st.open.push(ms(open));
+            let sent = || k.sent_wall.iter().map(|&w| (w - k.started_wall) * 1000.0);
+            if let (Some(first), Some(last)) = (sent().reduce(f64::min), sent().reduce(f64::max)) {
+                st.sent_first.push(first);
+                st.sent_last.push(last);
+                st.last_sent_to_accepted.push(a - last);
+            }
         }
         if let Some(e) = k.client_exit {
             st.client_exit.push(ms(e));

@@ -28,6 +28,122 @@ pub(crate) struct Knock {
     pub(crate) client_exit: Option<Duration>,
     pub(crate) client_ok: bool,
     pub(crate) attempts: u32,
+    /// Wall clock at which each UDP datagram from `source` left the client's interface
+    /// (kernel timestamps of a packet socket in the client's namespace): the knock's packets
+    /// as the client sent them, before the network and the server's capture.
+    pub(crate) sent_wall: Vec<f64>,
+}
+
+/// A packet socket on the client's interface that sees the datagrams the client sends, with
+/// the kernel's timestamp of each: where the client's own time ends.
+struct WireTap(Socket);
+
+impl WireTap {
+    /// Opens the tap on `ifname` in the calling thread's namespace.
+    fn open(ifname: &str) -> std::io::Result<WireTap> {
+        // ETH_P_ALL: only such taps see a device's outgoing packets.
+        let eth_p_all = (libc::ETH_P_ALL as u16).to_be();
+        let s = Socket::new(
+            Domain::PACKET,
+            Type::DGRAM,
+            Some(Protocol::from(i32::from(eth_p_all))),
+        )?;
+        let name = std::ffi::CString::new(ifname).map_err(std::io::Error::other)?;
+        // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if index == 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = eth_p_all;
+        sll.sll_ifindex = index as i32;
+        // SAFETY: `sll` is a valid sockaddr_ll of the size passed, alive for the call.
+        let r = unsafe {
+            libc::bind(
+                s.as_raw_fd(),
+                (&raw const sll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let one: libc::c_int = 1;
+        // SAFETY: `one` is a valid c_int of the size passed, alive for the call.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&raw const one).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        s.set_nonblocking(true)?;
+        Ok(WireTap(s))
+    }
+
+    /// The wall times (s) of the outgoing UDP datagrams from `src` queued so far.
+    fn sent_from(&self, src: Ipv4Addr) -> Vec<f64> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 64];
+        let mut ctrl = [0u64; 16];
+        loop {
+            // SAFETY: plain old data; all-zero is a valid value.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            // SAFETY: plain old data; all-zero is a valid value.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_name = (&raw mut from).cast();
+            msg.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            msg.msg_iov = &raw mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = ctrl.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&ctrl);
+            // SAFETY: every pointer in `msg` points to a live buffer of the length given;
+            // the kernel writes at most that much (a longer packet is truncated).
+            let n = unsafe { libc::recvmsg(self.0.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+            if n < 0 {
+                break;
+            }
+            let n = n as usize;
+            let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING
+                && from.sll_protocol == (libc::ETH_P_IP as u16).to_be();
+            // IPv4, UDP, from `src`.
+            if !outgoing
+                || n < 20
+                || buf[0] >> 4 != 4
+                || buf[9] != 17
+                || buf[12..16] != src.octets()
+            {
+                continue;
+            }
+            // SAFETY: `msg` was filled by recvmsg; the CMSG macros walk its control buffer
+            // within msg_controllen, and SCM_TIMESTAMPNS data is a timespec.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(&msg);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_SOCKET
+                        && (*c).cmsg_type == libc::SCM_TIMESTAMPNS
+                    {
+                        let ts: libc::timespec =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                        out.push(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9);
+                    }
+                    c = libc::CMSG_NXTHDR(&msg, c);
+                }
+            }
+        }
+        out
+    }
 }
 
 pub(crate) fn attempt(src: Ipv4Addr, dst: SocketAddrV4) -> std::io::Result<Socket> {
@@ -53,6 +169,9 @@ pub(crate) fn knock_once(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    // Without the tap (no packet socket here), the knock is still timed; only the client's
+    // send times are missing from the breakdown.
+    let tap = WireTap::open(CLIENT_IF).ok();
     let started_wall = unix_secs_f64(SystemTime::now());
     let start = Instant::now();
     let mut child = cmd
@@ -151,6 +270,12 @@ pub(crate) fn knock_once(
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+    let sent_wall: Vec<f64> = tap
+        .map(|t| t.sent_from(src))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&t| t >= started_wall)
+        .collect();
     Ok(Knock {
         source: src,
         started_wall,
@@ -158,6 +283,7 @@ pub(crate) fn knock_once(
         client_exit,
         client_ok,
         attempts,
+        sent_wall,
     })
 }
 

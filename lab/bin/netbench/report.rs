@@ -110,6 +110,9 @@ pub(crate) fn emit_system(out: &mut Out, r: &SystemResult) {
             "granted": summary_json(&summarize(&st.granted, st.granted.len())),
             "after_grant": summary_json(&summarize(&st.after_grant, st.after_grant.len())),
             "client_exit": summary_json(&summarize(&st.client_exit, st.client_exit.len())),
+            "client_first_sent": summary_json(&summarize(&st.sent_first, st.sent_first.len())),
+            "client_last_sent": summary_json(&summarize(&st.sent_last, st.sent_last.len())),
+            "last_sent_to_accepted": summary_json(&summarize(&st.last_sent_to_accepted, st.last_sent_to_accepted.len())),
             "open": summary_json(&summarize(&st.open, st.open.len())),
             "events": if matches!(r.system, System::Floor | System::FloorNetlink) {
                 ["first datagram received", "last datagram received", "nft exited"]
@@ -385,7 +388,24 @@ pub(crate) fn report(
                 ),
             ]
         };
-        for (name, v) in steps {
+        // The client's own part, from a packet socket on its interface (`knock::WireTap`).
+        let client = [
+            ("client: start → first datagram sent", st.sent_first.clone()),
+            ("client: start → last datagram sent", st.sent_last.clone()),
+            (
+                "client: first → last datagram sent",
+                diff(&st.sent_last, &st.sent_first),
+            ),
+            (
+                if floor {
+                    "last datagram sent → last datagram received"
+                } else {
+                    "last datagram sent → accepted (network, capture, payload, state)"
+                },
+                st.last_sent_to_accepted.clone(),
+            ),
+        ];
+        for (name, v) in steps.into_iter().chain(client) {
             let x = summarize(&v, v.len());
             let _ = writeln!(
                 s,
