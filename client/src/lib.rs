@@ -8,6 +8,7 @@ pub mod knock;
 pub mod manpage;
 mod open;
 pub mod profiles;
+pub mod send;
 pub mod wait;
 
 mod action;
