@@ -341,6 +341,10 @@ pub fn bind(path: &Path) -> std::io::Result<(UnixListener, SocketFile)> {
 /// The answer to a request, computed asynchronously (a reload runs `nft`).
 pub type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = String>>>;
 
+/// How long a connection may take to send its request line (a busy client may stall for
+/// seconds: see [`WRITE_STALL`]).
+const REQUEST_WAIT: Duration = Duration::from_secs(10);
+
 /// Connections answered at once; more wait in the kernel's backlog. Each holds its answer
 /// (`status` of 1 000 000 clients is about 85 MB) until its reader has taken it.
 const MAX_CONNECTIONS: usize = 4;
@@ -372,8 +376,7 @@ where
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
-            let request =
-                tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut line)).await;
+            let request = tokio::time::timeout(REQUEST_WAIT, reader.read_line(&mut line)).await;
             let answer = match request {
                 Ok(Ok(_)) => handle(line.trim()).await,
                 _ => return,
@@ -413,6 +416,11 @@ async fn write_answer<W: tokio::io::AsyncWrite + Unpin>(
 
 /// Sends one request to a running sesamed and returns its answer.
 pub fn request(path: &Path, request: &str) -> std::io::Result<String> {
+    // The buffer is allocated before connecting: after a large configuration was parsed and
+    // freed, the allocator's first large allocation merges the freed pieces (seconds at
+    // 1 000 000 clients), and sesamed must not be kept waiting meanwhile, neither for the
+    // request nor while it writes the answer.
+    let mut answer = String::with_capacity(1 << 20);
     let mut stream = UnixStream::connect(path).map_err(|e| {
         std::io::Error::new(
             e.kind(),
@@ -425,10 +433,6 @@ pub fn request(path: &Path, request: &str) -> std::io::Result<String> {
     // sesamed answers once the answer is built: a status or a reload of 1 000 000 clients
     // takes seconds to minutes.
     stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
-    // The buffer is allocated before the request is sent: after a large configuration was
-    // parsed and freed, the allocator's first large allocation merges the freed pieces
-    // (seconds at 1 000 000 clients), and it must not happen while sesamed writes.
-    let mut answer = String::with_capacity(1 << 20);
     stream.write_all(request.as_bytes())?;
     stream.write_all(b"\n")?;
     // One byte more than the cap tells an answer cut short from one that ends there.
@@ -792,13 +796,11 @@ mod answer_cap_tests {
         assert!(got < 40 << 20, "{got}");
     }
 
-    /// A reader that never reads its (large) answer holds up no other request: each
-    /// connection is served in its own task.
-    #[test]
-    fn a_stalled_reader_holds_up_no_other_request() {
-        let dir = std::env::temp_dir().join(format!("sesame-serve-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+    /// Serves the control socket at `dir/sock` on a thread of its own, answering `REQUEST:`
+    /// and 16 MiB of `x`; returns the socket's path.
+    fn serving(dir: &Path) -> std::path::PathBuf {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("sock");
         let std_listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         std_listener.set_nonblocking(true).unwrap();
@@ -817,6 +819,30 @@ mod answer_cap_tests {
                 .await;
             });
         });
+        path
+    }
+
+    /// A client busy for seconds between connecting and sending its request (the CLI in the
+    /// allocator after parsing 1 000 000 clients) is still answered.
+    #[test]
+    fn a_client_slow_to_send_its_request_is_answered() {
+        let dir = std::env::temp_dir().join(format!("sesame-slowreq-{}", std::process::id()));
+        let path = serving(&dir);
+        let mut stream = UnixStream::connect(&path).unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        stream.write_all(b"late\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer.len(), "late:".len() + (16 << 20) + 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A reader that never reads its (large) answer holds up no other request: each
+    /// connection is served in its own task.
+    #[test]
+    fn a_stalled_reader_holds_up_no_other_request() {
+        let dir = std::env::temp_dir().join(format!("sesame-serve-{}", std::process::id()));
+        let path = serving(&dir);
         let mut stalled = UnixStream::connect(&path).unwrap();
         stalled.write_all(b"first\n").unwrap();
         // Served one at a time, the second would wait WRITE_STALL for the first to stall.
