@@ -15,12 +15,19 @@ use crate::common::Fixture;
 /// spoofs the client's address gets) and returns what sesamed did: `granted`, or the reason
 /// of its rejection.
 fn replay(f: &Fixture, host: Host, when: &str) -> String {
+    replay_outcome(f, host, "knock.pcap", when)
+}
+
+/// Replays capture `pcap` (a file in the lab directory) from `host` to the server's IPv4
+/// address and returns what sesamed did with the replayed knock: `granted`, or the reason of
+/// its rejection.
+pub(crate) fn replay_outcome(f: &Fixture, host: Host, pcap: &str, when: &str) -> String {
     let mark = f.mark();
     let o = f.lab.netprobe(
         host,
         &[
             "replay".to_owned(),
-            f.lab.path("knock.pcap").to_string_lossy().into_owned(),
+            f.lab.path(pcap).to_string_lossy().into_owned(),
             f.server(Family::V4).to_string(),
         ],
     );

@@ -296,3 +296,51 @@ fn fault_kill9_during_a_knock_flood_then_restart() {
     assert_eq!(counter(&s, "grants"), from_client.len() as u64, "{s}");
     assert!(grants_during > 0, "no knock was granted during the flood");
 }
+
+/// An unbound payload refused as too far ahead (stamped more than `max_ahead_ms` ahead of the
+/// server's clock, but in a step the gate admits) is remembered only by its gate MAC, and a
+/// crash loses that. Once the clock catches up, the captured knock would be valid from
+/// anywhere. A start after a crash must refuse every unbound payload that could have passed the
+/// gate before the crash (up to the end of the last step the gate admitted), not only those
+/// within `max_ahead_ms` of the start.
+#[test]
+fn fault_kill9_does_not_turn_a_refused_future_knock_into_a_valid_one() {
+    if !require_netns() {
+        return;
+    }
+    let mut f = Fixture::new("f-ahead");
+    // The knock's step stays in the window for the whole test.
+    f.spec.knock.step_seconds = 120;
+    f.spec.knock.extra.push_str("max_ahead_ms = 2000\n");
+    f.start();
+    let cap = f.lab.capture(Host::Client, CLIENT_IF, "ahead", "udp");
+    let mark = f.mark();
+    let sent = Instant::now();
+    f.knock(&["--no-bind", "--time-offset", "8"]);
+    let client = f.lab.addr(Host::Client, Family::V4);
+    f.daemon().expect_after(
+        mark,
+        &[
+            "rejected",
+            "reason=too_far_ahead",
+            &format!("source={client}"),
+        ],
+        Duration::from_secs(5),
+    );
+    cap.stop();
+
+    let mut daemon = f.daemon.take().unwrap();
+    daemon.kill9();
+    f.daemon = Some(f.lab.start_sesamed(&f.config));
+    // The payload's timestamp is 8 s ahead: from 6 s after it was sent it is within
+    // max_ahead_ms of the clock.
+    std::thread::sleep(
+        (sent + Duration::from_millis(7000)).saturating_duration_since(Instant::now()),
+    );
+    let outcome = crate::fence::replay_outcome(&f, Host::Attacker, "ahead.pcap", "after the crash");
+    assert_ne!(
+        outcome, "granted",
+        "an unbound knock refused as too far ahead before a crash was granted to an attacker replaying it after the restart"
+    );
+    assert!(!f.connects(Host::Attacker, Family::V4, 22));
+}

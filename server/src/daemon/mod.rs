@@ -346,10 +346,15 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         tracing::error!(error = %e, "replay state: cannot mark the state as in use; treating the last stop as a crash");
         true
     });
-    let unbound_from = system_now().plus_millis(config.knock.max_ahead_ms);
-    if crashed {
-        tracker.refuse_unbound_before(unbound_from);
-    }
+    // After a crash: refuse every unbound payload that may have passed the gate before it (up
+    // to the end of the last step the gate admitted, or max_ahead_ms from now, whichever is
+    // later; a payload refused as too far ahead is remembered only by its lost gate MAC), and
+    // grant no sequence alone in `optional` mode for a step that starts before then.
+    let unbound_from = if crashed {
+        tracker.after_crash(system_now())
+    } else {
+        system_now()
+    };
     let fence = start_fence(
         &config,
         &mut store,
@@ -626,7 +631,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     if crashed && config.knock.payload != sesame_proto::params::PayloadMode::None {
         tracing::warn!(
             until = %rfc3339(unbound_from),
-            "sesamed did not stop cleanly last time: payloads that name no address and may have been made before this start are refused until then (knocks bound to an address are not affected)"
+            "sesamed did not stop cleanly last time: payloads that name no address and may have reached it before the crash are refused until then, and in optional mode a sequence alone opens nothing for a step that starts before then (knocks bound to an address are not affected)"
         );
     }
     tracing::info!(
