@@ -1045,23 +1045,42 @@ impl Tracker {
         if let Some(f) = old.fallback_floor {
             self.fallback_floor = Some(self.fallback_floor.map_or(f, |g| g.max(f)));
         }
+        // The old expiries were computed for the old window: a wider one (more skew steps, a
+        // longer payload timeout) admits a datagram's step for longer, and its MAC must be
+        // remembered as long (else a refused or burnt datagram becomes acceptable once the old
+        // expiry passes). With another step length no old datagram passes the gate at all.
+        let step_ms = u64::from(self.config.params.step_seconds) * 1000;
+        let widen = if self.config.params.step_seconds == old.config.params.step_seconds {
+            u64::from(self.config.skew_steps.saturating_sub(old.config.skew_steps))
+                .saturating_mul(step_ms)
+        } else {
+            0
+        };
+        let widen_gated =
+            widen.saturating_add(self.config.timeout_ms.saturating_sub(old.config.timeout_ms));
+        // Each old client's index here (GONE if it was removed): one lookup per client, then
+        // one pass over each of the old caches (O(clients + entries), not their product: this
+        // runs on the packet thread at a reload's swap).
+        let to_new: Vec<u32> = old
+            .clients
+            .iter()
+            .map(|c| {
+                self.by_key
+                    .get(c.keys.client_public())
+                    .copied()
+                    .unwrap_or(GONE)
+            })
+            .collect();
+        let map = |client: u32| to_new.get(client as usize).copied().unwrap_or(GONE);
         for (mac, s) in old.seen.iter() {
-            let client = old
-                .clients
-                .get(s.client as usize)
-                .and_then(|c| self.by_key.get(c.keys.client_public()))
-                .copied()
-                .unwrap_or(GONE);
-            self.seen.insert(*mac, client, s.expires);
+            self.seen
+                .insert(*mac, map(s.client), s.expires.plus_millis(widen));
         }
-        for (i, c) in old.clients.iter().enumerate() {
-            let Some(&new) = self.by_key.get(c.keys.client_public()) else {
-                continue;
-            };
-            for (client, counter, expires) in old.seen.gated_steps() {
-                if client == i as u32 {
-                    self.seen.gated(new, counter, expires);
-                }
+        for (client, counter, expires) in old.seen.gated_steps() {
+            let new = map(client);
+            if new != GONE {
+                self.seen
+                    .gated(new, counter, expires.plus_millis(widen_gated));
             }
         }
     }
