@@ -281,7 +281,14 @@ pub fn run(config: Config, secrets: Secrets) -> Result<(), StartError> {
         .build()
         .map_err(StartError::Runtime)?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, run_local(config, secrets))
+    let result = local.block_on(&runtime, run_local(config, secrets));
+    // A blocking task still running (a reload's key work or tracker build, minutes at
+    // 1 000 000 clients; a status being serialized) must not hold the exit: dropping the
+    // runtime would wait for it, and `systemctl stop`/`restart` with it (until systemd's
+    // SIGKILL), every client locked out meanwhile. The state is saved by now.
+    drop(local);
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result
 }
 
 async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
