@@ -60,6 +60,14 @@ fn metrics_endpoint_serves_what_status_prints() {
             .collect()
     };
     assert_eq!(names(&scraped), names(&status), "the same metrics");
+    // The capture socket's drops, a number in both (none on a quiet link).
+    for text in [&scraped, &status] {
+        assert_eq!(
+            value(text, "sesamed_capture_drops_total"),
+            Some(0),
+            "the capture drops:\n{text}"
+        );
+    }
     // One client, payload "required": the live ports fit in a classic BPF program.
     assert!(
         scraped.contains("sesamed_capture_filter_info{filter=\"classic\","),

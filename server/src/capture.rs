@@ -380,6 +380,9 @@ pub struct LiveFilter {
     kind: String,
     /// Its one-line description (`sesamed status` shows it).
     detail: String,
+    /// Packets the capture sockets dropped (`sesamed status` shows it with the filter's
+    /// counters: what the filter admitted and sesamed could not read in time).
+    drops: Drops,
 }
 
 impl LiveFilter {
@@ -420,6 +423,7 @@ impl LiveFilter {
             last: None,
             kind: "range".to_owned(),
             detail: "capture filter: the whole knock range".to_owned(),
+            drops: Drops::default(),
         };
         (filter, rx)
     }
@@ -453,6 +457,12 @@ impl LiveFilter {
             *w = wanted;
             changed
         });
+    }
+
+    /// The capture sockets' drop counter: the capture tasks add to it ([`run_capture`]),
+    /// `sesamed status` reads it.
+    pub fn capture_drops(&self) -> Drops {
+        self.drops.clone()
     }
 
     /// What the capture filter admits now, for `sesamed status`.
@@ -700,6 +710,60 @@ pub trait CaptureSource: Sized {
     /// Called every second: `Err(Lost::Gone)` when the interface the source was opened on is
     /// gone (deleted, or deleted and recreated).
     fn check(&mut self) -> Result<(), Lost>;
+
+    /// Packets the filter admitted but the source dropped (its queue was full: the daemon did
+    /// not read fast enough) since the last call. Called every second and before a lost source
+    /// is closed; the sum is `sesamed status`'s `capture_drops`.
+    fn drops(&mut self) -> u64 {
+        0
+    }
+}
+
+/// Packets the capture sources dropped since start, summed over every interface and every
+/// reopened source (see [`CaptureSource::drops`]): shared by the capture tasks, which add to
+/// it, and `sesamed status`, which reads it.
+#[derive(Clone, Debug, Default)]
+pub struct Drops(Arc<std::sync::atomic::AtomicU64>);
+
+impl Drops {
+    /// Adds `n` dropped packets.
+    pub fn add(&self, n: u64) {
+        if n > 0 {
+            self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The dropped packets counted so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Reads and resets the socket's `PACKET_STATISTICS` (the kernel zeroes them on every read):
+/// `(tp_packets, tp_drops)`, packets the filter admitted (dropped ones included) and packets
+/// dropped because the receive queue was full.
+pub fn packet_statistics(sock: &Socket) -> std::io::Result<(u64, u64)> {
+    let mut stats = libc::tpacket_stats {
+        tp_packets: 0,
+        tp_drops: 0,
+    };
+    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: the fd is a valid packet socket owned by `sock`; `stats` is a tpacket_stats that
+    // lives across the call, `len` holds its exact size, and the kernel writes at most `len`
+    // bytes into it (and the length it wrote into `len`).
+    let r = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(sock),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut stats as *mut libc::tpacket_stats).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((u64::from(stats.tp_packets), u64::from(stats.tp_drops)))
 }
 
 /// An AF_PACKET socket on one interface (or all), registered with the runtime: the
@@ -823,6 +887,10 @@ impl CaptureSource for PacketSocket {
         }
         Ok(())
     }
+
+    fn drops(&mut self) -> u64 {
+        packet_statistics(self.fd.get_ref()).map_or(0, |(_, drops)| drops)
+    }
 }
 
 /// Reads packets from one interface (or all) forever, through a capture source `S`, calling
@@ -838,10 +906,13 @@ impl CaptureSource for PacketSocket {
 ///   (`SO_ATTACH_FILTER`/`SO_ATTACH_BPF` swap the program in one step), so there is no moment
 ///   without one; a new source gets the range filter before it is bound and the live one
 ///   right after.
+/// * The packets the source dropped ([`CaptureSource::drops`]) are added to `drops` every
+///   second and before a lost source is closed.
 pub async fn run_capture<S, F>(
     interface: Option<String>,
     mut range: tokio::sync::watch::Receiver<(u16, u16)>,
     mut live: tokio::sync::watch::Receiver<Wanted>,
+    drops: Drops,
     mut on_packet: F,
 ) where
     S: CaptureSource,
@@ -877,8 +948,10 @@ pub async fn run_capture<S, F>(
                 range: &mut range,
                 live: &mut live,
             },
+            &drops,
         )
         .await;
+        drops.add(source.drops());
         failing = true;
         match lost {
             Lost::Gone => {
@@ -904,6 +977,7 @@ async fn read_until_lost<S, F>(
     name: &str,
     on_packet: &mut F,
     filters: Filters<'_>,
+    drops: &Drops,
 ) -> Lost
 where
     S: CaptureSource,
@@ -942,6 +1016,7 @@ where
                 }
             }
             _ = check.tick() => {
+                drops.add(source.drops());
                 if let Err(lost) = source.check() {
                     return lost;
                 }

@@ -86,6 +86,11 @@ pub struct RunnerStatus {
 pub struct Counters {
     /// Packets that passed the capture filter.
     pub packets_seen: u64,
+    /// Packets that passed the capture filter but were dropped by the capture socket, its
+    /// queue full (`PACKET_STATISTICS` `tp_drops`, read every second): sesamed did not read
+    /// them fast enough, and never saw them.
+    #[serde(default)]
+    pub capture_drops: u64,
     /// Packets to a port of the knock range.
     pub packets_in_range: u64,
     /// Progress resets (stray in-range packets).
@@ -525,6 +530,12 @@ pub fn prometheus(status: &Status) -> String {
         "counter",
         "Packets that passed the capture filter.",
         c.packets_seen,
+    );
+    metric(
+        "capture_drops_total",
+        "counter",
+        "Packets that passed the capture filter but were dropped by the capture socket (its queue full).",
+        c.capture_drops,
     );
     metric(
         "packets_in_range_total",

@@ -784,9 +784,10 @@ fn human_status(s: &control::Status) -> String {
     let c = &s.counters;
     let _ = writeln!(
         out,
-        "counters: packets {} (in range {}), resets {}, sequences {}, payloads {} (accepted {}), x25519 {}, grants {}, leases opened {} refreshed {}, firewall failures {}, state write failures {}, sources tracked {} evicted {}",
+        "counters: packets {} (in range {}, dropped by the capture socket {}), resets {}, sequences {}, payloads {} (accepted {}), x25519 {}, grants {}, leases opened {} refreshed {}, firewall failures {}, state write failures {}, sources tracked {} evicted {}",
         c.packets_seen,
         c.packets_in_range,
+        c.capture_drops,
         c.resets,
         c.sequences_completed,
         c.payloads_seen,

@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
-use sesame_tests::{Family, Host, require_netns};
+use sesame_tests::{ATTACKER_IF, Family, Host, SERVER_IF_ATTACKER, bin, require_netns};
 
 use crate::common::Fixture;
 
@@ -111,6 +111,8 @@ fn status_shows_leases_last_knocks_and_counters() {
     assert!((1..=2).contains(&accepted), "{s}");
     assert_eq!(c["grants"], 1, "{s}");
     assert_eq!(c["leases_opened"], 1, "{s}");
+    // The capture socket's drops: a number, and none on a quiet link.
+    assert_eq!(c["capture_drops"].as_u64(), Some(0), "{s}");
     assert_eq!(c["rejections"]["other_ip_not_allowed"], 1, "{s}");
     assert!(
         s["pid"].as_u64().unwrap() > 0 && s["version"].is_string(),
@@ -143,6 +145,10 @@ fn status_shows_leases_last_knocks_and_counters() {
         "{human}"
     );
     assert!(human.contains("sequences 2"), "{human}");
+    assert!(
+        human.contains(", dropped by the capture socket 0)"),
+        "{human}"
+    );
     assert!(
         human.contains(&format!("payloads 2 (accepted {accepted})")),
         "{human}"
@@ -179,6 +185,11 @@ fn status_shows_leases_last_knocks_and_counters() {
     );
     assert_eq!(prom_value(&prom, "sesamed_grants_total"), Some(1), "{prom}");
     assert_eq!(
+        prom_value(&prom, "sesamed_capture_drops_total"),
+        Some(0),
+        "{prom}"
+    );
+    assert_eq!(
         prom_value(&prom, "sesamed_leases_active"),
         Some(1),
         "{prom}"
@@ -189,6 +200,99 @@ fn status_shows_leases_last_knocks_and_counters() {
             "sesamed_rejections_total{reason=\"other_ip_not_allowed\"}"
         ),
         Some(1),
+        "{prom}"
+    );
+}
+
+/// Sends `sig` to `pid` (`kill -SIG PID`).
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// Lets a stopped sesamed run again even when the test fails while it is stopped.
+struct Continue(u32);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+#[test]
+fn status_counts_the_capture_sockets_drops() {
+    if !require_netns() {
+        return;
+    }
+    // sesamed is stopped (SIGSTOP) while 100 000 fake payloads arrive at its live payload ports:
+    // more than its capture socket's 8 MiB queue holds, so the kernel drops the rest. Once it
+    // runs again, `capture_drops` (read from PACKET_STATISTICS every second) counts them, in
+    // the JSON, the human line and the Prometheus metrics.
+    let mut f = Fixture::new("op-drops");
+    f.start();
+    let s = status_json(&f);
+    assert_eq!(s["counters"]["capture_drops"].as_u64(), Some(0), "{s}");
+    let pid = crate::flood::sesamed_pid(&f);
+    const FRAMES: u64 = 100_000;
+    let lab = &f.lab;
+    let args: Vec<String> = vec![
+        "payload".into(),
+        "--profile".into(),
+        f.profile.to_string_lossy().into_owned(),
+        "--iface".into(),
+        ATTACKER_IF.into(),
+        "--dst-mac".into(),
+        lab.mac(Host::Server, SERVER_IF_ATTACKER),
+        "--dst4".into(),
+        lab.server_v4_attacker_side().to_string(),
+        "--sources".into(),
+        "1024".into(),
+        "--count".into(),
+        FRAMES.to_string(),
+        "--duration-ms".into(),
+        "60000".into(),
+    ];
+    signal(pid, "STOP");
+    let stopped = Continue(pid);
+    let out = lab.run_ok(Host::Attacker, bin("sesame-flood"), &args);
+    let report: serde_json::Value = out
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("sesame-flood printed no report: {out}"));
+    let sent = report["packets"].as_u64().unwrap_or(0);
+    assert!(sent >= FRAMES / 2, "frames sent: {report}");
+    drop(stopped);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let s = loop {
+        let s = status_json(&f);
+        if s["counters"]["capture_drops"].as_u64().unwrap_or(0) > 0 {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no capture drops counted after {sent} frames at a stopped sesamed: {s}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    let drops = s["counters"]["capture_drops"].as_u64().unwrap();
+    let seen = s["counters"]["packets_seen"].as_u64().unwrap();
+    assert!(
+        drops <= sent && seen + drops <= sent + 100,
+        "drops {drops} and packets seen {seen} of {sent} frames: {s}"
+    );
+    let human = sesamed_ok(&f, &["status"]);
+    assert!(
+        human.contains(&format!(", dropped by the capture socket {drops})")),
+        "{human}"
+    );
+    let prom = sesamed_ok(&f, &["status", "--prometheus"]);
+    assert_eq!(
+        prom_value(&prom, "sesamed_capture_drops_total"),
+        Some(drops),
         "{prom}"
     );
 }

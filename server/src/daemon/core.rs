@@ -288,12 +288,18 @@ impl<S: ReplayStore> Core<S> {
                 client,
                 counter,
             } => {
-                tracing::debug!(
-                    source = %source,
-                    client = %self.name(*client),
-                    counter,
-                    "sequence complete"
-                );
+                // Under a flood of knocks at the live ports every spoofed source completes a
+                // sequence: at debug level one line each (tens of thousands a second, a tenth
+                // of sesamed's time spent formatting and writing them) unless they share the
+                // rejection lines' rate limit.
+                if tracing::enabled!(tracing::Level::DEBUG) && self.limiter.allow() {
+                    tracing::debug!(
+                        source = %source,
+                        client = %self.name(*client),
+                        counter,
+                        "sequence complete"
+                    );
+                }
             }
         }
     }

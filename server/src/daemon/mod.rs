@@ -492,10 +492,12 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     for iface in interfaces {
         let core = Rc::clone(&core);
         let live_rx = live_rx.clone();
+        let capture_drops = live_filter.borrow().capture_drops();
         tokio::task::spawn_local(capture::run_capture::<Capture, _>(
             iface,
             range_rx.clone(),
             live_rx,
+            capture_drops,
             move |raw| {
                 core.borrow_mut().handle_packet(raw);
             },

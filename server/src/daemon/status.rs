@@ -119,6 +119,7 @@ pub(super) fn status(
         capture_filter: Some(filter.status()),
         counters: Counters {
             packets_seen: stats.packets,
+            capture_drops: filter.capture_drops().get(),
             packets_in_range: stats.in_range,
             resets: stats.resets,
             sequences_completed: stats.sequences_completed,
