@@ -225,6 +225,15 @@ pub(crate) struct FloodResult {
     /// Packets per second the daemon itself counted (sesamed's `packets_seen`); NaN where the
     /// daemon counts nothing.
     pub(crate) handled_pps: f64,
+    /// Packets the daemon's capture socket dropped, its queue full (sesamed's
+    /// `capture_drops`), from the flood's start until the daemon was idle after it; None where
+    /// the daemon counts nothing.
+    pub(crate) capture_drops: Option<u64>,
+    /// What the daemon's counters (sesamed's `status --json` counters, rejections by reason
+    /// included) grew by over the same time; null where the daemon counts nothing.
+    pub(crate) daemon_counters: Value,
+    /// Whether the daemon and the client had CPU 0 and the senders the others (`--flood-pin`).
+    pub(crate) pinned: bool,
     pub(crate) cpu_percent: f64,
     pub(crate) child_cpu_percent: f64,
     pub(crate) hwm_kib: u64,
@@ -296,7 +305,9 @@ fn capture_knock(
     Ok((path, udp, k.open.is_some()))
 }
 
-/// The arguments of sender `i` of `n` for `job`.
+/// The arguments of sender `i` of `n` for `job` (on a CPU of its own when the daemon is
+/// `pinned`).
+#[allow(clippy::too_many_arguments)]
 fn sender_args(
     bed: &Bed,
     setup: &Setup,
@@ -305,6 +316,7 @@ fn sender_args(
     i: usize,
     n: usize,
     opts: &Opts,
+    pinned: Option<&Pinned>,
 ) -> Result<Vec<String>> {
     let slice = FLOOD_SOURCES / n as u32;
     let first = Ipv4Addr::from(u32::from(FLOOD_SOURCE_BASE) + slice * i as u32);
@@ -376,11 +388,73 @@ fn sender_args(
         rate.to_string(),
         "--stdin-stop".into(),
     ]);
-    if opts.flood_pin {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        args.extend(["--cpu".into(), (i % cpus).to_string()]);
+    if let Some(p) = pinned {
+        // CPU 0 is the daemon's and the client's; the senders share the others.
+        let cpu = 1 + i % (p.cpus - 1);
+        args.extend(["--cpu".into(), cpu.to_string()]);
     }
     Ok(args)
+}
+
+/// The CPUs this process may use (read before [`Pinned`] narrows them to CPU 0).
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `taskset -p -c CPUS PID` (`-a`: every thread of PID).
+fn taskset(all_threads: bool, cpus: &str, pid: u32) -> Result<()> {
+    let mut c = std::process::Command::new("taskset");
+    if all_threads {
+        c.arg("-a");
+    }
+    let out = c
+        .args(["-p", "-c", cpus, &pid.to_string()])
+        .output()
+        .map_err(|e| format!("taskset: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "taskset -p -c {cpus} {pid}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// `--flood-pin` on a machine with more than one CPU, for the time of one flood: the daemon
+/// (every thread; children it forks inherit it) and this process's main thread (which spawns
+/// the knocking client and tcpdump) on CPU 0, the senders on the other CPUs
+/// ([`sender_args`]). The senders then take no CPU time from the daemon or the client, as
+/// an attacker elsewhere on the network would not; the kernel's delivery of the frames (the
+/// veth's receive path, the capture filter, the socket queue) runs in the senders' system
+/// calls, on their CPUs. Dropping it lets both run anywhere again.
+struct Pinned {
+    daemon: u32,
+    /// The CPUs there are.
+    cpus: usize,
+    all: String,
+}
+
+impl Pinned {
+    fn new(daemon: u32, opts: &Opts) -> Result<Option<Pinned>> {
+        let n = cpus();
+        if !opts.flood_pin || n < 2 {
+            return Ok(None);
+        }
+        taskset(true, "0", daemon)?;
+        taskset(false, "0", std::process::id())?;
+        Ok(Some(Pinned {
+            daemon,
+            cpus: n,
+            all: format!("0-{}", n - 1),
+        }))
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = taskset(true, &self.all, self.daemon);
+        let _ = taskset(false, &self.all, std::process::id());
+    }
 }
 
 /// Waits until the daemon is idle after a flood (it and its reaped children used less than
@@ -458,10 +532,20 @@ pub(crate) fn flood_phase(
         captured_src = Some(src);
     }
     let n = opts.flood_senders.max(scenario.jobs.len()).max(1);
+    let pinned = Pinned::new(pid, opts)?;
     let mut senders: Vec<Proc> = Vec::with_capacity(n);
     for i in 0..n {
         let job = &scenario.jobs[i % scenario.jobs.len()];
-        let args = sender_args(bed, setup, job, capture.as_ref().map(|c| &c.0), i, n, opts)?;
+        let args = sender_args(
+            bed,
+            setup,
+            job,
+            capture.as_ref().map(|c| &c.0),
+            i,
+            n,
+            opts,
+            pinned.as_ref(),
+        )?;
         senders.push(bed.lab.spawn(
             Host::Attacker,
             &format!("sesame-flood {i}"),
@@ -485,7 +569,10 @@ pub(crate) fn flood_phase(
     let grants0 = (setup.grants)();
     let spurious0 = spurious(&grants0);
     let captured0 = count_captured(&grants0);
-    let seen0 = setup.packets_seen.as_ref().map(|f| f()).transpose()?;
+    let counters = || setup.counters.as_ref().map(|f| f()).transpose();
+    let c0 = counters()?;
+    let seen = |c: &Option<Value>| c.as_ref().and_then(|c| c["packets_seen"].as_u64());
+    let seen0 = seen(&c0);
     let rx0 = rx_counters(bed);
     let s0 = proc_stats(pid)?;
     let j0 = cpu_jiffies();
@@ -497,13 +584,24 @@ pub(crate) fn flood_phase(
     let s1 = proc_stats(pid)?;
     let j1 = cpu_jiffies();
     let rx1 = rx_counters(bed);
-    let seen1 = setup.packets_seen.as_ref().map(|f| f()).transpose()?;
+    let seen1 = seen(&counters()?);
     let seconds = t0.elapsed().as_secs_f64();
     let grants1 = (setup.grants)();
     let spurious1 = spurious(&grants1);
     let captured1 = count_captured(&grants1);
     let generators = stop_senders(&mut senders)?;
     let settle_seconds = settle(pid);
+    let pinned_now = pinned.is_some();
+    drop(pinned);
+    // sesamed adds its sockets' drops to the counter every second.
+    if c0.is_some() {
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let c2 = counters()?;
+    let daemon_counters = match (&c0, &c2) {
+        (Some(a), Some(b)) => counters_delta(a, b),
+        _ => Value::Null,
+    };
     let tck = clk_tck() as f64;
     let pct_of_cpu = |ticks: u64| ticks as f64 / tck / seconds * 100.0;
     let busy = if j1.2 > j0.2 {
@@ -527,6 +625,9 @@ pub(crate) fn flood_phase(
             (Some(a), Some(b)) => b.saturating_sub(a) as f64 / seconds,
             _ => f64::NAN,
         },
+        capture_drops: daemon_counters["capture_drops"].as_u64(),
+        pinned: pinned_now,
+        daemon_counters,
         cpu_percent: pct_of_cpu(s1.cpu_ticks.saturating_sub(s0.cpu_ticks)),
         child_cpu_percent: pct_of_cpu(s1.child_ticks.saturating_sub(s0.child_ticks)),
         hwm_kib: s1.hwm_kib,
@@ -542,6 +643,37 @@ pub(crate) fn flood_phase(
         settle_seconds,
         generators,
     })
+}
+
+/// How much each counter of sesamed's `status --json` grew from `a` to `b` (gauges such as
+/// `sources_tracked` as they are at `b`), rejections by reason included.
+fn counters_delta(a: &Value, b: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    let Some(bo) = b.as_object() else {
+        return Value::Null;
+    };
+    for (k, vb) in bo {
+        if let Some(nb) = vb.as_u64() {
+            let v = if matches!(k.as_str(), "sources_tracked" | "macs_remembered") {
+                nb
+            } else {
+                nb.saturating_sub(a[k].as_u64().unwrap_or(0))
+            };
+            out.insert(k.clone(), json!(v));
+        } else if let Some(rb) = vb.as_object() {
+            let r: serde_json::Map<String, Value> = rb
+                .iter()
+                .filter_map(|(reason, n)| {
+                    let d = n
+                        .as_u64()?
+                        .saturating_sub(a[k][reason].as_u64().unwrap_or(0));
+                    (d > 0).then(|| (reason.clone(), json!(d)))
+                })
+                .collect();
+            out.insert(k.clone(), Value::Object(r));
+        }
+    }
+    Value::Object(out)
 }
 
 /// The JSON of a flood's generators, summed: frames by kind, errors.

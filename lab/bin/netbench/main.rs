@@ -35,7 +35,8 @@
 //!                         (all four at once) (default udp,syn,payload,replay,mix)
 //!   --flood-senders N     sender processes per flood, each from its own slice of the spoofed
 //!                         sources (default: the number of CPUs; mix: at least 4)
-//!   --flood-pin           pin sender i to CPU i mod the number of CPUs
+//!   --flood-pin           during each flood, pin the daemon and the client to CPU 0 and
+//!                         the senders to the other CPUs (in turn)
 //!   --sequential          all of one system's knocks, then the next system's (default:
 //!                         interleaved: round by round, every system once per round, in a
 //!                         random order, so that a change in the machine's load hits all alike)

@@ -162,7 +162,7 @@ pub(crate) struct Opts {
     pub(crate) flood_kinds: Vec<FloodKind>,
     /// Sender processes per flood (a mixed flood has at least one per kind).
     pub(crate) flood_senders: usize,
-    /// Pins sender i to CPU i mod the number of CPUs.
+    /// During each flood, the daemon and the client on CPU 0, the senders on the others.
     pub(crate) flood_pin: bool,
     pub(crate) skip_missing: bool,
     pub(crate) sequential: bool,

@@ -134,6 +134,9 @@ pub(crate) fn emit_system(out: &mut Out, r: &SystemResult) {
         v["offered_pps"] = json!(f.offered_pps);
         v["arrived_pps"] = json!(f.arrived_pps);
         v["rx_dropped"] = json!(f.rx_dropped);
+        v["capture_drops"] = json!(f.capture_drops);
+        v["daemon_counters"] = f.daemon_counters.clone();
+        v["pinned"] = json!(f.pinned);
         v["handled_pps"] = if f.handled_pps.is_finite() {
             json!(f.handled_pps)
         } else {
@@ -441,11 +444,11 @@ fn flood_table(s: &mut String, results: &[SystemResult]) {
     );
     let _ = writeln!(
         s,
-        "| kind | system | what | senders | s | offered pps | arrived pps (dropped) | daemon handled pps | knocks opened | median ms | p99 ms | daemon CPU % (children) | peak RSS MiB (idle) | opened for spoofed sources | machine busy % | daemon busy after, s |"
+        "| kind | system | what | senders | s | offered pps | arrived pps (dropped) | daemon handled pps | capture socket drops | knocks opened | median ms | p99 ms | daemon CPU % (children) | peak RSS MiB (idle) | opened for spoofed sources | machine busy % | daemon busy after, s |"
     );
     let _ = writeln!(
         s,
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for kind in ALL_FLOOD_KINDS {
         for r in results {
@@ -457,7 +460,7 @@ fn flood_table(s: &mut String, results: &[SystemResult]) {
                 };
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {:.0} | {} | {} ({}) | {} | {}/{} | {} | {} | {:.1} ({:.1}) | {:.1} ({:.1}) | {}{replayed} | {:.0} | {:.1} |",
+                    "| {} | {} | {} | {} | {:.0} | {} | {} ({}) | {} | {} | {}/{} | {} | {} | {:.1} ({:.1}) | {:.1} ({:.1}) | {}{replayed} | {:.0} | {:.1} |",
                     kind.name(),
                     r.system.name(),
                     f.scenario.what,
@@ -467,6 +470,7 @@ fn flood_table(s: &mut String, results: &[SystemResult]) {
                     pps(f.arrived_pps),
                     f.rx_dropped,
                     pps(f.handled_pps),
+                    f.capture_drops.map_or("-".to_owned(), |d| d.to_string()),
                     x.ok,
                     x.n,
                     f2(x.median),
@@ -484,7 +488,7 @@ fn flood_table(s: &mut String, results: &[SystemResult]) {
     }
     let _ = writeln!(
         s,
-        "\noffered: frames the senders wrote; arrived: the server link's rx counter; daemon handled: sesamed's `packets_seen` (what its capture filter let through); fwknopd and knockd count no packets we can read (-)."
+        "\noffered: frames the senders wrote; arrived: the server link's rx counter; daemon handled: sesamed's `packets_seen` (what its capture filter let through and it read); capture socket drops: sesamed's `capture_drops` (what its filter let through but the socket's queue had no room for), until it was idle after the flood; fwknopd and knockd count no packets we can read (-)."
     );
     let rows = flood_ratios(results);
     if !rows.is_empty() {

@@ -33,9 +33,9 @@ pub(crate) struct Setup {
     pub(crate) notes: Value,
     /// sesame's client profile (the payload flood aims at its ports).
     pub(crate) profile: Option<PathBuf>,
-    /// Reads the packets the daemon has seen so far (sesamed's `packets_seen`), for a daemon
-    /// that counts them.
-    pub(crate) packets_seen: Option<Box<dyn Fn() -> Result<u64>>>,
+    /// Reads the daemon's counters so far (sesamed's `counters` of `status --json`:
+    /// `packets_seen`, `capture_drops`, `rejections` …), for a daemon that counts.
+    pub(crate) counters: Option<Box<dyn Fn() -> Result<Value>>>,
 }
 
 pub(crate) struct Tools {
@@ -114,7 +114,7 @@ pub(crate) fn setup_floor(
             },
         }),
         profile: None,
-        packets_seen: None,
+        counters: None,
     })
 }
 
@@ -244,7 +244,7 @@ pub(crate) fn start_sesame(
             "rust_log": "info,sesame_server=debug (for the breakdown)",
         }),
         profile: Some(profile_for_flood),
-        packets_seen: Some(Box::new(move || packets_seen(&ns, &dir, &config))),
+        counters: Some(Box::new(move || sesamed_counters(&ns, &dir, &config))),
     })
 }
 
@@ -348,7 +348,7 @@ pub(crate) fn setup_fwknop(
             "version": package_version("fwknop-server"),
         }),
         profile: None,
-        packets_seen: None,
+        counters: None,
     })
 }
 
@@ -414,7 +414,7 @@ pub(crate) fn setup_knockd(bed: &mut Bed, tools: &Tools, opts: &Opts) -> Result<
             "version": package_version("knockd"),
         }),
         profile: None,
-        packets_seen: None,
+        counters: None,
     })
 }
 
@@ -434,6 +434,14 @@ pub(crate) fn ports_list(p: &[u16]) -> String {
 
 /// `packets_seen` of `sesamed status --json` (every packet the capture filter let through).
 pub(crate) fn packets_seen(ns: &str, dir: &Path, config: &Path) -> Result<u64> {
+    let v = sesamed_counters(ns, dir, config)?;
+    v["packets_seen"]
+        .as_u64()
+        .ok_or_else(|| format!("status has no packets_seen: {v}"))
+}
+
+/// The `counters` of `sesamed status --json`.
+pub(crate) fn sesamed_counters(ns: &str, dir: &Path, config: &Path) -> Result<Value> {
     let out = run_cmd(
         Command::new("ip")
             .args(["netns", "exec", ns])
@@ -444,7 +452,8 @@ pub(crate) fn packets_seen(ns: &str, dir: &Path, config: &Path) -> Result<u64> {
     )
     .map_err(|e| format!("sesamed status: {e}"))?;
     let v: Value = serde_json::from_str(&out).map_err(|e| format!("status: {e}"))?;
-    v["counters"]["packets_seen"]
-        .as_u64()
-        .ok_or_else(|| format!("status has no packets_seen: {v}"))
+    match v.get("counters") {
+        Some(c) if c.is_object() => Ok(c.clone()),
+        _ => Err(format!("status has no counters: {v}")),
+    }
 }
