@@ -6,8 +6,10 @@
 #![allow(clippy::unwrap_used)]
 
 use sesame_keys::PrivateKey;
+use sesame_proto::action::{ArgumentRule, ArgumentRuleError};
 use sesame_proto::knock::{KnockError, Packet, PacketKind};
 use sesame_proto::params::{KnockParams, KnockProtocol, PayloadMode};
+use sesame_proto::stun::{StunError, parse_binding_response};
 use sesame_proto::wire::{BuildError, MAX_SERVICES};
 use sesame_proto::{
     ClientKeys, KnockRequest, Proto, Service, ServiceParseError, UnixMillis, plan_knock,
@@ -160,6 +162,56 @@ fn a_service_port_has_at_most_five_digits() {
     for bad in ["tcp/000022", "udp/0065535", "tcp/"] {
         assert!(
             matches!(bad.parse::<Service>(), Err(ServiceParseError::Port(_))),
+            "{bad}"
+        );
+    }
+}
+
+/// A STUN Binding error response (0x0111) with one ERROR-CODE attribute whose value is `value`.
+fn stun_error_response(id: &[u8; 12], value: &[u8]) -> Vec<u8> {
+    let padded = value.len().div_ceil(4) * 4;
+    let mut m = Vec::new();
+    m.extend_from_slice(&0x0111u16.to_be_bytes());
+    m.extend_from_slice(&((4 + padded) as u16).to_be_bytes());
+    m.extend_from_slice(&0x2112_a442u32.to_be_bytes());
+    m.extend_from_slice(id);
+    m.extend_from_slice(&0x0009u16.to_be_bytes());
+    m.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    m.extend_from_slice(value);
+    m.resize(m.len() + padded - value.len(), 0);
+    m
+}
+
+/// A STUN server's error is reported with its code: the class (the low 3 bits of the third
+/// byte) times 100 plus the number (the fourth byte), the bits above the class ignored; an
+/// ERROR-CODE too short to hold a code reports 0.
+#[test]
+fn a_stun_error_response_reports_its_error_code() {
+    let id = [7u8; 12];
+    let parse = |value: &[u8]| parse_binding_response(&stun_error_response(&id, value), &id);
+    // 420 Unknown Attribute, with its reason phrase.
+    let mut v = vec![0, 0, 4, 20];
+    v.extend_from_slice(b"Unknown Attribute");
+    assert_eq!(parse(&v), Err(StunError::ErrorResponse(420)));
+    // 300 Try Alternate, with reserved bits set above the class.
+    assert_eq!(
+        parse(&[0xff, 0xff, 0xf8 | 3, 0]),
+        Err(StunError::ErrorResponse(300))
+    );
+    assert_eq!(parse(&[0, 0, 6, 99]), Err(StunError::ErrorResponse(699)));
+    assert_eq!(parse(&[0, 4, 20]), Err(StunError::ErrorResponse(0)));
+}
+
+/// An argument pattern's counts are one to six digits, leading zeros allowed (`{000001,32}` is
+/// `{1,32}`); seven digits are not a count, whatever their value.
+#[test]
+fn an_argument_patterns_counts_have_at_most_six_digits() {
+    let rule = ArgumentRule::parse("^[a-z]{000001,000032}$").unwrap();
+    assert!(rule.allows("a") && rule.allows(&"z".repeat(32)));
+    assert!(!rule.allows("") && !rule.allows("A"));
+    for bad in ["^[a-z]{0000001,32}$", "^[a-z]{1,0000032}$"] {
+        assert!(
+            matches!(ArgumentRule::parse(bad), Err(ArgumentRuleError::Form(_))),
             "{bad}"
         );
     }

@@ -1,0 +1,98 @@
+//! The cache of gate MACs and gated steps (`seen.rs`): when an entry expires (at its expiry,
+//! not a millisecond later), that an expired MAC gives its client's share back, that the gated
+//! steps are bounded like the MACs, and that a reload takes the MACs over.
+
+use super::*;
+use crate::tracker::seen::{MAX_SEEN, MAX_SEEN_PER_CLIENT, SeenCache};
+
+fn mac(i: u32) -> [u8; MAC_LEN] {
+    let mut m = [0u8; MAC_LEN];
+    m[..4].copy_from_slice(&i.to_le_bytes());
+    m
+}
+
+#[test]
+fn a_seen_mac_is_forgotten_at_its_expiry_and_kept_until_then() {
+    let mut cache = SeenCache::new(1);
+    let until = T0.plus_millis(5000);
+    assert!(cache.insert(mac(1), 0, until));
+    cache.expire(T0.plus_millis(4999));
+    assert!(
+        cache.get(&mac(1)).is_some(),
+        "kept a millisecond before its expiry"
+    );
+    assert_eq!(cache.shares(), &[1]);
+    cache.expire(until);
+    assert!(cache.get(&mac(1)).is_none(), "forgotten at its expiry");
+    assert_eq!(cache.shares(), &[0]);
+}
+
+#[test]
+fn a_gated_step_is_forgotten_at_its_expiry_and_kept_until_then() {
+    let mut cache = SeenCache::new(1);
+    let until = T0.plus_millis(5000);
+    cache.gated(0, 7, until);
+    cache.expire(T0.plus_millis(4999));
+    assert!(cache.was_gated(0, 7));
+    cache.expire(until);
+    assert!(!cache.was_gated(0, 7));
+}
+
+#[test]
+fn an_expired_mac_gives_its_clients_share_back() {
+    let mut cache = SeenCache::new(2);
+    let early = T0.plus_millis(1000);
+    let late = T0.plus_millis(9000);
+    for i in 0..MAX_SEEN_PER_CLIENT {
+        assert!(cache.insert(mac(i), 0, early));
+    }
+    assert!(cache.insert(mac(1 << 20), 1, late));
+    assert!(
+        !cache.insert(mac(1 << 21), 0, late),
+        "client 0's share is full"
+    );
+    assert_eq!(cache.shares(), &[MAX_SEEN_PER_CLIENT, 1]);
+    cache.expire(early);
+    // Client 0's entries left and their share with them; client 1's entry stays, and so does
+    // its share.
+    assert_eq!(cache.shares(), &[0, 1]);
+    assert_eq!(cache.len(), 1);
+    assert!(cache.insert(mac(1 << 21), 0, late));
+}
+
+#[test]
+fn the_gated_steps_are_bounded_like_the_macs() {
+    let mut cache = SeenCache::new(1);
+    let until = T0.plus_millis(5000);
+    for counter in 0..=MAX_SEEN as u64 {
+        cache.gated(0, counter, until);
+    }
+    assert_eq!(cache.gated_steps().count(), MAX_SEEN);
+    assert!(
+        !cache.was_gated(0, MAX_SEEN as u64),
+        "one past the bound is not recorded"
+    );
+}
+
+#[test]
+fn a_reloaded_tracker_takes_over_the_macs_the_old_one_saw() {
+    // A datagram that passed the old tracker's gate stays known after a reload, so a copy is
+    // refused before any key work.
+    let c = c0();
+    let mut old = Lab::new(PayloadMode::Required, 1);
+    old.knocks(0, c, T0, v4(2));
+    let d = old.payload(0, c, T0);
+    old.send_payload(0, c, T0, v4(2), &d);
+    assert_eq!(old.grants(), vec![(ClientId(0), c)]);
+    let macs: Vec<[u8; MAC_LEN]> = old.tracker.seen.iter().map(|(m, _)| *m).collect();
+    assert_eq!(macs.len(), 1);
+    let mut reloaded = Lab::new(PayloadMode::Required, 1);
+    reloaded.tracker.inherit_seen(&old.tracker);
+    assert_eq!(reloaded.tracker.seen.len(), 1);
+    let seen = reloaded
+        .tracker
+        .seen
+        .get(&macs[0])
+        .expect("the MAC is known");
+    assert_eq!(seen.client, 0);
+}
