@@ -170,7 +170,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         println!("# asks to run {what}, {bound}");
         return Ok(());
     }
-    crate::send::knock(&plan, Duration::from_millis(args.delay_ms))?;
+    knock::send(&plan, Duration::from_millis(args.delay_ms))?;
     let n = plan.packets.len();
     println!(
         "sent {what} to {} ({target}): {n} packet{} at step {}, {bound}",

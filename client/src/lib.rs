@@ -8,7 +8,6 @@ pub mod knock;
 pub mod manpage;
 mod open;
 pub mod profiles;
-pub mod send;
 pub mod wait;
 
 mod action;

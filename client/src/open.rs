@@ -402,7 +402,7 @@ fn knock_one(p: &Prepared, args: &OpenArgs, out: &mut dyn FnMut(Line)) -> anyhow
     let delay = Duration::from_millis(args.waiting.delay_ms);
     let send = |target: IpAddr, b: &Binding| -> anyhow::Result<String> {
         let plan = p.k.plan(target, args.time_offset, &p.services, b.address)?;
-        crate::send::knock(&plan, delay)?;
+        knock::send(&plan, delay)?;
         let (_, whom) = crate::describe(&p.services, b);
         Ok(format!(
             "knocked {host} ({target}): {} packets at step {}, asking for {what} {whom}",

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use sesame_proto::params::{KnockParams, KnockProtocol, PayloadMode};
 
-use crate::knock::KnockPlan;
+use crate::knock::{self, KnockPlan};
 
 /// How `--wait` and `proxy` confirm a knock.
 #[derive(Clone, Copy, Debug)]
@@ -314,7 +314,7 @@ pub fn knock_and_wait(
         let stamped = crate::system_now()
             .offset_millis(base_offset.saturating_add(shift).saturating_mul(1000));
         let plan = plan_at(shift)?;
-        crate::send::knock(&plan, policy.delay)?;
+        knock::send(&plan, policy.delay)?;
         probes.push(Probe {
             shift,
             stamped_ms: stamped.0,
