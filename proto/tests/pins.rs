@@ -216,3 +216,19 @@ fn an_argument_patterns_counts_have_at_most_six_digits() {
         );
     }
 }
+
+/// A range in an argument pattern's class may start and end at the same character (`a-a` is
+/// `a`); only one that runs backwards is refused.
+#[test]
+fn an_argument_class_range_may_be_one_character() {
+    let rule = ArgumentRule::parse("^[a-a0-9]{1,4}$").unwrap();
+    assert!(rule.allows("a0") && !rule.allows("b"));
+    assert!(matches!(
+        ArgumentRule::parse("^[b-a]{1,4}$"),
+        Err(ArgumentRuleError::Range {
+            lo: 'b',
+            hi: 'a',
+            ..
+        })
+    ));
+}
