@@ -34,14 +34,27 @@ pub(super) struct LogLimiter {
     window: Instant,
     lines: u32,
     suppressed: u64,
+    /// Limits debug lines: what it suppresses is said at debug level, not as suppressed
+    /// rejections (a flood of debug lines must not hide the `rejected` lines either).
+    debug: bool,
 }
 
 impl LogLimiter {
+    /// The limiter of the `rejected` and `action not run` lines.
     pub(super) fn new() -> Self {
         LogLimiter {
             window: Instant::now(),
             lines: 0,
             suppressed: 0,
+            debug: false,
+        }
+    }
+
+    /// A limiter of its own for debug lines.
+    pub(super) fn new_debug() -> Self {
+        LogLimiter {
+            debug: true,
+            ..LogLimiter::new()
         }
     }
 
@@ -60,7 +73,12 @@ impl LogLimiter {
         if self.window.elapsed() < Duration::from_secs(1) {
             return;
         }
-        if self.suppressed > 0 {
+        if self.suppressed > 0 && self.debug {
+            tracing::debug!(
+                suppressed = self.suppressed,
+                "debug log lines suppressed in the last second (rate limit)"
+            );
+        } else if self.suppressed > 0 {
             tracing::warn!(
                 suppressed = self.suppressed,
                 "rejection log lines suppressed in the last second (rate limit)"
@@ -97,6 +115,9 @@ pub(super) struct Core<S = JournalStore> {
     pub(super) server_key: sesame_keys::PrivateKey,
     pub(super) events: Vec<Event>,
     pub(super) limiter: LogLimiter,
+    /// The rate limit of the debug lines of the packet path (their own: under a flood they
+    /// must not use up the budget of the `rejected` lines).
+    pub(super) debug_limiter: LogLimiter,
     pub(super) state_write_failures: u64,
     /// Clients whose last grant could not be saved (refused): saved with the next grant.
     pub(super) unsaved: Vec<PublicKey>,
@@ -290,9 +311,9 @@ impl<S: ReplayStore> Core<S> {
             } => {
                 // Under a flood of knocks at the live ports every spoofed source completes a
                 // sequence: at debug level one line each (tens of thousands a second, a tenth
-                // of sesamed's time spent formatting and writing them) unless they share the
-                // rejection lines' rate limit.
-                if tracing::enabled!(tracing::Level::DEBUG) && self.limiter.allow() {
+                // of sesamed's time spent formatting and writing them) unless they have a
+                // rate limit of their own (50 a second).
+                if tracing::enabled!(tracing::Level::DEBUG) && self.debug_limiter.allow() {
                     tracing::debug!(
                         source = %source,
                         client = %self.name(*client),

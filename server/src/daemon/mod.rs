@@ -436,6 +436,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         grants: grants_tx,
         events: Vec::new(),
         limiter: LogLimiter::new(),
+        debug_limiter: LogLimiter::new_debug(),
         state_write_failures: 0,
         unsaved: Vec::new(),
         config: std::sync::Arc::new(config.clone()),
@@ -519,6 +520,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
                 // Also forgets the gate MACs whose step has left the window.
                 core.handle_timeout();
                 core.limiter.flush_if_due();
+                core.debug_limiter.flush_if_due();
             }
         });
     }
