@@ -16,7 +16,7 @@ use sesame_proto::{
 };
 use std::collections::BTreeSet;
 
-/// `sesame --verbose` prints each packet it sends as one aligned line: what it is, the
+/// `sesame --dry-run` prints each packet it would send as one aligned line: what it is, the
 /// protocol, the destination, and the datagram's size (a TCP knock is a SYN).
 #[test]
 fn a_packet_prints_as_one_aligned_line() {
@@ -135,7 +135,7 @@ fn a_knock_numbers_its_packets_from_one_and_carries_up_to_max_services() {
         action: None,
     };
     let plan = plan_knock(&req, &mut rng).unwrap();
-    // The knocks are numbered from 1 (as `sesame --verbose` prints them), then the payload.
+    // The knocks are numbered from 1 (as `sesame --dry-run` prints them), then the payload.
     let kinds: Vec<PacketKind> = plan.packets.iter().map(|p| p.kind.clone()).collect();
     assert_eq!(
         kinds,
