@@ -219,6 +219,7 @@ impl KnockParams {
     }
 
     /// Whether `port` is inside the knock range (excluded ports are not).
+    #[inline]
     pub fn in_range(&self, port: u16) -> bool {
         (self.port_lo..=self.port_hi).contains(&port) && !self.is_excluded(port)
     }
