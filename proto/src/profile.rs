@@ -618,4 +618,49 @@ lease = "connection"
         };
         assert_eq!(err.to_string(), "line 1: k\\u{1b}: m\\u{a}\\u{9b}");
     }
+
+    // What a mutation run of profile.rs found unpinned (docs/TESTING.md).
+
+    #[test]
+    fn keys_with_dashes_and_underscores_are_named() {
+        let text = "[knock]\nport-range = 1\nstep_seconds = 2\nbad key = 3\n";
+        assert_eq!(key_at_line(text, 2).as_deref(), Some("knock.port-range"));
+        assert_eq!(key_at_line(text, 3).as_deref(), Some("knock.step_seconds"));
+        assert_eq!(key_at_line(text, 4), None);
+    }
+
+    #[test]
+    fn one_line_joins_words_with_single_spaces() {
+        assert_eq!(one_line("  a\n\t b  c "), "a b c");
+        assert_eq!(one_line("x\u{1b}y"), "x\\u{1b}y");
+    }
+
+    #[test]
+    fn only_a_host_and_a_port_is_a_host_port() {
+        for ok in [
+            "stun.example.net:3478",
+            "198.18.0.1:1",
+            "[2001:db8::1]:65535",
+        ] {
+            assert!(is_host_port(ok), "{ok}");
+        }
+        for bad in [
+            "stun.example.net",
+            "stun.example.net:0",
+            "stun.example.net:65536",
+            ":3478",
+            "a b:3478",
+            "[2001:db8::1:3478",
+            "2001:db8::1:3478",
+            "a\u{7}b:3478",
+        ] {
+            assert!(!is_host_port(bad), "{bad:?}");
+        }
+        let long = format!("{}:3478", "a".repeat(251));
+        assert!(!is_host_port(&long), "longer than 255 bytes");
+        assert!(
+            is_host_port(&format!("{}:3478", "a".repeat(250))),
+            "255 bytes"
+        );
+    }
 }

@@ -404,3 +404,66 @@ proptest! {
         prop_assert!(opener.open(now, &sk, now.counter(STEP), &bytes).is_err());
     }
 }
+
+// What a mutation run of payload.rs found unpinned (docs/TESTING.md).
+
+#[test]
+fn an_action_prints_as_its_name_and_argument() {
+    assert_eq!(
+        Action::new("restart", "web").unwrap().to_string(),
+        "restart web"
+    );
+    assert_eq!(Action::new("restart", "").unwrap().to_string(), "restart");
+}
+
+#[test]
+fn wire_noise_takes_the_first_unbiased_byte_as_the_padding_length() {
+    let n = MAX_PADDING + 1;
+    let limit = 256 - 256 % n;
+    assert_eq!(limit, 228, "the largest multiple of 57 under 256");
+    let mut bytes = [0u8; 64];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    // Byte 1 is below the limit: it is the length (5), the padding is bytes 8..13.
+    bytes[0] = 3;
+    bytes[1] = 5;
+    let w = WireNoise::from_random(&bytes);
+    assert!(w.high_bit);
+    assert_eq!(w.padding, (8u8..13).collect::<Vec<_>>());
+    // Bit 0 of byte 0 alone is the high bit.
+    bytes[0] = 2;
+    assert!(!WireNoise::from_random(&bytes).high_bit);
+    // Bytes at or above the limit are skipped (228 itself too); the first below it counts,
+    // modulo 57.
+    bytes[1] = 228;
+    bytes[2] = 250;
+    bytes[3] = 100;
+    assert_eq!(WireNoise::from_random(&bytes).padding.len(), 100 % n);
+    // All seven at or above the limit: byte 7, modulo 57.
+    bytes[1..8].copy_from_slice(&[228, 229, 240, 250, 255, 231, 230]);
+    assert_eq!(WireNoise::from_random(&bytes).padding.len(), 230 % n);
+    assert_eq!(WireNoise::from_random(&bytes).padding, vec![8, 9]);
+}
+
+#[test]
+fn a_request_with_an_unknown_flag_is_not_encoded() {
+    let mut req = request(UnixMillis(1_764_000_000_000));
+    req.flags = 1;
+    assert!(matches!(
+        encode_plaintext(&req),
+        Err(BuildError::UnknownFlags(1))
+    ));
+}
+
+#[test]
+fn a_plaintext_one_byte_too_long_is_refused_as_too_long() {
+    let pt = encode_plaintext(&request(UnixMillis(1_764_000_000_000))).unwrap();
+    let mut long = pt.to_vec();
+    long.push(0);
+    assert!(matches!(
+        decode_plaintext(&long),
+        Err(RejectReason::TooLong { len }) if len == PLAINTEXT_LEN + 1
+    ));
+    assert!(decode_plaintext(&pt).is_ok());
+}
