@@ -663,4 +663,42 @@ lease = "connection"
             "255 bytes"
         );
     }
+
+    #[test]
+    fn bind_address_is_on_unless_the_profile_turns_it_off() {
+        assert!(Profile::parse(&full()).unwrap().bind_address);
+        let off = format!("{}bind_address = false\n", full());
+        assert!(!Profile::parse(&off).unwrap().bind_address);
+    }
+
+    #[test]
+    fn an_empty_psk_file_is_refused_and_named() {
+        let text = full().replace("psk_file = \"client.psk\"", "psk_file = \"\"");
+        assert_eq!(
+            Profile::parse(&text).unwrap_err().key.as_deref(),
+            Some("psk_file")
+        );
+    }
+
+    #[test]
+    fn a_bad_step_is_named_as_step_seconds() {
+        let text = full().replace("step_seconds = 30", "step_seconds = 0");
+        let err = Profile::parse(&text).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("step_seconds"), "{err}");
+    }
+
+    #[test]
+    fn the_stun_server_must_be_host_and_port() {
+        let with = |stun: &str| format!("{}stun = \"{stun}\"\n", full());
+        let p = Profile::parse(&with("stun.example.net:3478")).unwrap();
+        assert_eq!(p.stun.as_deref(), Some("stun.example.net:3478"));
+        let err = Profile::parse(&with("stun.example.net")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("stun"), "{err}");
+    }
+
+    #[test]
+    fn toml_strings_escape_other_control_characters_as_unicode() {
+        assert_eq!(toml_string("a\u{7}b"), "\"a\\u0007b\"");
+        assert_eq!(toml_string("caf\u{e9}"), "\"caf\u{e9}\"");
+    }
 }

@@ -545,4 +545,56 @@ mod tests {
         }
         assert!(decoded > 100, "{decoded} of 4000 changed URIs decoded");
     }
+
+    // What a mutation run of uri.rs found unpinned (docs/TESTING.md).
+
+    #[test]
+    fn names_are_1_to_64_bytes_of_letters_digits_dot_underscore_dash_not_starting_with_a_dot() {
+        let longest = "a".repeat(64);
+        for ok in ["phone", "laptop-1.home_x", longest.as_str()] {
+            assert!(is_valid_name(ok), "{ok}");
+        }
+        let too_long = "a".repeat(65);
+        for bad in ["", ".hidden", "a b", "caf\u{e9}", too_long.as_str()] {
+            assert!(!is_valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_profile_with_the_most_services_round_trips_and_one_more_is_refused() {
+        let mut u = sample(false);
+        u.profile.open = (1..=MAX_SERVICES as u16)
+            .map(|p| Service::new(Proto::Tcp, p))
+            .collect();
+        let text = u.encode().unwrap();
+        assert_eq!(
+            ProfileUri::decode(&text).unwrap().profile.open,
+            u.profile.open
+        );
+        u.profile.open.push(Service::new(Proto::Tcp, 9999));
+        assert!(matches!(u.encode(), Err(UriError::Field("open", _))));
+    }
+
+    #[test]
+    fn a_uri_whose_host_is_empty_or_has_a_space_or_a_control_character_is_refused() {
+        for host in ["", "vpn example.org", "vpn\u{7}.example.org"] {
+            let mut u = sample(false);
+            u.profile.host = host.into();
+            let text = u.encode().unwrap();
+            assert!(
+                matches!(ProfileUri::decode(&text), Err(UriError::Field("host", _))),
+                "{host:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_counted() {
+        let good = sample(false).encode().unwrap();
+        let mut bytes = URL_SAFE_NO_PAD.decode(&good[URI_PREFIX.len()..]).unwrap();
+        bytes.extend_from_slice(&[0, 0, 0]);
+        let e = ProfileUri::decode(&format!("{URI_PREFIX}{}", URL_SAFE_NO_PAD.encode(&bytes)))
+            .unwrap_err();
+        assert_eq!(e, UriError::Trailing(3));
+    }
 }
