@@ -10,7 +10,7 @@
 //! The daemon reads packets through the [`CaptureSource`] trait, driven by [`run_capture`];
 //! [`PacketSocket`] is its AF_PACKET implementation, and the place a new backend starts from.
 //!
-//! This module is the only place in sesame with `unsafe` code (binding a packet socket to an
+//! Most of sesamed's `unsafe` code is in this module (binding a packet socket to an
 //! interface, socket options that socket2 does not wrap, and in [`ebpf`] the `bpf()` system
 //! call and the mapping of the bitmap).
 

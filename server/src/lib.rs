@@ -1,8 +1,9 @@
 //! `sesamed`, the sesame knock daemon.
 //!
-//! The binary is a thin `main` around [`main`]. Unsafe code lives only in [`capture`], and in
+//! The binary is a thin `main` around [`main`]. Unsafe code lives only in [`capture`], in
 //! two functions of [`action::runner`] (a command's `setsid` between fork and exec, and marking
-//! inherited descriptors close-on-exec).
+//! inherited descriptors close-on-exec), and in [`memory::release_freed`] (glibc's
+//! `malloc_trim`).
 #![deny(unsafe_code)]
 
 pub mod action;
@@ -16,6 +17,7 @@ pub mod firewall;
 pub mod instance;
 pub mod lease;
 pub mod manpage;
+pub mod memory;
 pub mod metrics;
 pub mod netlink;
 pub mod privileges;

@@ -593,7 +593,10 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
                         };
                         let json = tokio::task::spawn_blocking(move || {
                             s.clients = list.build();
-                            serde_json::to_value(&s).map(|v| v.to_string())
+                            let json = serde_json::to_value(&s).map(|v| v.to_string());
+                            drop(s);
+                            crate::memory::release_freed();
+                            json
                         })
                         .await;
                         return match json {
@@ -658,6 +661,8 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
             .map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics")),
         "ready"
     );
+    // The start-up's parse and key work ran on every core; their arenas keep what they freed.
+    tokio::task::spawn_blocking(crate::memory::release_freed);
 
     wait_for_stop().await;
     tracing::info!("stopping");

@@ -356,9 +356,12 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
     c.store.set_max_ahead(new.knock.max_ahead_ms);
     let old_config = std::mem::replace(&mut c.config, Arc::new(new));
     // The old tracker and configuration are freed off the packet thread (large at 1 000 000
-    // clients).
+    // clients), and the memory of them and of the reload's parse goes back to the kernel.
     drop(c);
-    tokio::task::spawn_blocking(move || drop((old_tracker, old_config, old)));
+    tokio::task::spawn_blocking(move || {
+        drop((old_tracker, old_config, old));
+        crate::memory::release_freed();
+    });
     let c = core.borrow();
     let list = |v: &[String]| {
         if v.is_empty() {
