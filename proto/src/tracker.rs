@@ -656,11 +656,6 @@ impl StepTable {
         })
     }
 
-    /// The counter this table belongs to.
-    pub fn counter(&self) -> u64 {
-        self.counter
-    }
-
     fn range_on(&self, port: u16) -> std::ops::Range<usize> {
         let i = usize::from(port.wrapping_sub(self.lo));
         match (self.offsets.get(i), self.offsets.get(i + 1)) {
