@@ -392,7 +392,27 @@ impl Nftables {
             Proto::Udp => libc::IPPROTO_UDP as u8,
         };
         let key = crate::netlink::element_key(lease.address, proto, lease.service.port);
-        tokio::task::spawn_blocking(move || crate::netlink::apply(&table, &set, &key, &ops))
+        let deletes = ops
+            .iter()
+            .any(|op| matches!(op, crate::netlink::ElementOp::Delete));
+        if deletes {
+            // Acknowledged only after an RCU grace period (milliseconds): off this thread.
+            return tokio::task::spawn_blocking(move || {
+                crate::netlink::apply(&table, &set, &key, &ops)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        }
+        // An add is done by the time `send` returns (crate::netlink::Transaction): on this
+        // thread, with no hand-off; a kernel that has not acked yet is waited for off it.
+        let mut tx = crate::netlink::Transaction::send(&table, &set, &key, &ops)?;
+        if tx.poll()? {
+            return Ok(());
+        }
+        tracing::debug!(
+            "netlink: the add was not acknowledged when send returned; waiting off the packet thread"
+        );
+        tokio::task::spawn_blocking(move || tx.wait())
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
     }

@@ -248,43 +248,102 @@ pub fn read_acks(datagram: &[u8], first: u32, acked: &mut [bool]) -> io::Result<
 /// Applies `ops` to one element of set `set` in table `inet table`, as one transaction, and
 /// waits for the kernel to acknowledge every message. Blocking (at most [`ACK_TIMEOUT`]).
 pub fn apply(table: &str, set: &str, key: &[u8], ops: &[ElementOp]) -> io::Result<()> {
-    let socket = Socket::new(
-        Domain::from(libc::AF_NETLINK),
-        Type::from(libc::SOCK_RAW),
-        Some(Protocol::from(libc::NETLINK_NETFILTER)),
-    )?;
-    socket.set_read_timeout(Some(ACK_TIMEOUT))?;
-    // A fresh socket per transaction: nothing from an earlier one can be read as an ack.
-    let seq = 1;
-    let msg = batch(table, set, key, ops, seq);
-    // Unbound and unconnected: the datagram goes to the kernel (port id 0).
-    let sent = socket.send(&msg)?;
-    if sent != msg.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            "netlink: short send",
-        ));
+    let mut tx = Transaction::send(table, set, key, ops)?;
+    if tx.poll()? {
+        return Ok(());
     }
-    let mut acked = vec![false; ops.len()];
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = (&socket).read(&mut buf).map_err(|e| {
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "netlink: no acknowledgement from the kernel",
-                )
-            } else {
-                e
+    tx.wait()
+}
+
+/// A transaction sent to the kernel, whose acknowledgements are read with
+/// [`Transaction::poll`] (without waiting) or [`Transaction::wait`].
+///
+/// The kernel processes a netfilter batch inside the `send` that hands it over (nfnetlink
+/// runs in the sender's context) and queues the acks on the socket before `send` returns, so
+/// for a batch that adds an element `poll` right after `send` finds them all: sesamed then
+/// applies a new lease on its packet thread with no hand-off to another thread and back
+/// (BENCHMARKS.md, "The firewall's part"). A batch with a delete is acknowledged after an RCU
+/// grace period: sesamed sends those from a blocking thread.
+pub struct Transaction {
+    socket: Socket,
+    acked: Vec<bool>,
+    buf: Vec<u8>,
+}
+
+/// The sequence number of the batch's `BATCH_BEGIN`; its messages follow.
+const FIRST_SEQ: u32 = 1;
+
+impl Transaction {
+    /// Sends `ops` on a fresh socket (nothing from an earlier transaction can be read as an
+    /// ack of this one).
+    pub fn send(table: &str, set: &str, key: &[u8], ops: &[ElementOp]) -> io::Result<Self> {
+        let socket = Socket::new(
+            Domain::from(libc::AF_NETLINK),
+            Type::from(libc::SOCK_RAW),
+            Some(Protocol::from(libc::NETLINK_NETFILTER)),
+        )?;
+        let msg = batch(table, set, key, ops, FIRST_SEQ);
+        // Unbound and unconnected: the datagram goes to the kernel (port id 0).
+        let sent = socket.send(&msg)?;
+        if sent != msg.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "netlink: short send",
+            ));
+        }
+        Ok(Transaction {
+            socket,
+            acked: vec![false; ops.len()],
+            buf: vec![0u8; 16 * 1024],
+        })
+    }
+
+    /// Reads the acknowledgements already queued, without waiting: true once every message
+    /// is acknowledged, an error if one was refused.
+    pub fn poll(&mut self) -> io::Result<bool> {
+        self.socket.set_nonblocking(true)?;
+        loop {
+            let n = match (&self.socket).read(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            if self.take(n)? {
+                return Ok(true);
             }
-        })?;
-        match read_acks(&buf[..n], seq + 1, &mut acked)? {
-            Acks::Pending => continue,
-            Acks::Done => return Ok(()),
-            Acks::Refused(errno) => return Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+
+    /// Waits for the rest of the acknowledgements (at most [`ACK_TIMEOUT`] per read).
+    pub fn wait(mut self) -> io::Result<()> {
+        self.socket.set_nonblocking(false)?;
+        self.socket.set_read_timeout(Some(ACK_TIMEOUT))?;
+        loop {
+            let n = (&self.socket).read(&mut self.buf).map_err(|e| {
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "netlink: no acknowledgement from the kernel",
+                    )
+                } else {
+                    e
+                }
+            })?;
+            if self.take(n)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Marks the acks in the first `n` bytes of the buffer: true when all are in.
+    fn take(&mut self, n: usize) -> io::Result<bool> {
+        match read_acks(&self.buf[..n], FIRST_SEQ + 1, &mut self.acked)? {
+            Acks::Pending => Ok(false),
+            Acks::Done => Ok(true),
+            Acks::Refused(errno) => Err(io::Error::from_raw_os_error(errno)),
         }
     }
 }
