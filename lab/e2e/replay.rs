@@ -97,3 +97,58 @@ fn s3_replayed_mixed_knock_over_ipv6_opens_nothing() {
     }
     scenario("s3-replay6", Family::V6, "mixed");
 }
+
+/// `payload = "optional"`: a step for which a payload datagram passed the gate gets no
+/// sequence-only grant, so the attacker's copy of a knock whose payload was refused (here it
+/// asks for a service the client may not open; one burnt by a spoofed packet is the same case)
+/// opens nothing when replayed without the payload, from elsewhere. A clean stop and start
+/// must keep that record (the snapshot's `gated` lines): before they existed, the replay after
+/// the restart opened every allowed service for the attacker's address.
+#[test]
+fn optional_mode_a_refused_knocks_sequence_replayed_after_a_clean_restart_opens_nothing() {
+    if !require_netns() {
+        return;
+    }
+    let mut f = Fixture::new("s3-optional");
+    f.spec.knock.payload = "optional".to_owned();
+    // The knock's step stays in the window for the whole test; short payload waits.
+    f.spec.knock.step_seconds = 120;
+    f.spec.knock.timeout_ms = 1500;
+    f.spec.protect = vec!["tcp/22".to_owned(), "tcp/80".to_owned()];
+    f.client().allow = Some(vec!["tcp/22".to_owned()]);
+    f.start();
+    let client = f.lab.addr(Host::Client, Family::V4);
+    // The knocks without the payload: a UDP knock's body is at most 120 bytes, a payload
+    // datagram is longer.
+    let cap = f.lab.capture(
+        Host::Client,
+        CLIENT_IF,
+        "sequence",
+        "udp and udp[4:2] <= 128",
+    );
+    let mark = f.mark();
+    f.knock(&["--port", "tcp/80"]);
+    f.expect_reject(mark, client, "service_not_allowed");
+    let packets = cap.stop();
+    let server = f.server(Family::V4);
+    let to_server: Vec<&pcap::Packet> = packets.iter().filter(|p| p.dst == server).collect();
+    assert!(
+        to_server.len() >= 3
+            && to_server.iter().all(|p| matches!(&p.l4, pcap::L4::Udp { payload, .. } if !sesame_proto::wire::is_payload_len(payload.len()))),
+        "the knocks captured, without the payload: {packets:#?}"
+    );
+    f.assert_no_grant(mark, "a knock whose payload was refused");
+
+    let replay = |f: &Fixture, when: &str| {
+        crate::fence::replay_outcome(f, Host::Attacker, "sequence.pcap", when)
+    };
+    assert_eq!(replay(&f, "while running"), "replay");
+    f.stop_daemon();
+    f.daemon = Some(f.lab.start_sesamed(&f.config));
+    let after = replay(&f, "after a clean restart");
+    assert_eq!(
+        after, "replay",
+        "the sequence of a knock whose payload was refused, replayed without it after a clean restart"
+    );
+    assert!(!f.connects(Host::Attacker, Family::V4, 22));
+}

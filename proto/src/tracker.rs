@@ -825,6 +825,19 @@ pub struct SeenMac {
     pub expires: UnixMillis,
 }
 
+/// A step some datagram passed the gate for (so `optional` mode grants no sequence alone for
+/// it), as the server saves it at a clean shutdown ([`Tracker::gated_list`]) and gives it back
+/// at the next start ([`Tracker::remember_gated`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GatedStep {
+    /// The client whose gate the datagram passed.
+    pub client: PublicKey,
+    /// The step (its length and counter).
+    pub step: UsedStep,
+    /// Until when it matters (every sequence of the step has had its deadline then).
+    pub expires: UnixMillis,
+}
+
 /// A completed sequence's deadline, in the timer queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Deadline {
@@ -954,7 +967,8 @@ impl Tracker {
                 if expires > now {
                     tracker.seen.insert(a.mac, i as u32, expires);
                     let gated_until = expires.plus_millis(tracker.config.timeout_ms);
-                    tracker.seen.gated(i as u32, counter, gated_until);
+                    let step = tracker.used_step(counter);
+                    tracker.seen.gated(i as u32, step, gated_until);
                 }
             }
         }
@@ -1030,6 +1044,38 @@ impl Tracker {
         }
     }
 
+    /// Every step some datagram passed the gate for, remembered now (saved at a clean shutdown
+    /// with [`Tracker::seen_list`]: in `optional` mode it decides that a replay of the step's
+    /// sequence without its payload opens nothing, and it is in no replay state when the
+    /// payload was refused or burnt).
+    pub fn gated_list(&self) -> Vec<GatedStep> {
+        self.seen
+            .gated_steps()
+            .filter_map(|(client, step, expires)| {
+                let client = *self.clients.get(client as usize)?.keys.client_public();
+                Some(GatedStep {
+                    client,
+                    step,
+                    expires,
+                })
+            })
+            .collect()
+    }
+
+    /// Remembers gated steps saved by [`Tracker::gated_list`] (the expired ones, and those of
+    /// clients this tracker does not have, are dropped). A step of another length than the
+    /// running one is kept as it is: no sequence of the running length is that step, and it
+    /// matters again if a reload brings that length back while it lasts.
+    pub fn remember_gated(&mut self, list: &[GatedStep], now: UnixMillis) {
+        for g in list {
+            if g.expires > now {
+                if let Some(&client) = self.by_key.get(&g.client) {
+                    self.seen.gated(client, g.step, g.expires);
+                }
+            }
+        }
+    }
+
     /// Takes over the gate MACs `old` has seen (after a reload), so that datagrams seen by the
     /// old tracker stay refused before any key work, and its counters, which run on.
     pub fn inherit_seen(&mut self, old: &Tracker) {
@@ -1071,11 +1117,10 @@ impl Tracker {
             self.seen
                 .insert(*mac, map(s.client), s.expires.plus_millis(widen));
         }
-        for (client, counter, expires) in old.seen.gated_steps() {
+        for (client, step, expires) in old.seen.gated_steps() {
             let new = map(client);
             if new != GONE {
-                self.seen
-                    .gated(new, counter, expires.plus_millis(widen_gated));
+                self.seen.gated(new, step, expires.plus_millis(widen_gated));
             }
         }
     }
@@ -1097,7 +1142,7 @@ impl Tracker {
             if expires > now {
                 self.seen.insert(a.mac, i, expires);
                 let gated_until = expires.plus_millis(self.config.timeout_ms);
-                self.seen.gated(i, counter, gated_until);
+                self.seen.gated(i, self.used_step(counter), gated_until);
             }
         }
         self.replay[i as usize] = state;
@@ -1274,6 +1319,14 @@ impl Tracker {
         self.tables.iter().find(|t| t.counter == counter)
     }
 
+    /// Step `counter` of the running step length.
+    fn used_step(&self, counter: u64) -> UsedStep {
+        UsedStep {
+            step_seconds: self.config.params.step_seconds,
+            counter,
+        }
+    }
+
     /// When the window that admits `counter` last ends: the end of step `counter + skew`.
     fn seen_expiry(&self, counter: u64) -> UnixMillis {
         let step = u64::from(self.config.params.step_seconds);
@@ -1413,7 +1466,8 @@ impl Tracker {
         }
         // Kept until every deadline of a sequence of that step has passed.
         let gated_until = expires.plus_millis(self.config.timeout_ms);
-        self.seen.gated(client, counter, gated_until);
+        self.seen
+            .gated(client, self.used_step(counter), gated_until);
         true
     }
 
@@ -1998,7 +2052,7 @@ impl Tracker {
         // `optional`: a step for which some datagram passed the gate (from any source) had a
         // payload, which alone decides; and after a crash that record is lost.
         let fallback_refused = self.config.payload == PayloadMode::Optional
-            && (self.seen.was_gated(client, counter)
+            && (self.seen.was_gated(client, step)
                 || self.fallback_floor.is_some_and(|f| step.start() < f));
         let window_start = self.window_start(now);
         let replay = &mut self.replay[id.index()];

@@ -16,10 +16,14 @@
 //! and `<steps>` one of `<step_seconds>:<counter>`. A client that has run an action has a
 //! fifth field, `action=<ms>`: its action floor (the timestamp of the newest accepted payload
 //! naming an action; PROTOCOL.md 7.2). A line without it (every line written before action
-//! floors existed) has none, which refuses nothing, as 0 would. At a clean shutdown the snapshot also holds
-//! every gate MAC the tracker remembers (datagrams that passed the gate but were refused are in
-//! no client's state), one per line: `seen <MAC> <client public key> <until ms>`. Everything is in time (milliseconds), not
-//! in counters of one step length, so a change of `step_seconds` keeps it meaningful.
+//! floors existed) has none, which refuses nothing, as 0 would. At a clean shutdown the
+//! snapshot also holds every gate MAC the tracker remembers (datagrams that passed the gate but
+//! were refused are in no client's state), one per line: `seen <MAC> <client public key> <until
+//! ms>`; and every step some datagram passed the gate for (in `optional` mode such a step gets
+//! no sequence-only grant; a refused or burnt payload's step is in no client's state either),
+//! one per line: `gated <client public key> <step_seconds>:<counter> <until ms>`. A snapshot
+//! without `gated` lines (written before they existed) still loads. Everything is in time
+//! (milliseconds), or names its step length, so a change of `step_seconds` keeps it meaningful.
 //!
 //! A grant appends the changed clients to the journal, `replay.journal`, with one write and
 //! one `fdatasync` (a fraction of the snapshot's two fsyncs and a rename; BENCHMARKS.md):
@@ -53,7 +57,7 @@ use std::path::{Path, PathBuf};
 
 use sesame_keys::PublicKey;
 use sesame_proto::UnixMillis;
-use sesame_proto::tracker::{AcceptedPayload, ReplayState, SeenMac, UsedStep};
+use sesame_proto::tracker::{AcceptedPayload, GatedStep, ReplayState, SeenMac, UsedStep};
 use sesame_proto::wire::MAC_LEN;
 
 const HEADER: &str = "sesame-replay 2";
@@ -399,6 +403,8 @@ pub struct JournalStore {
     legacy: bool,
     /// Gate MACs saved at the last clean shutdown (written with every snapshot).
     seen: Vec<SeenMac>,
+    /// Gated steps saved at the last clean shutdown (written with every snapshot).
+    gated: Vec<GatedStep>,
     /// `state_sync = "fence"`: the durable fence (ms; 0 = none yet) and `max_ahead_ms`. A
     /// record is written without a sync while the fence is past now + max_ahead_ms, the
     /// latest timestamp the tracker accepts.
@@ -430,16 +436,20 @@ impl JournalStore {
         }
         let path = dir.join(FILE_NAME);
         let mut legacy = false;
-        let (mut entries, seen) = match read_state_file(&path) {
+        let Snapshot {
+            mut entries,
+            seen,
+            gated,
+        } = match read_state_file(&path) {
             Ok(bytes) if bytes.starts_with(format!("{HEADER_V1}\n").as_bytes()) => {
                 legacy = true;
-                (BTreeMap::new(), Vec::new())
+                Snapshot::default()
             }
             Ok(bytes) => parse(&bytes).map_err(|why| StateError::Corrupt {
                 path: path.clone(),
                 why,
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (BTreeMap::new(), Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
             Err(source) => return Err(StateError::Io { path, source }),
         };
         let jpath = dir.join(JOURNAL_NAME);
@@ -476,6 +486,7 @@ impl JournalStore {
             journal_dirty,
             legacy,
             seen,
+            gated,
             fence: None,
             unsynced_appends: 0,
         })
@@ -520,6 +531,16 @@ impl JournalStore {
     /// The gate MACs the next snapshot holds (set just before the shutdown's checkpoint).
     pub fn set_seen(&mut self, seen: Vec<SeenMac>) {
         self.seen = seen;
+    }
+
+    /// The gated steps saved at the last clean shutdown.
+    pub fn gated(&self) -> &[GatedStep] {
+        &self.gated
+    }
+
+    /// The gated steps the next snapshot holds (set just before the shutdown's checkpoint).
+    pub fn set_gated(&mut self, gated: Vec<GatedStep>) {
+        self.gated = gated;
     }
 
     /// Marks the state as in use by a running sesamed; returns whether the marker was there
@@ -677,9 +698,14 @@ impl JournalStore {
     }
 
     /// Moves the journal into the snapshot (at a clean shutdown, so the snapshot alone is the
-    /// whole state, with the remembered gate MACs of [`JournalStore::set_seen`]).
+    /// whole state, with the remembered gate MACs of [`JournalStore::set_seen`] and the gated
+    /// steps of [`JournalStore::set_gated`]).
     pub fn checkpoint(&mut self) -> Result<(), StateError> {
-        if self.journal_records == 0 && self.seen.is_empty() && !self.path().exists() {
+        if self.journal_records == 0
+            && self.seen.is_empty()
+            && self.gated.is_empty()
+            && !self.path().exists()
+        {
             return Ok(());
         }
         self.compact()
@@ -720,7 +746,7 @@ impl JournalStore {
 
     /// Writes the snapshot atomically (temporary file, fsync, rename, fsync of the directory).
     fn write_snapshot(&self) -> Result<(), StateError> {
-        let text = render(&self.entries, &self.seen);
+        let text = render(&self.entries, &self.seen, &self.gated);
         let path = self.path();
         let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
         let io = |p: &Path| {
@@ -923,7 +949,11 @@ fn parse_record(line: &[u8]) -> Option<(PublicKey, ReplayState)> {
     parse_line(body)
 }
 
-fn render(entries: &BTreeMap<PublicKey, ReplayState>, seen: &[SeenMac]) -> String {
+fn render(
+    entries: &BTreeMap<PublicKey, ReplayState>,
+    seen: &[SeenMac],
+    gated: &[GatedStep],
+) -> String {
     let mut body = format!("{HEADER}\n");
     for (key, s) in entries {
         body.push_str(&line(key, s));
@@ -937,12 +967,47 @@ fn render(entries: &BTreeMap<PublicKey, ReplayState>, seen: &[SeenMac]) -> Strin
             m.expires.0
         ));
     }
+    for g in gated {
+        body.push_str(&format!(
+            "gated {} {}:{} {}\n",
+            g.client, g.step.step_seconds, g.step.counter, g.expires.0
+        ));
+    }
     let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
     body.push_str(&format!("sha256 {}\n", hex(digest.as_ref())));
     body
 }
 
-type Snapshot = (BTreeMap<PublicKey, ReplayState>, Vec<SeenMac>);
+/// A snapshot, read.
+#[derive(Default)]
+struct Snapshot {
+    entries: BTreeMap<PublicKey, ReplayState>,
+    seen: Vec<SeenMac>,
+    gated: Vec<GatedStep>,
+}
+
+/// Parses `gated <client public key> <step_seconds>:<counter> <until ms>`.
+fn parse_gated(line: &str) -> Option<GatedStep> {
+    let mut parts = line.split(' ');
+    let (Some("gated"), Some(key), Some(step), Some(until), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let (step_seconds, counter) = step.split_once(':')?;
+    Some(GatedStep {
+        client: PublicKey::from_base64(key).ok()?,
+        step: UsedStep {
+            step_seconds: step_seconds.parse().ok()?,
+            counter: counter.parse().ok()?,
+        },
+        expires: UnixMillis(until.parse().ok()?),
+    })
+}
 
 fn parse_seen(line: &str) -> Option<SeenMac> {
     let mut parts = line.split(' ');
@@ -980,12 +1045,20 @@ fn parse(bytes: &[u8]) -> Result<Snapshot, String> {
     if lines.next() != Some(HEADER) {
         return Err(format!("first line is not '{HEADER}'"));
     }
-    let mut out = BTreeMap::new();
-    let mut seen = Vec::new();
+    let mut out = Snapshot::default();
     for (i, line) in lines.enumerate() {
         if line.starts_with("seen ") {
-            seen.push(parse_seen(line).ok_or_else(|| {
+            out.seen.push(parse_seen(line).ok_or_else(|| {
                 format!("line {}: expected 'seen <mac> <key> <until ms>'", i + 2)
+            })?);
+            continue;
+        }
+        if line.starts_with("gated ") {
+            out.gated.push(parse_gated(line).ok_or_else(|| {
+                format!(
+                    "line {}: expected 'gated <key> <step_seconds>:<counter> <until ms>'",
+                    i + 2
+                )
             })?);
             continue;
         }
@@ -995,9 +1068,9 @@ fn parse(bytes: &[u8]) -> Result<Snapshot, String> {
                 i + 2
             )
         })?;
-        out.insert(key, state);
+        out.entries.insert(key, state);
     }
-    Ok((out, seen))
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -1183,6 +1256,69 @@ mod tests {
         // No mark_stopped: the next start sees a crash.
         let third = JournalStore::open(&dir).unwrap();
         assert!(third.mark_running().unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn gated_steps_survive_a_clean_restart_and_snapshots_without_them_still_load() {
+        let dir = tmpdir("gated");
+        let a = sesame_keys::PrivateKey::generate().public_key();
+        let mut store = JournalStore::open(&dir).unwrap();
+        let gated = vec![
+            GatedStep {
+                client: a,
+                step: UsedStep {
+                    step_seconds: 30,
+                    counter: 58_800_000,
+                },
+                expires: UnixMillis(1_764_000_065_000),
+            },
+            GatedStep {
+                client: a,
+                step: UsedStep {
+                    step_seconds: 60,
+                    counter: 7,
+                },
+                expires: UnixMillis(9),
+            },
+        ];
+        // Gated steps alone are reason enough to write a snapshot.
+        store.set_gated(gated.clone());
+        store.checkpoint().unwrap();
+        let text = std::fs::read_to_string(dir.join(FILE_NAME)).unwrap();
+        assert!(
+            text.contains(&format!("\ngated {a} 30:58800000 1764000065000\n")),
+            "{text}"
+        );
+        let again = JournalStore::open(&dir).unwrap();
+        assert_eq!(again.gated(), &gated[..]);
+        assert!(again.seen().is_empty());
+        // A snapshot of before gated lines (replay states and seen lines only) loads, with
+        // no gated step.
+        let mac = "07".repeat(MAC_LEN);
+        let body = format!("{HEADER}\n{a} 77 - -\nseen {mac} {a} 123456\n");
+        let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
+        let old = format!("{body}sha256 {}\n", hex(digest.as_ref()));
+        std::fs::write(dir.join(FILE_NAME), old).unwrap();
+        let old = JournalStore::open(&dir).unwrap();
+        assert!(old.gated().is_empty());
+        assert_eq!(old.seen().len(), 1);
+        assert_eq!(old.get(&a).floor, Some(UnixMillis(77)));
+        // A damaged gated line is refused like any other, naming its line.
+        for bad in [
+            format!("gated {a} 30:5"),
+            format!("gated {a} 30-5 9"),
+            format!("gated {a} 30:x 9"),
+            format!("gated {a} 30:5 9 extra"),
+            "gated nokey 30:5 9".to_owned(),
+        ] {
+            assert!(parse_gated(&bad).is_none(), "{bad}");
+            let body = format!("{HEADER}\n{bad}\n");
+            let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
+            let file = format!("{body}sha256 {}\n", hex(digest.as_ref()));
+            let err = parse(file.as_bytes()).err().unwrap();
+            assert!(err.starts_with("line 2: expected 'gated"), "{err}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -1,5 +1,5 @@
 //! The cache of gate MACs: every datagram that passed the gate, while its step can be in the
-//! window, so that a copy is refused before any key work; and the (client, counter) pairs some
+//! window, so that a copy is refused before any key work; and the (client, step) pairs some
 //! datagram passed the gate for, so that `optional` mode does not grant a step alone when a
 //! payload for it was seen.
 //!
@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use super::UsedStep;
 use crate::payload::MAC_LEN;
 use crate::time::UnixMillis;
 
@@ -33,8 +34,11 @@ pub(super) struct Seen {
 pub(super) struct SeenCache {
     macs: HashMap<[u8; MAC_LEN], Seen, foldhash::quality::RandomState>,
     per_client: Vec<u32>,
-    /// (client, counter) pairs some datagram passed the gate for, and until when.
-    steps: HashMap<(u32, u64), UnixMillis, foldhash::quality::RandomState>,
+    /// (client, step) pairs some datagram passed the gate for, and until when. The step has
+    /// its length: a record restored or inherited from a run with another `step_seconds`
+    /// names other steps than the running one's counters (and matters again if that length
+    /// comes back while the record lasts).
+    steps: HashMap<(u32, UsedStep), UnixMillis, foldhash::quality::RandomState>,
 }
 
 impl SeenCache {
@@ -76,18 +80,18 @@ impl SeenCache {
         true
     }
 
-    /// Records that a datagram passed the gate of (client, counter).
-    pub(super) fn gated(&mut self, client: u32, counter: u64, expires: UnixMillis) {
+    /// Records that a datagram passed the gate of (client, step).
+    pub(super) fn gated(&mut self, client: u32, step: UsedStep, expires: UnixMillis) {
         // Bounded like the MACs: one entry per gated datagram at most.
         if self.steps.len() < MAX_SEEN {
-            let e = self.steps.entry((client, counter)).or_insert(expires);
+            let e = self.steps.entry((client, step)).or_insert(expires);
             *e = (*e).max(expires);
         }
     }
 
-    /// Whether a datagram passed the gate of (client, counter).
-    pub(super) fn was_gated(&self, client: u32, counter: u64) -> bool {
-        self.steps.contains_key(&(client, counter))
+    /// Whether a datagram passed the gate of (client, step).
+    pub(super) fn was_gated(&self, client: u32, step: UsedStep) -> bool {
+        self.steps.contains_key(&(client, step))
     }
 
     /// Forgets what expired at `now`.
@@ -109,8 +113,8 @@ impl SeenCache {
         self.macs.iter()
     }
 
-    /// Every (client, counter, until) some datagram passed the gate for.
-    pub(super) fn gated_steps(&self) -> impl Iterator<Item = (u32, u64, UnixMillis)> + '_ {
+    /// Every (client, step, until) some datagram passed the gate for.
+    pub(super) fn gated_steps(&self) -> impl Iterator<Item = (u32, UsedStep, UnixMillis)> + '_ {
         self.steps.iter().map(|(&(c, k), &e)| (c, k, e))
     }
 

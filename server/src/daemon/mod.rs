@@ -349,6 +349,9 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     // ahead) are refused; bound ones are useless to anyone else.
     let mut tracker = tracker;
     tracker.remember_seen(store.seen(), system_now());
+    // And the steps a datagram passed the gate for: `optional` mode grants no sequence alone
+    // for them (a replay of a refused or burnt knock's sequence without its payload).
+    tracker.remember_gated(store.gated(), system_now());
     let crashed = store.mark_running().unwrap_or_else(|e| {
         tracing::error!(error = %e, "replay state: cannot mark the state as in use; treating the last stop as a crash");
         true
@@ -677,11 +680,13 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         tracing::warn!("closing leases took too long; exiting anyway");
     }
     // The journal into the snapshot, so the snapshot alone is the whole state at rest, with the
-    // remembered gate MACs; then the marker goes: this was a clean stop.
+    // remembered gate MACs and gated steps; then the marker goes: this was a clean stop.
     {
         let mut core = core.borrow_mut();
         let seen = core.tracker.seen_list();
         core.store.set_seen(seen);
+        let gated = core.tracker.gated_list();
+        core.store.set_gated(gated);
         match core.store.checkpoint() {
             Ok(()) => {
                 if let Err(e) = core.store.mark_stopped() {

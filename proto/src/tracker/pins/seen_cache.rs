@@ -31,11 +31,25 @@ fn a_seen_mac_is_forgotten_at_its_expiry_and_kept_until_then() {
 fn a_gated_step_is_forgotten_at_its_expiry_and_kept_until_then() {
     let mut cache = SeenCache::new(1);
     let until = T0.plus_millis(5000);
-    cache.gated(0, 7, until);
+    let step = |counter| UsedStep {
+        step_seconds: STEP,
+        counter,
+    };
+    cache.gated(0, step(7), until);
     cache.expire(T0.plus_millis(4999));
-    assert!(cache.was_gated(0, 7));
+    assert!(cache.was_gated(0, step(7)));
+    assert!(
+        !cache.was_gated(
+            0,
+            UsedStep {
+                step_seconds: STEP * 2,
+                counter: 7
+            }
+        ),
+        "a step of another length is another step"
+    );
     cache.expire(until);
-    assert!(!cache.was_gated(0, 7));
+    assert!(!cache.was_gated(0, step(7)));
 }
 
 #[test]
@@ -64,12 +78,16 @@ fn an_expired_mac_gives_its_clients_share_back() {
 fn the_gated_steps_are_bounded_like_the_macs() {
     let mut cache = SeenCache::new(1);
     let until = T0.plus_millis(5000);
+    let step = |counter| UsedStep {
+        step_seconds: STEP,
+        counter,
+    };
     for counter in 0..=MAX_SEEN as u64 {
-        cache.gated(0, counter, until);
+        cache.gated(0, step(counter), until);
     }
     assert_eq!(cache.gated_steps().count(), MAX_SEEN);
     assert!(
-        !cache.was_gated(0, MAX_SEEN as u64),
+        !cache.was_gated(0, step(MAX_SEEN as u64)),
         "one past the bound is not recorded"
     );
 }

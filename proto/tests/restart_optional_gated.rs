@@ -1,0 +1,161 @@
+//! In `optional` mode a step for which some payload datagram passed the gate gets no
+//! sequence-only grant (the rule of the protocol-2 review). That record (the tracker's gated
+//! steps) was not in what a clean stop saves (`seen_list`: MACs only), so after a clean
+//! restart inside the window, an observer's copy of the client's knock (the sequence without
+//! the payload, which was refused) got the sequence-only grant for the address it was sent
+//! from. A clean stop now saves the gated steps too (`gated_list`), and the next start
+//! remembers them (`remember_gated`), as sesamed does with its snapshot.
+//!
+//! Found by the attacker review; without `remember_gated` the `restart = true` case is granted.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use sesame_fixtures::{T0, client_key, knock_params, server_key};
+use sesame_proto::derive::derive_sequence;
+use sesame_proto::params::{KnockProtocol, PayloadMode};
+use sesame_proto::tracker::{ClientEntry, Policy, ReplayState};
+use sesame_proto::wire::{Request, WireNoise, build_payload};
+use sesame_proto::{ClientKeys, Event, Incoming, Proto, Tracker, TrackerConfig, UnixMillis};
+
+fn tracker(now: UnixMillis, replay: Vec<ReplayState>) -> Tracker {
+    let server = server_key();
+    let entries = vec![ClientEntry {
+        name: "laptop".into(),
+        keys: ClientKeys::for_server(&server, &client_key(1).public_key(), None).unwrap(),
+        policy: Policy {
+            allow: vec!["tcp/22".parse().unwrap()],
+            ..Policy::default()
+        },
+    }];
+    let config = TrackerConfig::new(
+        knock_params(3, KnockProtocol::Udp),
+        1,
+        5_000,
+        PayloadMode::Optional,
+    );
+    Tracker::new(config, server, entries, replay, now).unwrap()
+}
+
+/// The sequence of `counter` from `source` at `now`, then `payload` if any; then the wait for
+/// the payload ends.
+fn knock(
+    t: &mut Tracker,
+    now: UnixMillis,
+    source: IpAddr,
+    counter: u64,
+    payload: Option<&[u8]>,
+) -> Vec<Event> {
+    let keys = ClientKeys::for_client(&client_key(1), &server_key().public_key(), None).unwrap();
+    let seq = derive_sequence(&keys, &knock_params(3, KnockProtocol::Udp), counter).unwrap();
+    let mut ev = Vec::new();
+    t.advance(now).unwrap();
+    for k in &seq.knocks {
+        t.packet(
+            now,
+            Incoming {
+                source,
+                proto: Proto::Udp,
+                port: k.port,
+                payload: Some(&[7u8; 16]),
+            },
+            &mut ev,
+        );
+    }
+    if let Some(p) = payload {
+        t.packet(
+            now,
+            Incoming {
+                source,
+                proto: Proto::Udp,
+                port: seq.payload_port,
+                payload: Some(p),
+            },
+            &mut ev,
+        );
+    }
+    // The payload's time is up.
+    t.handle_timeout(now.plus_millis(6_000), &mut ev);
+    ev
+}
+
+fn granted_to(ev: &[Event]) -> Option<IpAddr> {
+    ev.iter().find_map(|e| match e {
+        Event::Granted(g) => Some(g.address),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_clean_restart_remembers_which_steps_had_a_payload() {
+    let client: IpAddr = Ipv4Addr::new(198, 18, 0, 2).into();
+    let attacker: IpAddr = Ipv4Addr::new(198, 19, 0, 66).into();
+    let k = T0.counter(30);
+    let keys = ClientKeys::for_client(&client_key(1), &server_key().public_key(), None).unwrap();
+    // The client's payload, bound to its address, refused (it asks for tcp/23, not allowed;
+    // a payload burnt because a spoofed packet broke its sequence is gated the same way).
+    let request = Request {
+        timestamp: T0.plus_millis(1_000),
+        random: [1; 16],
+        services: vec!["tcp/23".parse().unwrap()],
+        address: Some(client),
+        action: None,
+        flags: 0,
+    };
+    let d = build_payload(
+        &keys,
+        k,
+        &request,
+        &sesame_keys::PrivateKey::generate(),
+        &WireNoise::default(),
+    )
+    .unwrap();
+    for restart in [false, true] {
+        let mut t = tracker(T0, Vec::new());
+        let ev = knock(&mut t, T0.plus_millis(1_000), client, k, Some(&d));
+        assert_eq!(granted_to(&ev), None, "{ev:?}");
+        if restart {
+            // A clean stop saves the replay states, the MACs seen and the gated steps; the
+            // next start remembers them (as sesamed does: Tracker::new, then remember_seen
+            // and remember_gated).
+            let replay = t.replay_states().to_vec();
+            let seen = t.seen_list();
+            let gated = t.gated_list();
+            assert_eq!(gated.len(), 1, "the refused payload's step: {gated:?}");
+            let now = T0.plus_millis(10_000);
+            t = tracker(now, replay);
+            t.remember_seen(&seen, now);
+            t.remember_gated(&gated, now);
+        }
+        // The observer replays the captured sequence, without the payload, from its address.
+        let ev = knock(&mut t, T0.plus_millis(15_000), attacker, k, None);
+        assert_eq!(granted_to(&ev), None, "restart = {restart}: {ev:?}");
+    }
+}
+
+/// What is saved is forgotten when it expires, and a saved step of another client is not
+/// taken for this one's.
+#[test]
+fn remembered_gated_steps_expire_and_belong_to_their_client() {
+    let attacker: IpAddr = Ipv4Addr::new(198, 19, 0, 66).into();
+    let k = T0.counter(30);
+    let mut t = tracker(T0, Vec::new());
+    let mut gated = sesame_proto::tracker::GatedStep {
+        client: client_key(2).public_key(),
+        step: sesame_proto::tracker::UsedStep {
+            step_seconds: 30,
+            counter: k,
+        },
+        expires: T0.plus_millis(100_000),
+    };
+    t.remember_gated(&[gated], T0);
+    assert!(t.gated_list().is_empty(), "another client's step");
+    gated.client = client_key(1).public_key();
+    t.remember_gated(&[gated], gated.expires);
+    assert!(t.gated_list().is_empty(), "expired");
+    t.remember_gated(&[gated], T0);
+    assert_eq!(t.gated_list(), vec![gated]);
+    let ev = knock(&mut t, T0.plus_millis(1_000), attacker, k, None);
+    assert_eq!(granted_to(&ev), None, "{ev:?}");
+}
