@@ -112,6 +112,54 @@ impl TrackerConfig {
             skew_steps: self.skew_steps,
         }
     }
+
+    /// The window of this configuration, as the server saves it ([`SavedWindow`]).
+    pub fn saved_window(&self) -> SavedWindow {
+        SavedWindow {
+            step_seconds: self.params.step_seconds,
+            skew_steps: self.skew_steps,
+            timeout_ms: self.timeout_ms,
+        }
+    }
+}
+
+/// The acceptance window a tracker ran with: what decides how long a datagram that passed its
+/// gate could still be used. The server saves it with what depends on it: in the crash marker
+/// (a start after a crash refuses what the crashed run's window let through the gate,
+/// [`Tracker::after_crash`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SavedWindow {
+    /// [`KnockParams::step_seconds`].
+    pub step_seconds: u32,
+    /// [`TrackerConfig::skew_steps`].
+    pub skew_steps: u32,
+    /// [`TrackerConfig::timeout_ms`].
+    pub timeout_ms: u64,
+}
+
+impl SavedWindow {
+    /// Whether a crash under `self` needs nothing `other` does not (same step length, at
+    /// least as many skew steps).
+    pub fn covers(&self, other: &SavedWindow) -> bool {
+        self.step_seconds == other.step_seconds && self.skew_steps >= other.skew_steps
+    }
+
+    /// The end of the last step whose datagrams could have passed the gate of a run with this
+    /// window that stopped at or before `start`: the step after the window at `start`
+    /// (a payload for it is checked against its gate and burnt on arrival). `None` for a step
+    /// length of 0 (no window).
+    fn gate_reach(&self, start: UnixMillis) -> Option<UnixMillis> {
+        if self.step_seconds == 0 {
+            return None;
+        }
+        let last = start
+            .counter(self.step_seconds)
+            .saturating_add(u64::from(self.skew_steps))
+            .saturating_add(2);
+        Some(UnixMillis::from_secs(
+            last.saturating_mul(u64::from(self.step_seconds)),
+        ))
+    }
 }
 
 /// Index of a client in the tracker's client list.
@@ -1000,19 +1048,20 @@ impl Tracker {
     }
 
     /// What a server starting at `start` after a crash must refuse: every datagram that passed
-    /// the gate before the crash had a counter at most `counter(start) + skew_steps`, so an
-    /// unbound payload stamped before the end of that step, or `max_ahead_ms` after `start`
-    /// (whichever is later), may be one whose MAC the crash lost; and `optional` mode grants
-    /// no sequence alone for a step that starts before then (the record of which steps had a
-    /// payload is lost too). Returns that moment.
-    pub fn after_crash(&mut self, start: UnixMillis) -> UnixMillis {
-        let step = u64::from(self.config.params.step_seconds);
-        let last = start
-            .counter(self.config.params.step_seconds)
-            .saturating_add(u64::from(self.config.skew_steps))
-            .saturating_add(1);
-        let until = UnixMillis::from_secs(last.saturating_mul(step))
-            .max(start.plus_millis(self.config.max_ahead_ms));
+    /// the gate before the crash had a counter at most `counter(start) + skew_steps + 1` (the
+    /// step after the window, whose payloads are burnt on arrival), so an unbound payload
+    /// stamped before the end of that step, or `max_ahead_ms` after `start` (whichever is
+    /// later), may be one whose MAC the crash lost; and `optional` mode grants no sequence
+    /// alone for a step that starts before then (the record of which steps had a payload is
+    /// lost too). `before` are the windows the crashed run used (saved with its crash marker;
+    /// a reload may have changed it): a wider one than this tracker's reaches further, and the
+    /// latest end of them all counts. Returns that moment.
+    pub fn after_crash(&mut self, start: UnixMillis, before: &[SavedWindow]) -> UnixMillis {
+        let until = before
+            .iter()
+            .chain(std::iter::once(&self.config.saved_window()))
+            .filter_map(|w| w.gate_reach(start))
+            .fold(start.plus_millis(self.config.max_ahead_ms), UnixMillis::max);
         self.refuse_unbound_before(until);
         self.fallback_floor = Some(self.fallback_floor.map_or(until, |f| f.max(until)));
         until

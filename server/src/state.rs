@@ -57,7 +57,9 @@ use std::path::{Path, PathBuf};
 
 use sesame_keys::PublicKey;
 use sesame_proto::UnixMillis;
-use sesame_proto::tracker::{AcceptedPayload, GatedStep, ReplayState, SeenMac, UsedStep};
+use sesame_proto::tracker::{
+    AcceptedPayload, GatedStep, ReplayState, SavedWindow, SeenMac, UsedStep,
+};
 use sesame_proto::wire::MAC_LEN;
 
 const HEADER: &str = "sesame-replay 2";
@@ -73,8 +75,13 @@ pub const JOURNAL_NAME: &str = "replay.journal";
 /// Journal records after which the snapshot is rewritten and the journal emptied.
 pub const COMPACT_AFTER: usize = 4096;
 /// The marker that sesamed runs on this state (removed at a clean shutdown): found at start,
-/// it means the last run crashed.
+/// it means the last run crashed. Its first line is the boot id (empty if unknown); each
+/// further line, `window <step_seconds> <skew_steps> <timeout_ms>`, a window the run used (the
+/// start's, then each wider one a reload brought, appended before the reload takes effect), so
+/// that a start after a crash refuses what any of them let through the gate.
 pub const RUNNING_NAME: &str = "sesamed.running";
+/// The first word of a window line (the crash marker's, the snapshot's).
+const WINDOW_FIELD: &str = "window";
 /// Every file sesamed keeps in `state_dir` (anything else there stops a start that hands the
 /// directory to a service account).
 pub const OWN_FILES: [&str; 9] = [
@@ -147,12 +154,57 @@ pub fn boot_id() -> Option<String> {
 pub fn previous_run(dir: &Path) -> Option<bool> {
     match read_state_file(&dir.join(RUNNING_NAME)) {
         Ok(bytes) => {
-            let theirs = String::from_utf8_lossy(&bytes).trim().to_owned();
+            // The boot id is the first line (a marker of before the window lines is that line).
+            let text = String::from_utf8_lossy(&bytes);
+            let theirs = text.lines().next().unwrap_or("").trim();
             Some(!theirs.is_empty() && boot_id().is_some_and(|b| b == theirs))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(_) => Some(false),
     }
+}
+
+/// The windows the last run on `dir` used, from its marker if it did not remove it (a crash;
+/// none after a clean stop, or from a marker of before the window lines). Read before
+/// [`JournalStore::mark_running`]; a line that does not parse (an append a crash cut short,
+/// before the window it named was used) is skipped.
+pub fn previous_windows(dir: &Path) -> Vec<SavedWindow> {
+    match read_state_file(&dir.join(RUNNING_NAME)) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes)
+            .lines()
+            .skip(1)
+            .filter_map(parse_window)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// `window <step_seconds> <skew_steps> <timeout_ms>`.
+fn window_line(w: &SavedWindow) -> String {
+    format!(
+        "{WINDOW_FIELD} {} {} {}\n",
+        w.step_seconds, w.skew_steps, w.timeout_ms
+    )
+}
+
+/// Parses [`window_line`] (without its newline); a step length of 0 is no window.
+fn parse_window(line: &str) -> Option<SavedWindow> {
+    let mut parts = line.split(' ');
+    let (Some(WINDOW_FIELD), Some(step), Some(skew), Some(timeout), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let w = SavedWindow {
+        step_seconds: step.parse().ok()?,
+        skew_steps: skew.parse().ok()?,
+        timeout_ms: timeout.parse().ok()?,
+    };
+    (w.step_seconds > 0).then_some(w)
 }
 
 /// Removes the fence file (a start with `state_sync = "grant"`, once nothing needs it).
@@ -411,6 +463,9 @@ pub struct JournalStore {
     fence: Option<(std::sync::Arc<std::sync::atomic::AtomicU64>, u64)>,
     /// Journal appends written without a sync, covered by the fence.
     unsynced_appends: u64,
+    /// The windows in the crash marker ([`JournalStore::mark_running`],
+    /// [`JournalStore::note_window`]).
+    windows: Vec<SavedWindow>,
 }
 
 impl JournalStore {
@@ -489,6 +544,7 @@ impl JournalStore {
             gated,
             fence: None,
             unsynced_appends: 0,
+            windows: Vec::new(),
         })
     }
 
@@ -543,10 +599,25 @@ impl JournalStore {
         self.gated = gated;
     }
 
-    /// Marks the state as in use by a running sesamed; returns whether the marker was there
+    /// Marks the state as in use by a running sesamed that uses `windows` (the crashed run's,
+    /// [`previous_windows`], and its own: a crash of this run must still refuse what theirs let
+    /// through the gate until the next clean stop); returns whether the marker was there
     /// already, i.e. whether the last run ended without [`JournalStore::mark_stopped`] (a
     /// crash, a kill -9, a power loss).
-    pub fn mark_running(&self) -> Result<bool, StateError> {
+    pub fn mark_running(&mut self, windows: &[SavedWindow]) -> Result<bool, StateError> {
+        let mut noted: Vec<SavedWindow> = Vec::new();
+        for w in windows {
+            if !noted.iter().any(|n| n.covers(w)) {
+                noted.retain(|n| !w.covers(n));
+                noted.push(*w);
+            }
+        }
+        let mut text = boot_id().unwrap_or_default();
+        text.push('\n');
+        for w in &noted {
+            text.push_str(&window_line(w));
+        }
+        self.windows = noted;
         let path = self.dir.join(RUNNING_NAME);
         let io = |source| StateError::Io {
             path: path.clone(),
@@ -561,9 +632,7 @@ impl JournalStore {
             .map_err(link_refused)
         {
             Ok(mut f) => {
-                if let Some(id) = boot_id() {
-                    f.write_all(id.as_bytes()).map_err(io)?;
-                }
+                f.write_all(text.as_bytes()).map_err(io)?;
                 f.sync_all().map_err(io)?;
                 File::open(&self.dir)
                     .and_then(|d| d.sync_all())
@@ -582,14 +651,39 @@ impl JournalStore {
                     .open(&path)
                     .map_err(link_refused)
                     .map_err(io)?;
-                if let Some(id) = boot_id() {
-                    f.write_all(id.as_bytes()).map_err(io)?;
-                }
+                f.write_all(text.as_bytes()).map_err(io)?;
                 f.sync_all().map_err(io)?;
                 Ok(true)
             }
             Err(e) => Err(io(e)),
         }
+    }
+
+    /// Adds `window` to the crash marker's windows (a reload to it), synced before this
+    /// returns, unless a window there already covers it (same step length, as many skew steps
+    /// or more): a crash from then on refuses what it lets through the gate. Appended, so a
+    /// crash during the write loses at most this line, for a window not in use yet.
+    pub fn note_window(&mut self, window: SavedWindow) -> Result<(), StateError> {
+        if self.windows.iter().any(|w| w.covers(&window)) {
+            return Ok(());
+        }
+        let path = self.dir.join(RUNNING_NAME);
+        let io = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(link_refused)
+            .map_err(io)?;
+        f.write_all(window_line(&window).as_bytes()).map_err(io)?;
+        f.sync_data().map_err(io)?;
+        self.windows.push(window);
+        Ok(())
     }
 
     /// Removes the marker of [`JournalStore::mark_running`] (after the shutdown's checkpoint).
@@ -1239,7 +1333,7 @@ mod tests {
         let a = sesame_keys::PrivateKey::generate().public_key();
         let mut store = JournalStore::open(&dir).unwrap();
         assert!(
-            !store.mark_running().unwrap(),
+            !store.mark_running(&[]).unwrap(),
             "no marker at the first start"
         );
         let seen = vec![SeenMac {
@@ -1250,12 +1344,69 @@ mod tests {
         store.set_seen(seen.clone());
         store.checkpoint().unwrap();
         store.mark_stopped().unwrap();
-        let again = JournalStore::open(&dir).unwrap();
+        let mut again = JournalStore::open(&dir).unwrap();
         assert_eq!(again.seen(), &seen[..]);
-        assert!(!again.mark_running().unwrap(), "clean stop: no crash");
+        assert!(!again.mark_running(&[]).unwrap(), "clean stop: no crash");
         // No mark_stopped: the next start sees a crash.
-        let third = JournalStore::open(&dir).unwrap();
-        assert!(third.mark_running().unwrap());
+        let mut third = JournalStore::open(&dir).unwrap();
+        assert!(third.mark_running(&[]).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_crash_marker_keeps_the_windows_in_use_until_a_clean_stop() {
+        let dir = tmpdir("windows");
+        let w = |step_seconds, skew_steps, timeout_ms| SavedWindow {
+            step_seconds,
+            skew_steps,
+            timeout_ms,
+        };
+        let mut store = JournalStore::open(&dir).unwrap();
+        assert!(previous_windows(&dir).is_empty(), "no marker");
+        assert!(!store.mark_running(&[w(30, 1, 5000)]).unwrap());
+        // A reload to a narrower window (or the same) writes nothing; a wider one or another
+        // step length is appended.
+        store.note_window(w(30, 1, 9000)).unwrap();
+        store.note_window(w(30, 0, 5000)).unwrap();
+        assert_eq!(previous_windows(&dir), vec![w(30, 1, 5000)]);
+        store.note_window(w(30, 3, 5000)).unwrap();
+        store.note_window(w(60, 1, 5000)).unwrap();
+        store.note_window(w(30, 2, 5000)).unwrap();
+        let noted = vec![w(30, 1, 5000), w(30, 3, 5000), w(60, 1, 5000)];
+        assert_eq!(previous_windows(&dir), noted);
+        // A crash: the next start reads them (and its boot is this one), and keeps them with
+        // its own, the covered ones dropped.
+        assert_eq!(previous_run(&dir), Some(boot_id().is_some()));
+        let mut next = JournalStore::open(&dir).unwrap();
+        let mut windows = previous_windows(&dir);
+        windows.push(w(30, 2, 5000));
+        assert!(next.mark_running(&windows).unwrap());
+        assert_eq!(previous_windows(&dir), vec![w(30, 3, 5000), w(60, 1, 5000)]);
+        assert_eq!(previous_run(&dir), Some(boot_id().is_some()));
+        // A line cut short by a crash is skipped; a marker of before the window lines (the
+        // boot id alone, no newline) names the boot and no window.
+        let marker = dir.join(RUNNING_NAME);
+        let mut text = std::fs::read_to_string(&marker).unwrap();
+        text.push_str("window 30 7");
+        std::fs::write(&marker, &text).unwrap();
+        assert_eq!(previous_windows(&dir), vec![w(30, 3, 5000), w(60, 1, 5000)]);
+        if let Some(id) = boot_id() {
+            std::fs::write(&marker, &id).unwrap();
+            assert_eq!(previous_run(&dir), Some(true));
+            assert!(previous_windows(&dir).is_empty());
+        }
+        for bad in [
+            "window 0 1 5000",
+            "window 30 1",
+            "window 30 1 5000 9",
+            "windows 30 1 5",
+        ] {
+            assert_eq!(parse_window(bad), None, "{bad}");
+        }
+        // A clean stop removes them with the marker.
+        next.mark_stopped().unwrap();
+        assert_eq!(previous_run(&dir), None);
+        assert!(previous_windows(&dir).is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -344,3 +344,72 @@ fn fault_kill9_does_not_turn_a_refused_future_knock_into_a_valid_one() {
     );
     assert!(!f.connects(Host::Attacker, Family::V4, 22));
 }
+
+/// The same after a crash followed by a start with a smaller `skew_steps`: the old, wider
+/// window let a knock of a later step through the gate (refused as too far ahead, so only its
+/// lost gate MAC remembered it), and a rule computed from the new window alone ended before
+/// that step. The crash marker keeps the window the crashed run used, and the start refuses
+/// what it reached.
+#[test]
+fn fault_kill9_then_a_smaller_skew_does_not_turn_a_refused_future_knock_into_a_valid_one() {
+    if !require_netns() {
+        return;
+    }
+    const STEP_MS: u64 = 10_000;
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let mut f = Fixture::new("f-skew");
+    f.spec.knock.step_seconds = (STEP_MS / 1000) as u32;
+    f.spec.knock.skew_steps = 3;
+    f.spec.knock.extra.push_str("max_ahead_ms = 2000\n");
+    f.start();
+    let cap = f.lab.capture(Host::Client, CLIENT_IF, "skew", "udp");
+    // Knock early in a step (step c), with the clock 35 s ahead: the payload's step is c + 3,
+    // the edge of the window of skew_steps = 3, and its timestamp far past max_ahead_ms.
+    let into_step = unix_ms() % STEP_MS;
+    if !(300..1500).contains(&into_step) {
+        std::thread::sleep(Duration::from_millis((STEP_MS + 300 - into_step) % STEP_MS));
+    }
+    let sent_ms = unix_ms();
+    let mark = f.mark();
+    f.knock(&["--no-bind", "--time-offset", "35"]);
+    let client = f.lab.addr(Host::Client, Family::V4);
+    f.daemon().expect_after(
+        mark,
+        &[
+            "rejected",
+            "reason=too_far_ahead",
+            &format!("source={client}"),
+        ],
+        Duration::from_secs(5),
+    );
+    cap.stop();
+
+    // kill -9, and a start (in the same step) with skew_steps = 1 and the default max_ahead_ms
+    // (10 s): the new window alone reaches the end of step c + 2.
+    let mut daemon = f.daemon.take().unwrap();
+    daemon.kill9();
+    f.spec.knock.skew_steps = 1;
+    f.spec.knock.extra.clear();
+    f.write();
+    f.daemon = Some(f.lab.start_sesamed(&f.config));
+    assert!(
+        unix_ms() / STEP_MS == sent_ms / STEP_MS,
+        "the restart took too long for this test (it must start in the knock's step)"
+    );
+    // 27 s after the knock the step c + 3 is in the window (c + 2 ± 1) and the timestamp
+    // within max_ahead_ms: the attacker replays the capture.
+    std::thread::sleep(Duration::from_millis(
+        (sent_ms + 27_000).saturating_sub(unix_ms()),
+    ));
+    let outcome = crate::fence::replay_outcome(&f, Host::Attacker, "skew.pcap", "after the crash");
+    assert_ne!(
+        outcome, "granted",
+        "an unbound knock that the old window let through the gate and refused was granted to an attacker after a crash and a start with a smaller skew_steps"
+    );
+    assert!(!f.connects(Host::Attacker, Family::V4, 22));
+}

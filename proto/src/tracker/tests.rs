@@ -1845,7 +1845,7 @@ mod review {
         // sesamed crashes and is restarted (systemd Restart=) 2 s later; what the daemon does.
         let start = now.plus_millis(2000);
         restart(&mut w, cfg.clone(), start);
-        w.tracker.after_crash(start);
+        w.tracker.after_crash(start, &[]);
         // 25 s after the capture, the observer replays it from its own address.
         let later = now.plus_millis(25_000);
         for k in &seq.knocks {

@@ -322,6 +322,8 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     // machine (another boot, not just of sesamed) may have lost some, and the fence says
     // what to refuse instead.
     let previous = crate::state::previous_run(&config.state_dir);
+    // The windows the last run used, if it crashed (its marker is still there).
+    let windows_before = crate::state::previous_windows(&config.state_dir);
     let fence_file = crate::state::read_fence(&config.state_dir);
     let lost_writes = previous == Some(false) && !matches!(fence_file, Ok(None));
     let mut store = JournalStore::open_with(&config.state_dir, lost_writes)?;
@@ -352,16 +354,20 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     // And the steps a datagram passed the gate for: `optional` mode grants no sequence alone
     // for them (a replay of a refused or burnt knock's sequence without its payload).
     tracker.remember_gated(store.gated(), system_now());
-    let crashed = store.mark_running().unwrap_or_else(|e| {
+    let mut windows = windows_before.clone();
+    windows.push(tracker.config().saved_window());
+    let crashed = store.mark_running(&windows).unwrap_or_else(|e| {
         tracing::error!(error = %e, "replay state: cannot mark the state as in use; treating the last stop as a crash");
         true
     });
     // After a crash: refuse every unbound payload that may have passed the gate before it (up
     // to the end of the last step the gate admitted, or max_ahead_ms from now, whichever is
     // later; a payload refused as too far ahead is remembered only by its lost gate MAC), and
-    // grant no sequence alone in `optional` mode for a step that starts before then.
+    // grant no sequence alone in `optional` mode for a step that starts before then. The
+    // window the crashed run used counts if it reached further than this one (a smaller
+    // skew_steps now).
     let unbound_from = if crashed {
-        tracker.after_crash(system_now())
+        tracker.after_crash(system_now(), &windows_before)
     } else {
         system_now()
     };

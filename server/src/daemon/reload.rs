@@ -323,6 +323,15 @@ pub(super) async fn reload(core: &Rc<RefCell<Core>>) -> control::ReloadResult {
             tracker.update_replay(key, state.clone(), now);
         }
     }
+    // A crash from now on must refuse what the new window lets through the gate: a wider one
+    // goes into the crash marker before the new tracker sees a packet, or the reload is refused.
+    if let Err(e) = c.store.note_window(tracker.config().saved_window()) {
+        drop(c);
+        abort(runner_staged);
+        return refuse(format!(
+            "the new window cannot be recorded in the crash marker: {e}"
+        ));
+    }
     // Datagrams the running tracker saw stay refused before any key work.
     tracker.inherit_seen(&c.tracker);
     // Keep the last-knock record of the clients that stay.

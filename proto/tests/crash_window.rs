@@ -1,0 +1,210 @@
+//! What a start after a crash must refuse (`Tracker::after_crash`): the crash loses the gate
+//! MACs of datagrams that passed the gate and were refused, so every unbound payload that
+//! could have passed the gate before the crash is refused, and `optional` mode grants no
+//! sequence alone for a step that could have had one. "Could have" is decided by the window
+//! the crashed run used, not only the new configuration's:
+//!
+//! * a smaller `skew_steps` after the crash left a refused unbound datagram of the old,
+//!   wider window unprotected (attacker review);
+//! * a payload for the step after the window (a clock ahead, a forward probe) is burnt on
+//!   arrival and refused as stale; its step is `counter(now) + skew_steps + 1`, one past what
+//!   the rule covered, so after a crash and a start in the same step its captured copy was
+//!   valid from the next step on.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use sesame_fixtures::{T0, client_key, knock_params, server_key};
+use sesame_proto::derive::derive_sequence;
+use sesame_proto::params::{KnockProtocol, PayloadMode};
+use sesame_proto::tracker::{ClientEntry, Policy, ReplayState};
+use sesame_proto::wire::{Request, WireNoise, build_payload};
+use sesame_proto::{ClientKeys, Event, Incoming, Proto, Tracker, TrackerConfig, UnixMillis};
+
+const STEP: u32 = 30;
+
+fn config(skew: u32, max_ahead_ms: u64, mode: PayloadMode) -> TrackerConfig {
+    TrackerConfig {
+        max_ahead_ms,
+        ..TrackerConfig::new(knock_params(3, KnockProtocol::Udp), skew, 5_000, mode)
+    }
+}
+
+fn tracker(config: TrackerConfig, now: UnixMillis, replay: Vec<ReplayState>) -> Tracker {
+    let server = server_key();
+    let entries = vec![ClientEntry {
+        name: "laptop".into(),
+        keys: ClientKeys::for_server(&server, &client_key(1).public_key(), None).unwrap(),
+        policy: Policy {
+            allow: vec!["tcp/22".parse().unwrap()],
+            ..Policy::default()
+        },
+    }];
+    Tracker::new(config, server, entries, replay, now).unwrap()
+}
+
+/// Sends the sequence of `counter`, then `datagram` if any, from `source` at `now`; then the
+/// wait for the payload ends.
+fn send(
+    t: &mut Tracker,
+    now: UnixMillis,
+    source: IpAddr,
+    counter: u64,
+    datagram: Option<&[u8]>,
+) -> Vec<Event> {
+    let keys = ClientKeys::for_client(&client_key(1), &server_key().public_key(), None).unwrap();
+    let seq = derive_sequence(&keys, &knock_params(3, KnockProtocol::Udp), counter).unwrap();
+    let mut events = Vec::new();
+    t.handle_timeout(now, &mut events);
+    t.advance(now).unwrap();
+    for k in &seq.knocks {
+        t.packet(
+            now,
+            Incoming {
+                source,
+                proto: Proto::Udp,
+                port: k.port,
+                payload: Some(&[7u8; 16]),
+            },
+            &mut events,
+        );
+    }
+    if let Some(d) = datagram {
+        t.packet(
+            now,
+            Incoming {
+                source,
+                proto: Proto::Udp,
+                port: seq.payload_port,
+                payload: Some(d),
+            },
+            &mut events,
+        );
+    }
+    t.handle_timeout(now.plus_millis(6_000), &mut events);
+    events
+}
+
+fn outcome(events: &[Event]) -> String {
+    for e in events {
+        match e {
+            Event::Granted(g) => return format!("granted to {}", g.address),
+            Event::Rejected { reason, .. } => return format!("rejected: {}", reason.code()),
+            _ => {}
+        }
+    }
+    "nothing".into()
+}
+
+/// An unbound payload stamped `at` (its step is its counter).
+fn unbound(at: UnixMillis) -> Vec<u8> {
+    let keys = ClientKeys::for_client(&client_key(1), &server_key().public_key(), None).unwrap();
+    let request = Request {
+        timestamp: at,
+        random: [1; 16],
+        services: Vec::new(),
+        address: None,
+        action: None,
+        flags: 0,
+    };
+    build_payload(
+        &keys,
+        at.counter(STEP),
+        &request,
+        &sesame_keys::PrivateKey::generate(),
+        &WireNoise::default(),
+    )
+    .unwrap()
+}
+
+fn client() -> IpAddr {
+    Ipv4Addr::new(198, 18, 0, 2).into()
+}
+
+fn attacker() -> IpAddr {
+    Ipv4Addr::new(198, 19, 0, 66).into()
+}
+
+/// sesamed runs with `skew_steps = 3`; the client's clock is 90 s ahead and its unbound knock
+/// is refused as too far ahead (its step is in the window, its timestamp past max_ahead_ms).
+/// sesamed crashes and is started again at once with `skew_steps = 1`. Once the clock has
+/// caught up, the attacker replays the captured knock.
+#[test]
+fn a_smaller_skew_after_a_crash_still_refuses_what_the_old_window_let_through_the_gate() {
+    let k = T0.counter(STEP);
+    let stamped = T0.plus_millis(91_000); // step k + 3
+    let d = unbound(stamped);
+    for remembered in [false, true] {
+        let old = config(3, 2_000, PayloadMode::Required);
+        let old_window = old.saved_window();
+        let mut t = tracker(old, T0, Vec::new());
+        let first = send(&mut t, T0.plus_millis(1_000), client(), k + 3, Some(&d));
+        assert_eq!(outcome(&first), "rejected: too_far_ahead");
+
+        // kill -9; the new configuration has skew_steps = 1 (and the default max_ahead_ms).
+        let start = T0.plus_millis(2_000);
+        let replay = t.replay_states().to_vec();
+        let mut t = tracker(config(1, 30_000, PayloadMode::Required), start, replay);
+        let before = if remembered {
+            vec![old_window]
+        } else {
+            Vec::new()
+        };
+        let until = t.after_crash(start, &before);
+        if remembered {
+            assert!(until > stamped, "{until:?}");
+        }
+
+        // 65 s after the capture (step k + 2: step k + 3 is in the window, the timestamp
+        // within max_ahead_ms) the attacker replays it.
+        let replayed = send(&mut t, T0.plus_millis(65_000), attacker(), k + 3, Some(&d));
+        if remembered {
+            assert_eq!(outcome(&replayed), "rejected: replay");
+        } else {
+            // What the old rule did (the new window alone): the knock opened.
+            assert_eq!(outcome(&replayed), format!("granted to {}", attacker()));
+        }
+    }
+}
+
+/// The step after the window: burnt on arrival, refused as stale. A crash and a start in the
+/// same step lose its MAC; the rule must still cover its step.
+#[test]
+fn a_payload_burnt_for_the_step_after_the_window_stays_refused_after_a_crash() {
+    let k = T0.counter(STEP);
+    // skew 1: the window is k-1..=k+1, the step after it k+2.
+    let stamped = T0.plus_millis(60_500);
+    assert_eq!(stamped.counter(STEP), k + 2);
+    let d = unbound(stamped);
+    let cfg = || config(1, 30_000, PayloadMode::Required);
+    let mut t = tracker(cfg(), T0, Vec::new());
+    let first = send(&mut t, T0.plus_millis(1_000), client(), k + 2, Some(&d));
+    assert_eq!(outcome(&first), "rejected: stale", "{first:?}");
+    let start = T0.plus_millis(2_000);
+    let replay = t.replay_states().to_vec();
+    let mut t = tracker(cfg(), start, replay);
+    let until = t.after_crash(start, &[]);
+    assert!(until > stamped, "{until:?}");
+    // 31 s after the capture: step k + 2 is in the window, the timestamp within max_ahead_ms.
+    let replayed = send(&mut t, T0.plus_millis(31_000), attacker(), k + 2, Some(&d));
+    assert_eq!(outcome(&replayed), "rejected: replay", "{replayed:?}");
+}
+
+/// The same in `optional` mode, for the sequence alone: its step had a payload (burnt), so
+/// it gets no sequence-only grant, also after a crash.
+#[test]
+fn optional_mode_the_step_after_the_window_gets_no_sequence_grant_after_a_crash() {
+    let k = T0.counter(STEP);
+    let d = unbound(T0.plus_millis(60_500));
+    let cfg = || config(1, 30_000, PayloadMode::Optional);
+    let mut t = tracker(cfg(), T0, Vec::new());
+    let first = send(&mut t, T0.plus_millis(1_000), client(), k + 2, Some(&d));
+    assert_eq!(outcome(&first), "rejected: stale", "{first:?}");
+    let start = T0.plus_millis(2_000);
+    let replay = t.replay_states().to_vec();
+    let mut t = tracker(cfg(), start, replay);
+    t.after_crash(start, &[]);
+    let replayed = send(&mut t, T0.plus_millis(31_000), attacker(), k + 2, None);
+    assert_eq!(outcome(&replayed), "rejected: replay", "{replayed:?}");
+}
