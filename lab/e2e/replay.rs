@@ -152,3 +152,61 @@ fn optional_mode_a_refused_knocks_sequence_replayed_after_a_clean_restart_opens_
     );
     assert!(!f.connects(Host::Attacker, Family::V4, 22));
 }
+
+/// A clean restart with a larger `skew_steps`: the snapshot's gate MACs were saved with expiries
+/// computed for the old window, and the new one admits their step for longer. The snapshot
+/// says which window that was (`window` line), and the start keeps them that much longer;
+/// before, a captured unbound knock refused as too far ahead was granted to the attacker once
+/// the old expiry had passed.
+#[test]
+fn a_refused_knock_replayed_after_a_clean_restart_with_a_larger_skew_opens_nothing() {
+    if !require_netns() {
+        return;
+    }
+    const STEP_MS: u64 = 10_000;
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let mut f = Fixture::new("s3-skew");
+    f.spec.knock.step_seconds = (STEP_MS / 1000) as u32;
+    f.spec.knock.skew_steps = 1;
+    f.spec.knock.extra.push_str("max_ahead_ms = 2000\n");
+    f.start();
+    let cap = f.lab.capture(Host::Client, CLIENT_IF, "ahead", "udp");
+    // Early in a step (step k), with the clock 6 s ahead: the payload is stamped in step k,
+    // more than max_ahead_ms ahead, and refused.
+    let into_step = unix_ms() % STEP_MS;
+    if !(300..1500).contains(&into_step) {
+        std::thread::sleep(Duration::from_millis((STEP_MS + 300 - into_step) % STEP_MS));
+    }
+    let sent_ms = unix_ms();
+    let mark = f.mark();
+    f.knock(&["--no-bind", "--time-offset", "6"]);
+    let client = f.lab.addr(Host::Client, Family::V4);
+    f.expect_reject(mark, client, "too_far_ahead");
+    cap.stop();
+
+    // A clean stop, and a start with skew_steps = 3 (and the default max_ahead_ms).
+    f.stop_daemon();
+    f.spec.knock.skew_steps = 3;
+    f.spec.knock.extra.clear();
+    f.write();
+    f.daemon = Some(f.lab.start_sesamed(&f.config));
+    let snapshot = std::fs::read_to_string(f.lab.path("state/replay.state")).unwrap();
+    assert!(snapshot.contains("\nwindow 10 1 "), "{snapshot}");
+    // In step k + 2 the old expiry (the end of step k + 1) has passed; the new window
+    // (k + 2 ± 3) still admits step k.
+    std::thread::sleep(Duration::from_millis(
+        (sent_ms + 21_000).saturating_sub(unix_ms()),
+    ));
+    let outcome =
+        crate::fence::replay_outcome(&f, Host::Attacker, "ahead.pcap", "after a clean restart");
+    assert_ne!(
+        outcome, "granted",
+        "an unbound knock refused before a clean restart was granted to the attacker after the restart widened the window"
+    );
+    assert!(!f.connects(Host::Attacker, Family::V4, 22));
+}

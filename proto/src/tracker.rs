@@ -126,7 +126,8 @@ impl TrackerConfig {
 /// The acceptance window a tracker ran with: what decides how long a datagram that passed its
 /// gate could still be used. The server saves it with what depends on it: in the crash marker
 /// (a start after a crash refuses what the crashed run's window let through the gate,
-/// [`Tracker::after_crash`]).
+/// [`Tracker::after_crash`]), and with the gate MACs and gated steps of a clean stop (their
+/// expiries were computed for it: [`Tracker::remember_seen`] widens them for a wider one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SavedWindow {
     /// [`KnockParams::step_seconds`].
@@ -1084,13 +1085,38 @@ impl Tracker {
     }
 
     /// Remembers gate MACs saved by [`Tracker::seen_list`] (the expired ones are dropped).
-    pub fn remember_seen(&mut self, list: &[SeenMac], now: UnixMillis) {
+    /// `saved_under` is the window their expiries were computed for (the stopped tracker's
+    /// [`TrackerConfig::saved_window`], saved with them; `None`: unknown, taken as this one's):
+    /// a wider one now keeps them longer, as [`Tracker::inherit_seen`] does at a reload.
+    pub fn remember_seen(
+        &mut self,
+        list: &[SeenMac],
+        saved_under: Option<SavedWindow>,
+        now: UnixMillis,
+    ) {
+        let (widen, _) = saved_under.map_or((0, 0), |w| self.widening(&w));
         for m in list {
-            if m.expires > now {
+            let expires = m.expires.plus_millis(widen);
+            if expires > now {
                 let client = self.by_key.get(&m.client).copied().unwrap_or(GONE);
-                self.seen.insert(m.mac, client, m.expires);
+                self.seen.insert(m.mac, client, expires);
             }
         }
+    }
+
+    /// How much longer this tracker's window admits a step than `old` did: for gate MACs (more
+    /// skew steps), and for gated steps (and a longer payload timeout). With another step
+    /// length no old datagram passes the gate at all: nothing.
+    fn widening(&self, old: &SavedWindow) -> (u64, u64) {
+        let step_ms = u64::from(self.config.params.step_seconds) * 1000;
+        let widen = if self.config.params.step_seconds == old.step_seconds {
+            u64::from(self.config.skew_steps.saturating_sub(old.skew_steps)).saturating_mul(step_ms)
+        } else {
+            0
+        };
+        let widen_gated =
+            widen.saturating_add(self.config.timeout_ms.saturating_sub(old.timeout_ms));
+        (widen, widen_gated)
     }
 
     /// Every step some datagram passed the gate for, remembered now (saved at a clean shutdown
@@ -1112,14 +1138,22 @@ impl Tracker {
     }
 
     /// Remembers gated steps saved by [`Tracker::gated_list`] (the expired ones, and those of
-    /// clients this tracker does not have, are dropped). A step of another length than the
-    /// running one is kept as it is: no sequence of the running length is that step, and it
-    /// matters again if a reload brings that length back while it lasts.
-    pub fn remember_gated(&mut self, list: &[GatedStep], now: UnixMillis) {
+    /// clients this tracker does not have, are dropped), their expiries widened as in
+    /// [`Tracker::remember_seen`]. A step of another length than the running one is kept as it
+    /// is: no sequence of the running length is that step, and it matters again if a reload
+    /// brings that length back while it lasts.
+    pub fn remember_gated(
+        &mut self,
+        list: &[GatedStep],
+        saved_under: Option<SavedWindow>,
+        now: UnixMillis,
+    ) {
+        let (_, widen) = saved_under.map_or((0, 0), |w| self.widening(&w));
         for g in list {
-            if g.expires > now {
+            let expires = g.expires.plus_millis(widen);
+            if expires > now {
                 if let Some(&client) = self.by_key.get(&g.client) {
-                    self.seen.gated(client, g.step, g.expires);
+                    self.seen.gated(client, g.step, expires);
                 }
             }
         }
@@ -1138,16 +1172,8 @@ impl Tracker {
         // The old expiries were computed for the old window: a wider one (more skew steps, a
         // longer payload timeout) admits a datagram's step for longer, and its MAC must be
         // remembered as long (else a refused or burnt datagram becomes acceptable once the old
-        // expiry passes). With another step length no old datagram passes the gate at all.
-        let step_ms = u64::from(self.config.params.step_seconds) * 1000;
-        let widen = if self.config.params.step_seconds == old.config.params.step_seconds {
-            u64::from(self.config.skew_steps.saturating_sub(old.config.skew_steps))
-                .saturating_mul(step_ms)
-        } else {
-            0
-        };
-        let widen_gated =
-            widen.saturating_add(self.config.timeout_ms.saturating_sub(old.config.timeout_ms));
+        // expiry passes).
+        let (widen, widen_gated) = self.widening(&old.config.saved_window());
         // Each old client's index here (GONE if it was removed): one lookup per client, then
         // one pass over each of the old caches (O(clients + entries), not their product: this
         // runs on the packet thread at a reload's swap).

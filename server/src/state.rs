@@ -21,8 +21,11 @@
 //! were refused are in no client's state), one per line: `seen <MAC> <client public key> <until
 //! ms>`; and every step some datagram passed the gate for (in `optional` mode such a step gets
 //! no sequence-only grant; a refused or burnt payload's step is in no client's state either),
-//! one per line: `gated <client public key> <step_seconds>:<counter> <until ms>`. A snapshot
-//! without `gated` lines (written before they existed) still loads. Everything is in time
+//! one per line: `gated <client public key> <step_seconds>:<counter> <until ms>`; and the window
+//! those expiries were computed for, `window <step_seconds> <skew_steps> <timeout_ms>` (a start
+//! with more skew steps or a longer `timeout_ms` keeps them that much longer, as a reload
+//! does). A snapshot without `gated` or `window` lines (written before they existed) still
+//! loads (its expiries are taken as computed for the new window). Everything is in time
 //! (milliseconds), or names its step length, so a change of `step_seconds` keeps it meaningful.
 //!
 //! A grant appends the changed clients to the journal, `replay.journal`, with one write and
@@ -457,6 +460,9 @@ pub struct JournalStore {
     seen: Vec<SeenMac>,
     /// Gated steps saved at the last clean shutdown (written with every snapshot).
     gated: Vec<GatedStep>,
+    /// The window the expiries of `seen` and `gated` were computed for (written with every
+    /// snapshot; `None` in a snapshot of before it was saved).
+    seen_window: Option<SavedWindow>,
     /// `state_sync = "fence"`: the durable fence (ms; 0 = none yet) and `max_ahead_ms`. A
     /// record is written without a sync while the fence is past now + max_ahead_ms, the
     /// latest timestamp the tracker accepts.
@@ -495,6 +501,7 @@ impl JournalStore {
             mut entries,
             seen,
             gated,
+            window: seen_window,
         } = match read_state_file(&path) {
             Ok(bytes) if bytes.starts_with(format!("{HEADER_V1}\n").as_bytes()) => {
                 legacy = true;
@@ -542,6 +549,7 @@ impl JournalStore {
             legacy,
             seen,
             gated,
+            seen_window,
             fence: None,
             unsynced_appends: 0,
             windows: Vec::new(),
@@ -597,6 +605,18 @@ impl JournalStore {
     /// The gated steps the next snapshot holds (set just before the shutdown's checkpoint).
     pub fn set_gated(&mut self, gated: Vec<GatedStep>) {
         self.gated = gated;
+    }
+
+    /// The window the expiries of [`JournalStore::seen`] and [`JournalStore::gated`] were
+    /// computed for (`None`: a snapshot of before it was saved, or none).
+    pub fn seen_window(&self) -> Option<SavedWindow> {
+        self.seen_window
+    }
+
+    /// The window the next snapshot's gate MACs and gated steps were computed for (set with
+    /// them, just before the shutdown's checkpoint).
+    pub fn set_seen_window(&mut self, window: SavedWindow) {
+        self.seen_window = Some(window);
     }
 
     /// Marks the state as in use by a running sesamed that uses `windows` (the crashed run's,
@@ -840,7 +860,7 @@ impl JournalStore {
 
     /// Writes the snapshot atomically (temporary file, fsync, rename, fsync of the directory).
     fn write_snapshot(&self) -> Result<(), StateError> {
-        let text = render(&self.entries, &self.seen, &self.gated);
+        let text = render(&self.entries, &self.seen, &self.gated, self.seen_window);
         let path = self.path();
         let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
         let io = |p: &Path| {
@@ -1047,6 +1067,7 @@ fn render(
     entries: &BTreeMap<PublicKey, ReplayState>,
     seen: &[SeenMac],
     gated: &[GatedStep],
+    window: Option<SavedWindow>,
 ) -> String {
     let mut body = format!("{HEADER}\n");
     for (key, s) in entries {
@@ -1067,6 +1088,9 @@ fn render(
             g.client, g.step.step_seconds, g.step.counter, g.expires.0
         ));
     }
+    if let Some(w) = window {
+        body.push_str(&window_line(&w));
+    }
     let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
     body.push_str(&format!("sha256 {}\n", hex(digest.as_ref())));
     body
@@ -1078,6 +1102,7 @@ struct Snapshot {
     entries: BTreeMap<PublicKey, ReplayState>,
     seen: Vec<SeenMac>,
     gated: Vec<GatedStep>,
+    window: Option<SavedWindow>,
 }
 
 /// Parses `gated <client public key> <step_seconds>:<counter> <until ms>`.
@@ -1144,6 +1169,15 @@ fn parse(bytes: &[u8]) -> Result<Snapshot, String> {
         if line.starts_with("seen ") {
             out.seen.push(parse_seen(line).ok_or_else(|| {
                 format!("line {}: expected 'seen <mac> <key> <until ms>'", i + 2)
+            })?);
+            continue;
+        }
+        if line.starts_with("window ") {
+            out.window = Some(parse_window(line).ok_or_else(|| {
+                format!(
+                    "line {}: expected 'window <step_seconds> <skew_steps> <timeout_ms>'",
+                    i + 2
+                )
             })?);
             continue;
         }
@@ -1350,6 +1384,45 @@ mod tests {
         // No mark_stopped: the next start sees a crash.
         let mut third = JournalStore::open(&dir).unwrap();
         assert!(third.mark_running(&[]).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_window_of_the_saved_expiries_survives_a_clean_restart() {
+        let dir = tmpdir("seen-window");
+        let a = sesame_keys::PrivateKey::generate().public_key();
+        let window = SavedWindow {
+            step_seconds: 30,
+            skew_steps: 1,
+            timeout_ms: 5000,
+        };
+        let mut store = JournalStore::open(&dir).unwrap();
+        assert_eq!(store.seen_window(), None);
+        store.set_seen(vec![SeenMac {
+            mac: [7; MAC_LEN],
+            client: a,
+            expires: UnixMillis(123_456),
+        }]);
+        store.set_seen_window(window);
+        store.checkpoint().unwrap();
+        let text = std::fs::read_to_string(dir.join(FILE_NAME)).unwrap();
+        assert!(text.contains("\nwindow 30 1 5000\n"), "{text}");
+        let mut again = JournalStore::open(&dir).unwrap();
+        assert_eq!(again.seen_window(), Some(window));
+        // Kept by the snapshots written while running (a compaction).
+        again.compact().unwrap();
+        assert_eq!(
+            JournalStore::open(&dir).unwrap().seen_window(),
+            Some(window)
+        );
+        // A damaged window line is refused, naming its line.
+        for bad in ["window 30 1", "window 0 1 5000", "window 30 x 5000"] {
+            let body = format!("{HEADER}\n{bad}\n");
+            let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
+            let file = format!("{body}sha256 {}\n", hex(digest.as_ref()));
+            let err = parse(file.as_bytes()).err().unwrap();
+            assert!(err.starts_with("line 2: expected 'window"), "{bad}: {err}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -350,10 +350,12 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     // that may have been made before this start (their timestamps run at most max_ahead_ms
     // ahead) are refused; bound ones are useless to anyone else.
     let mut tracker = tracker;
-    tracker.remember_seen(store.seen(), system_now());
+    // Their expiries were computed for the window they were saved under: a wider one now keeps
+    // them longer.
+    tracker.remember_seen(store.seen(), store.seen_window(), system_now());
     // And the steps a datagram passed the gate for: `optional` mode grants no sequence alone
     // for them (a replay of a refused or burnt knock's sequence without its payload).
-    tracker.remember_gated(store.gated(), system_now());
+    tracker.remember_gated(store.gated(), store.seen_window(), system_now());
     let mut windows = windows_before.clone();
     windows.push(tracker.config().saved_window());
     let crashed = store.mark_running(&windows).unwrap_or_else(|e| {
@@ -693,6 +695,8 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         core.store.set_seen(seen);
         let gated = core.tracker.gated_list();
         core.store.set_gated(gated);
+        let window = core.tracker.config().saved_window();
+        core.store.set_seen_window(window);
         match core.store.checkpoint() {
             Ok(()) => {
                 if let Err(e) = core.store.mark_stopped() {

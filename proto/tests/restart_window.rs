@@ -1,0 +1,233 @@
+//! A clean restart with a wider acceptance window (a larger `skew_steps`, a longer payload
+//! timeout) must remember the gate MACs of refused or burnt datagrams, and the steps they were
+//! for, as long as the new window admits their step: the restart version of
+//! `reload_window.rs`. A clean stop saves their expiries, computed for the old window, and the
+//! window with them (`TrackerConfig::saved_window`); `remember_seen` and `remember_gated` keep
+//! them that much longer. Before, the saved expiries were kept as they were: once they passed,
+//! the new window still admitted the step and the captured knock (refused when it was sent)
+//! was granted to whoever replayed it (attacker review).
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use sesame_fixtures::{T0, client_key, knock_params, server_key};
+use sesame_proto::derive::derive_sequence;
+use sesame_proto::params::{KnockProtocol, PayloadMode};
+use sesame_proto::tracker::{ClientEntry, Policy, SavedWindow};
+use sesame_proto::wire::{Request, WireNoise, build_payload};
+use sesame_proto::{ClientKeys, Event, Incoming, Proto, Tracker, TrackerConfig, UnixMillis};
+
+const STEP: u32 = 30;
+
+fn config(skew: u32, timeout_ms: u64, mode: PayloadMode) -> TrackerConfig {
+    TrackerConfig {
+        max_ahead_ms: 2_000,
+        ..TrackerConfig::new(knock_params(3, KnockProtocol::Udp), skew, timeout_ms, mode)
+    }
+}
+
+fn tracker(config: TrackerConfig, now: UnixMillis) -> Tracker {
+    let server = server_key();
+    let entries = vec![ClientEntry {
+        name: "laptop".into(),
+        keys: ClientKeys::for_server(&server, &client_key(1).public_key(), None).unwrap(),
+        policy: Policy {
+            allow: vec!["tcp/22".parse().unwrap()],
+            ..Policy::default()
+        },
+    }];
+    Tracker::new(config, server, entries, Vec::new(), now).unwrap()
+}
+
+/// A clean stop of `old` at `now` and a start of a tracker with `new`: what sesamed saves and
+/// restores (the replay states are empty here). `window`: whether the snapshot says which
+/// window the expiries were computed for (`false`: a snapshot of before it did).
+fn restart(old: &Tracker, new: TrackerConfig, now: UnixMillis, window: bool) -> Tracker {
+    let seen = old.seen_list();
+    let gated = old.gated_list();
+    let saved: Option<SavedWindow> = window.then(|| old.config().saved_window());
+    let mut t = tracker(new, now);
+    t.remember_seen(&seen, saved, now);
+    t.remember_gated(&gated, saved, now);
+    t
+}
+
+/// Sends the sequence of `counter` from `source` at `now` (its first knock), then `datagram`
+/// if any; then ends the waits due by `wait_until`.
+fn send(
+    t: &mut Tracker,
+    now: UnixMillis,
+    source: IpAddr,
+    counter: u64,
+    datagram: Option<&[u8]>,
+    wait_until: UnixMillis,
+) -> Vec<Event> {
+    let keys = ClientKeys::for_client(&client_key(1), &server_key().public_key(), None).unwrap();
+    let seq = derive_sequence(&keys, &knock_params(3, KnockProtocol::Udp), counter).unwrap();
+    let mut events = Vec::new();
+    t.handle_timeout(now, &mut events);
+    t.advance(now).unwrap();
+    for k in &seq.knocks {
+        t.packet(
+            now,
+            Incoming {
+                source,
+                proto: Proto::Udp,
+                port: k.port,
+                payload: Some(&[7u8; 16]),
+            },
+            &mut events,
+        );
+    }
+    if let Some(d) = datagram {
+        t.packet(
+            now,
+            Incoming {
+                source,
+                proto: Proto::Udp,
+                port: seq.payload_port,
+                payload: Some(d),
+            },
+            &mut events,
+        );
+    }
+    // As sesamed does: twice a second until then.
+    let mut at = now;
+    while at < wait_until {
+        at = at.plus_millis(500).min(wait_until);
+        t.handle_timeout(at, &mut events);
+    }
+    events
+}
+
+fn outcome(events: &[Event]) -> String {
+    for e in events {
+        match e {
+            Event::Granted(g) => return format!("granted to {}", g.address),
+            Event::Rejected { reason, .. } => return format!("rejected: {}", reason.code()),
+            _ => {}
+        }
+    }
+    "nothing".into()
+}
+
+fn client() -> IpAddr {
+    Ipv4Addr::new(198, 18, 0, 2).into()
+}
+
+fn attacker() -> IpAddr {
+    Ipv4Addr::new(198, 19, 0, 66).into()
+}
+
+fn payload(counter: u64, request: &Request) -> Vec<u8> {
+    let keys = ClientKeys::for_client(&client_key(1), &server_key().public_key(), None).unwrap();
+    build_payload(
+        &keys,
+        counter,
+        request,
+        &sesame_keys::PrivateKey::generate(),
+        &WireNoise::default(),
+    )
+    .unwrap()
+}
+
+/// The client's clock is 19 s ahead; its unbound knock is stamped T0 + 20 s (step k) and
+/// refused as too far ahead. sesamed stops cleanly and starts with `skew_steps = 3`; 61 s
+/// later (step k + 2, when the old expiry has passed and the new window still admits step k)
+/// the attacker replays the captured knock.
+#[test]
+fn a_refused_unbound_knock_stays_refused_after_a_clean_restart_widens_the_window() {
+    let k = T0.counter(STEP);
+    let request = Request {
+        timestamp: T0.plus_millis(20_000),
+        random: [1; 16],
+        services: Vec::new(),
+        address: None,
+        action: None,
+        flags: 0,
+    };
+    let d = payload(k, &request);
+    for window in [false, true] {
+        let mut old = tracker(config(1, 5_000, PayloadMode::Required), T0);
+        let first = send(&mut old, T0.plus_millis(1_000), client(), k, Some(&d), T0);
+        assert_eq!(outcome(&first), "rejected: too_far_ahead");
+        let now = T0.plus_millis(2_000);
+        let mut t = restart(&old, config(3, 5_000, PayloadMode::Required), now, window);
+        let later = T0.plus_millis(61_000);
+        let replayed = send(&mut t, later, attacker(), k, Some(&d), later);
+        if window {
+            assert_eq!(outcome(&replayed), "rejected: replay", "{replayed:?}");
+        } else {
+            // A snapshot that does not say its window: the expiries are kept as they are.
+            assert_eq!(outcome(&replayed), format!("granted to {}", attacker()));
+        }
+    }
+}
+
+/// `optional` mode: the client's bound payload is refused (it asks for a service it may not
+/// open), so its step gets no sequence-only grant. After a clean restart with `skew_steps = 3`
+/// the attacker replays the sequence alone, without the payload, once the old record's expiry
+/// (the end of step k + 1, plus the payload timeout) has passed and the new window still
+/// admits step k.
+#[test]
+fn optional_mode_a_gated_step_stays_gated_after_a_clean_restart_widens_the_window() {
+    let k = T0.counter(STEP);
+    let request = Request {
+        timestamp: T0.plus_millis(1_000),
+        random: [1; 16],
+        services: vec!["tcp/23".parse().unwrap()],
+        address: Some(client()),
+        action: None,
+        flags: 0,
+    };
+    let d = payload(k, &request);
+    for window in [false, true] {
+        let mut old = tracker(config(1, 5_000, PayloadMode::Optional), T0);
+        let at = T0.plus_millis(1_000);
+        let first = send(&mut old, at, client(), k, Some(&d), at.plus_millis(6_000));
+        assert_eq!(outcome(&first), "rejected: service_not_allowed");
+        let now = T0.plus_millis(10_000);
+        let mut t = restart(&old, config(3, 5_000, PayloadMode::Optional), now, window);
+        let later = T0.plus_millis(95_000);
+        let replayed = send(&mut t, later, attacker(), k, None, later.plus_millis(6_000));
+        if window {
+            assert_eq!(outcome(&replayed), "rejected: replay", "{replayed:?}");
+        } else {
+            assert_eq!(outcome(&replayed), format!("granted to {}", attacker()));
+        }
+    }
+}
+
+/// The same with a longer payload timeout (same skew): a sequence of step k that completes at
+/// the very end of the window waits `timeout_ms` for its payload; its deadline is after the
+/// old record's expiry (the end of the window plus the old, shorter timeout).
+#[test]
+fn optional_mode_a_gated_step_stays_gated_after_a_clean_restart_lengthens_the_timeout() {
+    let k = T0.counter(STEP);
+    let request = Request {
+        timestamp: T0.plus_millis(1_000),
+        random: [1; 16],
+        services: vec!["tcp/23".parse().unwrap()],
+        address: Some(client()),
+        action: None,
+        flags: 0,
+    };
+    let d = payload(k, &request);
+    for window in [false, true] {
+        let mut old = tracker(config(1, 5_000, PayloadMode::Optional), T0);
+        let at = T0.plus_millis(1_000);
+        let first = send(&mut old, at, client(), k, Some(&d), at.plus_millis(6_000));
+        assert_eq!(outcome(&first), "rejected: service_not_allowed");
+        let now = T0.plus_millis(10_000);
+        let mut t = restart(&old, config(1, 30_000, PayloadMode::Optional), now, window);
+        // The last moment step k is in the window (skew 1: until the end of step k + 1).
+        let last = T0.plus_millis(59_900);
+        let replayed = send(&mut t, last, attacker(), k, None, last.plus_millis(31_000));
+        if window {
+            assert_eq!(outcome(&replayed), "rejected: replay", "{replayed:?}");
+        } else {
+            assert_eq!(outcome(&replayed), format!("granted to {}", attacker()));
+        }
+    }
+}
