@@ -295,3 +295,94 @@ fn a_reloaded_tracker_carries_the_counters_on() {
     reloaded.tracker.inherit_seen(&lab.tracker);
     assert_eq!(*reloaded.tracker.stats(), before);
 }
+
+/// A payload-sized datagram at a knock port is a knock, not a payload: it is not counted as a
+/// payload seen, and no gate is checked for it (only the payload port's slots are payload
+/// candidates, UDP at the payload position).
+#[test]
+fn a_payload_sized_datagram_at_a_knock_port_is_not_a_payload() {
+    let mut lab = Lab::new(PayloadMode::Required, 1);
+    let c = c0();
+    let seq = lab.sequence(0, c);
+    let d = lab.payload(0, c, T0);
+    let first = seq.knocks[0];
+    assert_eq!(first.proto, Proto::Udp);
+    lab.send(T0, v4(2), first.proto, first.port, Some(&d));
+    assert_eq!(lab.tracker.stats().payloads_seen, 0);
+    assert_eq!(lab.tracker.stats().gate_passed, 0);
+    // The same datagram at the payload port, early (before the sequence), is one.
+    lab.send_payload(0, c, T0, v4(3), &d);
+    assert_eq!(lab.tracker.stats().payloads_seen, 1);
+}
+
+/// A payload may not ask to open an address that is unspecified, loopback, multicast or
+/// broadcast, even for a client allowed to name another address than its source: each is
+/// refused as `bad_address` (before `allow_other_ip` is looked at).
+#[test]
+fn a_payload_naming_an_address_that_cannot_be_opened_is_refused_as_bad_address() {
+    let mut lab = Lab::with(config(PayloadMode::Required), 1, |_| Policy {
+        allow: vec![tcp22()],
+        allow_other_ip: true,
+        ..Policy::default()
+    });
+    let c = c0();
+    let bad: [IpAddr; 6] = [
+        "0.0.0.0".parse().unwrap(),
+        "::".parse().unwrap(),
+        "127.0.0.1".parse().unwrap(),
+        "::1".parse().unwrap(),
+        "224.0.0.1".parse().unwrap(),
+        "255.255.255.255".parse().unwrap(),
+    ];
+    for (n, address) in bad.iter().enumerate() {
+        let request = Request {
+            timestamp: T0.plus_millis(n as u64),
+            random: [n as u8; 16],
+            services: vec![tcp22()],
+            address: Some(*address),
+            action: None,
+            flags: 0,
+        };
+        let d = build_payload(
+            &lab.client_keys(0),
+            c,
+            &request,
+            &client_key(2000 + n as u64),
+            &WireNoise::from_random(&[n as u8; 64]),
+        )
+        .unwrap();
+        let source = v4(10 + n as u8);
+        lab.knocks(0, c, T0, source);
+        lab.send_payload(0, c, T0, source, &d);
+        let events = lab.take();
+        assert_eq!(
+            count_by_code(&events)[slot("bad_address")],
+            1,
+            "{address}: {events:?}"
+        );
+        assert!(
+            !events.iter().any(|e| matches!(e, Event::Granted(_))),
+            "{address}: {events:?}"
+        );
+    }
+    // The control: another, openable address is granted.
+    let request = Request {
+        timestamp: T0.plus_millis(100),
+        random: [99; 16],
+        services: vec![tcp22()],
+        address: Some(v4(200)),
+        action: None,
+        flags: 0,
+    };
+    let d = build_payload(
+        &lab.client_keys(0),
+        c,
+        &request,
+        &client_key(2100),
+        &WireNoise::from_random(&[99; 64]),
+    )
+    .unwrap();
+    lab.knocks(0, c, T0, v4(99));
+    lab.send_payload(0, c, T0, v4(99), &d);
+    assert_eq!(lab.grants(), vec![(ClientId(0), c)]);
+}

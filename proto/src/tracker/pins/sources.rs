@@ -170,3 +170,58 @@ fn a_reloaded_tracker_still_knows_which_steps_had_a_payload() {
     reloaded.tracker.inherit_seen(&old.tracker);
     assert_eq!(knock_and_wait(&mut reloaded), vec![]);
 }
+
+/// The queue of payload deadlines is bounded at `4 × max_sources + 64` entries (a flood of
+/// completed sequences cannot grow it without end): a sequence completed while it is full gets
+/// no deadline, so in optional mode its sequence-only fallback is never granted. Here one
+/// source completes 81 sequences with `max_sources = 4` (a bound of 80): of the four it still
+/// waits for (`MAX_AWAITING`), the three whose deadlines fit are granted at the deadline, the
+/// 81st is not.
+#[test]
+fn the_deadline_queue_holds_four_per_source_plus_64() {
+    let config = TrackerConfig {
+        max_sources: 4,
+        ..config(PayloadMode::Optional)
+    };
+    let n = 81;
+    assert_eq!(4 * config.max_sources + 64, n - 1);
+    let mut lab = Lab::with(config, n, |_| Policy {
+        allow: vec![tcp22()],
+        ..Policy::default()
+    });
+    let c = c0();
+    for i in 0..n {
+        assert_eq!(lab.knocks(i, c, T0, v4(2)), Outcome::Complete, "client {i}");
+    }
+    assert_eq!(MAX_AWAITING, 4);
+    assert!(lab.grants().is_empty(), "nothing before the deadline");
+    lab.tracker
+        .handle_timeout(T0.plus_millis(TIMEOUT_MS), &mut lab.events);
+    assert_eq!(
+        lab.grants(),
+        vec![(ClientId(77), c), (ClientId(78), c), (ClientId(79), c)]
+    );
+}
+
+/// The same sequence completed twice from one source waits once for its payload: one
+/// awaiting entry and one deadline, not two. (A resent knock alone makes no progress: every
+/// packet of it is a late duplicate of the awaited sequence. Another client's knock first
+/// starts progress, and the resent knock then completes the sequence again.)
+#[test]
+fn a_sequence_completed_again_waits_once() {
+    let mut lab = Lab::new(PayloadMode::Required, 2);
+    let c = c0();
+    lab.knocks(0, c, T0, v4(2));
+    assert_eq!(lab.tracker.sources[&v4(2)].awaiting.len(), 1);
+    let other = lab.sequence(1, c).knocks[0];
+    lab.send(T0, v4(2), other.proto, other.port, None);
+    let seq = lab.sequence(0, c);
+    let outs: Vec<Outcome> = seq
+        .knocks
+        .iter()
+        .map(|k| lab.send(T0, v4(2), k.proto, k.port, None))
+        .collect();
+    assert_eq!(outs.last(), Some(&Outcome::Complete), "{outs:?}");
+    assert_eq!(lab.tracker.sources[&v4(2)].awaiting.len(), 1);
+    assert_eq!(lab.tracker.deadlines.len(), 1);
+}
