@@ -413,3 +413,21 @@ fn fault_kill9_then_a_smaller_skew_does_not_turn_a_refused_future_knock_into_a_v
     );
     assert!(!f.connects(Host::Attacker, Family::V4, 22));
 }
+
+/// SIGTERM as soon as sesamed says `ready` (a `systemctl restart` right after a start) is a
+/// clean stop: exit 0, the snapshot written, the crash marker removed. The signals used to be
+/// watched only after `ready`, and such a SIGTERM ended sesamed at once (killed by the
+/// signal), so the next start took it for a crash.
+#[test]
+fn a_sigterm_right_after_ready_is_a_clean_stop() {
+    if !require_netns() {
+        return;
+    }
+    let mut f = Fixture::new("f-term");
+    f.start();
+    f.stop_daemon();
+    assert!(
+        !f.lab.path("state/sesamed.running").exists(),
+        "the crash marker is removed at a clean stop"
+    );
+}

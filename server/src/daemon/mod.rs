@@ -635,12 +635,16 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
             })
         }));
     }
+    // The signals are watched from before `ready`: until then SIGTERM, SIGINT and SIGHUP end
+    // sesamed at once (their default), without the clean stop's snapshot.
+    let stop_signals = stop_signals();
     {
+        use tokio::signal::unix::{SignalKind, signal};
         let core = Rc::clone(&core);
         let live_filter = Rc::clone(&live_filter);
+        let hup = signal(SignalKind::hangup());
         tokio::task::spawn_local(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            let Ok(mut hup) = hup else {
                 tracing::error!("cannot watch SIGHUP; use `sesamed reload`");
                 return;
             };
@@ -675,7 +679,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     // The start-up's parse and key work ran on every core; their arenas keep what they freed.
     tokio::task::spawn_blocking(crate::memory::release_freed);
 
-    wait_for_stop().await;
+    wait_for_stop(stop_signals).await;
     tracing::info!("stopping");
     actions.borrow_mut().stopping();
     // The firewall task closes what needs closing (command-backend leases); the nftables
@@ -720,12 +724,22 @@ fn lease_policy(config: &Config) -> crate::lease::Policy {
     }
 }
 
-async fn wait_for_stop() {
+type StopSignals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+/// SIGTERM and SIGINT, watched from now on (`None` if they cannot be).
+fn stop_signals() -> Option<StopSignals> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
+    ) {
+        (Ok(term), Ok(int)) => Some((term, int)),
+        _ => None,
+    }
+}
+
+async fn wait_for_stop(signals: Option<StopSignals>) {
+    let Some((mut term, mut int)) = signals else {
         tracing::error!("cannot watch SIGTERM/SIGINT; stop sesamed with SIGKILL");
         std::future::pending::<()>().await;
         return;
