@@ -1063,9 +1063,23 @@ impl Tracker {
             .chain(std::iter::once(&self.config.saved_window()))
             .filter_map(|w| w.gate_reach(start))
             .fold(start.plus_millis(self.config.max_ahead_ms), UnixMillis::max);
+        self.keep_crash_floor(until);
+        until
+    }
+
+    /// Until when the rules of [`Tracker::after_crash`] hold (the later of its floors), if ever
+    /// set. A clean stop while they last saves it, and the next start gives it back
+    /// ([`Tracker::keep_crash_floor`]): what the crash lost is not found again by a clean
+    /// restart.
+    pub fn crash_floor(&self) -> Option<UnixMillis> {
+        self.unbound_floor.max(self.fallback_floor)
+    }
+
+    /// The rules of [`Tracker::after_crash`] until `until` (saved by [`Tracker::crash_floor`]
+    /// at a clean stop), as a start after a crash applies them; a later floor already set stays.
+    pub fn keep_crash_floor(&mut self, until: UnixMillis) {
         self.refuse_unbound_before(until);
         self.fallback_floor = Some(self.fallback_floor.map_or(until, |f| f.max(until)));
-        until
     }
 
     /// Every gate MAC remembered now (saved at a clean shutdown: the ones of refused datagrams

@@ -208,3 +208,43 @@ fn optional_mode_the_step_after_the_window_gets_no_sequence_grant_after_a_crash(
     let replayed = send(&mut t, T0.plus_millis(31_000), attacker(), k + 2, None);
     assert_eq!(outcome(&replayed), "rejected: replay", "{replayed:?}");
 }
+
+/// A clean stop soon after a start after a crash: what the crash lost is still lost, and the
+/// next (clean) start must go on refusing it until the first start's rule ends. The rule is
+/// saved with the snapshot (`Tracker::crash_floor`) and restored (`Tracker::keep_crash_floor`);
+/// before, the clean restart dropped it and the captured knock opened.
+#[test]
+fn a_clean_restart_soon_after_a_crash_keeps_refusing_what_the_crash_lost() {
+    let k = T0.counter(STEP);
+    // The client's clock is 20 s ahead: stamped in step k, refused as too far ahead.
+    let stamped = T0.plus_millis(21_000);
+    let d = unbound(stamped);
+    let cfg = || config(1, 2_000, PayloadMode::Required);
+    for kept in [false, true] {
+        let mut t = tracker(cfg(), T0, Vec::new());
+        let first = send(&mut t, T0.plus_millis(1_000), client(), k, Some(&d));
+        assert_eq!(outcome(&first), "rejected: too_far_ahead");
+        // kill -9 and a start: the MAC is lost, the rule refuses the payload.
+        let start = T0.plus_millis(2_000);
+        let mut t = tracker(cfg(), start, t.replay_states().to_vec());
+        let until = t.after_crash(start, &[]);
+        assert_eq!(t.crash_floor(), Some(until));
+        // A clean stop 3 s later and a start: what sesamed saves and restores.
+        let now = T0.plus_millis(5_000);
+        let (seen, gated, window) = (t.seen_list(), t.gated_list(), t.config().saved_window());
+        let floor = t.crash_floor();
+        let mut t = tracker(cfg(), now, t.replay_states().to_vec());
+        t.remember_seen(&seen, Some(window), now);
+        t.remember_gated(&gated, Some(window), now);
+        if kept {
+            t.keep_crash_floor(floor.unwrap());
+        }
+        // 19 s after the capture the timestamp is within max_ahead_ms; step k is in the window.
+        let replayed = send(&mut t, T0.plus_millis(20_000), attacker(), k, Some(&d));
+        if kept {
+            assert_eq!(outcome(&replayed), "rejected: replay", "{replayed:?}");
+        } else {
+            assert_eq!(outcome(&replayed), format!("granted to {}", attacker()));
+        }
+    }
+}

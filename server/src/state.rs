@@ -24,8 +24,12 @@
 //! one per line: `gated <client public key> <step_seconds>:<counter> <until ms>`; and the window
 //! those expiries were computed for, `window <step_seconds> <skew_steps> <timeout_ms>` (a start
 //! with more skew steps or a longer `timeout_ms` keeps them that much longer, as a reload
-//! does). A snapshot without `gated` or `window` lines (written before they existed) still
-//! loads (its expiries are taken as computed for the new window). Everything is in time
+//! does). After a start after a crash, while its rules hold (unbound payloads refused, no
+//! sequence-only grant in `optional` mode, until the end of the last step the crashed run's
+//! gate could admit), a clean stop also saves until when: `after_crash <until ms>`, so that a
+//! clean restart goes on refusing what the crash lost. A snapshot without `gated`, `window` or
+//! `after_crash` lines (written before they existed) still loads (its expiries are taken as
+//! computed for the new window). Everything is in time
 //! (milliseconds), or names its step length, so a change of `step_seconds` keeps it meaningful.
 //!
 //! A grant appends the changed clients to the journal, `replay.journal`, with one write and
@@ -85,6 +89,8 @@ pub const COMPACT_AFTER: usize = 4096;
 pub const RUNNING_NAME: &str = "sesamed.running";
 /// The first word of a window line (the crash marker's, the snapshot's).
 const WINDOW_FIELD: &str = "window";
+/// The first word of the snapshot's line saying until when a start after a crash refuses.
+const CRASH_FIELD: &str = "after_crash";
 /// Every file sesamed keeps in `state_dir` (anything else there stops a start that hands the
 /// directory to a service account).
 pub const OWN_FILES: [&str; 9] = [
@@ -463,6 +469,9 @@ pub struct JournalStore {
     /// The window the expiries of `seen` and `gated` were computed for (written with every
     /// snapshot; `None` in a snapshot of before it was saved).
     seen_window: Option<SavedWindow>,
+    /// Until when the rules of a start after a crash hold, saved at the last clean shutdown
+    /// (written with every snapshot).
+    crash_floor: Option<UnixMillis>,
     /// `state_sync = "fence"`: the durable fence (ms; 0 = none yet) and `max_ahead_ms`. A
     /// record is written without a sync while the fence is past now + max_ahead_ms, the
     /// latest timestamp the tracker accepts.
@@ -502,6 +511,7 @@ impl JournalStore {
             seen,
             gated,
             window: seen_window,
+            crash_floor,
         } = match read_state_file(&path) {
             Ok(bytes) if bytes.starts_with(format!("{HEADER_V1}\n").as_bytes()) => {
                 legacy = true;
@@ -550,6 +560,7 @@ impl JournalStore {
             seen,
             gated,
             seen_window,
+            crash_floor,
             fence: None,
             unsynced_appends: 0,
             windows: Vec::new(),
@@ -617,6 +628,18 @@ impl JournalStore {
     /// them, just before the shutdown's checkpoint).
     pub fn set_seen_window(&mut self, window: SavedWindow) {
         self.seen_window = Some(window);
+    }
+
+    /// Until when the rules of a start after a crash hold, as saved at the last clean shutdown
+    /// (`Tracker::crash_floor`; restored with `Tracker::keep_crash_floor`).
+    pub fn crash_floor(&self) -> Option<UnixMillis> {
+        self.crash_floor
+    }
+
+    /// The crash floor the next snapshot holds (set just before the shutdown's checkpoint;
+    /// `None` once it has passed).
+    pub fn set_crash_floor(&mut self, until: Option<UnixMillis>) {
+        self.crash_floor = until;
     }
 
     /// Marks the state as in use by a running sesamed that uses `windows` (the crashed run's,
@@ -818,6 +841,7 @@ impl JournalStore {
         if self.journal_records == 0
             && self.seen.is_empty()
             && self.gated.is_empty()
+            && self.crash_floor.is_none()
             && !self.path().exists()
         {
             return Ok(());
@@ -860,7 +884,13 @@ impl JournalStore {
 
     /// Writes the snapshot atomically (temporary file, fsync, rename, fsync of the directory).
     fn write_snapshot(&self) -> Result<(), StateError> {
-        let text = render(&self.entries, &self.seen, &self.gated, self.seen_window);
+        let text = render(
+            &self.entries,
+            &self.seen,
+            &self.gated,
+            self.seen_window,
+            self.crash_floor,
+        );
         let path = self.path();
         let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
         let io = |p: &Path| {
@@ -1068,6 +1098,7 @@ fn render(
     seen: &[SeenMac],
     gated: &[GatedStep],
     window: Option<SavedWindow>,
+    crash_floor: Option<UnixMillis>,
 ) -> String {
     let mut body = format!("{HEADER}\n");
     for (key, s) in entries {
@@ -1091,6 +1122,9 @@ fn render(
     if let Some(w) = window {
         body.push_str(&window_line(&w));
     }
+    if let Some(until) = crash_floor {
+        body.push_str(&format!("{CRASH_FIELD} {}\n", until.0));
+    }
     let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
     body.push_str(&format!("sha256 {}\n", hex(digest.as_ref())));
     body
@@ -1103,6 +1137,7 @@ struct Snapshot {
     seen: Vec<SeenMac>,
     gated: Vec<GatedStep>,
     window: Option<SavedWindow>,
+    crash_floor: Option<UnixMillis>,
 }
 
 /// Parses `gated <client public key> <step_seconds>:<counter> <until ms>`.
@@ -1170,6 +1205,16 @@ fn parse(bytes: &[u8]) -> Result<Snapshot, String> {
             out.seen.push(parse_seen(line).ok_or_else(|| {
                 format!("line {}: expected 'seen <mac> <key> <until ms>'", i + 2)
             })?);
+            continue;
+        }
+        if let Some(until) = line
+            .strip_prefix(CRASH_FIELD)
+            .and_then(|l| l.strip_prefix(' '))
+        {
+            let until = until
+                .parse()
+                .map_err(|_| format!("line {}: expected '{CRASH_FIELD} <until ms>'", i + 2))?;
+            out.crash_floor = Some(UnixMillis(until));
             continue;
         }
         if line.starts_with("window ") {
@@ -1422,6 +1467,32 @@ mod tests {
             let file = format!("{body}sha256 {}\n", hex(digest.as_ref()));
             let err = parse(file.as_bytes()).err().unwrap();
             assert!(err.starts_with("line 2: expected 'window"), "{bad}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_crash_floor_survives_a_clean_restart() {
+        let dir = tmpdir("crash-floor");
+        let mut store = JournalStore::open(&dir).unwrap();
+        assert_eq!(store.crash_floor(), None);
+        // Reason enough to write a snapshot.
+        store.set_crash_floor(Some(UnixMillis(1_764_000_090_000)));
+        store.checkpoint().unwrap();
+        let text = std::fs::read_to_string(dir.join(FILE_NAME)).unwrap();
+        assert!(text.contains("\nafter_crash 1764000090000\n"), "{text}");
+        let mut again = JournalStore::open(&dir).unwrap();
+        assert_eq!(again.crash_floor(), Some(UnixMillis(1_764_000_090_000)));
+        // Passed: the next stop writes none.
+        again.set_crash_floor(None);
+        again.checkpoint().unwrap();
+        assert_eq!(JournalStore::open(&dir).unwrap().crash_floor(), None);
+        for bad in ["after_crash", "after_crash x", "after_crash 5 6"] {
+            let body = format!("{HEADER}\n{bad}\n");
+            let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
+            let file = format!("{body}sha256 {}\n", hex(digest.as_ref()));
+            let err = parse(file.as_bytes()).err().unwrap();
+            assert!(err.starts_with("line 2: expected"), "{bad}: {err}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -414,6 +414,63 @@ fn fault_kill9_then_a_smaller_skew_does_not_turn_a_refused_future_knock_into_a_v
     assert!(!f.connects(Host::Attacker, Family::V4, 22));
 }
 
+/// The same with a clean restart soon after the start that followed the crash (an operator's
+/// `systemctl restart`): the crash lost the gate MAC, and the clean stop must hand the rule on
+/// (the snapshot's `after_crash` line) instead of ending it.
+#[test]
+fn fault_kill9_then_a_clean_restart_does_not_turn_a_refused_future_knock_into_a_valid_one() {
+    if !require_netns() {
+        return;
+    }
+    let mut f = Fixture::new("f-ahead2");
+    // The knock's step stays in the window for the whole test.
+    f.spec.knock.step_seconds = 120;
+    f.spec.knock.extra.push_str("max_ahead_ms = 2000\n");
+    f.start();
+    let cap = f.lab.capture(Host::Client, CLIENT_IF, "ahead", "udp");
+    let mark = f.mark();
+    let sent = Instant::now();
+    f.knock(&["--no-bind", "--time-offset", "8"]);
+    let client = f.lab.addr(Host::Client, Family::V4);
+    f.daemon().expect_after(
+        mark,
+        &[
+            "rejected",
+            "reason=too_far_ahead",
+            &format!("source={client}"),
+        ],
+        Duration::from_secs(5),
+    );
+    cap.stop();
+
+    let mut daemon = f.daemon.take().unwrap();
+    daemon.kill9();
+    f.daemon = Some(f.lab.start_sesamed(&f.config));
+    f.stop_daemon();
+    f.daemon = Some(f.lab.start_sesamed(&f.config));
+    // The payload's timestamp is 8 s ahead: from 6 s after it was sent it is within
+    // max_ahead_ms of the clock.
+    std::thread::sleep(
+        (sent + Duration::from_millis(7000)).saturating_duration_since(Instant::now()),
+    );
+    let outcome = crate::fence::replay_outcome(
+        &f,
+        Host::Attacker,
+        "ahead.pcap",
+        "after a crash and a clean restart",
+    );
+    assert_ne!(
+        outcome, "granted",
+        "an unbound knock refused as too far ahead before a crash was granted to an attacker replaying it after a clean restart that followed"
+    );
+    assert!(!f.connects(Host::Attacker, Family::V4, 22));
+    let log = f.daemon().output();
+    assert!(
+        log.contains("sesamed did not stop cleanly last time"),
+        "the clean start says the rule still holds:\n{log}"
+    );
+}
+
 /// SIGTERM as soon as sesamed says `ready` (a `systemctl restart` right after a start) is a
 /// clean stop: exit 0, the snapshot written, the crash marker removed. The signals used to be
 /// watched only after `ready`, and such a SIGTERM ended sesamed at once (killed by the

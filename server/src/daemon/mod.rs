@@ -356,6 +356,11 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     // And the steps a datagram passed the gate for: `optional` mode grants no sequence alone
     // for them (a replay of a refused or burnt knock's sequence without its payload).
     tracker.remember_gated(store.gated(), store.seen_window(), system_now());
+    // A clean stop while the rules of a start after a crash held: they go on (what the crash
+    // lost is still lost).
+    if let Some(until) = store.crash_floor() {
+        tracker.keep_crash_floor(until);
+    }
     let mut windows = windows_before.clone();
     windows.push(tracker.config().saved_window());
     let crashed = store.mark_running(&windows).unwrap_or_else(|e| {
@@ -368,11 +373,11 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     // grant no sequence alone in `optional` mode for a step that starts before then. The
     // window the crashed run used counts if it reached further than this one (a smaller
     // skew_steps now).
-    let unbound_from = if crashed {
-        tracker.after_crash(system_now(), &windows_before)
-    } else {
-        system_now()
-    };
+    if crashed {
+        tracker.after_crash(system_now(), &windows_before);
+    }
+    // Those rules, after this crash or kept from an earlier one across a clean stop.
+    let crash_rules_until = tracker.crash_floor().filter(|until| *until > system_now());
     let fence = start_fence(
         &config,
         &mut store,
@@ -657,10 +662,12 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         });
     }
 
-    if crashed && config.knock.payload != sesame_proto::params::PayloadMode::None {
+    if let Some(until) = crash_rules_until
+        && config.knock.payload != sesame_proto::params::PayloadMode::None
+    {
         tracing::warn!(
-            until = %rfc3339(unbound_from),
-            "sesamed did not stop cleanly last time: payloads that name no address and may have reached it before the crash are refused until then, and in optional mode a sequence alone opens nothing for a step that starts before then (knocks bound to an address are not affected)"
+            until = %rfc3339(until),
+            "sesamed did not stop cleanly last time (or a clean restart followed such a stop within the time below): payloads that name no address and may have reached it before the crash are refused until then, and in optional mode a sequence alone opens nothing for a step that starts before then (knocks bound to an address are not affected)"
         );
     }
     tracing::info!(
@@ -701,6 +708,9 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         core.store.set_gated(gated);
         let window = core.tracker.config().saved_window();
         core.store.set_seen_window(window);
+        let now = system_now();
+        let crash_floor = core.tracker.crash_floor().filter(|until| *until > now);
+        core.store.set_crash_floor(crash_floor);
         match core.store.checkpoint() {
             Ok(()) => {
                 if let Err(e) = core.store.mark_stopped() {
