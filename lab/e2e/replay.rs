@@ -144,6 +144,12 @@ fn optional_mode_a_refused_knocks_sequence_replayed_after_a_clean_restart_opens_
     };
     assert_eq!(replay(&f, "while running"), "replay");
     f.stop_daemon();
+    let snapshot = std::fs::read(f.lab.path("state/replay.state")).unwrap();
+    crate::faults::check_state_file(&snapshot).unwrap();
+    assert!(
+        String::from_utf8_lossy(&snapshot).contains("\ngated "),
+        "the clean stop saved the gated step"
+    );
     f.daemon = Some(f.lab.start_sesamed(&f.config));
     let after = replay(&f, "after a clean restart");
     assert_eq!(

@@ -447,6 +447,12 @@ fn fault_kill9_then_a_clean_restart_does_not_turn_a_refused_future_knock_into_a_
     daemon.kill9();
     f.daemon = Some(f.lab.start_sesamed(&f.config));
     f.stop_daemon();
+    let snapshot = std::fs::read(f.lab.path("state/replay.state")).unwrap();
+    crate::faults::check_state_file(&snapshot).unwrap();
+    assert!(
+        String::from_utf8_lossy(&snapshot).contains("\nafter_crash "),
+        "the clean stop saved until when the crash's rules hold"
+    );
     f.daemon = Some(f.lab.start_sesamed(&f.config));
     // The payload's timestamp is 8 s ahead: from 6 s after it was sent it is within
     // max_ahead_ms of the clock.

@@ -176,8 +176,10 @@ pub(crate) fn replay_capture(f: &Fixture, host: Host, pcap_path: &Path, family: 
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Checks a replay state file: header, one well-formed line per client (and per remembered
-/// gate MAC), and the SHA-256 trailer over everything before it. Returns the client lines.
+/// Checks a replay state file: header, one well-formed line per client (and, from a clean
+/// shutdown, per remembered gate MAC and gated step, the window their expiries were computed
+/// for, and until when the rules of a start after a crash hold), and the SHA-256 trailer over
+/// everything before it. Returns the client lines.
 pub(crate) fn check_state_file(bytes: &[u8]) -> Result<Vec<String>, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
     let at = text.rfind("sha256 ").ok_or("no sha256 trailer")?;
@@ -196,6 +198,7 @@ pub(crate) fn check_state_file(bytes: &[u8]) -> Result<Vec<String>, String> {
         return Err("bad header".into());
     }
     let mut entries = Vec::new();
+    let mut windows = 0;
     for l in lines {
         // `seen <MAC> <client key> <until ms>`: a remembered gate MAC (clean shutdown).
         if let Some(rest) = l.strip_prefix("seen ") {
@@ -206,6 +209,42 @@ pub(crate) fn check_state_file(bytes: &[u8]) -> Result<Vec<String>, String> {
                 && parts[1].len() == 44
                 && parts[2].parse::<u64>().is_ok();
             if !ok {
+                return Err(format!("bad line: {l}"));
+            }
+            continue;
+        }
+        let num = |s: &str| s.parse::<u64>().is_ok();
+        // `gated <client key> <step_seconds>:<counter> <until ms>`: a step a datagram passed
+        // the gate for.
+        if let Some(rest) = l.strip_prefix("gated ") {
+            let parts: Vec<&str> = rest.split(' ').collect();
+            let ok = parts.len() == 3
+                && parts[0].len() == 44
+                && parts[1]
+                    .split_once(':')
+                    .is_some_and(|(step, counter)| num(step) && num(counter))
+                && num(parts[2]);
+            if !ok {
+                return Err(format!("bad line: {l}"));
+            }
+            continue;
+        }
+        // `window <step_seconds> <skew_steps> <timeout_ms>`: at most one.
+        if let Some(rest) = l.strip_prefix("window ") {
+            let parts: Vec<&str> = rest.split(' ').collect();
+            let ok = parts.len() == 3
+                && parts[0].parse::<u32>().is_ok_and(|s| s > 0)
+                && parts[1].parse::<u32>().is_ok()
+                && num(parts[2]);
+            if !ok || windows > 0 {
+                return Err(format!("bad line: {l}"));
+            }
+            windows += 1;
+            continue;
+        }
+        // `after_crash <until ms>`.
+        if let Some(rest) = l.strip_prefix("after_crash ") {
+            if !num(rest) {
                 return Err(format!("bad line: {l}"));
             }
             continue;
