@@ -386,3 +386,52 @@ fn a_payload_naming_an_address_that_cannot_be_opened_is_refused_as_bad_address()
     lab.send_payload(0, c, T0, v4(99), &d);
     assert_eq!(lab.grants(), vec![(ClientId(0), c)]);
 }
+
+/// A replay refused from the cache of gate MACs names the client the MAC was remembered for
+/// (the log line and the per-client counters need it), before any key work.
+#[test]
+fn a_replay_refused_from_the_cache_names_its_client() {
+    let mut lab = Lab::new(PayloadMode::Required, 2);
+    let c = c0();
+    lab.knocks(1, c, T0, v4(2));
+    let d = lab.payload(1, c, T0);
+    lab.send_payload(1, c, T0, v4(2), &d);
+    assert_eq!(lab.grants(), vec![(ClientId(1), c)]);
+    lab.knocks(1, c, T0, v4(66));
+    lab.send_payload(1, c, T0, v4(66), &d);
+    let events = lab.take();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Rejected {
+                client: Some(ClientId(1)),
+                reason: Reason::Replay,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert_eq!(lab.tracker.stats().replays_cached, 1);
+}
+
+/// A payload for the step after the window is burnt on arrival and refused as stale, with its
+/// distance from the current step: `skew_steps + 1`.
+#[test]
+fn a_payload_for_the_step_after_the_window_is_stale_by_skew_plus_one() {
+    let mut lab = Lab::new(PayloadMode::Required, 1);
+    let ahead = c0() + u64::from(SKEW_STEPS) + 1;
+    let d = lab.payload(0, ahead, at(u64::from(SKEW_STEPS) + 1, 0));
+    lab.send_payload(0, ahead, T0, v4(2), &d);
+    let events = lab.take();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Rejected {
+                client: Some(ClientId(0)),
+                reason: Reason::Payload(RejectReason::Stale { counter, offset_steps }),
+                ..
+            } if *counter == ahead && *offset_steps == i64::from(SKEW_STEPS) + 1
+        )),
+        "{events:?}"
+    );
+}

@@ -64,3 +64,34 @@ fn a_step_ending_at_the_windows_start_is_pruned_into_the_floor() {
     assert!(s.step_used(step(c0() + 1)));
     assert!(!s.step_used(step(c0() + 2)));
 }
+
+/// A grant prunes the client's replay state to the window it is checked in: an accepted
+/// payload (and its step) from steps ago leave the lists and become the floor (the state stays bounded by
+/// the window, not only by `MAX_ACCEPTED`).
+#[test]
+fn a_grant_prunes_what_left_the_window_into_the_floor() {
+    let mut lab = Lab::new(PayloadMode::Required, 1);
+    let c = c0();
+    lab.knocks(0, c, T0, v4(2));
+    let d = lab.payload(0, c, T0);
+    lab.send_payload(0, c, T0, v4(2), &d);
+    assert_eq!(lab.tracker.replay_states()[0].accepted.len(), 1);
+    let later = at(5, 0);
+    let c5 = later.counter(STEP);
+    lab.knocks(0, c5, later, v4(3));
+    let d5 = lab.payload(0, c5, later);
+    lab.send_payload(0, c5, later, v4(3), &d5);
+    assert_eq!(lab.grants().len(), 2);
+    let state = &lab.tracker.replay_states()[0];
+    assert_eq!(
+        state
+            .accepted
+            .iter()
+            .map(|a| a.timestamp)
+            .collect::<Vec<_>>(),
+        vec![later]
+    );
+    // The floor covers the old payload and its step (which a grant records too).
+    assert_eq!(state.floor, Some(UnixMillis(at(1, 0).0 - 1)));
+    assert!(state.steps.iter().all(|s| s.counter == c5), "{:?}", state.steps);
+}

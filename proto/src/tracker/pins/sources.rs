@@ -225,3 +225,47 @@ fn a_sequence_completed_again_waits_once() {
     assert_eq!(lab.tracker.sources[&v4(2)].awaiting.len(), 1);
     assert_eq!(lab.tracker.deadlines.len(), 1);
 }
+
+/// Deadlines that are due are handled on the packet path too (not only by `handle_timeout`):
+/// in optional mode a packet after the deadline brings the sequence-only grant.
+#[test]
+fn a_packet_after_a_deadline_ends_the_wait() {
+    let mut lab = Lab::new(PayloadMode::Optional, 1);
+    let c = c0();
+    lab.knocks(0, c, T0, v4(2));
+    assert!(lab.grants().is_empty());
+    let after = T0.plus_millis(TIMEOUT_MS + 1);
+    let k = lab.sequence(0, c).knocks[0];
+    lab.send(after, v4(9), k.proto, k.port, None);
+    assert_eq!(lab.grants(), vec![(ClientId(0), c)]);
+}
+
+/// When the table of sources is full, the source evicted is the one least recently active,
+/// not the one that came first: a source that keeps knocking keeps its progress.
+#[test]
+fn the_least_recently_active_source_is_evicted() {
+    let config = TrackerConfig {
+        max_sources: 4,
+        ..config(PayloadMode::Required)
+    };
+    let mut lab = Lab::with(config, 1, |_| Policy {
+        allow: vec![tcp22()],
+        ..Policy::default()
+    });
+    let first = lab.sequence(0, c0()).knocks[0];
+    for i in 0..4 {
+        lab.send(T0, v4(10 + i), first.proto, first.port, None);
+    }
+    // The first source is active again, then a fifth arrives: the second goes.
+    lab.send(T0.plus_millis(1), v4(10), first.proto, first.port, None);
+    lab.send(T0.plus_millis(2), v4(20), first.proto, first.port, None);
+    assert_eq!(lab.tracker.tracked_sources(), 4);
+    assert!(
+        lab.tracker.sources.contains_key(&v4(10)),
+        "the active one stays"
+    );
+    assert!(
+        !lab.tracker.sources.contains_key(&v4(11)),
+        "the idle one goes"
+    );
+}
