@@ -377,8 +377,6 @@ impl Nftables {
         self
     }
 
-    /// Applies `ops` to the element of `lease` over netlink, falling back to `script` through
-    /// `nft -f` if the kernel refuses (the fallback's error is the one reported).
     /// Applies `ops` to the element of `lease` over netlink, in a blocking task.
     async fn netlink_element(
         &self,
@@ -392,27 +390,12 @@ impl Nftables {
             Proto::Udp => libc::IPPROTO_UDP as u8,
         };
         let key = crate::netlink::element_key(lease.address, proto, lease.service.port);
-        let deletes = ops
-            .iter()
-            .any(|op| matches!(op, crate::netlink::ElementOp::Delete));
-        if deletes {
-            // Acknowledged only after an RCU grace period (milliseconds): off this thread.
-            return tokio::task::spawn_blocking(move || {
-                crate::netlink::apply(&table, &set, &key, &ops)
-            })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-        }
-        // An add is done by the time `send` returns (crate::netlink::Transaction): on this
-        // thread, with no hand-off; a kernel that has not acked yet is waited for off it.
-        let mut tx = crate::netlink::Transaction::send(&table, &set, &key, &ops)?;
-        if tx.poll()? {
-            return Ok(());
-        }
-        tracing::debug!(
-            "netlink: the add was not acknowledged when send returned; waiting off the packet thread"
-        );
-        tokio::task::spawn_blocking(move || tx.wait())
+        // Off the packet thread: the kernel handles the batch inside `send`, after taking the
+        // nf_tables commit lock, which another process's large transaction (an `nft -f` of a
+        // big set, firewalld, docker) can hold for a second or more; capture must not wait on
+        // it. (Sending a new lease's add on the packet thread saved the two hand-offs, 0.5 ms
+        // at p90 of the firewall's part, and was withdrawn for this: BENCHMARKS.md.)
+        tokio::task::spawn_blocking(move || crate::netlink::apply(&table, &set, &key, &ops))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
     }

@@ -259,11 +259,12 @@ pub fn apply(table: &str, set: &str, key: &[u8], ops: &[ElementOp]) -> io::Resul
 /// [`Transaction::poll`] (without waiting) or [`Transaction::wait`].
 ///
 /// The kernel processes a netfilter batch inside the `send` that hands it over (nfnetlink
-/// runs in the sender's context) and queues the acks on the socket before `send` returns, so
-/// for a batch that adds an element `poll` right after `send` finds them all: sesamed then
-/// applies a new lease on its packet thread with no hand-off to another thread and back
-/// (BENCHMARKS.md, "The firewall's part"). A batch with a delete is acknowledged after an RCU
-/// grace period: sesamed sends those from a blocking thread.
+/// runs in the sender's context, under the nf_tables commit lock) and queues the acks on the
+/// socket before `send` returns, so for a batch that only adds an element `poll` right after
+/// `send` usually finds them all; a batch with a delete is acknowledged after an RCU grace
+/// period. `send` itself can wait for the commit lock as long as another process's
+/// transaction holds it, so sesamed calls [`apply`] on a blocking thread, never on its packet
+/// thread.
 pub struct Transaction {
     socket: Socket,
     acked: Vec<bool>,
