@@ -269,3 +269,89 @@ fn the_least_recently_active_source_is_evicted() {
         "the idle one goes"
     );
 }
+
+/// A source's partial sequences are capped at `max_candidates`: when more (client, step)
+/// pairs hold its first two knocks, the newest steps are kept. Eight ports and twenty clients
+/// make such pairs common.
+#[test]
+fn partial_sequences_are_capped_and_the_newest_steps_kept() {
+    let params = KnockParams::new(STEP, 2, (10000, 10007), &[], KnockProtocol::Udp).unwrap();
+    let config = TrackerConfig {
+        max_sources: 64,
+        max_candidates: 1,
+        ..TrackerConfig::new(params, SKEW_STEPS, TIMEOUT_MS, PayloadMode::Required)
+    };
+    let n = 20;
+    let mut lab = Lab::with(config, n, |_| Policy {
+        allow: vec![tcp22()],
+        ..Policy::default()
+    });
+    let counters = [c0() - 1, c0(), c0() + 1];
+    let ports = |lab: &Lab, i: usize, k: u64| -> Vec<u16> {
+        let s = lab.sequence(i, k);
+        let mut p: Vec<u16> = s.knocks.iter().map(|k| k.port).collect();
+        p.push(s.payload_port);
+        p
+    };
+    // Client 0's two knocks of the newest step, and every (client, step) whose ports hold both.
+    let seq = lab.sequence(0, c0() + 1);
+    let (a, b) = (seq.knocks[0].port, seq.knocks[1].port);
+    let holders: Vec<u64> = (0..n)
+        .flat_map(|i| counters.map(|k| (i, k)))
+        .filter(|&(i, k)| {
+            let p = ports(&lab, i, k);
+            p.contains(&a) && p.contains(&b)
+        })
+        .map(|(_, k)| k)
+        .collect();
+    assert!(
+        holders.len() > 1,
+        "the test needs more holders than the cap: {holders:?}"
+    );
+    lab.send(T0, v4(2), Proto::Udp, a, None);
+    lab.send(T0, v4(2), Proto::Udp, b, None);
+    let kept = &lab.tracker.sources[&v4(2)].candidates;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].counter, c0() + 1);
+}
+
+/// A packet at the first knock's port but of the other protocol is not a duplicate of the
+/// first knock: it does not count as progress of that knock.
+#[test]
+fn the_first_knocks_port_with_the_other_protocol_is_no_duplicate() {
+    let mut lab = Lab::new(PayloadMode::Required, 1);
+    let first = lab.sequence(0, c0()).knocks[0];
+    assert_eq!(first.proto, Proto::Udp);
+    assert_eq!(
+        lab.send(T0, v4(2), Proto::Udp, first.port, None),
+        Outcome::Progress
+    );
+    assert_eq!(
+        lab.send(T0, v4(2), Proto::Udp, first.port, None),
+        Outcome::Progress
+    );
+    assert_ne!(
+        lab.send(T0, v4(2), Proto::Tcp, first.port, None),
+        Outcome::Progress
+    );
+}
+
+/// Progress is kept for exactly `timeout_ms`: a sequence whose last knock comes `timeout_ms`
+/// after its first still completes; one a millisecond later does not.
+#[test]
+fn a_sequence_completes_up_to_the_timeout_and_not_after() {
+    for (late, completes) in [(0, true), (1, false)] {
+        let mut lab = Lab::new(PayloadMode::None, 1);
+        let seq = lab.sequence(0, c0());
+        let last = seq.knocks.len() - 1;
+        for (i, k) in seq.knocks.iter().enumerate() {
+            let now = if i == last {
+                T0.plus_millis(TIMEOUT_MS + late)
+            } else {
+                T0
+            };
+            lab.send(now, v4(2), k.proto, k.port, None);
+        }
+        assert_eq!(!lab.grants().is_empty(), completes, "{late} ms late");
+    }
+}
