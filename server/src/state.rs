@@ -55,6 +55,13 @@
 //! with less state would make old knocks valid again. A bad *last* journal record is a write
 //! that a crash interrupted before its `fdatasync` returned, so before any grant: it is
 //! ignored (and overwritten by the next record).
+//!
+//! Beside them, the crash marker `sesamed.running` ([`RUNNING_NAME`]) is there while sesamed
+//! runs: its boot id, then one `window <step_seconds> <skew_steps> <timeout_ms>` line per
+//! window the run used. It is replaced atomically like the snapshot (never rewritten in place),
+//! so a crash during a write leaves the old marker or the new one. A marker that is there but
+//! cannot be read, is empty or has a line that is not a window fails closed: the start after
+//! it assumes the widest window the configuration allows ([`previous_windows`]).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -84,22 +91,36 @@ pub const COMPACT_AFTER: usize = 4096;
 /// The marker that sesamed runs on this state (removed at a clean shutdown): found at start,
 /// it means the last run crashed. Its first line is the boot id (empty if unknown); each
 /// further line, `window <step_seconds> <skew_steps> <timeout_ms>`, a window the run used (the
-/// start's, then each wider one a reload brought, appended before the reload takes effect), so
-/// that a start after a crash refuses what any of them let through the gate.
+/// start's, then each wider one a reload brought, written before the reload takes effect), so
+/// that a start after a crash refuses what any of them let through the gate. Replaced
+/// atomically (temporary file [`RUNNING_TMP_NAME`], fsync, rename, fsync of the directory),
+/// never rewritten in place: a crash during a write leaves the old marker or the new one,
+/// whole. A marker that cannot be read or has a line that is not a window is damaged, and a
+/// start after it assumes the widest window ([`previous_windows`]). A marker of before the
+/// window lines (the boot id alone, no newline) names no window.
 pub const RUNNING_NAME: &str = "sesamed.running";
+/// The temporary file of the crash marker's atomic replacement.
+pub const RUNNING_TMP_NAME: &str = "sesamed.running.tmp";
+/// The most skew steps the configuration allows (`knock.skew_steps`, config.rs): a damaged
+/// crash marker is read as a window this wide.
+pub const WIDEST_SKEW_STEPS: u32 = 10;
+/// The longest `knock.timeout_ms` the configuration allows (config.rs): a damaged crash marker
+/// is read as a window this long.
+pub const WIDEST_TIMEOUT_MS: u64 = 600_000;
 /// The first word of a window line (the crash marker's, the snapshot's).
 const WINDOW_FIELD: &str = "window";
 /// The first word of the snapshot's line saying until when a start after a crash refuses.
 const CRASH_FIELD: &str = "after_crash";
 /// Every file sesamed keeps in `state_dir` (anything else there stops a start that hands the
 /// directory to a service account).
-pub const OWN_FILES: [&str; 9] = [
+pub const OWN_FILES: [&str; 10] = [
     FILE_NAME,
     JOURNAL_NAME,
     "replay.state.tmp",
     FENCE_NAME,
     "replay.fence.tmp",
     RUNNING_NAME,
+    RUNNING_TMP_NAME,
     crate::instance::LOCK_NAME,
     LEASES_NAME,
     "leases.tmp",
@@ -175,17 +196,68 @@ pub fn previous_run(dir: &Path) -> Option<bool> {
 
 /// The windows the last run on `dir` used, from its marker if it did not remove it (a crash;
 /// none after a clean stop, or from a marker of before the window lines). Read before
-/// [`JournalStore::mark_running`]; a line that does not parse (an append a crash cut short,
-/// before the window it named was used) is skipped.
-pub fn previous_windows(dir: &Path) -> Vec<SavedWindow> {
-    match read_state_file(&dir.join(RUNNING_NAME)) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes)
-            .lines()
-            .skip(1)
-            .filter_map(parse_window)
-            .collect(),
-        Err(_) => Vec::new(),
+/// [`JournalStore::mark_running`]. A marker that is there but damaged (unreadable, empty, or
+/// with a line after the boot id that is not a window) fails closed: the windows it lost may
+/// have been wider than this start's, so the result holds, for `step_seconds` (this start's
+/// step length) and for every step length a readable line names, the widest window the
+/// configuration allows ([`WIDEST_SKEW_STEPS`], [`WIDEST_TIMEOUT_MS`]), with the readable
+/// lines; this is logged.
+pub fn previous_windows(dir: &Path, step_seconds: u32) -> Vec<SavedWindow> {
+    let path = dir.join(RUNNING_NAME);
+    let (mut windows, damage) = match read_state_file(&path) {
+        Ok(bytes) => read_marker_windows(&bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    if let Some(damage) = damage {
+        let mut steps: Vec<u32> = windows.iter().map(|w| w.step_seconds).collect();
+        steps.push(step_seconds);
+        steps.sort_unstable();
+        steps.dedup();
+        for step_seconds in steps.into_iter().filter(|s| *s > 0) {
+            windows.push(SavedWindow {
+                step_seconds,
+                skew_steps: WIDEST_SKEW_STEPS,
+                timeout_ms: WIDEST_TIMEOUT_MS,
+            });
+        }
+        tracing::error!(
+            marker = %path.display(),
+            damage = %damage,
+            skew_steps = WIDEST_SKEW_STEPS,
+            timeout_ms = WIDEST_TIMEOUT_MS,
+            "crash marker damaged: the windows of the crashed run are unknown; the rules of a start after a crash assume the widest window the configuration allows"
+        );
     }
+    windows
+}
+
+/// The window lines of a crash marker's text, and what is damaged if something is: an empty
+/// marker (a rewrite of before the atomic replacement cut short), or a line after the boot id
+/// that is not a window. A marker of before the window lines (the boot id alone, no newline)
+/// has none and is whole.
+fn read_marker_windows(bytes: &[u8]) -> (Vec<SavedWindow>, Option<String>) {
+    if bytes.is_empty() {
+        return (Vec::new(), Some("empty".into()));
+    }
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return (Vec::new(), Some("not UTF-8".into()));
+    };
+    // Every line ends with a newline: what follows the last one is empty in a whole marker
+    // (one without any newline is a boot id alone, of before the window lines).
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    let mut windows = Vec::new();
+    let mut damage = (text.contains('\n') && !text.ends_with('\n'))
+        .then(|| "the last line is cut short".to_owned());
+    for (i, line) in body.split('\n').enumerate().skip(1) {
+        match parse_window(line) {
+            Some(w) => windows.push(w),
+            None => {
+                damage.get_or_insert_with(|| format!("line {}: not a window line", i + 1));
+            }
+        }
+    }
+    (windows, damage)
 }
 
 /// `window <step_seconds> <skew_steps> <timeout_ms>`.
@@ -655,78 +727,57 @@ impl JournalStore {
                 noted.push(*w);
             }
         }
-        let mut text = boot_id().unwrap_or_default();
-        text.push('\n');
-        for w in &noted {
-            text.push_str(&window_line(w));
-        }
-        self.windows = noted;
         let path = self.dir.join(RUNNING_NAME);
-        let io = |source| StateError::Io {
-            path: path.clone(),
-            source,
+        // Whether the last run left it (a link or anything else there counts: it is replaced).
+        let existed = match std::fs::symlink_metadata(&path) {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(source) => return Err(StateError::Io { path, source }),
         };
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(link_refused)
-        {
-            Ok(mut f) => {
-                f.write_all(text.as_bytes()).map_err(io)?;
-                f.sync_all().map_err(io)?;
-                File::open(&self.dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|source| StateError::Io {
-                        path: self.dir.clone(),
-                        source,
-                    })?;
-                Ok(false)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // This run's boot from now on (a crash later in this boot is "same boot").
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .truncate(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path)
-                    .map_err(link_refused)
-                    .map_err(io)?;
-                f.write_all(text.as_bytes()).map_err(io)?;
-                f.sync_all().map_err(io)?;
-                Ok(true)
-            }
-            Err(e) => Err(io(e)),
-        }
+        // This run's boot from now on (a crash later in this boot is "same boot").
+        self.write_marker(&noted)?;
+        self.windows = noted;
+        Ok(existed)
     }
 
-    /// Adds `window` to the crash marker's windows (a reload to it), synced before this
+    /// Adds `window` to the crash marker's windows (a reload to it), durable before this
     /// returns, unless a window there already covers it (same step length, as many skew steps
-    /// or more): a crash from then on refuses what it lets through the gate. Appended, so a
-    /// crash during the write loses at most this line, for a window not in use yet.
+    /// or more): a crash from then on refuses what it lets through the gate. The marker is
+    /// replaced whole with the extra line, so a crash during the write leaves the old marker
+    /// (without this window, not in use yet) or the new one.
     pub fn note_window(&mut self, window: SavedWindow) -> Result<(), StateError> {
         if self.windows.iter().any(|w| w.covers(&window)) {
             return Ok(());
         }
-        let path = self.dir.join(RUNNING_NAME);
-        let io = |source| StateError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut f = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(link_refused)
-            .map_err(io)?;
-        f.write_all(window_line(&window).as_bytes()).map_err(io)?;
-        f.sync_data().map_err(io)?;
-        self.windows.push(window);
+        let mut windows = self.windows.clone();
+        windows.push(window);
+        self.write_marker(&windows)?;
+        self.windows = windows;
         Ok(())
+    }
+
+    /// Replaces the crash marker atomically with this boot's id and `windows` (temporary file,
+    /// write, fsync, rename, fsync of the directory).
+    fn write_marker(&self, windows: &[SavedWindow]) -> Result<(), StateError> {
+        let mut text = boot_id().unwrap_or_default();
+        text.push('\n');
+        for w in windows {
+            text.push_str(&window_line(w));
+        }
+        let path = self.dir.join(RUNNING_NAME);
+        let tmp = self.dir.join(RUNNING_TMP_NAME);
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| StateError::Io { path: p, source }
+        };
+        let mut file = create_temporary(&tmp).map_err(io(&tmp))?;
+        file.write_all(text.as_bytes()).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        drop(file);
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))
     }
 
     /// Removes the marker of [`JournalStore::mark_running`] (after the shutdown's checkpoint).
@@ -1506,38 +1557,37 @@ mod tests {
             timeout_ms,
         };
         let mut store = JournalStore::open(&dir).unwrap();
-        assert!(previous_windows(&dir).is_empty(), "no marker");
+        assert!(previous_windows(&dir, 30).is_empty(), "no marker");
         assert!(!store.mark_running(&[w(30, 1, 5000)]).unwrap());
         // A reload to a narrower window (or the same) writes nothing; a wider one or another
         // step length is appended.
         store.note_window(w(30, 1, 9000)).unwrap();
         store.note_window(w(30, 0, 5000)).unwrap();
-        assert_eq!(previous_windows(&dir), vec![w(30, 1, 5000)]);
+        assert_eq!(previous_windows(&dir, 30), vec![w(30, 1, 5000)]);
         store.note_window(w(30, 3, 5000)).unwrap();
         store.note_window(w(60, 1, 5000)).unwrap();
         store.note_window(w(30, 2, 5000)).unwrap();
         let noted = vec![w(30, 1, 5000), w(30, 3, 5000), w(60, 1, 5000)];
-        assert_eq!(previous_windows(&dir), noted);
+        assert_eq!(previous_windows(&dir, 30), noted);
         // A crash: the next start reads them (and its boot is this one), and keeps them with
         // its own, the covered ones dropped.
         assert_eq!(previous_run(&dir), Some(boot_id().is_some()));
         let mut next = JournalStore::open(&dir).unwrap();
-        let mut windows = previous_windows(&dir);
+        let mut windows = previous_windows(&dir, 30);
         windows.push(w(30, 2, 5000));
         assert!(next.mark_running(&windows).unwrap());
-        assert_eq!(previous_windows(&dir), vec![w(30, 3, 5000), w(60, 1, 5000)]);
+        assert_eq!(
+            previous_windows(&dir, 30),
+            vec![w(30, 3, 5000), w(60, 1, 5000)]
+        );
         assert_eq!(previous_run(&dir), Some(boot_id().is_some()));
-        // A line cut short by a crash is skipped; a marker of before the window lines (the
-        // boot id alone, no newline) names the boot and no window.
+        // A marker of before the window lines (the boot id alone, no newline) names the boot
+        // and no window.
         let marker = dir.join(RUNNING_NAME);
-        let mut text = std::fs::read_to_string(&marker).unwrap();
-        text.push_str("window 30 7");
-        std::fs::write(&marker, &text).unwrap();
-        assert_eq!(previous_windows(&dir), vec![w(30, 3, 5000), w(60, 1, 5000)]);
         if let Some(id) = boot_id() {
             std::fs::write(&marker, &id).unwrap();
             assert_eq!(previous_run(&dir), Some(true));
-            assert!(previous_windows(&dir).is_empty());
+            assert!(previous_windows(&dir, 30).is_empty());
         }
         for bad in [
             "window 0 1 5000",
@@ -1550,7 +1600,168 @@ mod tests {
         // A clean stop removes them with the marker.
         next.mark_stopped().unwrap();
         assert_eq!(previous_run(&dir), None);
-        assert!(previous_windows(&dir).is_empty());
+        assert!(previous_windows(&dir, 30).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_crash_marker_is_read_as_the_widest_window() {
+        let dir = tmpdir("marker-damaged");
+        let w = |step_seconds, skew_steps, timeout_ms| SavedWindow {
+            step_seconds,
+            skew_steps,
+            timeout_ms,
+        };
+        let widest = |step_seconds| w(step_seconds, WIDEST_SKEW_STEPS, WIDEST_TIMEOUT_MS);
+        std::fs::create_dir_all(&dir).unwrap();
+        let marker = dir.join(RUNNING_NAME);
+        // Whole markers: as written, and the boot id alone (before the window lines).
+        std::fs::write(&marker, "boot\nwindow 60 1 5000\n").unwrap();
+        assert_eq!(previous_windows(&dir, 30), vec![w(60, 1, 5000)]);
+        std::fs::write(&marker, "boot").unwrap();
+        assert!(previous_windows(&dir, 30).is_empty());
+        std::fs::write(&marker, "\n").unwrap();
+        assert!(previous_windows(&dir, 30).is_empty());
+        // Damaged ones: the lost windows may have been wider than any left, so the widest the
+        // configuration allows, for this start's step length and every one still named.
+        for (text, expected) in [
+            // Cut short by a crash during an in-place rewrite (of before it was atomic).
+            ("", vec![widest(30)]),
+            (
+                "boot\nwindow 60 1 5000\nwindow 30 7",
+                vec![w(60, 1, 5000), widest(30), widest(60)],
+            ),
+            // A last line cut short that still parses, as a narrower window.
+            (
+                "boot\nwindow 60 1 50",
+                vec![w(60, 1, 50), widest(30), widest(60)],
+            ),
+            // A bad line that is not the last one.
+            (
+                "boot\nwindow 60 x 5000\nwindow 60 1 5000\n",
+                vec![w(60, 1, 5000), widest(30), widest(60)],
+            ),
+            (
+                "boot\n\nwindow 30 1 5000\n",
+                vec![w(30, 1, 5000), widest(30)],
+            ),
+        ] {
+            std::fs::write(&marker, text.as_bytes()).unwrap();
+            assert_eq!(previous_windows(&dir, 30), expected, "{text:?}");
+        }
+        std::fs::write(&marker, b"boot\nwindow 60 1 5000\n\xff\n").unwrap();
+        assert_eq!(previous_windows(&dir, 30), vec![widest(30)]);
+        // An unreadable marker (not a regular file, a link) is damaged too.
+        std::fs::remove_file(&marker).unwrap();
+        std::fs::create_dir(&marker).unwrap();
+        assert_eq!(previous_windows(&dir, 30), vec![widest(30)]);
+        std::fs::remove_dir(&marker).unwrap();
+        std::os::unix::fs::symlink("elsewhere", &marker).unwrap();
+        assert_eq!(previous_windows(&dir, 30), vec![widest(30)]);
+        // The start after it keeps the widest window in its own marker (which replaces the
+        // link), and its crash reaches as far: the crash rules extend to the widest window.
+        let mut store = JournalStore::open(&dir).unwrap();
+        let mut windows = previous_windows(&dir, 30);
+        windows.push(w(30, 1, 5000));
+        assert!(store.mark_running(&windows).unwrap(), "a crash");
+        assert!(!std::fs::symlink_metadata(&marker).unwrap().is_symlink());
+        assert_eq!(previous_windows(&dir, 30), vec![widest(30)]);
+        let start = UnixMillis(1_764_000_000_000);
+        let reach = |windows: &[SavedWindow]| {
+            windows
+                .iter()
+                .filter(|w| w.step_seconds > 0)
+                .map(|w| {
+                    (start.counter(w.step_seconds) + u64::from(w.skew_steps) + 2)
+                        * u64::from(w.step_seconds)
+                        * 1000
+                })
+                .max()
+        };
+        assert!(reach(&previous_windows(&dir, 30)) > reach(&[w(30, 3, 5000)]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_widest_window_is_the_widest_the_configuration_allows() {
+        let parse = |knock: &str| {
+            let text = format!(
+                "private_key_file = \"server.key\"\n[knock]\n{knock}\n[firewall]\nprotect = [\"tcp/22\"]\n[[client]]\nname = \"c\"\npublic_key = \"{}\"\n",
+                sesame_keys::PrivateKey::from_bytes([1; 32]).public_key()
+            );
+            crate::config::Config::parse(&text, Path::new("/etc/sesame/sesamed.toml"))
+        };
+        let most = parse(&format!(
+            "skew_steps = {WIDEST_SKEW_STEPS}\ntimeout_ms = {WIDEST_TIMEOUT_MS}"
+        ))
+        .unwrap();
+        assert_eq!(most.knock.skew_steps, WIDEST_SKEW_STEPS);
+        assert_eq!(most.knock.timeout_ms, WIDEST_TIMEOUT_MS);
+        let more_skew = parse(&format!("skew_steps = {}", WIDEST_SKEW_STEPS + 1));
+        assert!(more_skew.is_err());
+        let longer = parse(&format!("timeout_ms = {}", WIDEST_TIMEOUT_MS + 1));
+        assert!(longer.is_err());
+    }
+
+    #[test]
+    fn the_crash_marker_is_replaced_whole_and_a_leftover_temporary_file_breaks_nothing() {
+        let dir = tmpdir("marker-atomic");
+        let w = |step_seconds, skew_steps| SavedWindow {
+            step_seconds,
+            skew_steps,
+            timeout_ms: 5000,
+        };
+        let marker = dir.join(RUNNING_NAME);
+        let tmp = dir.join(RUNNING_TMP_NAME);
+        assert!(OWN_FILES.contains(&RUNNING_TMP_NAME));
+        // A temporary file left by a crash during a rewrite (or planted: a link is not
+        // followed) goes first, and is never read as the marker.
+        let mut store = JournalStore::open(&dir).unwrap();
+        std::os::unix::fs::symlink(dir.join("target"), &tmp).unwrap();
+        assert!(!store.mark_running(&[w(30, 1)]).unwrap(), "no marker yet");
+        assert!(!dir.join("target").exists() && !tmp.exists());
+        let boot = boot_id().unwrap_or_default();
+        let whole = |windows: &[SavedWindow]| {
+            let mut text = format!("{boot}\n");
+            for x in windows {
+                text.push_str(&window_line(x));
+            }
+            text
+        };
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap(),
+            whole(&[w(30, 1)])
+        );
+        // A reload to a wider window: a new file (another inode), the whole marker with the
+        // extra line, 0600, nothing left behind.
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let before = std::fs::metadata(&marker).unwrap().ino();
+        std::fs::write(&tmp, "garbage").unwrap();
+        store.note_window(w(30, 4)).unwrap();
+        let meta = std::fs::metadata(&marker).unwrap();
+        assert_ne!(meta.ino(), before, "replaced, not rewritten in place");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap(),
+            whole(&[w(30, 1), w(30, 4)])
+        );
+        assert!(!tmp.exists());
+        assert_eq!(previous_windows(&dir, 30), vec![w(30, 1), w(30, 4)]);
+        // A crash after the temporary file was written but before the rename: the old marker
+        // is whole, and the next start replaces both.
+        std::fs::write(&tmp, "boot\nwindow 30").unwrap();
+        assert_eq!(previous_windows(&dir, 30), vec![w(30, 1), w(30, 4)]);
+        let mut next = JournalStore::open(&dir).unwrap();
+        let mut windows = previous_windows(&dir, 30);
+        windows.push(w(60, 1));
+        assert!(next.mark_running(&windows).unwrap(), "a crash");
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap(),
+            whole(&[w(30, 4), w(60, 1)])
+        );
+        assert!(!tmp.exists());
+        next.mark_stopped().unwrap();
+        assert!(!marker.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -322,8 +322,10 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     // machine (another boot, not just of sesamed) may have lost some, and the fence says
     // what to refuse instead.
     let previous = crate::state::previous_run(&config.state_dir);
-    // The windows the last run used, if it crashed (its marker is still there).
-    let windows_before = crate::state::previous_windows(&config.state_dir);
+    // The windows the last run used, if it crashed (its marker is still there; the widest the
+    // configuration allows if the marker is damaged).
+    let windows_before =
+        crate::state::previous_windows(&config.state_dir, config.knock.params.step_seconds);
     let fence_file = crate::state::read_fence(&config.state_dir);
     let lost_writes = previous == Some(false) && !matches!(fence_file, Ok(None));
     let mut store = JournalStore::open_with(&config.state_dir, lost_writes)?;
