@@ -93,5 +93,9 @@ fn a_grant_prunes_what_left_the_window_into_the_floor() {
     );
     // The floor covers the old payload and its step (which a grant records too).
     assert_eq!(state.floor, Some(UnixMillis(at(1, 0).0 - 1)));
-    assert!(state.steps.iter().all(|s| s.counter == c5), "{:?}", state.steps);
+    assert!(
+        state.steps.iter().all(|s| s.counter == c5),
+        "{:?}",
+        state.steps
+    );
 }
