@@ -114,3 +114,56 @@ fn a_reloaded_tracker_takes_over_the_macs_the_old_one_saw() {
         .expect("the MAC is known");
     assert_eq!(seen.client, 0);
 }
+
+/// A clean start remembers only the saved gate MACs that have not expired: one whose expiry is
+/// the start itself is dropped (an entry lives until its expiry, not a millisecond later).
+#[test]
+fn a_start_remembers_only_the_macs_that_have_not_expired() {
+    let mut lab = Lab::new(PayloadMode::Required, 1);
+    let client = *lab.tracker.clients_shared()[0].keys.client_public();
+    let saved = |expires: UnixMillis, byte: u8| SeenMac {
+        mac: [byte; MAC_LEN],
+        client,
+        expires,
+    };
+    let now = at(1, 0);
+    lab.tracker
+        .remember_seen(&[saved(now, 1), saved(now.plus_millis(1), 2)], None, now);
+    let kept: Vec<[u8; MAC_LEN]> = lab.tracker.seen_list().iter().map(|m| m.mac).collect();
+    assert_eq!(kept, vec![[2; MAC_LEN]]);
+}
+
+/// A replay state brought over to a new tracker (`update_replay`, a reload built off the packet
+/// thread) remembers the gate MACs of its accepted payloads while they can still pass a gate,
+/// and not once their expiry has come.
+#[test]
+fn a_replay_state_brought_over_remembers_its_macs_until_they_expire() {
+    let mut lab = Lab::new(PayloadMode::Required, 1);
+    let key = *lab.tracker.clients_shared()[0].keys.client_public();
+    let expires = lab.tracker.seen_expiry(c0());
+    let state = ReplayState {
+        accepted: vec![AcceptedPayload {
+            timestamp: T0,
+            mac: [7; MAC_LEN],
+        }],
+        ..ReplayState::default()
+    };
+    for (now, remembered) in [
+        (T0, true),
+        (expires.offset_millis(-1), true),
+        (expires, false),
+    ] {
+        let mut lab = Lab::new(PayloadMode::Required, 1);
+        assert!(lab.tracker.update_replay(&key, state.clone(), now));
+        let macs: Vec<[u8; MAC_LEN]> = lab.tracker.seen_list().iter().map(|m| m.mac).collect();
+        assert_eq!(
+            macs == vec![[7; MAC_LEN]],
+            remembered,
+            "at {now:?}: {macs:?}"
+        );
+    }
+    assert!(
+        !lab.tracker
+            .update_replay(&PrivateKey::generate().public_key(), state, T0)
+    );
+}
