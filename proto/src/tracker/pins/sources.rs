@@ -355,3 +355,81 @@ fn a_sequence_completes_up_to_the_timeout_and_not_after() {
         assert_eq!(!lab.grants().is_empty(), completes, "{late} ms late");
     }
 }
+
+/// The queue of recently active sources is compacted only once it holds more than
+/// `2 × max_sources + 64` entries (compacting sorts every source: doing it earlier would cost a
+/// sort per packet). With `max_sources = 4` one busy source is queued once per packet up to 72
+/// entries; the 73rd compacts the queue to the one live source.
+#[test]
+fn the_source_queue_is_compacted_past_twice_max_sources_plus_64() {
+    let config = TrackerConfig {
+        max_sources: 4,
+        ..config(PayloadMode::Required)
+    };
+    let mut lab = Lab::with(config, 1, |_| Policy::default());
+    for i in 0..72u64 {
+        lab.tracker.touch(v4(2), T0.plus_millis(i));
+    }
+    assert_eq!(lab.tracker.lru.len(), 72);
+    lab.tracker.touch(v4(2), T0.plus_millis(72));
+    assert_eq!(lab.tracker.lru.len(), 1);
+}
+
+/// A payload that came before its sequence was complete is opened at the completion only if it
+/// is that sequence's own (its port, client and step): another client's payload for the same
+/// payload port and step is not opened with the wrong keys (which would refuse it and lose
+/// the wait). 24 ports and 20 clients make two clients share a payload port.
+#[test]
+fn a_pending_payload_of_another_client_is_not_opened_at_a_completion() {
+    let params = KnockParams::new(STEP, 2, (10000, 10023), &[], KnockProtocol::Udp).unwrap();
+    let config = TrackerConfig {
+        max_sources: 64,
+        ..TrackerConfig::new(params, SKEW_STEPS, TIMEOUT_MS, PayloadMode::Required)
+    };
+    let n = 20;
+    let mut lab = Lab::with(config, n, |_| Policy {
+        allow: vec![tcp22()],
+        ..Policy::default()
+    });
+    let c = c0();
+    // Two clients whose payload port at c is the same, the first with knocks that no other
+    // (client, step) of the window holds both of (so its knock completes its own sequence).
+    let holds = |lab: &Lab, i: usize, k: u64, ports: [u16; 2]| {
+        let s = lab.sequence(i, k);
+        let mut p: Vec<u16> = s.knocks.iter().map(|k| k.port).collect();
+        p.push(s.payload_port);
+        ports.iter().all(|x| p.contains(x))
+    };
+    let unique = |lab: &Lab, a: usize| {
+        let s = lab.sequence(a, c);
+        let ports = [s.knocks[0].port, s.knocks[1].port];
+        (0..n)
+            .flat_map(|i| [c - 1, c, c + 1].map(|k| (i, k)))
+            .filter(|&(i, k)| holds(lab, i, k, ports))
+            .count()
+            == 1
+    };
+    let pair = (0..n)
+        .flat_map(|a| (0..n).map(move |b| (a, b)))
+        .find(|&(a, b)| {
+            let (sa, sb) = (lab.sequence(a, c), lab.sequence(b, c));
+            a != b && sa.payload_port == sb.payload_port && unique(&lab, a)
+        });
+    let (a, b) = pair.expect("two clients sharing a payload port");
+    let d = lab.payload(b, c, T0);
+    lab.send_payload(b, c, T0, v4(2), &d);
+    assert!(
+        lab.take()
+            .iter()
+            .all(|e| !matches!(e, Event::Rejected { .. }))
+    );
+    lab.knocks(a, c, T0, v4(2));
+    let events = lab.take();
+    assert!(
+        events.iter().all(|e| !matches!(e, Event::Rejected { .. })),
+        "{events:?}"
+    );
+    let awaiting = &lab.tracker.sources[&v4(2)].awaiting;
+    assert_eq!(awaiting.len(), 1, "client {a} waits for its own payload");
+    assert_eq!(awaiting[0].client, a as u32);
+}
