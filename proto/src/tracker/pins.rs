@@ -2,7 +2,8 @@
 //! docs/TESTING.md) found it unpinned: the step tables at the window's edges
 //! ([`step_tables`]), when a source's state is reclaimed ([`sources`]), the reason codes and
 //! counters the server exports as metrics ([`accounting`]), the cache of gate MACs and
-//! gated steps ([`seen_cache`]), and a client's replay state at its bounds ([`replay_state`]).
+//! gated steps ([`seen_cache`]), a client's replay state at its bounds ([`replay_state`]), and
+//! the floors of a start after a crash at their edge ([`crash_floor`]).
 //!
 //! Everything runs on a virtual clock. The tracker is fed only through [`Lab::send`], so a
 //! change of [`Tracker::packet`]'s signature touches one line here.
@@ -15,6 +16,7 @@ use sesame_fixtures::{EXCLUDED_PORT, PORT_RANGE, SKEW_STEPS, client_key, server_
 use std::net::Ipv4Addr;
 
 mod accounting;
+mod crash_floor;
 mod replay_state;
 mod seen_cache;
 mod sources;
