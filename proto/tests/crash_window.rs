@@ -13,117 +13,18 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::{IpAddr, Ipv4Addr};
+mod common;
 
-use sesame_fixtures::{T0, client_key, knock_params, server_key};
-use sesame_proto::derive::derive_sequence;
-use sesame_proto::params::{KnockProtocol, PayloadMode};
-use sesame_proto::tracker::{ClientEntry, Policy, ReplayState};
-use sesame_proto::wire::{Request, WireNoise, build_payload};
-use sesame_proto::{ClientKeys, Event, Incoming, Proto, Tracker, TrackerConfig, UnixMillis};
-
-const STEP: u32 = 30;
+use common::{STEP, attacker, client, knock, outcome, tracker, unbound};
+use sesame_fixtures::T0;
+use sesame_proto::TrackerConfig;
+use sesame_proto::params::PayloadMode;
 
 fn config(skew: u32, max_ahead_ms: u64, mode: PayloadMode) -> TrackerConfig {
     TrackerConfig {
         max_ahead_ms,
-        ..TrackerConfig::new(knock_params(3, KnockProtocol::Udp), skew, 5_000, mode)
+        ..common::config(skew, mode)
     }
-}
-
-fn tracker(config: TrackerConfig, now: UnixMillis, replay: Vec<ReplayState>) -> Tracker {
-    let server = server_key();
-    let entries = vec![ClientEntry {
-        name: "laptop".into(),
-        keys: ClientKeys::for_server(&server, &client_key(1).public_key(), None).unwrap(),
-        policy: Policy {
-            allow: vec!["tcp/22".parse().unwrap()],
-            ..Policy::default()
-        },
-    }];
-    Tracker::new(config, server, entries, replay, now).unwrap()
-}
-
-/// Sends the sequence of `counter`, then `datagram` if any, from `source` at `now`; then the
-/// wait for the payload ends.
-fn send(
-    t: &mut Tracker,
-    now: UnixMillis,
-    source: IpAddr,
-    counter: u64,
-    datagram: Option<&[u8]>,
-) -> Vec<Event> {
-    let keys = ClientKeys::for_client(&client_key(1), &server_key().public_key(), None).unwrap();
-    let seq = derive_sequence(&keys, &knock_params(3, KnockProtocol::Udp), counter).unwrap();
-    let mut events = Vec::new();
-    t.handle_timeout(now, &mut events);
-    t.advance(now).unwrap();
-    for k in &seq.knocks {
-        t.packet(
-            now,
-            Incoming {
-                source,
-                proto: Proto::Udp,
-                port: k.port,
-                payload: Some(&[7u8; 16]),
-            },
-            &mut events,
-        );
-    }
-    if let Some(d) = datagram {
-        t.packet(
-            now,
-            Incoming {
-                source,
-                proto: Proto::Udp,
-                port: seq.payload_port,
-                payload: Some(d),
-            },
-            &mut events,
-        );
-    }
-    t.handle_timeout(now.plus_millis(6_000), &mut events);
-    events
-}
-
-fn outcome(events: &[Event]) -> String {
-    for e in events {
-        match e {
-            Event::Granted(g) => return format!("granted to {}", g.address),
-            Event::Rejected { reason, .. } => return format!("rejected: {}", reason.code()),
-            _ => {}
-        }
-    }
-    "nothing".into()
-}
-
-/// An unbound payload stamped `at` (its step is its counter).
-fn unbound(at: UnixMillis) -> Vec<u8> {
-    let keys = ClientKeys::for_client(&client_key(1), &server_key().public_key(), None).unwrap();
-    let request = Request {
-        timestamp: at,
-        random: [1; 16],
-        services: Vec::new(),
-        address: None,
-        action: None,
-        flags: 0,
-    };
-    build_payload(
-        &keys,
-        at.counter(STEP),
-        &request,
-        &sesame_keys::PrivateKey::generate(),
-        &WireNoise::default(),
-    )
-    .unwrap()
-}
-
-fn client() -> IpAddr {
-    Ipv4Addr::new(198, 18, 0, 2).into()
-}
-
-fn attacker() -> IpAddr {
-    Ipv4Addr::new(198, 19, 0, 66).into()
 }
 
 /// sesamed runs with `skew_steps = 3`; the client's clock is 90 s ahead and its unbound knock
@@ -139,7 +40,7 @@ fn a_smaller_skew_after_a_crash_still_refuses_what_the_old_window_let_through_th
         let old = config(3, 2_000, PayloadMode::Required);
         let old_window = old.saved_window();
         let mut t = tracker(old, T0, Vec::new());
-        let first = send(&mut t, T0.plus_millis(1_000), client(), k + 3, Some(&d));
+        let first = knock(&mut t, T0.plus_millis(1_000), client(), k + 3, Some(&d));
         assert_eq!(outcome(&first), "rejected: too_far_ahead");
 
         // kill -9; the new configuration has skew_steps = 1 (and the default max_ahead_ms).
@@ -158,7 +59,7 @@ fn a_smaller_skew_after_a_crash_still_refuses_what_the_old_window_let_through_th
 
         // 65 s after the capture (step k + 2: step k + 3 is in the window, the timestamp
         // within max_ahead_ms) the attacker replays it.
-        let replayed = send(&mut t, T0.plus_millis(65_000), attacker(), k + 3, Some(&d));
+        let replayed = knock(&mut t, T0.plus_millis(65_000), attacker(), k + 3, Some(&d));
         if remembered {
             assert_eq!(outcome(&replayed), "rejected: replay");
         } else {
@@ -179,7 +80,7 @@ fn a_payload_burnt_for_the_step_after_the_window_stays_refused_after_a_crash() {
     let d = unbound(stamped);
     let cfg = || config(1, 30_000, PayloadMode::Required);
     let mut t = tracker(cfg(), T0, Vec::new());
-    let first = send(&mut t, T0.plus_millis(1_000), client(), k + 2, Some(&d));
+    let first = knock(&mut t, T0.plus_millis(1_000), client(), k + 2, Some(&d));
     assert_eq!(outcome(&first), "rejected: stale", "{first:?}");
     let start = T0.plus_millis(2_000);
     let replay = t.replay_states().to_vec();
@@ -187,7 +88,7 @@ fn a_payload_burnt_for_the_step_after_the_window_stays_refused_after_a_crash() {
     let until = t.after_crash(start, &[]);
     assert!(until > stamped, "{until:?}");
     // 31 s after the capture: step k + 2 is in the window, the timestamp within max_ahead_ms.
-    let replayed = send(&mut t, T0.plus_millis(31_000), attacker(), k + 2, Some(&d));
+    let replayed = knock(&mut t, T0.plus_millis(31_000), attacker(), k + 2, Some(&d));
     assert_eq!(outcome(&replayed), "rejected: replay", "{replayed:?}");
 }
 
@@ -199,13 +100,13 @@ fn optional_mode_the_step_after_the_window_gets_no_sequence_grant_after_a_crash(
     let d = unbound(T0.plus_millis(60_500));
     let cfg = || config(1, 30_000, PayloadMode::Optional);
     let mut t = tracker(cfg(), T0, Vec::new());
-    let first = send(&mut t, T0.plus_millis(1_000), client(), k + 2, Some(&d));
+    let first = knock(&mut t, T0.plus_millis(1_000), client(), k + 2, Some(&d));
     assert_eq!(outcome(&first), "rejected: stale", "{first:?}");
     let start = T0.plus_millis(2_000);
     let replay = t.replay_states().to_vec();
     let mut t = tracker(cfg(), start, replay);
     t.after_crash(start, &[]);
-    let replayed = send(&mut t, T0.plus_millis(31_000), attacker(), k + 2, None);
+    let replayed = knock(&mut t, T0.plus_millis(31_000), attacker(), k + 2, None);
     assert_eq!(outcome(&replayed), "rejected: replay", "{replayed:?}");
 }
 
@@ -222,7 +123,7 @@ fn a_clean_restart_soon_after_a_crash_keeps_refusing_what_the_crash_lost() {
     let cfg = || config(1, 2_000, PayloadMode::Required);
     for kept in [false, true] {
         let mut t = tracker(cfg(), T0, Vec::new());
-        let first = send(&mut t, T0.plus_millis(1_000), client(), k, Some(&d));
+        let first = knock(&mut t, T0.plus_millis(1_000), client(), k, Some(&d));
         assert_eq!(outcome(&first), "rejected: too_far_ahead");
         // kill -9 and a start: the MAC is lost, the rule refuses the payload.
         let start = T0.plus_millis(2_000);
@@ -240,7 +141,7 @@ fn a_clean_restart_soon_after_a_crash_keeps_refusing_what_the_crash_lost() {
             t.keep_crash_floor(floor.unwrap());
         }
         // 19 s after the capture the timestamp is within max_ahead_ms; step k is in the window.
-        let replayed = send(&mut t, T0.plus_millis(20_000), attacker(), k, Some(&d));
+        let replayed = knock(&mut t, T0.plus_millis(20_000), attacker(), k, Some(&d));
         if kept {
             assert_eq!(outcome(&replayed), "rejected: replay", "{replayed:?}");
         } else {

@@ -10,89 +10,24 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::{IpAddr, Ipv4Addr};
+mod common;
 
-use sesame_fixtures::{T0, client_key, knock_params, server_key};
-use sesame_proto::derive::derive_sequence;
-use sesame_proto::params::{KnockProtocol, PayloadMode};
-use sesame_proto::tracker::{ClientEntry, Policy, ReplayState};
-use sesame_proto::wire::{Request, WireNoise, build_payload};
-use sesame_proto::{ClientKeys, Event, Incoming, Proto, Tracker, TrackerConfig, UnixMillis};
+use common::{attacker, client, granted_to, knock, payload};
+use sesame_fixtures::{T0, client_key};
+use sesame_proto::params::PayloadMode;
+use sesame_proto::tracker::ReplayState;
+use sesame_proto::wire::Request;
+use sesame_proto::{Tracker, UnixMillis};
 
+/// `optional` mode, one step of skew, a 5 s payload timeout.
 fn tracker(now: UnixMillis, replay: Vec<ReplayState>) -> Tracker {
-    let server = server_key();
-    let entries = vec![ClientEntry {
-        name: "laptop".into(),
-        keys: ClientKeys::for_server(&server, &client_key(1).public_key(), None).unwrap(),
-        policy: Policy {
-            allow: vec!["tcp/22".parse().unwrap()],
-            ..Policy::default()
-        },
-    }];
-    let config = TrackerConfig::new(
-        knock_params(3, KnockProtocol::Udp),
-        1,
-        5_000,
-        PayloadMode::Optional,
-    );
-    Tracker::new(config, server, entries, replay, now).unwrap()
-}
-
-/// The sequence of `counter` from `source` at `now`, then `payload` if any; then the wait for
-/// the payload ends.
-fn knock(
-    t: &mut Tracker,
-    now: UnixMillis,
-    source: IpAddr,
-    counter: u64,
-    payload: Option<&[u8]>,
-) -> Vec<Event> {
-    let keys = ClientKeys::for_client(&client_key(1), &server_key().public_key(), None).unwrap();
-    let seq = derive_sequence(&keys, &knock_params(3, KnockProtocol::Udp), counter).unwrap();
-    let mut ev = Vec::new();
-    t.advance(now).unwrap();
-    for k in &seq.knocks {
-        t.packet(
-            now,
-            Incoming {
-                source,
-                proto: Proto::Udp,
-                port: k.port,
-                payload: Some(&[7u8; 16]),
-            },
-            &mut ev,
-        );
-    }
-    if let Some(p) = payload {
-        t.packet(
-            now,
-            Incoming {
-                source,
-                proto: Proto::Udp,
-                port: seq.payload_port,
-                payload: Some(p),
-            },
-            &mut ev,
-        );
-    }
-    // The payload's time is up.
-    t.handle_timeout(now.plus_millis(6_000), &mut ev);
-    ev
-}
-
-fn granted_to(ev: &[Event]) -> Option<IpAddr> {
-    ev.iter().find_map(|e| match e {
-        Event::Granted(g) => Some(g.address),
-        _ => None,
-    })
+    common::tracker(common::config(1, PayloadMode::Optional), now, replay)
 }
 
 #[test]
 fn a_clean_restart_remembers_which_steps_had_a_payload() {
-    let client: IpAddr = Ipv4Addr::new(198, 18, 0, 2).into();
-    let attacker: IpAddr = Ipv4Addr::new(198, 19, 0, 66).into();
+    let (client, attacker) = (client(), attacker());
     let k = T0.counter(30);
-    let keys = ClientKeys::for_client(&client_key(1), &server_key().public_key(), None).unwrap();
     // The client's payload, bound to its address, refused (it asks for tcp/23, not allowed;
     // a payload burnt because a spoofed packet broke its sequence is gated the same way).
     let request = Request {
@@ -103,14 +38,7 @@ fn a_clean_restart_remembers_which_steps_had_a_payload() {
         action: None,
         flags: 0,
     };
-    let d = build_payload(
-        &keys,
-        k,
-        &request,
-        &sesame_keys::PrivateKey::generate(),
-        &WireNoise::default(),
-    )
-    .unwrap();
+    let d = payload(k, &request);
     for restart in [false, true] {
         let mut t = tracker(T0, Vec::new());
         let ev = knock(&mut t, T0.plus_millis(1_000), client, k, Some(&d));
@@ -139,7 +67,7 @@ fn a_clean_restart_remembers_which_steps_had_a_payload() {
 /// taken for this one's.
 #[test]
 fn remembered_gated_steps_expire_and_belong_to_their_client() {
-    let attacker: IpAddr = Ipv4Addr::new(198, 19, 0, 66).into();
+    let attacker = attacker();
     let k = T0.counter(30);
     let mut t = tracker(T0, Vec::new());
     let mut gated = sesame_proto::tracker::GatedStep {

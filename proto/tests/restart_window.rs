@@ -9,35 +9,21 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::{IpAddr, Ipv4Addr};
+mod common;
 
-use sesame_fixtures::{T0, client_key, knock_params, server_key};
-use sesame_proto::derive::derive_sequence;
-use sesame_proto::params::{KnockProtocol, PayloadMode};
-use sesame_proto::tracker::{ClientEntry, Policy, SavedWindow};
-use sesame_proto::wire::{Request, WireNoise, build_payload};
-use sesame_proto::{ClientKeys, Event, Incoming, Proto, Tracker, TrackerConfig, UnixMillis};
-
-const STEP: u32 = 30;
+use common::{STEP, attacker, client, outcome, payload, send, tracker};
+use sesame_fixtures::T0;
+use sesame_proto::params::PayloadMode;
+use sesame_proto::tracker::SavedWindow;
+use sesame_proto::wire::Request;
+use sesame_proto::{Tracker, TrackerConfig, UnixMillis};
 
 fn config(skew: u32, timeout_ms: u64, mode: PayloadMode) -> TrackerConfig {
     TrackerConfig {
         max_ahead_ms: 2_000,
-        ..TrackerConfig::new(knock_params(3, KnockProtocol::Udp), skew, timeout_ms, mode)
+        timeout_ms,
+        ..common::config(skew, mode)
     }
-}
-
-fn tracker(config: TrackerConfig, now: UnixMillis) -> Tracker {
-    let server = server_key();
-    let entries = vec![ClientEntry {
-        name: "laptop".into(),
-        keys: ClientKeys::for_server(&server, &client_key(1).public_key(), None).unwrap(),
-        policy: Policy {
-            allow: vec!["tcp/22".parse().unwrap()],
-            ..Policy::default()
-        },
-    }];
-    Tracker::new(config, server, entries, Vec::new(), now).unwrap()
 }
 
 /// A clean stop of `old` at `now` and a start of a tracker with `new`: what sesamed saves and
@@ -47,89 +33,10 @@ fn restart(old: &Tracker, new: TrackerConfig, now: UnixMillis, window: bool) -> 
     let seen = old.seen_list();
     let gated = old.gated_list();
     let saved: Option<SavedWindow> = window.then(|| old.config().saved_window());
-    let mut t = tracker(new, now);
+    let mut t = tracker(new, now, Vec::new());
     t.remember_seen(&seen, saved, now);
     t.remember_gated(&gated, saved, now);
     t
-}
-
-/// Sends the sequence of `counter` from `source` at `now` (its first knock), then `datagram`
-/// if any; then ends the waits due by `wait_until`.
-fn send(
-    t: &mut Tracker,
-    now: UnixMillis,
-    source: IpAddr,
-    counter: u64,
-    datagram: Option<&[u8]>,
-    wait_until: UnixMillis,
-) -> Vec<Event> {
-    let keys = ClientKeys::for_client(&client_key(1), &server_key().public_key(), None).unwrap();
-    let seq = derive_sequence(&keys, &knock_params(3, KnockProtocol::Udp), counter).unwrap();
-    let mut events = Vec::new();
-    t.handle_timeout(now, &mut events);
-    t.advance(now).unwrap();
-    for k in &seq.knocks {
-        t.packet(
-            now,
-            Incoming {
-                source,
-                proto: Proto::Udp,
-                port: k.port,
-                payload: Some(&[7u8; 16]),
-            },
-            &mut events,
-        );
-    }
-    if let Some(d) = datagram {
-        t.packet(
-            now,
-            Incoming {
-                source,
-                proto: Proto::Udp,
-                port: seq.payload_port,
-                payload: Some(d),
-            },
-            &mut events,
-        );
-    }
-    // As sesamed does: twice a second until then.
-    let mut at = now;
-    while at < wait_until {
-        at = at.plus_millis(500).min(wait_until);
-        t.handle_timeout(at, &mut events);
-    }
-    events
-}
-
-fn outcome(events: &[Event]) -> String {
-    for e in events {
-        match e {
-            Event::Granted(g) => return format!("granted to {}", g.address),
-            Event::Rejected { reason, .. } => return format!("rejected: {}", reason.code()),
-            _ => {}
-        }
-    }
-    "nothing".into()
-}
-
-fn client() -> IpAddr {
-    Ipv4Addr::new(198, 18, 0, 2).into()
-}
-
-fn attacker() -> IpAddr {
-    Ipv4Addr::new(198, 19, 0, 66).into()
-}
-
-fn payload(counter: u64, request: &Request) -> Vec<u8> {
-    let keys = ClientKeys::for_client(&client_key(1), &server_key().public_key(), None).unwrap();
-    build_payload(
-        &keys,
-        counter,
-        request,
-        &sesame_keys::PrivateKey::generate(),
-        &WireNoise::default(),
-    )
-    .unwrap()
 }
 
 /// The client's clock is 19 s ahead; its unbound knock is stamped T0 + 20 s (step k) and
@@ -149,7 +56,7 @@ fn a_refused_unbound_knock_stays_refused_after_a_clean_restart_widens_the_window
     };
     let d = payload(k, &request);
     for window in [false, true] {
-        let mut old = tracker(config(1, 5_000, PayloadMode::Required), T0);
+        let mut old = tracker(config(1, 5_000, PayloadMode::Required), T0, Vec::new());
         let first = send(&mut old, T0.plus_millis(1_000), client(), k, Some(&d), T0);
         assert_eq!(outcome(&first), "rejected: too_far_ahead");
         let now = T0.plus_millis(2_000);
@@ -183,7 +90,7 @@ fn optional_mode_a_gated_step_stays_gated_after_a_clean_restart_widens_the_windo
     };
     let d = payload(k, &request);
     for window in [false, true] {
-        let mut old = tracker(config(1, 5_000, PayloadMode::Optional), T0);
+        let mut old = tracker(config(1, 5_000, PayloadMode::Optional), T0, Vec::new());
         let at = T0.plus_millis(1_000);
         let first = send(&mut old, at, client(), k, Some(&d), at.plus_millis(6_000));
         assert_eq!(outcome(&first), "rejected: service_not_allowed");
@@ -215,7 +122,7 @@ fn optional_mode_a_gated_step_stays_gated_after_a_clean_restart_lengthens_the_ti
     };
     let d = payload(k, &request);
     for window in [false, true] {
-        let mut old = tracker(config(1, 5_000, PayloadMode::Optional), T0);
+        let mut old = tracker(config(1, 5_000, PayloadMode::Optional), T0, Vec::new());
         let at = T0.plus_millis(1_000);
         let first = send(&mut old, at, client(), k, Some(&d), at.plus_millis(6_000));
         assert_eq!(outcome(&first), "rejected: service_not_allowed");
