@@ -73,12 +73,15 @@ fn a_refused_unbound_knock_stays_refused_after_a_clean_restart_widens_the_window
 }
 
 /// `optional` mode: the client's bound payload is refused (it asks for a service it may not
-/// open), so its step gets no sequence-only grant. After a clean restart with `skew_steps = 3`
-/// the attacker replays the sequence alone, without the payload, once the old record's expiry
-/// (the end of step k + 1, plus the payload timeout) has passed and the new window still
-/// admits step k.
-#[test]
-fn optional_mode_a_gated_step_stays_gated_after_a_clean_restart_widens_the_window() {
+/// open), so its step k gets no sequence-only grant. sesamed stops cleanly and starts with
+/// `new`; at `replay_at` the attacker replays the sequence alone, without the payload, and
+/// its wait for a payload ends `wait_ms` later. Refused when the snapshot says its window;
+/// granted when it does not (the expiries kept as they were).
+fn gated_step_after_a_clean_restart(
+    new: fn() -> TrackerConfig,
+    replay_at: UnixMillis,
+    wait_ms: u64,
+) {
     let k = T0.counter(STEP);
     let request = Request {
         timestamp: T0.plus_millis(1_000),
@@ -95,9 +98,9 @@ fn optional_mode_a_gated_step_stays_gated_after_a_clean_restart_widens_the_windo
         let first = send(&mut old, at, client(), k, Some(&d), at.plus_millis(6_000));
         assert_eq!(outcome(&first), "rejected: service_not_allowed");
         let now = T0.plus_millis(10_000);
-        let mut t = restart(&old, config(3, 5_000, PayloadMode::Optional), now, window);
-        let later = T0.plus_millis(95_000);
-        let replayed = send(&mut t, later, attacker(), k, None, later.plus_millis(6_000));
+        let mut t = restart(&old, new(), now, window);
+        let until = replay_at.plus_millis(wait_ms);
+        let replayed = send(&mut t, replay_at, attacker(), k, None, until);
         if window {
             assert_eq!(outcome(&replayed), "rejected: replay", "{replayed:?}");
         } else {
@@ -106,35 +109,26 @@ fn optional_mode_a_gated_step_stays_gated_after_a_clean_restart_widens_the_windo
     }
 }
 
-/// The same with a longer payload timeout (same skew): a sequence of step k that completes at
-/// the very end of the window waits `timeout_ms` for its payload; its deadline is after the
-/// old record's expiry (the end of the window plus the old, shorter timeout).
+/// With `skew_steps = 3`: the replay comes once the old record's expiry (the end of step
+/// k + 1, plus the payload timeout) has passed and the new window still admits step k.
+#[test]
+fn optional_mode_a_gated_step_stays_gated_after_a_clean_restart_widens_the_window() {
+    gated_step_after_a_clean_restart(
+        || config(3, 5_000, PayloadMode::Optional),
+        T0.plus_millis(95_000),
+        6_000,
+    );
+}
+
+/// With a longer payload timeout (same skew): a sequence of step k that completes at the very
+/// end of the window (skew 1: until the end of step k + 1) waits `timeout_ms` for its payload;
+/// its deadline is after the old record's expiry (the end of the window plus the old, shorter
+/// timeout).
 #[test]
 fn optional_mode_a_gated_step_stays_gated_after_a_clean_restart_lengthens_the_timeout() {
-    let k = T0.counter(STEP);
-    let request = Request {
-        timestamp: T0.plus_millis(1_000),
-        random: [1; 16],
-        services: vec!["tcp/23".parse().unwrap()],
-        address: Some(client()),
-        action: None,
-        flags: 0,
-    };
-    let d = payload(k, &request);
-    for window in [false, true] {
-        let mut old = tracker(config(1, 5_000, PayloadMode::Optional), T0, Vec::new());
-        let at = T0.plus_millis(1_000);
-        let first = send(&mut old, at, client(), k, Some(&d), at.plus_millis(6_000));
-        assert_eq!(outcome(&first), "rejected: service_not_allowed");
-        let now = T0.plus_millis(10_000);
-        let mut t = restart(&old, config(1, 30_000, PayloadMode::Optional), now, window);
-        // The last moment step k is in the window (skew 1: until the end of step k + 1).
-        let last = T0.plus_millis(59_900);
-        let replayed = send(&mut t, last, attacker(), k, None, last.plus_millis(31_000));
-        if window {
-            assert_eq!(outcome(&replayed), "rejected: replay", "{replayed:?}");
-        } else {
-            assert_eq!(outcome(&replayed), format!("granted to {}", attacker()));
-        }
-    }
+    gated_step_after_a_clean_restart(
+        || config(1, 30_000, PayloadMode::Optional),
+        T0.plus_millis(59_900),
+        31_000,
+    );
 }

@@ -708,17 +708,22 @@ impl Config {
     /// Reads and validates a configuration file (secrets are not read; see
     /// [`Config::load_secrets`]).
     pub fn load(path: &Path) -> Result<Config, ConfigFileError> {
-        let text = read_config_text(path).map_err(|e| ConfigFileError {
+        let text = Self::read(path)?;
+        Self::parse(&text, path).map_err(|error| ConfigFileError {
+            path: path.to_path_buf(),
+            error,
+        })
+    }
+
+    /// The text of the configuration file at `path` (capped), its read error naming the file.
+    fn read(path: &Path) -> Result<String, ConfigFileError> {
+        read_config_text(path).map_err(|e| ConfigFileError {
             path: path.to_path_buf(),
             error: ConfigError {
                 line: None,
                 key: None,
                 message: e.to_string(),
             },
-        })?;
-        Self::parse(&text, path).map_err(|error| ConfigFileError {
-            path: path.to_path_buf(),
-            error,
         })
     }
 
@@ -735,14 +740,7 @@ impl Config {
             #[serde(default = "default_control_socket")]
             control_socket: String,
         }
-        let text = read_config_text(path).map_err(|e| ConfigFileError {
-            path: path.to_path_buf(),
-            error: ConfigError {
-                line: None,
-                key: None,
-                message: e.to_string(),
-            },
-        })?;
+        let text = Self::read(path)?;
         let mut head_len = text.len();
         let mut at = 0;
         for line in text.split_inclusive('\n') {
