@@ -1176,6 +1176,12 @@ fn render(
     if let Some(until) = crash_floor {
         body.push_str(&format!("{CRASH_FIELD} {}\n", until.0));
     }
+    sealed(body)
+}
+
+/// `body` followed by its checksum line (`sha256 <hex of the SHA-256 of body>`), as a
+/// snapshot ends.
+fn sealed(mut body: String) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
     body.push_str(&format!("sha256 {}\n", hex(digest.as_ref())));
     body
@@ -1401,9 +1407,7 @@ mod tests {
         let b = sesame_keys::PrivateKey::generate().public_key();
         // Written by the code before action floors: a snapshot for a, a journal record for b.
         let mac = "ab".repeat(MAC_LEN);
-        let body = format!("{HEADER}\n{a} 77 1234:{mac} 30:99\n");
-        let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
-        let snapshot = format!("{body}sha256 {}\n", hex(digest.as_ref()));
+        let snapshot = sealed(format!("{HEADER}\n{a} 77 1234:{mac} 30:99\n"));
         std::fs::write(dir.join(FILE_NAME), &snapshot).unwrap();
         let record = format!("{b} - 5000:{mac} 30:58800000");
         let journal = format!("{JOURNAL_HEADER}\n{record} {}\n", check16(&record));
@@ -1513,9 +1517,7 @@ mod tests {
         );
         // A damaged window line is refused, naming its line.
         for bad in ["window 30 1", "window 0 1 5000", "window 30 x 5000"] {
-            let body = format!("{HEADER}\n{bad}\n");
-            let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
-            let file = format!("{body}sha256 {}\n", hex(digest.as_ref()));
+            let file = sealed(format!("{HEADER}\n{bad}\n"));
             let err = parse(file.as_bytes()).err().unwrap();
             assert!(err.starts_with("line 2: expected 'window"), "{bad}: {err}");
         }
@@ -1539,9 +1541,7 @@ mod tests {
         again.checkpoint().unwrap();
         assert_eq!(JournalStore::open(&dir).unwrap().crash_floor(), None);
         for bad in ["after_crash", "after_crash x", "after_crash 5 6"] {
-            let body = format!("{HEADER}\n{bad}\n");
-            let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
-            let file = format!("{body}sha256 {}\n", hex(digest.as_ref()));
+            let file = sealed(format!("{HEADER}\n{bad}\n"));
             let err = parse(file.as_bytes()).err().unwrap();
             assert!(err.starts_with("line 2: expected"), "{bad}: {err}");
         }
@@ -1802,9 +1802,7 @@ mod tests {
         // A snapshot of before gated lines (replay states and seen lines only) loads, with
         // no gated step.
         let mac = "07".repeat(MAC_LEN);
-        let body = format!("{HEADER}\n{a} 77 - -\nseen {mac} {a} 123456\n");
-        let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
-        let old = format!("{body}sha256 {}\n", hex(digest.as_ref()));
+        let old = sealed(format!("{HEADER}\n{a} 77 - -\nseen {mac} {a} 123456\n"));
         std::fs::write(dir.join(FILE_NAME), old).unwrap();
         let old = JournalStore::open(&dir).unwrap();
         assert!(old.gated().is_empty());
@@ -1819,9 +1817,7 @@ mod tests {
             "gated nokey 30:5 9".to_owned(),
         ] {
             assert!(parse_gated(&bad).is_none(), "{bad}");
-            let body = format!("{HEADER}\n{bad}\n");
-            let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
-            let file = format!("{body}sha256 {}\n", hex(digest.as_ref()));
+            let file = sealed(format!("{HEADER}\n{bad}\n"));
             let err = parse(file.as_bytes()).err().unwrap();
             assert!(err.starts_with("line 2: expected 'gated"), "{err}");
         }
