@@ -297,19 +297,12 @@ fn fault_kill9_during_a_knock_flood_then_restart() {
     assert!(grants_during > 0, "no knock was granted during the flood");
 }
 
-/// An unbound payload refused as too far ahead (stamped more than `max_ahead_ms` ahead of the
-/// server's clock, but in a step the gate admits) is remembered only by its gate MAC, and a
-/// crash loses that. Once the clock catches up, the captured knock would be valid from
-/// anywhere. A start after a crash must refuse every unbound payload that could have passed the
-/// gate before the crash (up to the end of the last step the gate admitted), not only those
-/// within `max_ahead_ms` of the start.
-#[test]
-fn fault_kill9_does_not_turn_a_refused_future_knock_into_a_valid_one() {
-    if !require_netns() {
-        return;
-    }
-    let mut f = Fixture::new("f-ahead");
-    // The knock's step stays in the window for the whole test.
+/// A fixture (`step_seconds = 120`, so the knock's step stays in the window for the whole
+/// test; `max_ahead_ms = 2000`) whose client knocked unbound with its clock 8 s ahead: refused
+/// as too far ahead, and captured on the client's link (`ahead.pcap`). Returns the fixture and
+/// when the knock was sent.
+fn refused_future_knock(tag: &str) -> (Fixture, Instant) {
+    let mut f = Fixture::new(tag);
     f.spec.knock.step_seconds = 120;
     f.spec.knock.extra.push_str("max_ahead_ms = 2000\n");
     f.start();
@@ -328,6 +321,21 @@ fn fault_kill9_does_not_turn_a_refused_future_knock_into_a_valid_one() {
         Duration::from_secs(5),
     );
     cap.stop();
+    (f, sent)
+}
+
+/// An unbound payload refused as too far ahead (stamped more than `max_ahead_ms` ahead of the
+/// server's clock, but in a step the gate admits) is remembered only by its gate MAC, and a
+/// crash loses that. Once the clock catches up, the captured knock would be valid from
+/// anywhere. A start after a crash must refuse every unbound payload that could have passed the
+/// gate before the crash (up to the end of the last step the gate admitted), not only those
+/// within `max_ahead_ms` of the start.
+#[test]
+fn fault_kill9_does_not_turn_a_refused_future_knock_into_a_valid_one() {
+    if !require_netns() {
+        return;
+    }
+    let (mut f, sent) = refused_future_knock("f-ahead");
 
     let mut daemon = f.daemon.take().unwrap();
     daemon.kill9();
@@ -422,26 +430,7 @@ fn fault_kill9_then_a_clean_restart_does_not_turn_a_refused_future_knock_into_a_
     if !require_netns() {
         return;
     }
-    let mut f = Fixture::new("f-ahead2");
-    // The knock's step stays in the window for the whole test.
-    f.spec.knock.step_seconds = 120;
-    f.spec.knock.extra.push_str("max_ahead_ms = 2000\n");
-    f.start();
-    let cap = f.lab.capture(Host::Client, CLIENT_IF, "ahead", "udp");
-    let mark = f.mark();
-    let sent = Instant::now();
-    f.knock(&["--no-bind", "--time-offset", "8"]);
-    let client = f.lab.addr(Host::Client, Family::V4);
-    f.daemon().expect_after(
-        mark,
-        &[
-            "rejected",
-            "reason=too_far_ahead",
-            &format!("source={client}"),
-        ],
-        Duration::from_secs(5),
-    );
-    cap.stop();
+    let (mut f, sent) = refused_future_knock("f-ahead2");
 
     let mut daemon = f.daemon.take().unwrap();
     daemon.kill9();
