@@ -76,19 +76,31 @@ fn run(mode: &str, expect_log: &str) -> Run {
             opened += 1;
         }
     }
-    let mut filters: Vec<String> = f
-        .daemon()
-        .matching(0, &["capture filter: ", "live ports (counters "])
-        .iter()
-        .filter_map(|l| {
-            l.split("(counters ")
-                .nth(1)?
-                .split(')')
-                .next()
-                .map(str::to_owned)
-        })
-        .collect();
-    filters.dedup();
+    // The filter follows the step tables, which sesamed refreshes on its twice-a-second tick
+    // (and builds off the packet thread): the line for the last turn can come a few hundred
+    // milliseconds after the knock right behind it, later on a loaded machine. Wait for it.
+    let live_filters = |f: &Fixture| -> Vec<String> {
+        let mut v: Vec<String> = f
+            .daemon()
+            .matching(0, &["capture filter: ", "live ports (counters "])
+            .iter()
+            .filter_map(|l| {
+                l.split("(counters ")
+                    .nth(1)?
+                    .split(')')
+                    .next()
+                    .map(str::to_owned)
+            })
+            .collect();
+        v.dedup();
+        v
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    let mut filters = live_filters(&f);
+    while mode != "range" && filters.len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        filters = live_filters(&f);
+    }
     // A flood of random ports of the range, 2 000 spoofed sources, 4 000 packets/s.
     let before = status(&f);
     let mut spec = FloodSpec::new("udp", Family::V4, 2000);
