@@ -135,13 +135,13 @@ const FENCE_HEADER: &str = "sesame-fence 1";
 pub fn write_fence(dir: &Path, fence: UnixMillis) -> std::io::Result<()> {
     let body = format!("{FENCE_HEADER} {}", fence.0);
     let text = format!("{body} {}\n", check16(&body));
-    let tmp = dir.join(format!("{FENCE_NAME}.tmp"));
-    let mut file = create_temporary(&tmp)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, dir.join(FENCE_NAME))?;
-    File::open(dir).and_then(|d| d.sync_all())
+    replace_durably(
+        dir,
+        FENCE_NAME,
+        &format!("{FENCE_NAME}.tmp"),
+        text.as_bytes(),
+    )
+    .map_err(|(_, e)| e)
 }
 
 /// Reads the fence of [`write_fence`]: `Ok(None)` if there is none, an error if it is
@@ -396,6 +396,28 @@ fn read_state_file(path: &Path) -> std::io::Result<Vec<u8>> {
 
 /// Creates a temporary file of the state directory (0600) to be renamed over a state file: a
 /// leftover (or planted) one goes first, and a link there is never followed.
+/// Replaces `dir/name` with `text` so that a crash leaves the old file or the new one, whole:
+/// `dir/tmp_name` is created (0600, no link followed), written and synced, renamed over
+/// `name`, and the directory synced. An error names the path it happened on.
+fn replace_durably(
+    dir: &Path,
+    name: &str,
+    tmp_name: &str,
+    text: &[u8],
+) -> Result<(), (PathBuf, std::io::Error)> {
+    let (path, tmp) = (dir.join(name), dir.join(tmp_name));
+    let at = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| (p, e)
+    };
+    let mut file = create_temporary(&tmp).map_err(at(&tmp))?;
+    file.write_all(text).map_err(at(&tmp))?;
+    file.sync_all().map_err(at(&tmp))?;
+    drop(file);
+    std::fs::rename(&tmp, &path).map_err(at(&path))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(at(dir))
+}
+
 fn create_temporary(tmp: &Path) -> std::io::Result<File> {
     let _ = std::fs::remove_file(tmp);
     OpenOptions::new()
@@ -764,20 +786,8 @@ impl JournalStore {
         for w in windows {
             text.push_str(&window_line(w));
         }
-        let path = self.dir.join(RUNNING_NAME);
-        let tmp = self.dir.join(RUNNING_TMP_NAME);
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| StateError::Io { path: p, source }
-        };
-        let mut file = create_temporary(&tmp).map_err(io(&tmp))?;
-        file.write_all(text.as_bytes()).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))
+        replace_durably(&self.dir, RUNNING_NAME, RUNNING_TMP_NAME, text.as_bytes())
+            .map_err(|(path, source)| StateError::Io { path, source })
     }
 
     /// Removes the marker of [`JournalStore::mark_running`] (after the shutdown's checkpoint).
@@ -942,21 +952,13 @@ impl JournalStore {
             self.seen_window,
             self.crash_floor,
         );
-        let path = self.path();
-        let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| StateError::Io { path: p, source }
-        };
-        let mut file = create_temporary(&tmp).map_err(io(&tmp))?;
-        file.write_all(text.as_bytes()).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))?;
-        Ok(())
+        replace_durably(
+            &self.dir,
+            FILE_NAME,
+            &format!("{FILE_NAME}.tmp"),
+            text.as_bytes(),
+        )
+        .map_err(|(path, source)| StateError::Io { path, source })
     }
 }
 
