@@ -48,7 +48,7 @@ use crate::time::{TimeWindow, UnixMillis};
 
 /// Most completed sequences one source can have waiting for their payload at once.
 pub const MAX_AWAITING: usize = 4;
-use seen::{GONE, SeenCache};
+use seen::SeenCache;
 pub use seen::{MAX_SEEN, MAX_SEEN_PER_CLIENT};
 /// Most accepted payloads remembered per client (the oldest is dropped first, raising
 /// [`ReplayState::floor`]).
@@ -1083,12 +1083,12 @@ impl Tracker {
     }
 
     /// Every gate MAC remembered now (saved at a clean shutdown: the ones of refused datagrams
-    /// are in no replay state).
+    /// are in no replay state), with those of clients this tracker does not have.
     pub fn seen_list(&self) -> Vec<SeenMac> {
         self.seen
             .iter()
             .filter_map(|(mac, s)| {
-                let client = *self.clients.get(s.client as usize)?.keys.client_public();
+                let client = *self.key_of(s.client)?;
                 Some(SeenMac {
                     mac: *mac,
                     client,
@@ -1112,7 +1112,7 @@ impl Tracker {
         for m in list {
             let expires = m.expires.plus_millis(widen);
             if expires > now {
-                let client = self.by_key.get(&m.client).copied().unwrap_or(GONE);
+                let client = self.id_of(&m.client);
                 self.seen.insert(m.mac, client, expires);
             }
         }
@@ -1136,12 +1136,12 @@ impl Tracker {
     /// Every step some datagram passed the gate for, remembered now (saved at a clean shutdown
     /// with [`Tracker::seen_list`]: in `optional` mode it decides that a replay of the step's
     /// sequence without its payload opens nothing, and it is in no replay state when the
-    /// payload was refused or burnt).
+    /// payload was refused or burnt), with those of clients this tracker does not have.
     pub fn gated_list(&self) -> Vec<GatedStep> {
         self.seen
             .gated_steps()
             .filter_map(|(client, step, expires)| {
-                let client = *self.clients.get(client as usize)?.keys.client_public();
+                let client = *self.key_of(client)?;
                 Some(GatedStep {
                     client,
                     step,
@@ -1151,8 +1151,9 @@ impl Tracker {
             .collect()
     }
 
-    /// Remembers gated steps saved by [`Tracker::gated_list`] (the expired ones, and those of
-    /// clients this tracker does not have, are dropped), their expiries widened as in
+    /// Remembers gated steps saved by [`Tracker::gated_list`] (the expired ones are dropped;
+    /// those of clients this tracker does not have are kept under their key, and are theirs
+    /// again if a reload brings them back), their expiries widened as in
     /// [`Tracker::remember_seen`]. A step of another length than the running one is kept as it
     /// is: no sequence of the running length is that step, and it matters again if a reload
     /// brings that length back while it lasts.
@@ -1166,9 +1167,8 @@ impl Tracker {
         for g in list {
             let expires = g.expires.plus_millis(widen);
             if expires > now {
-                if let Some(&client) = self.by_key.get(&g.client) {
-                    self.seen.gated(client, g.step, expires);
-                }
+                let client = self.id_of(&g.client);
+                self.seen.gated(client, g.step, expires);
             }
         }
     }
@@ -1188,28 +1188,32 @@ impl Tracker {
         // remembered as long (else a refused or burnt datagram becomes acceptable once the old
         // expiry passes).
         let (widen, widen_gated) = self.widening(&old.config.saved_window());
-        // Each old client's index here (GONE if it was removed): one lookup per client, then
-        // one pass over each of the old caches (O(clients + entries), not their product: this
-        // runs on the packet thread at a reload's swap).
+        // Each old client's id here (a gone client's if this tracker does not have it, and a
+        // client's own again if a gone one is back): one lookup per client and per gone
+        // client, then one pass over each of the old caches (O(clients + entries), not their
+        // product: this runs on the packet thread at a reload's swap).
         let to_new: Vec<u32> = old
             .clients
             .iter()
-            .map(|c| {
-                self.by_key
-                    .get(c.keys.client_public())
-                    .copied()
-                    .unwrap_or(GONE)
-            })
+            .map(|c| self.id_of(c.keys.client_public()))
             .collect();
-        let map = |client: u32| to_new.get(client as usize).copied().unwrap_or(GONE);
+        let gone_to_new: Vec<u32> = old.seen.gone_keys().iter().map(|k| self.id_of(k)).collect();
+        let map = |client: u32| {
+            let i = client as usize;
+            to_new
+                .get(i)
+                .or_else(|| gone_to_new.get(i.wrapping_sub(to_new.len())))
+                .copied()
+        };
         for (mac, s) in old.seen.iter() {
-            self.seen
-                .insert(*mac, map(s.client), s.expires.plus_millis(widen));
+            if let Some(client) = map(s.client) {
+                self.seen.insert(*mac, client, s.expires.plus_millis(widen));
+            }
         }
         for (client, step, expires) in old.seen.gated_steps() {
-            let new = map(client);
-            if new != GONE {
-                self.seen.gated(new, step, expires.plus_millis(widen_gated));
+            if let Some(client) = map(client) {
+                self.seen
+                    .gated(client, step, expires.plus_millis(widen_gated));
             }
         }
     }
@@ -1532,7 +1536,25 @@ impl Tracker {
     fn seen_client(&self, mac: &[u8; MAC_LEN]) -> Option<Option<ClientId>> {
         self.seen
             .get(mac)
-            .map(|s| (s.client != GONE).then_some(ClientId(s.client)))
+            .map(|s| self.seen.is_client(s.client).then_some(ClientId(s.client)))
+    }
+
+    /// The public key of client `id`: one of this tracker's, or a gone one's whose entries
+    /// the seen cache keeps.
+    fn key_of(&self, id: u32) -> Option<&PublicKey> {
+        match self.clients.get(id as usize) {
+            Some(c) => Some(c.keys.client_public()),
+            None => self.seen.gone_key(id),
+        }
+    }
+
+    /// The id of the client with public key `key`: this tracker's, or else a gone client's
+    /// in the seen cache (made for it if it has none).
+    fn id_of(&mut self, key: &PublicKey) -> u32 {
+        match self.by_key.get(key) {
+            Some(&id) => id,
+            None => self.seen.gone_id(key),
+        }
     }
 
     /// Remembers the gate MAC of a datagram that passed the gate for `(client, counter)`, and

@@ -64,12 +64,12 @@ fn a_clean_restart_remembers_which_steps_had_a_payload() {
 }
 
 /// What is saved is forgotten when it expires, and a saved step of another client is not
-/// taken for this one's.
+/// taken for this one's (it is kept under that client's key, which a reload may bring back:
+/// `removed_client_window.rs`).
 #[test]
 fn remembered_gated_steps_expire_and_belong_to_their_client() {
     let attacker = attacker();
     let k = T0.counter(30);
-    let mut t = tracker(T0, Vec::new());
     let mut gated = sesame_proto::tracker::GatedStep {
         client: client_key(2).public_key(),
         step: sesame_proto::tracker::UsedStep {
@@ -78,8 +78,12 @@ fn remembered_gated_steps_expire_and_belong_to_their_client() {
         },
         expires: T0.plus_millis(100_000),
     };
+    let mut t = tracker(T0, Vec::new());
     t.remember_gated(&[gated], None, T0);
-    assert!(t.gated_list().is_empty(), "another client's step");
+    assert_eq!(t.gated_list(), vec![gated], "kept under its client's key");
+    let ev = knock(&mut t, T0.plus_millis(1_000), attacker, k, None);
+    assert_eq!(granted_to(&ev), Some(attacker), "not the laptop's: {ev:?}");
+    let mut t = tracker(T0, Vec::new());
     gated.client = client_key(1).public_key();
     t.remember_gated(&[gated], None, gated.expires);
     assert!(t.gated_list().is_empty(), "expired");

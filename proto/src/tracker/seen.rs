@@ -6,8 +6,16 @@
 //! Each client has a share of the cache ([`MAX_SEEN_PER_CLIENT`]) so that one client key (an
 //! insider's, a stolen one) cannot crowd out everyone else's entries; a datagram that cannot
 //! be remembered is refused, never processed unremembered.
+//!
+//! Entries of a client the tracker does not have (removed by a reload, or missing from the
+//! configuration of a start that restored them) are kept under its public key: ids from the
+//! number of clients on are such *gone* clients ([`SeenCache::gone_id`]). They refuse copies,
+//! count against no share, are saved at a clean stop and expire like the others; when the key
+//! comes back (a reload or a start that has the client again) they are its own again.
 
 use std::collections::HashMap;
+
+use sesame_keys::PublicKey;
 
 use super::UsedStep;
 use crate::payload::MAC_LEN;
@@ -19,13 +27,10 @@ pub const MAX_SEEN: usize = 1 << 18;
 /// window of the default settings stays below it).
 pub const MAX_SEEN_PER_CLIENT: u32 = 1024;
 
-/// A client index that no longer exists (a client removed by a reload): its entries still
-/// refuse copies, and count against no share.
-pub(super) const GONE: u32 = u32::MAX;
-
 /// A gate MAC seen before: whose, and until when it matters.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Seen {
+    /// The client (an id from the number of clients on: a gone client's).
     pub(super) client: u32,
     pub(super) expires: UnixMillis,
 }
@@ -39,6 +44,11 @@ pub(super) struct SeenCache {
     /// names other steps than the running one's counters (and matters again if that length
     /// comes back while the record lasts).
     steps: HashMap<(u32, UsedStep), UnixMillis, foldhash::quality::RandomState>,
+    /// The keys of gone clients: id `per_client.len() + i` is `gone[i]`. Emptied when no
+    /// entry of a gone client is left (it only grows when a tracker is built: from saved or
+    /// inherited entries, never from packets).
+    gone: Vec<PublicKey>,
+    gone_ids: HashMap<PublicKey, u32>,
 }
 
 impl SeenCache {
@@ -47,7 +57,37 @@ impl SeenCache {
             macs: HashMap::with_hasher(foldhash::quality::RandomState::default()),
             per_client: vec![0; clients],
             steps: HashMap::with_hasher(foldhash::quality::RandomState::default()),
+            gone: Vec::new(),
+            gone_ids: HashMap::new(),
         }
+    }
+
+    /// Whether `client` is one of the tracker's clients (not a gone one).
+    pub(super) fn is_client(&self, client: u32) -> bool {
+        (client as usize) < self.per_client.len()
+    }
+
+    /// The id of the gone client with public key `key` (given one on first use).
+    pub(super) fn gone_id(&mut self, key: &PublicKey) -> u32 {
+        if let Some(&id) = self.gone_ids.get(key) {
+            return id;
+        }
+        let id = u32::try_from(self.per_client.len() + self.gone.len()).unwrap_or(u32::MAX);
+        self.gone.push(*key);
+        self.gone_ids.insert(*key, id);
+        id
+    }
+
+    /// The keys of the gone clients, in id order (the first has id `clients`).
+    pub(super) fn gone_keys(&self) -> &[PublicKey] {
+        &self.gone
+    }
+
+    /// The public key of gone client `client`, if it is one.
+    pub(super) fn gone_key(&self, client: u32) -> Option<&PublicKey> {
+        (client as usize)
+            .checked_sub(self.per_client.len())
+            .and_then(|i| self.gone.get(i))
     }
 
     pub(super) fn len(&self) -> usize {
@@ -67,10 +107,8 @@ impl SeenCache {
         if self.macs.len() >= MAX_SEEN {
             return false;
         }
-        if client != GONE {
-            let Some(n) = self.per_client.get_mut(client as usize) else {
-                return false;
-            };
+        // A gone client's entries count against no share.
+        if let Some(n) = self.per_client.get_mut(client as usize) {
             if *n >= MAX_SEEN_PER_CLIENT {
                 return false;
             }
@@ -107,6 +145,16 @@ impl SeenCache {
             keep
         });
         self.steps.retain(|_, e| *e > now);
+        if !self.gone.is_empty() {
+            let clients = self.per_client.len();
+            let gone = |c: u32| c as usize >= clients;
+            if !self.macs.values().any(|s| gone(s.client))
+                && !self.steps.keys().any(|(c, _)| gone(*c))
+            {
+                self.gone.clear();
+                self.gone_ids.clear();
+            }
+        }
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (&[u8; MAC_LEN], &Seen)> {

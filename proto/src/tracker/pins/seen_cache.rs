@@ -167,3 +167,29 @@ fn a_replay_state_brought_over_remembers_its_macs_until_they_expire() {
             .update_replay(&PrivateKey::generate().public_key(), state, T0)
     );
 }
+
+/// The entries of a client the tracker does not have (a gone one) are kept under its key,
+/// count against no share, and the key is forgotten when the last of them expires.
+#[test]
+fn a_gone_clients_entries_count_against_no_share_and_leave_with_their_expiry() {
+    let mut cache = SeenCache::new(1);
+    let key = client_key(9).public_key();
+    let id = cache.gone_id(&key);
+    assert_eq!((id, cache.gone_id(&key)), (1, 1), "one id per key");
+    assert!(cache.is_client(0) && !cache.is_client(id));
+    for i in 0..=MAX_SEEN_PER_CLIENT {
+        assert!(cache.insert(mac(i), id, T0.plus_millis(5000)));
+    }
+    assert_eq!(cache.shares(), &[0]);
+    let step = UsedStep {
+        step_seconds: STEP,
+        counter: 7,
+    };
+    cache.gated(id, step, T0.plus_millis(9000));
+    cache.expire(T0.plus_millis(5000));
+    assert_eq!(cache.len(), 0);
+    assert_eq!(cache.gone_key(id), Some(&key), "its gated step is left");
+    cache.expire(T0.plus_millis(9000));
+    assert_eq!(cache.gone_key(id), None);
+    assert!(cache.gone_keys().is_empty());
+}
