@@ -48,8 +48,8 @@ use crate::time::{TimeWindow, UnixMillis};
 
 /// Most completed sequences one source can have waiting for their payload at once.
 pub const MAX_AWAITING: usize = 4;
-use seen::SeenCache;
 pub use seen::{MAX_SEEN, MAX_SEEN_PER_CLIENT};
+use seen::{SeenCache, UNKNOWN_STEP};
 /// Most accepted payloads remembered per client (the oldest is dropped first, raising
 /// [`ReplayState::floor`]).
 pub const MAX_ACCEPTED: usize = 64;
@@ -870,6 +870,10 @@ pub struct SeenMac {
     pub mac: [u8; MAC_LEN],
     /// The client whose gate it passed.
     pub client: PublicKey,
+    /// The step whose gate it passed (its length and counter): a later window with that step
+    /// length remembers it for as long as it admits the step. `None`: not known (saved by a
+    /// sesamed of before this field; its expiry is widened by the window saved with it).
+    pub step: Option<UsedStep>,
     /// When its step has left every window (it is forgotten then).
     pub expires: UnixMillis,
 }
@@ -1014,9 +1018,9 @@ impl Tracker {
                 let counter = a.timestamp.counter(step);
                 let expires = tracker.seen_expiry(counter);
                 if expires > now {
-                    tracker.seen.insert(a.mac, i as u32, expires);
-                    let gated_until = expires.plus_millis(tracker.config.timeout_ms);
                     let step = tracker.used_step(counter);
+                    tracker.seen.insert(a.mac, i as u32, step, expires);
+                    let gated_until = expires.plus_millis(tracker.config.timeout_ms);
                     tracker.seen.gated(i as u32, step, gated_until);
                 }
             }
@@ -1092,45 +1096,76 @@ impl Tracker {
                 Some(SeenMac {
                     mac: *mac,
                     client,
+                    step: (s.step != UNKNOWN_STEP).then_some(s.step),
                     expires: s.expires,
                 })
             })
             .collect()
     }
 
-    /// Remembers gate MACs saved by [`Tracker::seen_list`] (the expired ones are dropped).
-    /// `saved_under` is the window their expiries were computed for (the stopped tracker's
-    /// [`TrackerConfig::saved_window`], saved with them; `None`: unknown, taken as this one's):
-    /// a wider one now keeps them longer, as [`Tracker::inherit_seen`] does at a reload.
+    /// Remembers gate MACs saved by [`Tracker::seen_list`] (the expired ones are dropped),
+    /// each until the later of its saved expiry and the end of this tracker's window for its
+    /// step ([`Tracker::mac_expiry`]: a wider window now keeps it longer, as
+    /// [`Tracker::inherit_seen`] does at a reload). `saved_under` is the window the expiries
+    /// were computed for (the stopped tracker's [`TrackerConfig::saved_window`], saved with
+    /// them; `None`: unknown, taken as this one's): it widens only MACs saved without their step
+    /// (by a sesamed of before [`SeenMac::step`]).
     pub fn remember_seen(
         &mut self,
         list: &[SeenMac],
         saved_under: Option<SavedWindow>,
         now: UnixMillis,
     ) {
-        let (widen, _) = saved_under.map_or((0, 0), |w| self.widening(&w));
+        let widen = saved_under.map_or(0, |w| self.widening(&w));
         for m in list {
-            let expires = m.expires.plus_millis(widen);
+            let (step, expires) = match m.step {
+                Some(step) => (step, self.mac_expiry(step, m.expires)),
+                None => (UNKNOWN_STEP, m.expires.plus_millis(widen)),
+            };
             if expires > now {
                 let client = self.id_of(&m.client);
-                self.seen.insert(m.mac, client, expires);
+                self.seen.insert(m.mac, client, step, expires);
             }
         }
     }
 
-    /// How much longer this tracker's window admits a step than `old` did: for gate MACs (more
-    /// skew steps), and for gated steps (and a longer payload timeout). With another step
-    /// length no old datagram passes the gate at all: nothing.
-    fn widening(&self, old: &SavedWindow) -> (u64, u64) {
+    /// How much longer this tracker's window admits a step than `old` did (more skew steps),
+    /// for a gate MAC whose step is not known. With another step length no old datagram
+    /// passes the gate at all: nothing.
+    fn widening(&self, old: &SavedWindow) -> u64 {
         let step_ms = u64::from(self.config.params.step_seconds) * 1000;
-        let widen = if self.config.params.step_seconds == old.step_seconds {
+        if self.config.params.step_seconds == old.step_seconds {
             u64::from(self.config.skew_steps.saturating_sub(old.skew_steps)).saturating_mul(step_ms)
         } else {
             0
-        };
-        let widen_gated =
-            widen.saturating_add(self.config.timeout_ms.saturating_sub(old.timeout_ms));
-        (widen, widen_gated)
+        }
+    }
+
+    /// Until when to remember a gate MAC that passed the gate of `step` and was to be
+    /// remembered until `expires`: the later of that and the end of this tracker's window for
+    /// the step ([`Tracker::seen_expiry`]), when the step has this tracker's length. A record
+    /// made under another length keeps its expiry (no datagram of it passes this gate), and is
+    /// recomputed when a window with its length comes back (a reload or restart to another
+    /// step length and back to a wider window: review s21, finding 3).
+    fn mac_expiry(&self, step: UsedStep, expires: UnixMillis) -> UnixMillis {
+        if step.step_seconds == self.config.params.step_seconds {
+            expires.max(self.seen_expiry(step.counter))
+        } else {
+            expires
+        }
+    }
+
+    /// As [`Tracker::mac_expiry`], for a gated step: until every sequence of the step this
+    /// tracker's window admits has had its deadline (`timeout_ms` after the window).
+    fn gated_expiry(&self, step: UsedStep, expires: UnixMillis) -> UnixMillis {
+        if step.step_seconds == self.config.params.step_seconds {
+            expires.max(
+                self.seen_expiry(step.counter)
+                    .plus_millis(self.config.timeout_ms),
+            )
+        } else {
+            expires
+        }
     }
 
     /// Every step some datagram passed the gate for, remembered now (saved at a clean shutdown
@@ -1153,19 +1188,14 @@ impl Tracker {
 
     /// Remembers gated steps saved by [`Tracker::gated_list`] (the expired ones are dropped;
     /// those of clients this tracker does not have are kept under their key, and are theirs
-    /// again if a reload brings them back), their expiries widened as in
-    /// [`Tracker::remember_seen`]. A step of another length than the running one is kept as it
+    /// again if a reload brings them back), each until the later of its saved expiry and the
+    /// end of this tracker's window for it plus `timeout_ms` (a wider window or a longer
+    /// timeout keeps it longer). A step of another length than the running one is kept as it
     /// is: no sequence of the running length is that step, and it matters again if a reload
     /// brings that length back while it lasts.
-    pub fn remember_gated(
-        &mut self,
-        list: &[GatedStep],
-        saved_under: Option<SavedWindow>,
-        now: UnixMillis,
-    ) {
-        let (_, widen) = saved_under.map_or((0, 0), |w| self.widening(&w));
+    pub fn remember_gated(&mut self, list: &[GatedStep], now: UnixMillis) {
         for g in list {
-            let expires = g.expires.plus_millis(widen);
+            let expires = self.gated_expiry(g.step, g.expires);
             if expires > now {
                 let client = self.id_of(&g.client);
                 self.seen.gated(client, g.step, expires);
@@ -1183,11 +1213,13 @@ impl Tracker {
         if let Some(f) = old.fallback_floor {
             self.fallback_floor = Some(self.fallback_floor.map_or(f, |g| g.max(f)));
         }
-        // The old expiries were computed for the old window: a wider one (more skew steps, a
+        // The old expiries were computed for an older window: a wider one (more skew steps, a
         // longer payload timeout) admits a datagram's step for longer, and its MAC must be
         // remembered as long (else a refused or burnt datagram becomes acceptable once the old
-        // expiry passes).
-        let (widen, widen_gated) = self.widening(&old.config.saved_window());
+        // expiry passes). Each record knows its step, so its expiry is recomputed for this
+        // window (whatever windows it went through); a MAC restored without its step is
+        // widened against the old window.
+        let widen = self.widening(&old.config.saved_window());
         // Each old client's id here (a gone client's if this tracker does not have it, and a
         // client's own again if a gone one is back): one lookup per client and per gone
         // client, then one pass over each of the old caches (O(clients + entries), not their
@@ -1206,14 +1238,19 @@ impl Tracker {
                 .copied()
         };
         for (mac, s) in old.seen.iter() {
+            let expires = if s.step == UNKNOWN_STEP {
+                s.expires.plus_millis(widen)
+            } else {
+                self.mac_expiry(s.step, s.expires)
+            };
             if let Some(client) = map(s.client) {
-                self.seen.insert(*mac, client, s.expires.plus_millis(widen));
+                self.seen.insert(*mac, client, s.step, expires);
             }
         }
         for (client, step, expires) in old.seen.gated_steps() {
+            let expires = self.gated_expiry(step, expires);
             if let Some(client) = map(client) {
-                self.seen
-                    .gated(client, step, expires.plus_millis(widen_gated));
+                self.seen.gated(client, step, expires);
             }
         }
     }
@@ -1233,9 +1270,10 @@ impl Tracker {
             let counter = a.timestamp.counter(step);
             let expires = self.seen_expiry(counter);
             if expires > now {
-                self.seen.insert(a.mac, i, expires);
+                let step = self.used_step(counter);
+                self.seen.insert(a.mac, i, step, expires);
                 let gated_until = expires.plus_millis(self.config.timeout_ms);
-                self.seen.gated(i, self.used_step(counter), gated_until);
+                self.seen.gated(i, step, gated_until);
             }
         }
         self.replay[i as usize] = state;
@@ -1571,7 +1609,10 @@ impl Tracker {
     ) -> bool {
         self.stats.gate_passed += 1;
         let expires = self.seen_expiry(counter);
-        if !self.seen.insert(mac, client, expires) {
+        if !self
+            .seen
+            .insert(mac, client, self.used_step(counter), expires)
+        {
             self.reject(events, source, Some(ClientId(client)), Reason::RateLimited);
             return false;
         }

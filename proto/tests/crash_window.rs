@@ -136,7 +136,7 @@ fn a_clean_restart_soon_after_a_crash_keeps_refusing_what_the_crash_lost() {
         let floor = t.crash_floor();
         let mut t = tracker(cfg(), now, t.replay_states().to_vec());
         t.remember_seen(&seen, Some(window), now);
-        t.remember_gated(&gated, Some(window), now);
+        t.remember_gated(&gated, now);
         if kept {
             t.keep_crash_floor(floor.unwrap());
         }

@@ -73,7 +73,7 @@ fn restart(
         .collect();
     let mut t = tracker(mode, clients, now, replay);
     t.remember_seen(&seen, Some(window), now);
-    t.remember_gated(&gated, Some(window), now);
+    t.remember_gated(&gated, now);
     t
 }
 

@@ -55,7 +55,7 @@ fn a_clean_restart_remembers_which_steps_had_a_payload() {
             let window = t.config().saved_window();
             t = tracker(now, replay);
             t.remember_seen(&seen, Some(window), now);
-            t.remember_gated(&gated, Some(window), now);
+            t.remember_gated(&gated, now);
         }
         // The observer replays the captured sequence, without the payload, from its address.
         let ev = knock(&mut t, T0.plus_millis(15_000), attacker, k, None);
@@ -79,15 +79,15 @@ fn remembered_gated_steps_expire_and_belong_to_their_client() {
         expires: T0.plus_millis(100_000),
     };
     let mut t = tracker(T0, Vec::new());
-    t.remember_gated(&[gated], None, T0);
+    t.remember_gated(&[gated], T0);
     assert_eq!(t.gated_list(), vec![gated], "kept under its client's key");
     let ev = knock(&mut t, T0.plus_millis(1_000), attacker, k, None);
     assert_eq!(granted_to(&ev), Some(attacker), "not the laptop's: {ev:?}");
     let mut t = tracker(T0, Vec::new());
     gated.client = client_key(1).public_key();
-    t.remember_gated(&[gated], None, gated.expires);
+    t.remember_gated(&[gated], gated.expires);
     assert!(t.gated_list().is_empty(), "expired");
-    t.remember_gated(&[gated], None, T0);
+    t.remember_gated(&[gated], T0);
     assert_eq!(t.gated_list(), vec![gated]);
     let ev = knock(&mut t, T0.plus_millis(1_000), attacker, k, None);
     assert_eq!(granted_to(&ev), None, "{ev:?}");

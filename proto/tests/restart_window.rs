@@ -1,11 +1,13 @@
 //! A clean restart with a wider acceptance window (a larger `skew_steps`, a longer payload
 //! timeout) must remember the gate MACs of refused or burnt datagrams, and the steps they were
 //! for, as long as the new window admits their step: the restart version of
-//! `reload_window.rs`. A clean stop saves their expiries, computed for the old window, and the
-//! window with them (`TrackerConfig::saved_window`); `remember_seen` and `remember_gated` keep
-//! them that much longer. Before, the saved expiries were kept as they were: once they passed,
-//! the new window still admitted the step and the captured knock (refused when it was sent)
-//! was granted to whoever replayed it (attacker review).
+//! `reload_window.rs`. A clean stop saves each MAC and gated step with its step and its
+//! expiry; `remember_seen` and `remember_gated` keep each until the end of the new window for
+//! its step if that is later. Before, the saved expiries were kept as they were: once they
+//! passed, the new window still admitted the step and the captured knock (refused when it was
+//! sent) was granted to whoever replayed it (attacker review). A snapshot of before the MACs'
+//! steps were saved says which window its expiries were computed for (`saved_window`), and the
+//! start widens them by the difference; one of before that too keeps them as they were.
 
 #![allow(clippy::unwrap_used)]
 
@@ -26,16 +28,32 @@ fn config(skew: u32, timeout_ms: u64, mode: PayloadMode) -> TrackerConfig {
     }
 }
 
+/// What a snapshot holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Snapshot {
+    /// Today's: each MAC with its step.
+    Steps,
+    /// MACs without their step, and the window their expiries were computed for.
+    Window,
+    /// Neither (a snapshot of before both).
+    Neither,
+}
+
 /// A clean stop of `old` at `now` and a start of a tracker with `new`: what sesamed saves and
-/// restores (the replay states are empty here). `window`: whether the snapshot says which
-/// window the expiries were computed for (`false`: a snapshot of before it did).
-fn restart(old: &Tracker, new: TrackerConfig, now: UnixMillis, window: bool) -> Tracker {
-    let seen = old.seen_list();
+/// restores (the replay states are empty here) from a snapshot of kind `snapshot`.
+fn restart(old: &Tracker, new: TrackerConfig, now: UnixMillis, snapshot: Snapshot) -> Tracker {
+    let mut seen = old.seen_list();
+    if snapshot != Snapshot::Steps {
+        for m in &mut seen {
+            m.step = None;
+        }
+    }
     let gated = old.gated_list();
-    let saved: Option<SavedWindow> = window.then(|| old.config().saved_window());
+    let saved: Option<SavedWindow> =
+        (snapshot != Snapshot::Neither).then(|| old.config().saved_window());
     let mut t = tracker(new, now, Vec::new());
     t.remember_seen(&seen, saved, now);
-    t.remember_gated(&gated, saved, now);
+    t.remember_gated(&gated, now);
     t
 }
 
@@ -55,19 +73,24 @@ fn a_refused_unbound_knock_stays_refused_after_a_clean_restart_widens_the_window
         flags: 0,
     };
     let d = payload(k, &request);
-    for window in [false, true] {
+    for snapshot in [Snapshot::Neither, Snapshot::Window, Snapshot::Steps] {
         let mut old = tracker(config(1, 5_000, PayloadMode::Required), T0, Vec::new());
         let first = send(&mut old, T0.plus_millis(1_000), client(), k, Some(&d), T0);
         assert_eq!(outcome(&first), "rejected: too_far_ahead");
         let now = T0.plus_millis(2_000);
-        let mut t = restart(&old, config(3, 5_000, PayloadMode::Required), now, window);
+        let mut t = restart(&old, config(3, 5_000, PayloadMode::Required), now, snapshot);
         let later = T0.plus_millis(61_000);
         let replayed = send(&mut t, later, attacker(), k, Some(&d), later);
-        if window {
-            assert_eq!(outcome(&replayed), "rejected: replay", "{replayed:?}");
-        } else {
-            // A snapshot that does not say its window: the expiries are kept as they are.
+        if snapshot == Snapshot::Neither {
+            // A snapshot that says neither the MACs' steps nor its window: the expiries are
+            // kept as they are.
             assert_eq!(outcome(&replayed), format!("granted to {}", attacker()));
+        } else {
+            assert_eq!(
+                outcome(&replayed),
+                "rejected: replay",
+                "{snapshot:?}: {replayed:?}"
+            );
         }
     }
 }
@@ -75,8 +98,8 @@ fn a_refused_unbound_knock_stays_refused_after_a_clean_restart_widens_the_window
 /// `optional` mode: the client's bound payload is refused (it asks for a service it may not
 /// open), so its step k gets no sequence-only grant. sesamed stops cleanly and starts with
 /// `new`; at `replay_at` the attacker replays the sequence alone, without the payload, and
-/// its wait for a payload ends `wait_ms` later. Refused when the snapshot says its window;
-/// granted when it does not (the expiries kept as they were).
+/// its wait for a payload ends `wait_ms` later. Refused: a gated step was always saved with
+/// its step, so its expiry is recomputed for the new window whatever else the snapshot says.
 fn gated_step_after_a_clean_restart(
     new: fn() -> TrackerConfig,
     replay_at: UnixMillis,
@@ -92,20 +115,20 @@ fn gated_step_after_a_clean_restart(
         flags: 0,
     };
     let d = payload(k, &request);
-    for window in [false, true] {
+    for snapshot in [Snapshot::Neither, Snapshot::Window, Snapshot::Steps] {
         let mut old = tracker(config(1, 5_000, PayloadMode::Optional), T0, Vec::new());
         let at = T0.plus_millis(1_000);
         let first = send(&mut old, at, client(), k, Some(&d), at.plus_millis(6_000));
         assert_eq!(outcome(&first), "rejected: service_not_allowed");
         let now = T0.plus_millis(10_000);
-        let mut t = restart(&old, new(), now, window);
+        let mut t = restart(&old, new(), now, snapshot);
         let until = replay_at.plus_millis(wait_ms);
         let replayed = send(&mut t, replay_at, attacker(), k, None, until);
-        if window {
-            assert_eq!(outcome(&replayed), "rejected: replay", "{replayed:?}");
-        } else {
-            assert_eq!(outcome(&replayed), format!("granted to {}", attacker()));
-        }
+        assert_eq!(
+            outcome(&replayed),
+            "rejected: replay",
+            "{snapshot:?}: {replayed:?}"
+        );
     }
 }
 

@@ -18,13 +18,18 @@
 //! naming an action; PROTOCOL.md 7.2). A line without it (every line written before action
 //! floors existed) has none, which refuses nothing, as 0 would. At a clean shutdown the
 //! snapshot also holds every gate MAC the tracker remembers (datagrams that passed the gate but
-//! were refused are in no client's state), one per line: `seen <MAC> <client public key> <until
-//! ms>`; and every step some datagram passed the gate for (in `optional` mode such a step gets
-//! no sequence-only grant; a refused or burnt payload's step is in no client's state either),
-//! one per line: `gated <client public key> <step_seconds>:<counter> <until ms>`; and the window
-//! those expiries were computed for, `window <step_seconds> <skew_steps> <timeout_ms>` (a start
-//! with more skew steps or a longer `timeout_ms` keeps them that much longer, as a reload
-//! does). After a start after a crash, while its rules hold (unbound payloads refused, no
+//! were refused are in no client's state), one per line: `seen <MAC> <client public key>
+//! <step_seconds>:<counter> <until ms>` (the step whose gate it passed); and every step some
+//! datagram passed the gate for (in `optional` mode such a step gets no sequence-only grant; a
+//! refused or burnt payload's step is in no client's state either), one per line: `gated
+//! <client public key> <step_seconds>:<counter> <until ms>`. A start keeps each until the later
+//! of its `until` and the end of its own window for that step (a start with more skew steps
+//! or a longer `timeout_ms` keeps them longer, as a reload does, whatever step lengths they
+//! went through). The entries of clients the configuration no longer has are kept too (under
+//! their key, for when it comes back). Then the window those expiries were computed for,
+//! `window <step_seconds> <skew_steps> <timeout_ms>`: it widens the `seen` lines without a step
+//! (`seen <MAC> <client public key> <until ms>`, written before the step was), which still
+//! load. After a start after a crash, while its rules hold (unbound payloads refused, no
 //! sequence-only grant in `optional` mode, until the end of the last step the crashed run's
 //! gate could admit), a clean stop also saves until when: `after_crash <until ms>`, so that a
 //! clean restart goes on refusing what the crash lost. A snapshot without `gated`, `window` or
@@ -1159,12 +1164,22 @@ fn render(
         body.push('\n');
     }
     for m in seen {
-        body.push_str(&format!(
-            "seen {} {} {}\n",
-            hex(&m.mac),
-            m.client,
-            m.expires.0
-        ));
+        match m.step {
+            Some(step) => body.push_str(&format!(
+                "seen {} {} {}:{} {}\n",
+                hex(&m.mac),
+                m.client,
+                step.step_seconds,
+                step.counter,
+                m.expires.0
+            )),
+            None => body.push_str(&format!(
+                "seen {} {} {}\n",
+                hex(&m.mac),
+                m.client,
+                m.expires.0
+            )),
+        }
     }
     for g in gated {
         body.push_str(&format!(
@@ -1211,31 +1226,35 @@ fn parse_gated(line: &str) -> Option<GatedStep> {
     ) else {
         return None;
     };
-    let (step_seconds, counter) = step.split_once(':')?;
     Some(GatedStep {
         client: PublicKey::from_base64(key).ok()?,
-        step: UsedStep {
-            step_seconds: step_seconds.parse().ok()?,
-            counter: counter.parse().ok()?,
-        },
+        step: parse_step(step)?,
         expires: UnixMillis(until.parse().ok()?),
     })
 }
 
+/// Parses `<step_seconds>:<counter>`.
+fn parse_step(step: &str) -> Option<UsedStep> {
+    let (step_seconds, counter) = step.split_once(':')?;
+    Some(UsedStep {
+        step_seconds: step_seconds.parse().ok()?,
+        counter: counter.parse().ok()?,
+    })
+}
+
+/// Parses `seen <MAC> <key> <step_seconds>:<counter> <until ms>`, or the line of before the
+/// step, `seen <MAC> <key> <until ms>`.
 fn parse_seen(line: &str) -> Option<SeenMac> {
-    let mut parts = line.split(' ');
-    let (Some("seen"), Some(mac), Some(key), Some(until), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return None;
+    let parts: Vec<&str> = line.split(' ').collect();
+    let (mac, key, step, until) = match parts[..] {
+        ["seen", mac, key, until] => (mac, key, None, until),
+        ["seen", mac, key, step, until] => (mac, key, Some(parse_step(step)?), until),
+        _ => return None,
     };
     Some(SeenMac {
         mac: unhex(mac)?.try_into().ok()?,
         client: PublicKey::from_base64(key).ok()?,
+        step,
         expires: UnixMillis(until.parse().ok()?),
     })
 }
@@ -1262,7 +1281,10 @@ fn parse(bytes: &[u8]) -> Result<Snapshot, String> {
     for (i, line) in lines.enumerate() {
         if line.starts_with("seen ") {
             out.seen.push(parse_seen(line).ok_or_else(|| {
-                format!("line {}: expected 'seen <mac> <key> <until ms>'", i + 2)
+                format!(
+                    "line {}: expected 'seen <mac> <key> <step_seconds>:<counter> <until ms>'",
+                    i + 2
+                )
             })?);
             continue;
         }
@@ -1472,16 +1494,47 @@ mod tests {
             !store.mark_running(&[]).unwrap(),
             "no marker at the first start"
         );
-        let seen = vec![SeenMac {
-            mac: [7; MAC_LEN],
-            client: a,
-            expires: UnixMillis(123_456),
-        }];
+        // One with the step whose gate it passed, one without (as a sesamed of before the
+        // step wrote it: such a line still loads).
+        let seen = vec![
+            SeenMac {
+                mac: [7; MAC_LEN],
+                client: a,
+                step: Some(UsedStep {
+                    step_seconds: 30,
+                    counter: 4_115,
+                }),
+                expires: UnixMillis(123_456),
+            },
+            SeenMac {
+                mac: [8; MAC_LEN],
+                client: a,
+                step: None,
+                expires: UnixMillis(123_457),
+            },
+        ];
         store.set_seen(seen.clone());
         store.checkpoint().unwrap();
         store.mark_stopped().unwrap();
+        let text = std::fs::read_to_string(dir.join(FILE_NAME)).unwrap();
+        let mac7 = hex(&[7; MAC_LEN]);
+        assert!(
+            text.contains(&format!("\nseen {mac7} {a} 30:4115 123456\n")),
+            "{text}"
+        );
         let mut again = JournalStore::open(&dir).unwrap();
         assert_eq!(again.seen(), &seen[..]);
+        // A damaged seen line is refused, naming its line.
+        for bad in [
+            format!("seen {mac7} {a} 30 123456"),
+            format!("seen {mac7} {a} x:4115 123456"),
+            format!("seen {mac7} {a} 30:4115 123456 9"),
+            format!("seen {mac7} {a}"),
+        ] {
+            let file = sealed(format!("{HEADER}\n{bad}\n"));
+            let err = parse(file.as_bytes()).err().unwrap();
+            assert!(err.starts_with("line 2: expected 'seen"), "{bad}: {err}");
+        }
         assert!(!again.mark_running(&[]).unwrap(), "clean stop: no crash");
         // No mark_stopped: the next start sees a crash.
         let mut third = JournalStore::open(&dir).unwrap();
@@ -1503,6 +1556,7 @@ mod tests {
         store.set_seen(vec![SeenMac {
             mac: [7; MAC_LEN],
             client: a,
+            step: None,
             expires: UnixMillis(123_456),
         }]);
         store.set_seen_window(window);

@@ -200,20 +200,24 @@ pub(crate) fn check_state_file(bytes: &[u8]) -> Result<Vec<String>, String> {
     let mut entries = Vec::new();
     let mut windows = 0;
     for l in lines {
-        // `seen <MAC> <client key> <until ms>`: a remembered gate MAC (clean shutdown).
+        let num = |s: &str| s.parse::<u64>().is_ok();
+        // `seen <MAC> <client key> <step_seconds>:<counter> <until ms>`: a remembered gate MAC
+        // (clean shutdown) and the step whose gate it passed.
         if let Some(rest) = l.strip_prefix("seen ") {
             let parts: Vec<&str> = rest.split(' ').collect();
-            let ok = parts.len() == 3
+            let ok = parts.len() == 4
                 && parts[0].len() == 32
                 && parts[0].bytes().all(|b| b.is_ascii_hexdigit())
                 && parts[1].len() == 44
-                && parts[2].parse::<u64>().is_ok();
+                && parts[2]
+                    .split_once(':')
+                    .is_some_and(|(step, counter)| num(step) && num(counter))
+                && num(parts[3]);
             if !ok {
                 return Err(format!("bad line: {l}"));
             }
             continue;
         }
-        let num = |s: &str| s.parse::<u64>().is_ok();
         // `gated <client key> <step_seconds>:<counter> <until ms>`: a step a datagram passed
         // the gate for.
         if let Some(rest) = l.strip_prefix("gated ") {

@@ -27,13 +27,22 @@ pub const MAX_SEEN: usize = 1 << 18;
 /// window of the default settings stays below it).
 pub const MAX_SEEN_PER_CLIENT: u32 = 1024;
 
-/// A gate MAC seen before: whose, and until when it matters.
+/// A gate MAC seen before: whose, the step whose gate it passed, and until when it matters.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Seen {
     /// The client (an id from the number of clients on: a gone client's).
     pub(super) client: u32,
+    /// The step whose gate it passed ([`UNKNOWN_STEP`] for one restored from a snapshot of
+    /// before steps were saved): a later window with that step length recomputes its expiry.
+    pub(super) step: UsedStep,
     pub(super) expires: UnixMillis,
 }
+
+/// The step of a [`Seen`] MAC whose step is not known (no window has a step length of 0).
+pub(super) const UNKNOWN_STEP: UsedStep = UsedStep {
+    step_seconds: 0,
+    counter: 0,
+};
 
 #[derive(Debug)]
 pub(super) struct SeenCache {
@@ -98,10 +107,18 @@ impl SeenCache {
         self.macs.get(mac)
     }
 
-    /// Remembers `mac` for `client` until `expires`; false (nothing remembered) when the
-    /// client's share or the cache is full. A known MAC is kept as it is (true).
-    pub(super) fn insert(&mut self, mac: [u8; MAC_LEN], client: u32, expires: UnixMillis) -> bool {
-        if self.macs.contains_key(&mac) {
+    /// Remembers `mac`, which passed the gate of `client`'s `step`, until `expires`; false
+    /// (nothing remembered) when the client's share or the cache is full. A known MAC is kept,
+    /// until the later of its two expiries (true).
+    pub(super) fn insert(
+        &mut self,
+        mac: [u8; MAC_LEN],
+        client: u32,
+        step: UsedStep,
+        expires: UnixMillis,
+    ) -> bool {
+        if let Some(s) = self.macs.get_mut(&mac) {
+            s.expires = s.expires.max(expires);
             return true;
         }
         if self.macs.len() >= MAX_SEEN {
@@ -114,7 +131,14 @@ impl SeenCache {
             }
             *n += 1;
         }
-        self.macs.insert(mac, Seen { client, expires });
+        self.macs.insert(
+            mac,
+            Seen {
+                client,
+                step,
+                expires,
+            },
+        );
         true
     }
 

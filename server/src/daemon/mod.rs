@@ -352,12 +352,12 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     // that may have been made before this start (their timestamps run at most max_ahead_ms
     // ahead) are refused; bound ones are useless to anyone else.
     let mut tracker = tracker;
-    // Their expiries were computed for the window they were saved under: a wider one now keeps
-    // them longer.
+    // Each is kept until the later of its saved expiry and the end of this window for its step
+    // (a wider one now keeps them longer).
     tracker.remember_seen(store.seen(), store.seen_window(), system_now());
     // And the steps a datagram passed the gate for: `optional` mode grants no sequence alone
     // for them (a replay of a refused or burnt knock's sequence without its payload).
-    tracker.remember_gated(store.gated(), store.seen_window(), system_now());
+    tracker.remember_gated(store.gated(), system_now());
     // A clean stop while the rules of a start after a crash held: they go on (what the crash
     // lost is still lost).
     if let Some(until) = store.crash_floor() {

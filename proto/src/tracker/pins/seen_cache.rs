@@ -11,11 +11,19 @@ fn mac(i: u32) -> [u8; MAC_LEN] {
     m
 }
 
+/// The step a MAC passed the gate of (what it is does not matter here).
+fn step0() -> UsedStep {
+    UsedStep {
+        step_seconds: STEP,
+        counter: c0(),
+    }
+}
+
 #[test]
 fn a_seen_mac_is_forgotten_at_its_expiry_and_kept_until_then() {
     let mut cache = SeenCache::new(1);
     let until = T0.plus_millis(5000);
-    assert!(cache.insert(mac(1), 0, until));
+    assert!(cache.insert(mac(1), 0, step0(), until));
     cache.expire(T0.plus_millis(4999));
     assert!(
         cache.get(&mac(1)).is_some(),
@@ -58,11 +66,11 @@ fn an_expired_mac_gives_its_clients_share_back() {
     let early = T0.plus_millis(1000);
     let late = T0.plus_millis(9000);
     for i in 0..MAX_SEEN_PER_CLIENT {
-        assert!(cache.insert(mac(i), 0, early));
+        assert!(cache.insert(mac(i), 0, step0(), early));
     }
-    assert!(cache.insert(mac(1 << 20), 1, late));
+    assert!(cache.insert(mac(1 << 20), 1, step0(), late));
     assert!(
-        !cache.insert(mac(1 << 21), 0, late),
+        !cache.insert(mac(1 << 21), 0, step0(), late),
         "client 0's share is full"
     );
     assert_eq!(cache.shares(), &[MAX_SEEN_PER_CLIENT, 1]);
@@ -71,7 +79,7 @@ fn an_expired_mac_gives_its_clients_share_back() {
     // its share.
     assert_eq!(cache.shares(), &[0, 1]);
     assert_eq!(cache.len(), 1);
-    assert!(cache.insert(mac(1 << 21), 0, late));
+    assert!(cache.insert(mac(1 << 21), 0, step0(), late));
 }
 
 #[test]
@@ -124,6 +132,7 @@ fn a_start_remembers_only_the_macs_that_have_not_expired() {
     let saved = |expires: UnixMillis, byte: u8| SeenMac {
         mac: [byte; MAC_LEN],
         client,
+        step: None,
         expires,
     };
     let now = at(1, 0);
@@ -178,7 +187,7 @@ fn a_gone_clients_entries_count_against_no_share_and_leave_with_their_expiry() {
     assert_eq!((id, cache.gone_id(&key)), (1, 1), "one id per key");
     assert!(cache.is_client(0) && !cache.is_client(id));
     for i in 0..=MAX_SEEN_PER_CLIENT {
-        assert!(cache.insert(mac(i), id, T0.plus_millis(5000)));
+        assert!(cache.insert(mac(i), id, step0(), T0.plus_millis(5000)));
     }
     assert_eq!(cache.shares(), &[0]);
     let step = UsedStep {
