@@ -1021,7 +1021,7 @@ impl Tracker {
                     let step = tracker.used_step(counter);
                     tracker.seen.insert(a.mac, i as u32, step, expires);
                     let gated_until = expires.plus_millis(tracker.config.timeout_ms);
-                    tracker.seen.gated(i as u32, step, gated_until);
+                    let _ = tracker.seen.gated(i as u32, step, gated_until);
                 }
             }
         }
@@ -1198,7 +1198,7 @@ impl Tracker {
             let expires = self.gated_expiry(g.step, g.expires);
             if expires > now {
                 let client = self.id_of(&g.client);
-                self.seen.gated(client, g.step, expires);
+                let _ = self.seen.gated(client, g.step, expires);
             }
         }
     }
@@ -1250,7 +1250,7 @@ impl Tracker {
         for (client, step, expires) in old.seen.gated_steps() {
             let expires = self.gated_expiry(step, expires);
             if let Some(client) = map(client) {
-                self.seen.gated(client, step, expires);
+                let _ = self.seen.gated(client, step, expires);
             }
         }
     }
@@ -1273,7 +1273,7 @@ impl Tracker {
                 let step = self.used_step(counter);
                 self.seen.insert(a.mac, i, step, expires);
                 let gated_until = expires.plus_millis(self.config.timeout_ms);
-                self.seen.gated(i, step, gated_until);
+                let _ = self.seen.gated(i, step, gated_until);
             }
         }
         self.replay[i as usize] = state;
@@ -1596,8 +1596,8 @@ impl Tracker {
     }
 
     /// Remembers the gate MAC of a datagram that passed the gate for `(client, counter)`, and
-    /// that the step had a payload. When the client's share of the cache (or the cache) is
-    /// full, nothing is remembered and the datagram is refused (`rate_limited`): a datagram is
+    /// that the step had a payload. When the client's share of the cache (or the cache, or the
+    /// record of gated steps) is full, the datagram is refused (`rate_limited`): a datagram is
     /// never processed unremembered.
     fn remember(
         &mut self,
@@ -1616,10 +1616,17 @@ impl Tracker {
             self.reject(events, source, Some(ClientId(client)), Reason::RateLimited);
             return false;
         }
-        // Kept until every deadline of a sequence of that step has passed.
+        // Kept until every deadline of a sequence of that step has passed. When the record is
+        // full the datagram is refused too: in `optional` mode a step with a payload but no
+        // record would get a sequence-only grant (the MAC stays remembered: copies are refused).
         let gated_until = expires.plus_millis(self.config.timeout_ms);
-        self.seen
-            .gated(client, self.used_step(counter), gated_until);
+        if !self
+            .seen
+            .gated(client, self.used_step(counter), gated_until)
+        {
+            self.reject(events, source, Some(ClientId(client)), Reason::RateLimited);
+            return false;
+        }
         true
     }
 

@@ -142,13 +142,20 @@ impl SeenCache {
         true
     }
 
-    /// Records that a datagram passed the gate of (client, step).
-    pub(super) fn gated(&mut self, client: u32, step: UsedStep, expires: UnixMillis) {
-        // Bounded like the MACs: one entry per gated datagram at most.
-        if self.steps.len() < MAX_SEEN {
-            let e = self.steps.entry((client, step)).or_insert(expires);
+    /// Records that a datagram passed the gate of (client, step), until `expires` (a known
+    /// record is kept until the later of its two expiries). False (nothing recorded) when the
+    /// record is full: bounded like the MACs, one entry per gated datagram at most.
+    #[must_use]
+    pub(super) fn gated(&mut self, client: u32, step: UsedStep, expires: UnixMillis) -> bool {
+        if let Some(e) = self.steps.get_mut(&(client, step)) {
             *e = (*e).max(expires);
+            return true;
         }
+        if self.steps.len() >= MAX_SEEN {
+            return false;
+        }
+        self.steps.insert((client, step), expires);
+        true
     }
 
     /// Whether a datagram passed the gate of (client, step).

@@ -43,7 +43,7 @@ fn a_gated_step_is_forgotten_at_its_expiry_and_kept_until_then() {
         step_seconds: STEP,
         counter,
     };
-    cache.gated(0, step(7), until);
+    assert!(cache.gated(0, step(7), until));
     cache.expire(T0.plus_millis(4999));
     assert!(cache.was_gated(0, step(7)));
     assert!(
@@ -90,14 +90,24 @@ fn the_gated_steps_are_bounded_like_the_macs() {
         step_seconds: STEP,
         counter,
     };
-    for counter in 0..=MAX_SEEN as u64 {
-        cache.gated(0, step(counter), until);
+    for counter in 0..MAX_SEEN as u64 {
+        assert!(cache.gated(0, step(counter), until));
     }
+    assert!(
+        !cache.gated(0, step(MAX_SEEN as u64), until),
+        "one past the bound is refused"
+    );
     assert_eq!(cache.gated_steps().count(), MAX_SEEN);
     assert!(
         !cache.was_gated(0, step(MAX_SEEN as u64)),
         "one past the bound is not recorded"
     );
+    // A step already recorded is kept, until the later expiry, when the record is full.
+    let later = until.plus_millis(1);
+    assert!(cache.gated(0, step(7), later));
+    cache.expire(until);
+    assert_eq!(cache.gated_steps().count(), 1);
+    assert!(cache.was_gated(0, step(7)));
 }
 
 #[test]
@@ -194,11 +204,50 @@ fn a_gone_clients_entries_count_against_no_share_and_leave_with_their_expiry() {
         step_seconds: STEP,
         counter: 7,
     };
-    cache.gated(id, step, T0.plus_millis(9000));
+    assert!(cache.gated(id, step, T0.plus_millis(9000)));
     cache.expire(T0.plus_millis(5000));
     assert_eq!(cache.len(), 0);
     assert_eq!(cache.gone_key(id), Some(&key), "its gated step is left");
     cache.expire(T0.plus_millis(9000));
     assert_eq!(cache.gone_key(id), None);
     assert!(cache.gone_keys().is_empty());
+}
+
+/// A gated step that cannot be recorded (the record is full) refuses its datagram, as a MAC
+/// that cannot be remembered does: in `optional` mode a payload processed without its step's
+/// record would leave the step open to a sequence-only grant (review s21, finding 8; before,
+/// the record was dropped silently and the payload opened).
+#[test]
+fn a_payload_whose_gated_step_cannot_be_recorded_is_refused() {
+    let c = c0();
+    let mut lab = Lab::new(PayloadMode::Optional, 1);
+    let far = T0.plus_millis(1_000_000);
+    for counter in 0..MAX_SEEN as u64 {
+        // Steps of another length: they leave the running one's steps alone.
+        let other = UsedStep {
+            step_seconds: STEP * 2,
+            counter,
+        };
+        assert!(lab.tracker.seen.gated(0, other, far));
+    }
+    lab.knocks(0, c, T0, v4(2));
+    let d = lab.payload(0, c, T0);
+    lab.send_payload(0, c, T0, v4(2), &d);
+    let events = lab.take();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Rejected {
+                reason: Reason::RateLimited,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Granted(g) if g.mac.is_some())),
+        "the payload opened: {events:?}"
+    );
 }
