@@ -199,6 +199,41 @@ pub fn previous_run(dir: &Path) -> Option<bool> {
     }
 }
 
+/// The files a running sesamed writes: their modification times say until when it ran.
+const RUN_FILES: [&str; 5] = [
+    JOURNAL_NAME,
+    FILE_NAME,
+    FENCE_NAME,
+    RUNNING_NAME,
+    LEASES_NAME,
+];
+
+/// The latest time the state files in `dir` record a sesamed running on them, if any: the
+/// newest modification time of the files it writes while it runs (the journal at each grant,
+/// the snapshot, the fence every few seconds under `state_sync = "fence"`, the crash marker
+/// at its start and at a reload, the leases when they change), as its clock set them. Read
+/// at start, before this start writes any of them. A start after a crash counts its rules
+/// from the later of this and its own clock ([`crash_start`]). (The fence's own time is not
+/// taken: it runs ahead of the clock, and would stretch the rules after every crash.)
+pub fn last_running(dir: &Path) -> Option<UnixMillis> {
+    RUN_FILES
+        .iter()
+        .filter_map(|name| std::fs::symlink_metadata(dir.join(name)).ok())
+        .filter(|m| m.is_file())
+        .filter_map(|m| m.modified().ok())
+        .map(UnixMillis::from)
+        .max()
+}
+
+/// Where the rules of a start after a crash count from (`Tracker::after_crash`): `now`, or
+/// `last_running` ([`last_running`]) if that is later. After a power loss sesamed can start
+/// before NTP with a clock that is behind (an RTC that drifted or was reset): the crashed run's
+/// gate admitted steps up to its own clock's, and rules counted from the behind clock would
+/// end before them once NTP steps the clock forward (review s21, finding 6).
+pub fn crash_start(now: UnixMillis, last_running: Option<UnixMillis>) -> UnixMillis {
+    last_running.map_or(now, |t| t.max(now))
+}
+
 /// The windows the last run on `dir` used, from its marker if it did not remove it (a crash;
 /// none after a clean stop, or from a marker of before the window lines). Read before
 /// [`JournalStore::mark_running`]. A marker that is there but damaged (unreadable, empty, or
@@ -1577,6 +1612,54 @@ mod tests {
             let err = parse(file.as_bytes()).err().unwrap();
             assert!(err.starts_with("line 2: expected 'window"), "{bad}: {err}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A start after a crash whose clock is behind the crashed run's (an RTC before NTP) counts
+    /// the crash rules from the newest time the state files record: the files' modification
+    /// times (here set to the crashed run's virtual clock).
+    #[test]
+    fn a_start_after_a_crash_counts_from_the_newest_time_the_state_files_record() {
+        let dir = tmpdir("last-running");
+        let a = sesame_keys::PrivateKey::generate().public_key();
+        let window = SavedWindow {
+            step_seconds: 30,
+            skew_steps: 1,
+            timeout_ms: 5000,
+        };
+        let mut store = JournalStore::open(&dir).unwrap();
+        store.mark_running(&[window]).unwrap();
+        let state = ReplayState {
+            floor: Some(UnixMillis(1)),
+            ..ReplayState::default()
+        };
+        store.advance([(&a, state)]).unwrap();
+        assert!(dir.join(JOURNAL_NAME).exists(), "a journal record");
+        // The crashed run's clock: the marker written at its start, the journal at its last
+        // grant 10 minutes later.
+        let started = UnixMillis(1_764_000_000_000);
+        let granted = started.plus_millis(600_000);
+        let set = |name: &str, t: UnixMillis| {
+            let file = OpenOptions::new().write(true).open(dir.join(name)).unwrap();
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.0);
+            file.set_modified(at).unwrap();
+        };
+        set(RUNNING_NAME, started);
+        set(JOURNAL_NAME, granted);
+        // This start's clock is 20 minutes behind.
+        let now = granted.offset_millis(-1_200_000);
+        assert_eq!(crash_start(now, last_running(&dir)), granted);
+        // Under state_sync = "fence" the fence file is rewritten every few seconds.
+        write_fence(&dir, granted.plus_millis(60_000)).unwrap();
+        let fenced = granted.plus_millis(25_000);
+        set(FENCE_NAME, fenced);
+        assert_eq!(crash_start(now, last_running(&dir)), fenced);
+        // A clock ahead of them all counts from itself.
+        let later = fenced.plus_millis(1);
+        assert_eq!(crash_start(later, last_running(&dir)), later);
+        // Nothing there: the clock.
+        let empty = tmpdir("last-running-empty");
+        assert_eq!(crash_start(now, last_running(&empty)), now);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -327,6 +327,9 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     let windows_before =
         crate::state::previous_windows(&config.state_dir, config.knock.params.step_seconds);
     let fence_file = crate::state::read_fence(&config.state_dir);
+    // Until when the state files say the last run ran (read before this start writes any): a
+    // start after a crash with a clock behind that counts its rules from there.
+    let last_running = crate::state::last_running(&config.state_dir);
     let lost_writes = previous == Some(false) && !matches!(fence_file, Ok(None));
     let mut store = JournalStore::open_with(&config.state_dir, lost_writes)?;
     if store.found_legacy() {
@@ -374,9 +377,19 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     // later; a payload refused as too far ahead is remembered only by its lost gate MAC), and
     // grant no sequence alone in `optional` mode for a step that starts before then. The
     // window the crashed run used counts if it reached further than this one (a smaller
-    // skew_steps now).
+    // skew_steps now). "Now" is the crashed run's last time the state files record, if this
+    // clock is behind it.
     if crashed {
-        tracker.after_crash(system_now(), &windows_before);
+        let now = system_now();
+        let from = crate::state::crash_start(now, last_running);
+        if from > now {
+            tracing::warn!(
+                clock = %rfc3339(now),
+                state_files = %rfc3339(from),
+                "the clock is behind the last run's state files (a start before NTP?): the rules of a start after a crash count from the state files' time"
+            );
+        }
+        tracker.after_crash(from, &windows_before);
     }
     // Those rules, after this crash or kept from an earlier one across a clean stop.
     let crash_rules_until = tracker.crash_floor().filter(|until| *until > system_now());
