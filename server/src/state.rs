@@ -6,7 +6,7 @@
 //! file, fsync, rename, fsync of the directory):
 //!
 //! ```text
-//! sesame-replay 2
+//! sesame-replay 3
 //! <client public key> <floor ms or -> <accepted or -> <steps or -> [action=<ms>]
 //! ...
 //! sha256 <hex digest of every preceding byte>
@@ -36,6 +36,12 @@
 //! `after_crash` lines (written before they existed) still loads (its expiries are taken as
 //! computed for the new window). Everything is in time
 //! (milliseconds), or names its step length, so a change of `step_seconds` keeps it meaningful.
+//!
+//! Version 3 is version 2 with the step in the `seen` lines. A snapshot that starts with
+//! `sesame-replay 2` (written before) still loads; the next one written is version 3. A sesamed
+//! of before refuses a version-3 snapshot (`first line is not 'sesame-replay 2'`) rather than
+//! misread it: docs/SECURITY.md ("Going back to an older sesamed") says how to downgrade
+//! without opening a replay window.
 //!
 //! A grant appends the changed clients to the journal, `replay.journal`, with one write and
 //! one `fdatasync` (a fraction of the snapshot's two fsyncs and a rename; BENCHMARKS.md):
@@ -81,7 +87,10 @@ use sesame_proto::tracker::{
 };
 use sesame_proto::wire::MAC_LEN;
 
-const HEADER: &str = "sesame-replay 2";
+const HEADER: &str = "sesame-replay 3";
+/// The header of the snapshots written before the `seen` lines named their step: read, never
+/// written.
+const HEADER_V2: &str = "sesame-replay 2";
 const JOURNAL_HEADER: &str = "sesame-replay-journal 2";
 const HEADER_V1: &str = "sesame-replay 1";
 /// The prefix of a state line's optional fifth field, the client's action floor.
@@ -1309,8 +1318,9 @@ fn parse(bytes: &[u8]) -> Result<Snapshot, String> {
         return Err("checksum mismatch (truncated or altered)".into());
     }
     let mut lines = body.lines();
-    if lines.next() != Some(HEADER) {
-        return Err(format!("first line is not '{HEADER}'"));
+    let header = lines.next();
+    if header != Some(HEADER) && header != Some(HEADER_V2) {
+        return Err(format!("first line is not '{HEADER}' (or '{HEADER_V2}')"));
     }
     let mut out = Snapshot::default();
     for (i, line) in lines.enumerate() {
@@ -1663,6 +1673,38 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Snapshots are written as version 3 (the `seen` lines name their step); a version-2
+    /// snapshot (written before) still loads, and any other header is refused. A sesamed of
+    /// before reads `sesame-replay 3` as a header it does not know, not as a damaged line
+    /// (review s21, finding 4).
+    #[test]
+    fn snapshots_are_version_3_and_version_2_still_loads() {
+        let dir = tmpdir("version");
+        let a = sesame_keys::PrivateKey::generate().public_key();
+        let mut store = JournalStore::open(&dir).unwrap();
+        let state = ReplayState {
+            floor: Some(UnixMillis(77)),
+            ..ReplayState::default()
+        };
+        store.advance([(&a, state)]).unwrap();
+        store.checkpoint().unwrap();
+        let text = std::fs::read_to_string(dir.join(FILE_NAME)).unwrap();
+        assert!(text.starts_with("sesame-replay 3\n"), "{text}");
+        let v2 = sealed(format!("sesame-replay 2\n{a} 78 - -\n"));
+        std::fs::write(dir.join(FILE_NAME), v2).unwrap();
+        let again = JournalStore::open(&dir).unwrap();
+        assert_eq!(again.get(&a).floor, Some(UnixMillis(78)));
+        for bad in ["sesame-replay 4", "sesame-replay", "sesame-replay 22"] {
+            let file = sealed(format!("{bad}\n{a} 77 - -\n"));
+            let err = parse(file.as_bytes()).err().unwrap();
+            assert!(
+                err.starts_with("first line is not 'sesame-replay 3'"),
+                "{bad}: {err}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn the_crash_floor_survives_a_clean_restart() {
         let dir = tmpdir("crash-floor");
@@ -1941,7 +1983,7 @@ mod tests {
         // A snapshot of before gated lines (replay states and seen lines only) loads, with
         // no gated step.
         let mac = "07".repeat(MAC_LEN);
-        let old = sealed(format!("{HEADER}\n{a} 77 - -\nseen {mac} {a} 123456\n"));
+        let old = sealed(format!("{HEADER_V2}\n{a} 77 - -\nseen {mac} {a} 123456\n"));
         std::fs::write(dir.join(FILE_NAME), old).unwrap();
         let old = JournalStore::open(&dir).unwrap();
         assert!(old.gated().is_empty());

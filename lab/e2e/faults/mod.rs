@@ -194,7 +194,7 @@ pub(crate) fn check_state_file(bytes: &[u8]) -> Result<Vec<String>, String> {
         return Err(format!("checksum mismatch: trailer {want}, content {got}"));
     }
     let mut lines = body.lines();
-    if lines.next() != Some("sesame-replay 2") {
+    if lines.next() != Some("sesame-replay 3") {
         return Err("bad header".into());
     }
     let mut entries = Vec::new();
