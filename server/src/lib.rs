@@ -16,6 +16,7 @@ pub mod edit;
 pub mod firewall;
 pub mod instance;
 pub mod lease;
+pub mod logging;
 pub mod manpage;
 pub mod memory;
 pub mod metrics;
@@ -219,7 +220,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(logging::StderrWriter)
         .with_ansi(false);
     let _ = match format {
         LogFormat::Human => builder.try_init(),

@@ -443,6 +443,16 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
 
     // Setup is done: keep only CAP_NET_RAW and CAP_NET_ADMIN, and switch user if asked.
     let dropped = crate::privileges::drop_privileges(config.user.as_deref(), &config.state_dir)?;
+    // From here on the log is written by a thread of its own (started now: a thread started
+    // before the drop would keep every capability), so that the packet thread never waits
+    // for the log's file or pipe. Dropped at the end of the run: the queued lines are written.
+    let _log = match crate::logging::Background::start() {
+        Ok(log) => Some(log),
+        Err(e) => {
+            tracing::warn!(error = %e, "log writer thread not started: the log is written directly");
+            None
+        }
+    };
     tracing::info!(
         uid = dropped.uid,
         gid = dropped.gid,
