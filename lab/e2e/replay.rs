@@ -159,6 +159,66 @@ fn optional_mode_a_refused_knocks_sequence_replayed_after_a_clean_restart_opens_
     assert!(!f.connects(Host::Attacker, Family::V4, 22));
 }
 
+/// `payload = "optional"`, a client removed from the configuration and added back while its
+/// knock's step is in the window (review s21, finding 2): the laptop's knock asks for a service
+/// it may not open; sesamed restarts cleanly without the laptop (the config lists only the
+/// phone), then a reload adds the laptop back. The record that its step had a payload was
+/// dropped with the client, and the attacker's copy of the sequence alone got the sequence-only
+/// grant; now it is kept under the laptop's key and the replay is refused.
+#[test]
+fn optional_mode_a_refused_knocks_sequence_replayed_after_its_client_was_removed_and_re_added_opens_nothing()
+ {
+    if !require_netns() {
+        return;
+    }
+    let mut f = Fixture::new("s3-removed");
+    f.spec.knock.payload = "optional".to_owned();
+    // The knock's step stays in the window for the whole test; short payload waits.
+    f.spec.knock.step_seconds = 120;
+    f.spec.knock.timeout_ms = 1500;
+    f.spec.protect = vec!["tcp/22".to_owned(), "tcp/80".to_owned()];
+    f.client().allow = Some(vec!["tcp/22".to_owned()]);
+    let phone = f.lab.gen_key("phone");
+    f.spec
+        .clients
+        .push(sesame_tests::ClientSpec::new("phone", &phone.public));
+    f.start();
+    let client = f.lab.addr(Host::Client, Family::V4);
+    let cap = f.lab.capture(
+        Host::Client,
+        CLIENT_IF,
+        "sequence",
+        "udp and udp[4:2] <= 128",
+    );
+    let mark = f.mark();
+    f.knock(&["--port", "tcp/80"]);
+    f.expect_reject(mark, client, "service_not_allowed");
+    cap.stop();
+    f.assert_no_grant(mark, "a knock whose payload was refused");
+    let replay = |f: &Fixture, when: &str| {
+        crate::fence::replay_outcome(f, Host::Attacker, "sequence.pcap", when)
+    };
+    assert_eq!(replay(&f, "while running"), "replay");
+
+    // A clean restart without the laptop.
+    f.stop_daemon();
+    let laptop = f.spec.clients.remove(0);
+    f.write();
+    f.daemon = Some(f.lab.start_sesamed(&f.config));
+    let snapshot = std::fs::read(f.lab.path("state/replay.state")).unwrap();
+    crate::faults::check_state_file(&snapshot).unwrap();
+    // A reload adds it back.
+    f.spec.clients.insert(0, laptop);
+    f.write();
+    crate::operator::sesamed_ok(&f, &["reload"]);
+    let after = replay(&f, "after the laptop was removed and added back");
+    assert_eq!(
+        after, "replay",
+        "the sequence of a knock whose payload was refused, replayed without it after its client was removed and re-added"
+    );
+    assert!(!f.connects(Host::Attacker, Family::V4, 22));
+}
+
 /// A clean restart with a larger `skew_steps`: the snapshot's gate MACs were saved with expiries
 /// computed for the old window, and the new one admits their step for longer. The snapshot
 /// says which window that was (`window` line), and the start keeps them that much longer;
