@@ -769,13 +769,18 @@ fn runner_in_a_terminal(config: &Path, tty: &std::fs::File) -> Runner {
     let mut cmd = Command::new(SESAMED);
     cmd.args(["action-runner", "--config"]).arg(config);
     // SAFETY: between fork and exec the closure calls only async-signal-safe functions
-    // (setsid, ioctl, dup2) and allocates nothing.
+    // (setsid, ioctl, dup2, fcntl) and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setsid() < 0
-                || libc::ioctl(fd, libc::TIOCSCTTY, 0) < 0
-                || libc::dup2(fd, 7) < 0
-            {
+            // When the terminal is fd 7 already, dup2 does nothing and leaves it close-on-exec
+            // (as Rust opens every file): clear that flag instead. (Which number the terminal
+            // gets depends on what the other tests have open: this failed now and then.)
+            let inherited = if fd == 7 {
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 7)
+            };
+            if libc::setsid() < 0 || libc::ioctl(fd, libc::TIOCSCTTY, 0) < 0 || inherited < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
