@@ -251,3 +251,59 @@ fn a_payload_whose_gated_step_cannot_be_recorded_is_refused() {
         "the payload opened: {events:?}"
     );
 }
+
+/// A saved gate MAC whose step is not known (a snapshot of before the MAC steps), saved under a
+/// window one skew step narrower than this tracker's, is remembered one step longer: exactly
+/// `step_seconds` × 1000 ms (mutation: `*` to `+` in `widening` shortened it to 1 030 ms).
+#[test]
+fn a_saved_mac_of_an_unknown_step_is_widened_by_whole_steps() {
+    let mut lab = Lab::new(PayloadMode::Required, 1);
+    let client = *lab.tracker.clients_shared()[0].keys.client_public();
+    let now = at(1, 0);
+    let saved = now.plus_millis(1_000);
+    let narrower = SavedWindow {
+        skew_steps: SKEW_STEPS - 1,
+        ..lab.tracker.config.saved_window()
+    };
+    lab.tracker.remember_seen(
+        &[SeenMac {
+            mac: [9; MAC_LEN],
+            client,
+            step: None,
+            expires: saved,
+        }],
+        Some(narrower),
+        now,
+    );
+    let kept: Vec<UnixMillis> = lab.tracker.seen_list().iter().map(|m| m.expires).collect();
+    assert_eq!(kept, vec![saved.plus_millis(STEP_MS)]);
+}
+
+/// The gate MACs of two removed clients stay theirs, whatever their number: each gone client
+/// gets an id after the tracker's clients (mutation: `+` to `-` in `gone_id` gave the second
+/// one the id of a client of this tracker, whose MAC it then became).
+#[test]
+fn the_macs_of_two_removed_clients_stay_theirs() {
+    let mut lab = Lab::new(PayloadMode::Required, 2);
+    let gone = |byte: u8| sesame_keys::PublicKey::from_bytes([byte; 32]);
+    let now = at(1, 0);
+    let saved = |byte: u8| SeenMac {
+        mac: [byte; MAC_LEN],
+        client: gone(byte),
+        step: None,
+        expires: now.plus_millis(STEP_MS),
+    };
+    lab.tracker
+        .remember_seen(&[saved(0xa1), saved(0xa2)], None, now);
+    let mut kept: Vec<([u8; MAC_LEN], sesame_keys::PublicKey)> = lab
+        .tracker
+        .seen_list()
+        .iter()
+        .map(|m| (m.mac, m.client))
+        .collect();
+    kept.sort_by_key(|(mac, _)| *mac);
+    assert_eq!(
+        kept,
+        vec![([0xa1; MAC_LEN], gone(0xa1)), ([0xa2; MAC_LEN], gone(0xa2))]
+    );
+}
