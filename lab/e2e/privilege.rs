@@ -648,6 +648,24 @@ fn privilege_running_as_root_without_user_is_warned_about() {
         &["running as root (uid 0) without `user`"],
         Duration::from_secs(5),
     );
+    // Every thread keeps only the two capabilities, with no_new_privs: capabilities belong to
+    // each thread, and a thread started before the drop (a blocking thread that ran `nft` at
+    // start) kept every one of them for the whole run (review s22).
+    let pid = f.daemon().pid();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let c = creds(&t.join("status"));
+        assert_eq!(
+            (
+                c.cap_eff.as_str(),
+                c.cap_bnd.as_str(),
+                c.no_new_privs.as_str()
+            ),
+            (NET_ADMIN_AND_RAW, NET_ADMIN_AND_RAW, "1"),
+            "thread {} of sesamed running as root",
+            t.display()
+        );
+    }
     let o = f
         .lab
         .sesamed(&["check".as_ref(), "--config".as_ref(), f.config.as_os_str()]);

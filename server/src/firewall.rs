@@ -102,14 +102,18 @@ pub trait Firewall {
     }
 }
 
-/// Starts `cmd` on a blocking thread. Starting a process suspends the thread that starts it
-/// until the child has called `exec` (0.25 ms here, 8.8 ms once under `perf trace`): on the
-/// packet thread that delayed knocks (BENCHMARKS.md, "The log leaves the packet thread").
-/// The blocking threads are started after the privilege drop, so the child gets what it got
-/// before: the ambient CAP_NET_ADMIN and CAP_NET_RAW.
+/// Starts `cmd` on a blocking thread once the privileges are dropped. Starting a process
+/// suspends the thread that starts it until the child has called `exec` (0.25 ms here, 8.8 ms
+/// once under `perf trace`): on the packet thread that delayed knocks (BENCHMARKS.md, "The log
+/// leaves the packet thread"). Before the drop (the table's setup at start) it starts `cmd`
+/// on this thread: a blocking thread started then would keep every privilege for the whole
+/// run (capabilities belong to each thread), and `drop_privileges` refuses to run with one.
 async fn spawn_off_thread(
     mut cmd: tokio::process::Command,
 ) -> std::io::Result<tokio::process::Child> {
+    if !crate::privileges::dropped() {
+        return cmd.spawn();
+    }
     tokio::task::spawn_blocking(move || cmd.spawn())
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))

@@ -17,6 +17,21 @@ use nix::unistd::{Gid, Uid, User};
 /// The capabilities sesamed keeps.
 pub const KEPT: [Capability; 2] = [Capability::CAP_NET_RAW, Capability::CAP_NET_ADMIN];
 
+/// Set once [`drop_privileges`] succeeded.
+static DROPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process's privileges are dropped. Until then no thread may be started (a
+/// tokio blocking thread included): capabilities belong to each thread, and
+/// [`drop_privileges`] changes only the thread that calls it.
+pub fn dropped() -> bool {
+    DROPPED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The number of threads of this process (`/proc/self/task`).
+fn threads() -> std::io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
 /// Why privileges could not be dropped (sesamed refuses to run rather than keep them).
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
@@ -45,6 +60,12 @@ pub enum PrivilegeError {
     /// A capability sesamed needs is missing.
     #[error("missing capability {0} (sesamed needs CAP_NET_RAW and CAP_NET_ADMIN)")]
     Missing(Capability),
+    /// Other threads run already: they would keep every privilege (capabilities are per
+    /// thread), so sesamed refuses to run.
+    #[error(
+        "{0} threads run before the privileges are dropped; they would keep every capability (a bug in sesamed: please report it)"
+    )]
+    Threads(usize),
     /// The state directory holds an entry sesamed did not create (or one that is not a plain
     /// file): handing it to the service account could hand over whatever it points at.
     #[error(
@@ -153,6 +174,14 @@ fn hand_over(state_dir: &Path, uid: Uid, gid: Gid) -> Result<(), PrivilegeError>
 /// Drops everything but CAP_NET_RAW and CAP_NET_ADMIN, and switches to `user` if given.
 /// Called once all privileged setup is done (firewall table, packet sockets, control socket).
 pub fn drop_privileges(user: Option<&str>, state_dir: &Path) -> Result<Dropped, PrivilegeError> {
+    // Fail closed: a thread started before now would keep what this drops.
+    match threads().map_err(|source| PrivilegeError::Sys {
+        what: "counting threads (/proc/self/task)",
+        source,
+    })? {
+        1 => {}
+        n => return Err(PrivilegeError::Threads(n)),
+    }
     // Keep what sesamed may need and has; never gain anything.
     let permitted = caps::read(None, CapSet::Permitted).map_err(sys("reading capabilities"))?;
     let keep: HashSet<Capability> = KEPT.into_iter().filter(|c| permitted.contains(c)).collect();
@@ -193,6 +222,7 @@ pub fn drop_privileges(user: Option<&str>, state_dir: &Path) -> Result<Dropped, 
         caps::raise(None, CapSet::Ambient, cap).map_err(sys("raising ambient capabilities"))?;
     }
     nix::sys::prctl::set_no_new_privs().map_err(nix_err("PR_SET_NO_NEW_PRIVS"))?;
+    DROPPED.store(true, std::sync::atomic::Ordering::SeqCst);
     Ok(Dropped {
         uid: Uid::effective().as_raw(),
         gid: Gid::effective().as_raw(),
