@@ -1125,6 +1125,8 @@ impl Tracker {
             if expires > now {
                 let client = self.id_of(&m.client);
                 self.seen.insert(m.mac, client, step, expires);
+            } else {
+                self.seen.raise_floor(step);
             }
         }
     }
@@ -1199,7 +1201,33 @@ impl Tracker {
             if expires > now {
                 let client = self.id_of(&g.client);
                 let _ = self.seen.gated(client, g.step, expires);
+            } else {
+                self.seen.raise_floor(g.step);
             }
+        }
+    }
+
+    /// Per step length, the newest step whose records (gate MACs, gated steps) this tracker
+    /// forgot as expired: it admits no datagram of that step or an older one of its length
+    /// again, whatever window a reload or restart brings (a wider one would otherwise make a
+    /// copy of a refused datagram valid once its record is gone: review s22, finding 2); and
+    /// for the running step length at least the last step before the window at `now`. The
+    /// server saves them at a clean stop with [`Tracker::seen_list`], and gives them back with
+    /// [`Tracker::remember_forgotten`]; a reload carries them ([`Tracker::inherit_seen`]).
+    pub fn forgotten_steps(&self, now: UnixMillis) -> Vec<UsedStep> {
+        let mut floors = self.seen.floors().to_vec();
+        let start = *self.config.window().counters(now).start();
+        if let Some(before) = start.checked_sub(1) {
+            seen::raise(&mut floors, self.used_step(before));
+        }
+        floors
+    }
+
+    /// Admits no datagram of the steps saved by [`Tracker::forgotten_steps`] (or older ones
+    /// of their length) again.
+    pub fn remember_forgotten(&mut self, steps: &[UsedStep]) {
+        for &step in steps {
+            self.seen.raise_floor(step);
         }
     }
 
@@ -1213,6 +1241,7 @@ impl Tracker {
         if let Some(f) = old.fallback_floor {
             self.fallback_floor = Some(self.fallback_floor.map_or(f, |g| g.max(f)));
         }
+        self.remember_forgotten(old.seen.floors());
         // The old expiries were computed for an older window: a wider one (more skew steps, a
         // longer payload timeout) admits a datagram's step for longer, and its MAC must be
         // remembered as long (else a refused or burnt datagram becomes acceptable once the old
@@ -1442,8 +1471,20 @@ impl Tracker {
     }
 
     fn in_window(&self, now: UnixMillis) -> impl Iterator<Item = &StepTable> {
-        let w = self.config.window().counters(now);
+        let w = self.admitted(now);
         self.tables.iter().filter(move |t| w.contains(&t.counter))
+    }
+
+    /// The counters a datagram may have at `now`: the window, from after the newest step of
+    /// the running length whose records were forgotten ([`Tracker::forgotten_steps`]). The
+    /// window's lower edge never moves back over a forgotten step, even when a reload or a
+    /// restart widens it. Empty when the whole window is at or before that step.
+    fn admitted(&self, now: UnixMillis) -> std::ops::RangeInclusive<u64> {
+        let w = self.config.window().counters(now);
+        match self.seen.floor(self.config.params.step_seconds) {
+            Some(f) => f.saturating_add(1).max(*w.start())..=*w.end(),
+            None => w,
+        }
     }
 
     fn table(&self, counter: u64) -> Option<&StepTable> {
@@ -1551,7 +1592,8 @@ impl Tracker {
         // step if it did not, and never let a table that has left the window (and the partial
         // sequences that point into it) complete a knock for a counter outside the window.
         let w = self.config.window().counters(now);
-        let expected = (w.end() - w.start() + 1) as usize;
+        let a = self.admitted(now);
+        let expected = a.end().saturating_add(1).saturating_sub(*a.start()) as usize;
         if self.in_window(now).count() < expected {
             // Errors are impossible with validated parameters; without tables nothing matches.
             let _ = self.advance(now);
@@ -1974,6 +2016,7 @@ impl Tracker {
             _ => None,
         };
 
+        let admitted = self.admitted(now);
         let Some(state) = self.sources.get_mut(&source) else {
             let state = self.touch(source, now);
             state.started = now;
@@ -2007,8 +2050,7 @@ impl Tracker {
                 Outcome::Progress // a duplicate of the first knock
             } else {
                 let mut found = Vec::new();
-                let w = self.config.window().counters(now);
-                for t in self.tables.iter().filter(|t| w.contains(&t.counter)) {
+                for t in self.tables.iter().filter(|t| admitted.contains(&t.counter)) {
                     t.intersect((fport, fproto), (port, proto), &mut found);
                 }
                 if found.is_empty() {

@@ -32,9 +32,14 @@
 //! load. After a start after a crash, while its rules hold (unbound payloads refused, no
 //! sequence-only grant in `optional` mode, until the end of the last step the crashed run's
 //! gate could admit), a clean stop also saves until when: `after_crash <until ms>`, so that a
-//! clean restart goes on refusing what the crash lost. A snapshot without `gated`, `window` or
-//! `after_crash` lines (written before they existed) still loads (its expiries are taken as
-//! computed for the new window). Everything is in time
+//! clean restart goes on refusing what the crash lost. And, one per step length, the newest
+//! step whose records the tracker had forgotten (or that its window had left at the stop):
+//! `forgotten <step_seconds>:<counter>`. A start admits no datagram of that step or an older
+//! one of its length, whatever window it has (a wider window would otherwise admit a refused
+//! datagram again once its record expired: review s22, finding 2). A snapshot without `gated`,
+//! `window`, `after_crash` or `forgotten` lines (written before they existed) still loads (its
+//! expiries are taken as computed for the new window; without `forgotten` lines, a start
+//! refuses every step before the saved `window` at the start, failing closed). Everything is in time
 //! (milliseconds), or names its step length, so a change of `step_seconds` keeps it meaningful.
 //!
 //! Version 3 is version 2 with the step in the `seen` lines. A snapshot that starts with
@@ -125,6 +130,8 @@ pub const WIDEST_TIMEOUT_MS: u64 = 600_000;
 const WINDOW_FIELD: &str = "window";
 /// The first word of the snapshot's line saying until when a start after a crash refuses.
 const CRASH_FIELD: &str = "after_crash";
+/// The first word of a snapshot's forgotten-step line.
+const FORGOTTEN_FIELD: &str = "forgotten";
 /// Every file sesamed keeps in `state_dir` (anything else there stops a start that hands the
 /// directory to a service account).
 pub const OWN_FILES: [&str; 10] = [
@@ -615,6 +622,9 @@ pub struct JournalStore {
     /// Until when the rules of a start after a crash hold, saved at the last clean shutdown
     /// (written with every snapshot).
     crash_floor: Option<UnixMillis>,
+    /// Per step length, the newest step whose records the tracker had forgotten, saved at
+    /// the last clean shutdown (written with every snapshot; `Tracker::forgotten_steps`).
+    forgotten: Vec<UsedStep>,
     /// `state_sync = "fence"`: the durable fence (ms; 0 = none yet) and `max_ahead_ms`. A
     /// record is written without a sync while the fence is past now + max_ahead_ms, the
     /// latest timestamp the tracker accepts.
@@ -655,6 +665,7 @@ impl JournalStore {
             gated,
             window: seen_window,
             crash_floor,
+            forgotten,
         } = match read_state_file(&path) {
             Ok(bytes) if bytes.starts_with(format!("{HEADER_V1}\n").as_bytes()) => {
                 legacy = true;
@@ -704,6 +715,7 @@ impl JournalStore {
             gated,
             seen_window,
             crash_floor,
+            forgotten,
             fence: None,
             unsynced_appends: 0,
             windows: Vec::new(),
@@ -783,6 +795,19 @@ impl JournalStore {
     /// `None` once it has passed).
     pub fn set_crash_floor(&mut self, until: Option<UnixMillis>) {
         self.crash_floor = until;
+    }
+
+    /// Per step length, the newest step whose records the tracker had forgotten, as saved at
+    /// the last clean shutdown (`Tracker::forgotten_steps`; restored with
+    /// `Tracker::remember_forgotten`). Empty in a snapshot of before they were saved.
+    pub fn forgotten(&self) -> &[UsedStep] {
+        &self.forgotten
+    }
+
+    /// The forgotten steps the next snapshot holds (set just before the shutdown's
+    /// checkpoint).
+    pub fn set_forgotten(&mut self, forgotten: Vec<UsedStep>) {
+        self.forgotten = forgotten;
     }
 
     /// Marks the state as in use by a running sesamed that uses `windows` (the crashed run's,
@@ -952,6 +977,7 @@ impl JournalStore {
             && self.seen.is_empty()
             && self.gated.is_empty()
             && self.crash_floor.is_none()
+            && self.forgotten.is_empty()
             && !self.path().exists()
         {
             return Ok(());
@@ -1000,6 +1026,7 @@ impl JournalStore {
             &self.gated,
             self.seen_window,
             self.crash_floor,
+            &self.forgotten,
         );
         replace_durably(
             &self.dir,
@@ -1201,6 +1228,7 @@ fn render(
     gated: &[GatedStep],
     window: Option<SavedWindow>,
     crash_floor: Option<UnixMillis>,
+    forgotten: &[UsedStep],
 ) -> String {
     let mut body = format!("{HEADER}\n");
     for (key, s) in entries {
@@ -1237,6 +1265,12 @@ fn render(
     if let Some(until) = crash_floor {
         body.push_str(&format!("{CRASH_FIELD} {}\n", until.0));
     }
+    for f in forgotten {
+        body.push_str(&format!(
+            "{FORGOTTEN_FIELD} {}:{}\n",
+            f.step_seconds, f.counter
+        ));
+    }
     sealed(body)
 }
 
@@ -1256,6 +1290,7 @@ struct Snapshot {
     gated: Vec<GatedStep>,
     window: Option<SavedWindow>,
     crash_floor: Option<UnixMillis>,
+    forgotten: Vec<UsedStep>,
 }
 
 /// Parses `gated <client public key> <step_seconds>:<counter> <until ms>`.
@@ -1341,6 +1376,18 @@ fn parse(bytes: &[u8]) -> Result<Snapshot, String> {
                 .parse()
                 .map_err(|_| format!("line {}: expected '{CRASH_FIELD} <until ms>'", i + 2))?;
             out.crash_floor = Some(UnixMillis(until));
+            continue;
+        }
+        if let Some(step) = line
+            .strip_prefix(FORGOTTEN_FIELD)
+            .and_then(|l| l.strip_prefix(' '))
+        {
+            out.forgotten.push(parse_step(step).ok_or_else(|| {
+                format!(
+                    "line {}: expected '{FORGOTTEN_FIELD} <step_seconds>:<counter>'",
+                    i + 2
+                )
+            })?);
             continue;
         }
         if line.starts_with("window ") {
@@ -1621,6 +1668,46 @@ mod tests {
             let file = sealed(format!("{HEADER}\n{bad}\n"));
             let err = parse(file.as_bytes()).err().unwrap();
             assert!(err.starts_with("line 2: expected 'window"), "{bad}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Review s22, finding 2: the steps whose records the tracker had forgotten (per step
+    /// length) survive a clean restart and every snapshot; a snapshot of before them loads
+    /// with none (the daemon then refuses everything before its saved window); a damaged line
+    /// is refused, naming its line.
+    #[test]
+    fn the_forgotten_steps_survive_a_clean_restart() {
+        let dir = tmpdir("forgotten");
+        let steps = vec![
+            UsedStep {
+                step_seconds: 30,
+                counter: 59_000_001,
+            },
+            UsedStep {
+                step_seconds: 10,
+                counter: 177_000_004,
+            },
+        ];
+        let mut store = JournalStore::open(&dir).unwrap();
+        assert!(store.forgotten().is_empty());
+        store.set_forgotten(steps.clone());
+        store.checkpoint().unwrap();
+        let text = std::fs::read_to_string(dir.join(FILE_NAME)).unwrap();
+        assert!(text.contains("\nforgotten 30:59000001\n"), "{text}");
+        let mut again = JournalStore::open(&dir).unwrap();
+        assert_eq!(again.forgotten(), &steps[..]);
+        again.compact().unwrap();
+        assert_eq!(JournalStore::open(&dir).unwrap().forgotten(), &steps[..]);
+        let old = sealed(format!("{HEADER}\nwindow 30 1 5000\n"));
+        assert!(parse(old.as_bytes()).unwrap().forgotten.is_empty());
+        for bad in ["forgotten 30", "forgotten x:1", "forgotten 30:1 2"] {
+            let file = sealed(format!("{HEADER}\n{bad}\n"));
+            let err = parse(file.as_bytes()).err().unwrap();
+            assert!(
+                err.starts_with("line 2: expected 'forgotten"),
+                "{bad}: {err}"
+            );
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

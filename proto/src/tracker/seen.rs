@@ -58,6 +58,12 @@ pub(super) struct SeenCache {
     /// inherited entries, never from packets).
     gone: Vec<PublicKey>,
     gone_ids: HashMap<PublicKey, u32>,
+    /// Per step length, the newest step a record of which (a MAC or a gated step) was
+    /// forgotten as expired: no window may admit it or an older step of that length again (a
+    /// reload or restart that widens the window after the narrow one forgot a refused
+    /// datagram's record would make a copy of it valid: review s22, finding 2). One entry per
+    /// step length ever used.
+    floors: Vec<UsedStep>,
 }
 
 impl SeenCache {
@@ -68,7 +74,27 @@ impl SeenCache {
             steps: HashMap::with_hasher(foldhash::quality::RandomState::default()),
             gone: Vec::new(),
             gone_ids: HashMap::new(),
+            floors: Vec::new(),
         }
+    }
+
+    /// Notes that the records of `step` (and of every older step of its length) are
+    /// forgotten (nothing for [`UNKNOWN_STEP`]).
+    pub(super) fn raise_floor(&mut self, step: UsedStep) {
+        raise(&mut self.floors, step);
+    }
+
+    /// The newest forgotten step of each step length ([`SeenCache::raise_floor`]).
+    pub(super) fn floors(&self) -> &[UsedStep] {
+        &self.floors
+    }
+
+    /// The newest forgotten step of length `step_seconds`, if any.
+    pub(super) fn floor(&self, step_seconds: u32) -> Option<u64> {
+        self.floors
+            .iter()
+            .find(|f| f.step_seconds == step_seconds)
+            .map(|f| f.counter)
     }
 
     /// Whether `client` is one of the tracker's clients (not a gone one).
@@ -166,16 +192,24 @@ impl SeenCache {
     /// Forgets what expired at `now`.
     pub(super) fn expire(&mut self, now: UnixMillis) {
         let per_client = &mut self.per_client;
+        let floors = &mut self.floors;
         self.macs.retain(|_, s| {
             let keep = s.expires > now;
             if !keep {
                 if let Some(n) = per_client.get_mut(s.client as usize) {
                     *n = n.saturating_sub(1);
                 }
+                raise(floors, s.step);
             }
             keep
         });
-        self.steps.retain(|_, e| *e > now);
+        self.steps.retain(|&(_, step), e| {
+            let keep = *e > now;
+            if !keep {
+                raise(floors, step);
+            }
+            keep
+        });
         if !self.gone.is_empty() {
             let clients = self.per_client.len();
             let gone = |c: u32| c as usize >= clients;
@@ -201,5 +235,19 @@ impl SeenCache {
     #[cfg(any(test, fuzzing, feature = "test-hooks"))]
     pub(super) fn shares(&self) -> &[u32] {
         &self.per_client
+    }
+}
+
+/// Raises the floor of `step`'s length in `floors` to `step` (nothing for [`UNKNOWN_STEP`]).
+pub(super) fn raise(floors: &mut Vec<UsedStep>, step: UsedStep) {
+    if step.step_seconds == UNKNOWN_STEP.step_seconds {
+        return;
+    }
+    match floors
+        .iter_mut()
+        .find(|f| f.step_seconds == step.step_seconds)
+    {
+        Some(f) => f.counter = f.counter.max(step.counter),
+        None => floors.push(step),
     }
 }

@@ -361,6 +361,24 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     // And the steps a datagram passed the gate for: `optional` mode grants no sequence alone
     // for them (a replay of a refused or burnt knock's sequence without its payload).
     tracker.remember_gated(store.gated(), system_now());
+    // The steps whose records the last run had forgotten stay refused, whatever window this
+    // start has (a wider one must not admit a refused datagram again once its record is gone:
+    // review s22, finding 2). A snapshot of before `forgotten` lines were saved has its window:
+    // everything before that window at this start is refused (fail closed: the stopped run had
+    // forgotten at most that much).
+    tracker.remember_forgotten(store.forgotten());
+    if let Some(w) = store
+        .seen_window()
+        .filter(|w| w.step_seconds > 0 && store.forgotten().is_empty())
+    {
+        let start = system_now().counter(w.step_seconds);
+        if let Some(before) = start.checked_sub(u64::from(w.skew_steps) + 1) {
+            tracker.remember_forgotten(&[sesame_proto::tracker::UsedStep {
+                step_seconds: w.step_seconds,
+                counter: before,
+            }]);
+        }
+    }
     // A clean stop while the rules of a start after a crash held: they go on (what the crash
     // lost is still lost).
     if let Some(until) = store.crash_floor() {
@@ -736,6 +754,8 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         let now = system_now();
         let crash_floor = core.tracker.crash_floor().filter(|until| *until > now);
         core.store.set_crash_floor(crash_floor);
+        let forgotten = core.tracker.forgotten_steps(now);
+        core.store.set_forgotten(forgotten);
         match core.store.checkpoint() {
             Ok(()) => {
                 if let Err(e) = core.store.mark_stopped() {
