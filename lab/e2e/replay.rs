@@ -98,28 +98,23 @@ fn s3_replayed_mixed_knock_over_ipv6_opens_nothing() {
     scenario("s3-replay6", Family::V6, "mixed");
 }
 
-/// `payload = "optional"`: a step for which a payload datagram passed the gate gets no
-/// sequence-only grant, so the attacker's copy of a knock whose payload was refused (here it
-/// asks for a service the client may not open; one burnt by a spoofed packet is the same case)
-/// opens nothing when replayed without the payload, from elsewhere. A clean stop and start
-/// must keep that record (the snapshot's `gated` lines): before they existed, the replay after
-/// the restart opened every allowed service for the attacker's address.
-#[test]
-fn optional_mode_a_refused_knocks_sequence_replayed_after_a_clean_restart_opens_nothing() {
-    if !require_netns() {
-        return;
-    }
-    let mut f = Fixture::new("s3-optional");
+/// `payload = "optional"`, the laptop may open tcp/22 but not tcp/80 (both protected); 120 s
+/// steps keep the knock's step in the window for the whole test; short payload waits.
+fn optional_fixture(name: &str) -> Fixture {
+    let mut f = Fixture::new(name);
     f.spec.knock.payload = "optional".to_owned();
-    // The knock's step stays in the window for the whole test; short payload waits.
     f.spec.knock.step_seconds = 120;
     f.spec.knock.timeout_ms = 1500;
     f.spec.protect = vec!["tcp/22".to_owned(), "tcp/80".to_owned()];
     f.client().allow = Some(vec!["tcp/22".to_owned()]);
-    f.start();
+    f
+}
+
+/// The laptop knocks for tcp/80, which it may not open (refused: `service_not_allowed`, no
+/// grant), while the attacker captures the knocks without the payload on the client's link
+/// (`sequence.pcap`: a UDP knock's body is at most 120 bytes, a payload datagram is longer).
+fn capture_a_refused_sequence(f: &mut Fixture) {
     let client = f.lab.addr(Host::Client, Family::V4);
-    // The knocks without the payload: a UDP knock's body is at most 120 bytes, a payload
-    // datagram is longer.
     let cap = f.lab.capture(
         Host::Client,
         CLIENT_IF,
@@ -138,11 +133,28 @@ fn optional_mode_a_refused_knocks_sequence_replayed_after_a_clean_restart_opens_
         "the knocks captured, without the payload: {packets:#?}"
     );
     f.assert_no_grant(mark, "a knock whose payload was refused");
+}
 
-    let replay = |f: &Fixture, when: &str| {
-        crate::fence::replay_outcome(f, Host::Attacker, "sequence.pcap", when)
-    };
-    assert_eq!(replay(&f, "while running"), "replay");
+/// What sesamed does with the attacker's replay of `sequence.pcap` from its own address.
+fn replay_sequence(f: &Fixture, when: &str) -> String {
+    crate::fence::replay_outcome(f, Host::Attacker, "sequence.pcap", when)
+}
+
+/// `payload = "optional"`: a step for which a payload datagram passed the gate gets no
+/// sequence-only grant, so the attacker's copy of a knock whose payload was refused (here it
+/// asks for a service the client may not open; one burnt by a spoofed packet is the same case)
+/// opens nothing when replayed without the payload, from elsewhere. A clean stop and start
+/// must keep that record (the snapshot's `gated` lines): before they existed, the replay after
+/// the restart opened every allowed service for the attacker's address.
+#[test]
+fn optional_mode_a_refused_knocks_sequence_replayed_after_a_clean_restart_opens_nothing() {
+    if !require_netns() {
+        return;
+    }
+    let mut f = optional_fixture("s3-optional");
+    f.start();
+    capture_a_refused_sequence(&mut f);
+    assert_eq!(replay_sequence(&f, "while running"), "replay");
     f.stop_daemon();
     let snapshot = std::fs::read(f.lab.path("state/replay.state")).unwrap();
     crate::faults::check_state_file(&snapshot).unwrap();
@@ -151,7 +163,7 @@ fn optional_mode_a_refused_knocks_sequence_replayed_after_a_clean_restart_opens_
         "the clean stop saved the gated step"
     );
     f.daemon = Some(f.lab.start_sesamed(&f.config));
-    let after = replay(&f, "after a clean restart");
+    let after = replay_sequence(&f, "after a clean restart");
     assert_eq!(
         after, "replay",
         "the sequence of a knock whose payload was refused, replayed without it after a clean restart"
@@ -171,34 +183,14 @@ fn optional_mode_a_refused_knocks_sequence_replayed_after_its_client_was_removed
     if !require_netns() {
         return;
     }
-    let mut f = Fixture::new("s3-removed");
-    f.spec.knock.payload = "optional".to_owned();
-    // The knock's step stays in the window for the whole test; short payload waits.
-    f.spec.knock.step_seconds = 120;
-    f.spec.knock.timeout_ms = 1500;
-    f.spec.protect = vec!["tcp/22".to_owned(), "tcp/80".to_owned()];
-    f.client().allow = Some(vec!["tcp/22".to_owned()]);
+    let mut f = optional_fixture("s3-removed");
     let phone = f.lab.gen_key("phone");
     f.spec
         .clients
         .push(sesame_tests::ClientSpec::new("phone", &phone.public));
     f.start();
-    let client = f.lab.addr(Host::Client, Family::V4);
-    let cap = f.lab.capture(
-        Host::Client,
-        CLIENT_IF,
-        "sequence",
-        "udp and udp[4:2] <= 128",
-    );
-    let mark = f.mark();
-    f.knock(&["--port", "tcp/80"]);
-    f.expect_reject(mark, client, "service_not_allowed");
-    cap.stop();
-    f.assert_no_grant(mark, "a knock whose payload was refused");
-    let replay = |f: &Fixture, when: &str| {
-        crate::fence::replay_outcome(f, Host::Attacker, "sequence.pcap", when)
-    };
-    assert_eq!(replay(&f, "while running"), "replay");
+    capture_a_refused_sequence(&mut f);
+    assert_eq!(replay_sequence(&f, "while running"), "replay");
 
     // A clean restart without the laptop.
     f.stop_daemon();
@@ -211,7 +203,7 @@ fn optional_mode_a_refused_knocks_sequence_replayed_after_its_client_was_removed
     f.spec.clients.insert(0, laptop);
     f.write();
     crate::operator::sesamed_ok(&f, &["reload"]);
-    let after = replay(&f, "after the laptop was removed and added back");
+    let after = replay_sequence(&f, "after the laptop was removed and added back");
     assert_eq!(
         after, "replay",
         "the sequence of a knock whose payload was refused, replayed without it after its client was removed and re-added"

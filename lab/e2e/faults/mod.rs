@@ -246,6 +246,17 @@ pub(crate) fn check_state_file(bytes: &[u8]) -> Result<Vec<String>, String> {
             windows += 1;
             continue;
         }
+        // `forgotten <step_seconds>:<counter>`: the newest step of that length whose records
+        // expired; the window never moves back over it.
+        if let Some(rest) = l.strip_prefix("forgotten ") {
+            let ok = rest.split_once(':').is_some_and(|(step, counter)| {
+                step.parse::<u32>().is_ok_and(|s| s > 0) && num(counter)
+            });
+            if !ok {
+                return Err(format!("bad line: {l}"));
+            }
+            continue;
+        }
         // `after_crash <until ms>`.
         if let Some(rest) = l.strip_prefix("after_crash ") {
             if !num(rest) {
