@@ -1250,38 +1250,39 @@ impl Tracker {
         // widened against the old window.
         let widen = self.widening(&old.config.saved_window());
         // Each old client's id here (a gone client's if this tracker does not have it, and a
-        // client's own again if a gone one is back): one lookup per client and per gone
-        // client, then one pass over each of the old caches (O(clients + entries), not their
-        // product: this runs on the packet thread at a reload's swap).
-        let to_new: Vec<u32> = old
-            .clients
-            .iter()
-            .map(|c| self.id_of(c.keys.client_public()))
-            .collect();
-        let gone_to_new: Vec<u32> = old.seen.gone_keys().iter().map(|k| self.id_of(k)).collect();
-        let map = |client: u32| {
-            let i = client as usize;
-            to_new
-                .get(i)
-                .or_else(|| gone_to_new.get(i.wrapping_sub(to_new.len())))
-                .copied()
-        };
+        // client's own again if a gone one is back), looked up once, when its first entry is
+        // carried over: a client or gone key without entries gets no gone id (else the gone
+        // keys would grow with every key a reload removes: review s22, finding 3). One pass
+        // over each of the old caches (O(clients + entries), not their product: this runs on
+        // the packet thread at a reload's swap).
+        let mut memo: Vec<Option<u32>> = vec![None; old.clients.len() + old.seen.gone_keys().len()];
         for (mac, s) in old.seen.iter() {
             let expires = if s.step == UNKNOWN_STEP {
                 s.expires.plus_millis(widen)
             } else {
                 self.mac_expiry(s.step, s.expires)
             };
-            if let Some(client) = map(s.client) {
+            if let Some(client) = self.mapped(&mut memo, old, s.client) {
                 self.seen.insert(*mac, client, s.step, expires);
             }
         }
         for (client, step, expires) in old.seen.gated_steps() {
             let expires = self.gated_expiry(step, expires);
-            if let Some(client) = map(client) {
+            if let Some(client) = self.mapped(&mut memo, old, client) {
                 let _ = self.seen.gated(client, step, expires);
             }
         }
+    }
+
+    /// The id here of `old`'s client (or gone client) `client`, from `memo` (indexed by the
+    /// old id) or looked up and noted there ([`Tracker::id_of`]: a gone id is made only now,
+    /// for a client that has an entry to carry).
+    fn mapped(&mut self, memo: &mut [Option<u32>], old: &Tracker, client: u32) -> Option<u32> {
+        let slot = memo.get_mut(client as usize)?;
+        if slot.is_none() {
+            *slot = Some(self.id_of(old.key_of(client)?));
+        }
+        *slot
     }
 
     /// Replaces the replay state of the client with public key `key` by `state`, a newer

@@ -17,6 +17,7 @@ use std::net::Ipv4Addr;
 
 mod accounting;
 mod crash_floor;
+mod gone_keys_growth;
 mod replay_state;
 mod seen_cache;
 mod sources;

@@ -1,0 +1,81 @@
+//! Review s22, finding 3: the keys of gone clients were never dropped one by one. Every
+//! client a reload removed got a gone id in `inherit_seen` (with or without entries), every
+//! old gone key was carried to the next tracker (again with or without entries), and
+//! `SeenCache::expire` empties the list only when no gone client has any entry left. Config
+//! churn that keeps one gone entry alive at every moment made the list, and the per-reload
+//! work on the packet thread at the swap, grow with every key ever removed. `inherit_seen` now
+//! gives a gone id only to a key whose entry it carries. Before the fix this failed with "400
+//! gone keys kept for at most 4 gone clients with entries".
+
+use super::*;
+
+/// A tracker whose clients are keys `ids` (fixtures' client keys), started at `now`.
+fn tracker_of(ids: &[u64], now: UnixMillis) -> Tracker {
+    let server = server_key();
+    let entries = ids
+        .iter()
+        .map(|&i| ClientEntry {
+            name: format!("client{i}"),
+            keys: ClientKeys::for_server(&server, &client_key(i).public_key(), None).unwrap(),
+            policy: Policy {
+                allow: vec![tcp22()],
+                ..Policy::default()
+            },
+        })
+        .collect();
+    Tracker::new(
+        config(PayloadMode::Required),
+        server,
+        entries,
+        Vec::new(),
+        now,
+    )
+    .unwrap()
+}
+
+#[test]
+fn gone_keys_without_entries_are_dropped_under_config_churn() {
+    // Client 1 stays; every reload (every 10 s) removes the rotating client and adds a new one
+    // (key rotation, offboarding). Just before each reload the rotating client has one
+    // remembered gate MAC (it knocked in the last window), so at every moment some gone client
+    // has an entry; each expires ~60 s later.
+    let reloads = 400u64;
+    let mut now = T0;
+    let mut t = tracker_of(&[1, 100], now);
+    for r in 0..reloads {
+        let rotating = 100 + r;
+        let id = t.by_key[&client_key(rotating).public_key()];
+        let counter = now.counter(STEP);
+        let mut m = [0u8; MAC_LEN];
+        m[..8].copy_from_slice(&rotating.to_le_bytes());
+        assert!(
+            t.seen
+                .insert(m, id, t.used_step(counter), t.seen_expiry(counter))
+        );
+        now = now.plus_millis(10_000);
+        let mut events = Vec::new();
+        t.handle_timeout(now, &mut events);
+        let mut next = tracker_of(&[1, rotating + 1], now);
+        next.inherit_seen(&t);
+        t = next;
+    }
+    let mut events = Vec::new();
+    t.handle_timeout(now, &mut events);
+    let with_entries: std::collections::HashSet<u32> = t
+        .seen
+        .iter()
+        .map(|(_, s)| s.client)
+        .filter(|c| !t.seen.is_client(*c))
+        .collect();
+    let kept = t.seen.gone_keys().len();
+    eprintln!(
+        "kept={kept} with_entries={} len={}",
+        with_entries.len(),
+        t.seen.len()
+    );
+    assert!(
+        kept <= with_entries.len() + 1,
+        "{kept} gone keys kept for at most {} gone clients with entries",
+        with_entries.len()
+    );
+}
