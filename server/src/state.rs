@@ -232,13 +232,47 @@ const RUN_FILES: [&str; 5] = [
 /// from the later of this and its own clock ([`crash_start`]). (The fence's own time is not
 /// taken: it runs ahead of the clock, and would stretch the rules after every crash.)
 pub fn last_running(dir: &Path) -> Option<UnixMillis> {
+    newest_state_file(dir).map(|(_, t)| t)
+}
+
+/// The state file of [`last_running`] and its modification time: the newest of the files a
+/// running sesamed writes in `dir`, if any.
+pub fn newest_state_file(dir: &Path) -> Option<(PathBuf, UnixMillis)> {
     RUN_FILES
         .iter()
-        .filter_map(|name| std::fs::symlink_metadata(dir.join(name)).ok())
-        .filter(|m| m.is_file())
-        .filter_map(|m| m.modified().ok())
-        .map(UnixMillis::from)
-        .max()
+        .map(|name| dir.join(name))
+        .filter_map(|path| {
+            let m = std::fs::symlink_metadata(&path).ok()?;
+            let t = m.is_file().then(|| m.modified().ok()).flatten()?;
+            Some((path, UnixMillis::from(t)))
+        })
+        .max_by_key(|(_, t)| *t)
+}
+
+/// How far a state file's modification time may be ahead of the clock at a start after a
+/// crash (one day): the crash rules count from that time ([`crash_start`]), and a clock behind
+/// by more than this (an RTC reset, a start long before NTP) or a file time far ahead (a
+/// crashed run whose clock had jumped ahead, a backup restored from a host with a wrong clock,
+/// a `touch -d`) would stretch them (and a clean stop saves them) far into the future: such a
+/// start is refused instead ([`crash_anchor`]; review s22, finding 4).
+pub const MAX_CLOCK_BEHIND_MS: u64 = 24 * 3600 * 1000;
+
+/// [`crash_start`] for a start after a crash at `now`, with `newest` from
+/// [`newest_state_file`]; an error naming the file when its time is more than
+/// [`MAX_CLOCK_BEHIND_MS`] ahead of `now`.
+pub fn crash_anchor(
+    now: UnixMillis,
+    newest: Option<&(PathBuf, UnixMillis)>,
+) -> Result<UnixMillis, StateError> {
+    if let Some((path, t)) = newest {
+        if t.0 > now.0.saturating_add(MAX_CLOCK_BEHIND_MS) {
+            return Err(StateError::ClockBehind {
+                path: path.clone(),
+                ahead_s: (t.0 - now.0) / 1000,
+            });
+        }
+    }
+    Ok(crash_start(now, newest.map(|(_, t)| *t)))
 }
 
 /// Where the rules of a start after a crash count from (`Tracker::after_crash`): `now`, or
@@ -515,6 +549,15 @@ pub enum StateError {
         path: PathBuf,
         /// What is wrong.
         why: String,
+    },
+    /// At a start after a crash, a state file's modification time is more than
+    /// [`MAX_CLOCK_BEHIND_MS`] ahead of the clock.
+    #[error("{path}: modified {ahead_s} s ahead of the clock (more than a day): the rules of a start after a crash would count from then; wait for time sync if the clock is behind, or correct the file's time (touch it) if it is wrong", path = .path.display())]
+    ClockBehind {
+        /// The newest state file.
+        path: PathBuf,
+        /// How far ahead of the clock its time is, in seconds.
+        ahead_s: u64,
     },
 }
 

@@ -329,7 +329,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     let fence_file = crate::state::read_fence(&config.state_dir);
     // Until when the state files say the last run ran (read before this start writes any): a
     // start after a crash with a clock behind that counts its rules from there.
-    let last_running = crate::state::last_running(&config.state_dir);
+    let last_running = crate::state::newest_state_file(&config.state_dir);
     let lost_writes = previous == Some(false) && !matches!(fence_file, Ok(None));
     let mut store = JournalStore::open_with(&config.state_dir, lost_writes)?;
     if store.found_legacy() {
@@ -399,7 +399,8 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     // clock is behind it.
     if crashed {
         let now = system_now();
-        let from = crate::state::crash_start(now, last_running);
+        // A file time more than a day ahead of the clock refuses the start, naming the file.
+        let from = crate::state::crash_anchor(now, last_running.as_ref())?;
         if from > now {
             tracing::warn!(
                 clock = %rfc3339(now),
