@@ -79,3 +79,44 @@ fn gone_keys_without_entries_are_dropped_under_config_churn() {
         with_entries.len()
     );
 }
+
+/// A reload carries each client's gate MACs and gated steps to that client's id in the new
+/// tracker (looked up lazily since finding 3): client 2 (id 1 before and after) keeps its own,
+/// removed client 1 (id 0 before) gets a gone id for its MAC, and new client 3 (id 0 after)
+/// gets nothing.
+#[test]
+fn a_reload_carries_each_clients_entries_to_that_client() {
+    let now = T0;
+    let mut t = tracker_of(&[1, 2], now);
+    let counter = now.counter(STEP);
+    let step = t.used_step(counter);
+    let until = t.seen_expiry(counter);
+    assert!(t.seen.insert([8; MAC_LEN], 0, step, until));
+    assert!(t.seen.insert([9; MAC_LEN], 1, step, until));
+    assert!(t.seen.gated(1, step, until));
+    let mut next = tracker_of(&[3, 2], now);
+    next.inherit_seen(&t);
+    assert_eq!(next.seen.get(&[9; MAC_LEN]).map(|s| s.client), Some(1));
+    assert_eq!(next.seen.get(&[8; MAC_LEN]).map(|s| s.client), Some(2));
+    assert!(next.seen.was_gated(1, step));
+    assert!(!next.seen.was_gated(0, step));
+    assert_eq!(next.seen.gone_keys(), &[client_key(1).public_key()]);
+}
+
+/// Each step length has one floor of forgotten steps, and it only rises.
+#[test]
+fn the_floor_of_forgotten_steps_rises_per_step_length() {
+    let mut t = tracker_of(&[1], T0);
+    let step = |s: u32, c: u64| UsedStep {
+        step_seconds: s,
+        counter: c,
+    };
+    t.seen.raise_floor(step(30, 10));
+    t.seen.raise_floor(step(30, 12));
+    t.seen.raise_floor(step(30, 11));
+    t.seen.raise_floor(step(10, 5));
+    t.seen.raise_floor(step(0, 99));
+    assert_eq!(t.seen.floor(30), Some(12));
+    assert_eq!(t.seen.floor(10), Some(5));
+    assert_eq!(t.seen.floors().len(), 2);
+}
