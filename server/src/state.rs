@@ -6,7 +6,7 @@
 //! file, fsync, rename, fsync of the directory):
 //!
 //! ```text
-//! sesame-replay 3
+//! sesame-replay 4
 //! <client public key> <floor ms or -> <accepted or -> <steps or -> [action=<ms>]
 //! ...
 //! sha256 <hex digest of every preceding byte>
@@ -42,11 +42,16 @@
 //! refuses every step before the saved `window` at the start, failing closed). Everything is in time
 //! (milliseconds), or names its step length, so a change of `step_seconds` keeps it meaningful.
 //!
-//! Version 3 is version 2 with the step in the `seen` lines. A snapshot that starts with
-//! `sesame-replay 2` (written before) still loads; the next one written is version 3. A sesamed
-//! of before refuses a version-3 snapshot (`first line is not 'sesame-replay 2'`) rather than
-//! misread it: docs/SECURITY.md ("Going back to an older sesamed") says how to downgrade
-//! without opening a replay window.
+//! Version 3 is version 2 with the step in the `seen` lines; version 4 is version 3 with the
+//! `forgotten` lines (036c110: a sesamed of version 3 before them stopped at such a line with
+//! `line N: expected …`, as if the file were damaged). A snapshot that starts with
+//! `sesame-replay 2` or `sesame-replay 3` (written before) still loads, through the same parser
+//! (so one without `forgotten` lines fails closed as above); the next one written is version 4.
+//! A sesamed of before refuses a version-4 snapshot by its first line (`first line is not
+//! 'sesame-replay 3' (or 'sesame-replay 2')`, or `… 'sesame-replay 2'` before version 3)
+//! rather than misread it, and this one refuses any version it does not know (`sesame-replay
+//! 5`, …) with [`StateError::UnknownVersion`], before reading further: docs/SECURITY.md
+//! ("Going back to an older sesamed") says how to downgrade without opening a replay window.
 //!
 //! A grant appends the changed clients to the journal, `replay.journal`, with one write and
 //! one `fdatasync` (a fraction of the snapshot's two fsyncs and a rename; BENCHMARKS.md):
@@ -92,10 +97,15 @@ use sesame_proto::tracker::{
 };
 use sesame_proto::wire::MAC_LEN;
 
-const HEADER: &str = "sesame-replay 3";
+const HEADER: &str = "sesame-replay 4";
+/// The header of the snapshots written before the `forgotten` lines (and of those written
+/// with them from 036c110 until version 4): read, never written.
+const HEADER_V3: &str = "sesame-replay 3";
 /// The header of the snapshots written before the `seen` lines named their step: read, never
 /// written.
 const HEADER_V2: &str = "sesame-replay 2";
+/// What every snapshot header starts with; the version follows.
+const HEADER_PREFIX: &str = "sesame-replay ";
 const JOURNAL_HEADER: &str = "sesame-replay-journal 2";
 const HEADER_V1: &str = "sesame-replay 1";
 /// The prefix of a state line's optional fifth field, the client's action floor.
@@ -550,6 +560,15 @@ pub enum StateError {
         /// What is wrong.
         why: String,
     },
+    /// The snapshot is of a version this sesamed does not know (a newer sesamed wrote it):
+    /// refused before anything else is read.
+    #[error("{path}: replay state of version {version}, which this sesamed does not read (it reads versions 2 to 4; a newer sesamed wrote it?); refusing to start rather than misread it or start with empty state, which would make old knocks valid again. Run the sesamed that wrote it, or go back as docs/SECURITY.md (\"Going back to an older sesamed\") says", path = .path.display())]
+    UnknownVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version its first line names.
+        version: String,
+    },
     /// At a start after a crash, a state file's modification time is more than
     /// [`MAX_CLOCK_BEHIND_MS`] ahead of the clock.
     #[error("{path}: modified {ahead_s} s ahead of the clock (more than a day): the rules of a start after a crash would count from then; wait for time sync if the clock is behind, or correct the file's time (touch it) if it is wrong", path = .path.display())]
@@ -714,10 +733,15 @@ impl JournalStore {
                 legacy = true;
                 Snapshot::default()
             }
-            Ok(bytes) => parse(&bytes).map_err(|why| StateError::Corrupt {
-                path: path.clone(),
-                why,
-            })?,
+            // A version this sesamed does not know is refused as such, before its checksum (a
+            // newer format may end otherwise).
+            Ok(bytes) => match unknown_version(&bytes) {
+                Some(version) => return Err(StateError::UnknownVersion { path, version }),
+                None => parse(&bytes).map_err(|why| StateError::Corrupt {
+                    path: path.clone(),
+                    why,
+                })?,
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
             Err(source) => return Err(StateError::Io { path, source }),
         };
@@ -1381,6 +1405,18 @@ fn parse_seen(line: &str) -> Option<SeenMac> {
     })
 }
 
+/// The version a snapshot's first line names, if it is `sesame-replay <n>` with a number this
+/// sesamed does not read (version 1 is ignored, 2 to 4 are read).
+fn unknown_version(bytes: &[u8]) -> Option<String> {
+    let first = bytes.split(|b| *b == b'\n').next()?;
+    let first = std::str::from_utf8(first).ok()?;
+    let version = first.strip_prefix(HEADER_PREFIX)?;
+    let number =
+        !version.is_empty() && version.len() <= 9 && version.bytes().all(|b| b.is_ascii_digit());
+    let known = [HEADER, HEADER_V3, HEADER_V2, HEADER_V1].contains(&first);
+    (number && !known).then(|| version.to_owned())
+}
+
 fn parse(bytes: &[u8]) -> Result<Snapshot, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
     let Some(body_end) = text.rfind("sha256 ") else {
@@ -1397,8 +1433,10 @@ fn parse(bytes: &[u8]) -> Result<Snapshot, String> {
     }
     let mut lines = body.lines();
     let header = lines.next();
-    if header != Some(HEADER) && header != Some(HEADER_V2) {
-        return Err(format!("first line is not '{HEADER}' (or '{HEADER_V2}')"));
+    if ![Some(HEADER), Some(HEADER_V3), Some(HEADER_V2)].contains(&header) {
+        return Err(format!(
+            "first line is not '{HEADER}' (or '{HEADER_V3}', '{HEADER_V2}')"
+        ));
     }
     let mut out = Snapshot::default();
     for (i, line) in lines.enumerate() {
@@ -1742,7 +1780,7 @@ mod tests {
         assert_eq!(again.forgotten(), &steps[..]);
         again.compact().unwrap();
         assert_eq!(JournalStore::open(&dir).unwrap().forgotten(), &steps[..]);
-        let old = sealed(format!("{HEADER}\nwindow 30 1 5000\n"));
+        let old = sealed(format!("{HEADER_V3}\nwindow 30 1 5000\n"));
         assert!(parse(old.as_bytes()).unwrap().forgotten.is_empty());
         for bad in ["forgotten 30", "forgotten x:1", "forgotten 30:1 2"] {
             let file = sealed(format!("{HEADER}\n{bad}\n"));
@@ -1803,32 +1841,101 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Snapshots are written as version 3 (the `seen` lines name their step); a version-2
-    /// snapshot (written before) still loads, and any other header is refused. A sesamed of
-    /// before reads `sesame-replay 3` as a header it does not know, not as a damaged line
-    /// (review s21, finding 4).
+    /// Snapshots are written as version 4 (version 3 and its `forgotten` lines); a version-3
+    /// one (with `forgotten` lines as written from 036c110 on, or without, as before) and a
+    /// version-2 one still load, through the same parser. A sesamed of before reads
+    /// `sesame-replay 4` as a header it does not know, not as a damaged line (review s21,
+    /// finding 4; a version-3 sesamed of before 036c110 stopped at the first `forgotten` line),
+    /// and this one refuses a version it does not know by its first line, naming the file.
     #[test]
-    fn snapshots_are_version_3_and_version_2_still_loads() {
+    fn snapshots_are_version_4_and_versions_2_and_3_still_load() {
         let dir = tmpdir("version");
         let a = sesame_keys::PrivateKey::generate().public_key();
+        let forgotten = vec![UsedStep {
+            step_seconds: 30,
+            counter: 59_000_001,
+        }];
         let mut store = JournalStore::open(&dir).unwrap();
         let state = ReplayState {
             floor: Some(UnixMillis(77)),
             ..ReplayState::default()
         };
         store.advance([(&a, state)]).unwrap();
+        store.set_forgotten(forgotten.clone());
+        store.set_crash_floor(Some(UnixMillis(1_764_000_090_000)));
         store.checkpoint().unwrap();
         let text = std::fs::read_to_string(dir.join(FILE_NAME)).unwrap();
-        assert!(text.starts_with("sesame-replay 3\n"), "{text}");
+        assert!(text.starts_with("sesame-replay 4\n"), "{text}");
+        assert!(text.contains("\nforgotten 30:59000001\n"), "{text}");
+        // The round trip.
+        let again = JournalStore::open(&dir).unwrap();
+        assert_eq!(again.get(&a).floor, Some(UnixMillis(77)));
+        assert_eq!(again.forgotten(), &forgotten[..]);
+        assert_eq!(again.crash_floor(), Some(UnixMillis(1_764_000_090_000)));
+
+        // Version 3 with `forgotten` lines (036c110 until version 4) and without (before).
+        let v3 = sealed(format!(
+            "sesame-replay 3\n{a} 79 - -\nforgotten 30:59000001\n"
+        ));
+        std::fs::write(dir.join(FILE_NAME), v3).unwrap();
+        let again = JournalStore::open(&dir).unwrap();
+        assert_eq!(again.get(&a).floor, Some(UnixMillis(79)));
+        assert_eq!(again.forgotten(), &forgotten[..]);
+        let v3 = sealed(format!("sesame-replay 3\n{a} 80 - -\nwindow 30 1 5000\n"));
+        std::fs::write(dir.join(FILE_NAME), v3).unwrap();
+        let again = JournalStore::open(&dir).unwrap();
+        assert_eq!(again.get(&a).floor, Some(UnixMillis(80)));
+        assert!(again.forgotten().is_empty());
+        assert!(again.seen_window().is_some());
         let v2 = sealed(format!("sesame-replay 2\n{a} 78 - -\n"));
         std::fs::write(dir.join(FILE_NAME), v2).unwrap();
         let again = JournalStore::open(&dir).unwrap();
         assert_eq!(again.get(&a).floor, Some(UnixMillis(78)));
-        for bad in ["sesame-replay 4", "sesame-replay", "sesame-replay 22"] {
+
+        // A version it does not know: refused as such, sealed or not, in one line naming the
+        // file.
+        for (bad, version) in [
+            ("sesame-replay 5", "5"),
+            ("sesame-replay 0", "0"),
+            ("sesame-replay 22", "22"),
+        ] {
+            for file in [
+                sealed(format!("{bad}\n{a} 77 - -\n")),
+                format!("{bad}\nanything at all"),
+            ] {
+                std::fs::write(dir.join(FILE_NAME), file).unwrap();
+                let err = JournalStore::open(&dir).err().unwrap();
+                assert!(
+                    matches!(&err, StateError::UnknownVersion { version: v, .. } if v == version),
+                    "{bad}: {err:?}"
+                );
+                let err = err.to_string();
+                assert!(
+                    err.starts_with(&format!(
+                        "{}: replay state of version {version}, which this sesamed does not read",
+                        dir.join(FILE_NAME).display()
+                    )),
+                    "{bad}: {err}"
+                );
+                assert!(!err.contains('\n'), "{err}");
+            }
+        }
+        // A first line that names no version is damage.
+        for bad in [
+            "sesame-replay",
+            "sesame-replay x",
+            "sesame-replay 4 5",
+            "sesame 4",
+        ] {
             let file = sealed(format!("{bad}\n{a} 77 - -\n"));
+            std::fs::write(dir.join(FILE_NAME), &file).unwrap();
+            assert!(
+                matches!(JournalStore::open(&dir), Err(StateError::Corrupt { .. })),
+                "{bad}"
+            );
             let err = parse(file.as_bytes()).err().unwrap();
             assert!(
-                err.starts_with("first line is not 'sesame-replay 3'"),
+                err.starts_with("first line is not 'sesame-replay 4'"),
                 "{bad}: {err}"
             );
         }

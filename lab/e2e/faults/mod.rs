@@ -194,8 +194,10 @@ pub(crate) fn check_state_file(bytes: &[u8]) -> Result<Vec<String>, String> {
         return Err(format!("checksum mismatch: trailer {want}, content {got}"));
     }
     let mut lines = body.lines();
-    if lines.next() != Some("sesame-replay 3") {
-        return Err("bad header".into());
+    // Version 4: version 3 and its `forgotten` lines.
+    let header = lines.next();
+    if header != Some("sesame-replay 4") {
+        return Err(format!("bad header {header:?} (want 'sesame-replay 4')"));
     }
     let mut entries = Vec::new();
     let mut windows = 0;
