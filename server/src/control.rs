@@ -239,6 +239,15 @@ pub struct Status {
     /// What the capture filter admits (none from a sesamed before 0.2).
     #[serde(default)]
     pub capture_filter: Option<CaptureFilterStatus>,
+    /// Until when (RFC 3339) the rules of a start after a crash hold: payloads that name no
+    /// address are refused and, in `optional` mode, a sequence alone opens nothing for a step
+    /// that starts before then (none with `payload = "none"`, where they refuse nothing); after
+    /// a crash of the machine under `state_sync = "fence"`, every knock stamped before the
+    /// fence is refused too. The later of the two; kept across a clean restart as the
+    /// snapshot's `after_crash` line. None (null) when no such rule holds: a clean start, or
+    /// once the clock has passed it (and from a sesamed before this field).
+    #[serde(default)]
+    pub after_crash_until: Option<String>,
     /// Counters.
     pub counters: Counters,
 }

@@ -725,6 +725,12 @@ fn human_status(s: &control::Status) -> String {
         };
         let _ = writeln!(out, "{}{ebpf}", f.detail);
     }
+    if let Some(until) = &s.after_crash_until {
+        let _ = writeln!(
+            out,
+            "after a crash: until {until}, payloads that name no address are refused and in optional mode a sequence alone opens nothing (after a machine crash under state_sync = \"fence\", knocks stamped before the fence too; the log at start says which)"
+        );
+    }
     let _ = writeln!(out, "leases ({}):", s.leases.len());
     for l in &s.leases {
         let _ = writeln!(
@@ -939,4 +945,59 @@ fn prefix_notes(config: &Config) -> Vec<String> {
         }
     }
     notes
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    fn a_status(after_crash_until: Option<&str>) -> control::Status {
+        control::Status {
+            version: "0.0.0".into(),
+            uptime_seconds: 5,
+            pid: 1,
+            config: "/etc/sesame/sesamed.toml".into(),
+            uid: Some(0),
+            gid: Some(0),
+            server_key_id: "00".into(),
+            knock: control::KnockStatus::default(),
+            leases: Vec::new(),
+            clients: Vec::new(),
+            actions: Vec::new(),
+            action_runner: None,
+            capture_filter: None,
+            after_crash_until: after_crash_until.map(str::to_owned),
+            counters: control::Counters::default(),
+        }
+    }
+
+    /// `after_crash_until` is in the JSON (null when no rule of a start after a crash holds)
+    /// and, while one does, a line of the human status; a status without it (an older
+    /// sesamed's) still parses.
+    #[test]
+    fn status_shows_until_when_the_rules_of_a_start_after_a_crash_hold() {
+        let clean = a_status(None);
+        let json = serde_json::to_value(&clean).unwrap();
+        assert_eq!(json["after_crash_until"], serde_json::Value::Null);
+        assert!(!human_status(&clean).contains("after a crash"));
+
+        let until = "2026-11-30T13:30:00.000Z";
+        let crashed = a_status(Some(until));
+        let json = serde_json::to_value(&crashed).unwrap();
+        assert_eq!(json["after_crash_until"], until);
+        let human = human_status(&crashed);
+        assert!(
+            human.contains(&format!("\nafter a crash: until {until}, ")),
+            "{human}"
+        );
+        // Every line of before is still there, as it was.
+        for line in human_status(&clean).lines() {
+            assert!(human.lines().any(|l| l == line), "{line} in {human}");
+        }
+
+        let mut older = serde_json::to_value(&clean).unwrap();
+        older.as_object_mut().unwrap().remove("after_crash_until");
+        let parsed: control::Status = serde_json::from_value(older).unwrap();
+        assert_eq!(parsed, clean);
+    }
 }

@@ -431,10 +431,18 @@ fn fault_kill9_then_a_clean_restart_does_not_turn_a_refused_future_knock_into_a_
         return;
     }
     let (mut f, sent) = refused_future_knock("f-ahead2");
+    // A clean start: no rule of a start after a crash holds.
+    assert_eq!(
+        status(&f)["after_crash_until"],
+        serde_json::Value::Null,
+        "a clean start"
+    );
 
     let mut daemon = f.daemon.take().unwrap();
     daemon.kill9();
     f.daemon = Some(f.lab.start_sesamed(&f.config));
+    // `sesamed status` says until when the rules hold: the time of the start's warning.
+    let until = crash_rules_until(&f);
     f.stop_daemon();
     let snapshot = std::fs::read(f.lab.path("state/replay.state")).unwrap();
     crate::faults::check_state_file(&snapshot).unwrap();
@@ -443,6 +451,8 @@ fn fault_kill9_then_a_clean_restart_does_not_turn_a_refused_future_knock_into_a_
         "the clean stop saved until when the crash's rules hold"
     );
     f.daemon = Some(f.lab.start_sesamed(&f.config));
+    // The clean restart shows the same end (the snapshot's `after_crash` line).
+    assert_eq!(crash_rules_until(&f), until, "after the clean restart");
     // The payload's timestamp is 8 s ahead: from 6 s after it was sent it is within
     // max_ahead_ms of the clock.
     std::thread::sleep(
@@ -464,6 +474,36 @@ fn fault_kill9_then_a_clean_restart_does_not_turn_a_refused_future_knock_into_a_
         log.contains("sesamed did not stop cleanly last time"),
         "the clean start says the rule still holds:\n{log}"
     );
+}
+
+/// Until when the rules of a start after a crash hold, as `sesamed status` shows it: the
+/// `after_crash_until` of its JSON, the same in its human text, and the `until` of the
+/// running sesamed's last warning at its start (the one of a crash's rules).
+fn crash_rules_until(f: &Fixture) -> String {
+    let json = status(f);
+    let until = json["after_crash_until"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no after_crash_until in {json}"))
+        .to_owned();
+    let o = f
+        .lab
+        .sesamed(&["status".as_ref(), "--config".as_ref(), f.config.as_os_str()]);
+    assert!(o.status.success(), "sesamed status: {}", text(&o));
+    let human = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        human.contains(&format!("\nafter a crash: until {until}, ")),
+        "the human status shows it:\n{human}"
+    );
+    let log = f.daemon().output();
+    let warned = log
+        .lines()
+        .rfind(|l| l.contains("sesamed did not stop cleanly last time"))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("until=")))
+        .unwrap_or_else(|| panic!("no warning with until= at the start:\n{log}"))
+        .trim_matches('"')
+        .to_owned();
+    assert_eq!(until, warned, "status and the start's warning:\n{log}");
+    until
 }
 
 /// SIGTERM as soon as sesamed says `ready` (a `systemctl restart` right after a start) is a

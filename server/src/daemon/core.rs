@@ -130,6 +130,9 @@ pub(super) struct Core<S = JournalStore> {
     /// While a reload builds the new tracker off the packet thread: the clients (indices in
     /// this tracker) granted meanwhile, whose newer replay state the new tracker takes over.
     pub(super) granted_during_reload: Option<Vec<u32>>,
+    /// After a machine crash under `state_sync = "fence"`: every knock stamped before this is
+    /// refused, for every client (in their floors; kept here for `sesamed status`).
+    pub(super) lost_writes_floor: Option<UnixMillis>,
 }
 
 impl<S: ReplayStore> Core<S> {

@@ -178,10 +178,17 @@ fn tracker_config(config: &Config) -> TrackerConfig {
 const FENCE_LEAD_MS: u64 = 5_000;
 const FENCE_PERIOD_MS: u64 = 2_000;
 
+/// What [`start_fence`] returns: the fence the writer task keeps ahead (under "fence"), and
+/// the floor refused after a machine crash (`sesamed status` shows until when).
+type StartedFence = (
+    Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    Option<UnixMillis>,
+);
+
 /// `state_sync`: after a machine crash under "fence", refuses everything stamped before the
-/// fence (and saves those floors, synced); then, under "fence", writes the first fence before
-/// any grant and returns it (the writer task keeps it ahead), or under "grant" removes a fence
-/// file that nothing needs any more.
+/// fence (and saves those floors, synced) and returns that floor; then, under "fence", writes
+/// the first fence before any grant and returns it (the writer task keeps it ahead), or under
+/// "grant" removes a fence file that nothing needs any more.
 fn start_fence(
     config: &Config,
     store: &mut JournalStore,
@@ -189,7 +196,7 @@ fn start_fence(
     keys: &[PublicKey],
     lost_writes: bool,
     fence_file: std::io::Result<Option<UnixMillis>>,
-) -> Result<Option<std::sync::Arc<std::sync::atomic::AtomicU64>>, StartError> {
+) -> Result<StartedFence, StartError> {
     let dir = &config.state_dir;
     let fence_io = |source| {
         StartError::State(crate::state::StateError::Io {
@@ -205,6 +212,7 @@ fn start_fence(
             None
         }
     };
+    let mut lost_floor = None;
     if lost_writes {
         // Anything accepted before the crash was stamped at most at the fence; without a
         // readable one, at most max_ahead_ms + the lead after the crash, which was before now.
@@ -222,12 +230,13 @@ fn start_fence(
             seconds = floor.since(now).div_ceil(1000),
             "the machine stopped while state_sync = \"fence\" (another boot since): journal records may be lost, so every knock stamped before the fence is refused, for every client, until the clock passes it"
         );
+        lost_floor = Some(floor);
     }
     if config.state_sync != StateSync::Fence {
         if let Err(e) = crate::state::remove_fence(dir) {
             tracing::warn!(error = %e, "replay state: cannot remove the old fence file");
         }
-        return Ok(None);
+        return Ok((None, lost_floor));
     }
     let first = now
         .plus_millis(config.knock.max_ahead_ms + FENCE_LEAD_MS)
@@ -235,7 +244,7 @@ fn start_fence(
     crate::state::write_fence(dir, first).map_err(fence_io)?;
     let fence = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(first.0));
     store.use_fence(std::sync::Arc::clone(&fence), config.knock.max_ahead_ms);
-    Ok(Some(fence))
+    Ok((Some(fence), lost_floor))
 }
 
 /// Keeps the fence of `state_sync = "fence"` ahead of the clock: rewrites it every
@@ -412,7 +421,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     }
     // Those rules, after this crash or kept from an earlier one across a clean stop.
     let crash_rules_until = tracker.crash_floor().filter(|until| *until > system_now());
-    let fence = start_fence(
+    let (fence, lost_writes_floor) = start_fence(
         &config,
         &mut store,
         &mut tracker,
@@ -505,6 +514,7 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
         capture_range: range_tx,
         actions: Rc::clone(&actions),
         granted_during_reload: None,
+        lost_writes_floor,
     }));
     if let Some(fence) = fence {
         tokio::task::spawn_local(keep_fence(Rc::clone(&core), fence));

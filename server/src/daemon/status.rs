@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use sesame_proto::UnixMillis;
+use sesame_proto::params::PayloadMode;
 use sesame_proto::tracker::Reason;
 
 use super::core::Core;
@@ -117,6 +118,13 @@ pub(super) fn status(
         actions: core.actions.borrow().statuses(),
         action_runner: core.actions.borrow().runner_status(),
         capture_filter: Some(filter.status()),
+        after_crash_until: after_crash_until(
+            core.tracker.crash_floor(),
+            config.knock.payload,
+            core.lost_writes_floor,
+            super::system_now(),
+        )
+        .map(rfc3339),
         counters: Counters {
             packets_seen: stats.packets,
             capture_drops: filter.capture_drops().get(),
@@ -141,5 +149,57 @@ pub(super) fn status(
             macs_remembered: core.tracker.seen_macs() as u64,
             rejections,
         },
+    }
+}
+
+/// Until when the rules of a start after a crash hold, if they still do at `now` (the wall
+/// clock, which knocks are stamped by): the tracker's crash floor (`crash`) where payloads
+/// exist (it refuses unbound payloads, and sequences alone in `optional` mode; with `payload =
+/// "none"` it refuses nothing, and the start's log line says nothing of it either), or the
+/// floor of a machine crash under `state_sync = "fence"` (`lost_writes`), whichever is later.
+fn after_crash_until(
+    crash: Option<UnixMillis>,
+    payload: PayloadMode,
+    lost_writes: Option<UnixMillis>,
+    now: UnixMillis,
+) -> Option<UnixMillis> {
+    let crash = crash.filter(|_| payload != PayloadMode::None);
+    crash.max(lost_writes).filter(|until| *until > now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rules_of_a_start_after_a_crash_show_until_they_end() {
+        let now = UnixMillis(1_764_000_000_000);
+        let later = UnixMillis(1_764_000_090_000);
+        let fence = UnixMillis(1_764_000_015_000);
+        let until = |crash, payload, lost| after_crash_until(crash, payload, lost, now);
+        // A clean start: none.
+        assert_eq!(until(None, PayloadMode::Required, None), None);
+        // After a crash, while they hold.
+        assert_eq!(until(Some(later), PayloadMode::Required, None), Some(later));
+        assert_eq!(until(Some(later), PayloadMode::Optional, None), Some(later));
+        // Passed (or ending now): none.
+        assert_eq!(until(Some(now), PayloadMode::Required, None), None);
+        assert_eq!(
+            until(Some(UnixMillis(now.0 - 1)), PayloadMode::Required, None),
+            None
+        );
+        // Without payloads the crash floor refuses nothing.
+        assert_eq!(until(Some(later), PayloadMode::None, None), None);
+        // The floor of a machine crash under "fence" refuses every knock: it counts, in every
+        // mode, and the later of the two shows.
+        assert_eq!(until(None, PayloadMode::None, Some(fence)), Some(fence));
+        assert_eq!(
+            until(Some(later), PayloadMode::Required, Some(fence)),
+            Some(later)
+        );
+        assert_eq!(
+            until(Some(fence), PayloadMode::Required, Some(later)),
+            Some(later)
+        );
     }
 }
