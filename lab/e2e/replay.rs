@@ -268,3 +268,232 @@ fn a_refused_knock_replayed_after_a_clean_restart_with_a_larger_skew_opens_nothi
     );
     assert!(!f.connects(Host::Attacker, Family::V4, 22));
 }
+
+/// Review s22, finding 2: the operator widens `skew_steps` (1 → 3) after the narrow window
+/// has already forgotten a refused knock's gate MAC. The scenario of
+/// `proto/tests/widen_after_expiry.rs` with the real daemon, a real reload or restart and the
+/// attacker's replay from its own address. 10-second steps, `max_ahead_ms = 2000`. On
+/// 036c110^ both replays were granted and the attacker connected to tcp/22; since, the step
+/// is below the window's floor and sesamed logs nothing for the replay (its ports match
+/// nothing). Each test takes about 30 s.
+mod widen {
+    use std::time::Duration;
+
+    use sesame_tests::{CLIENT_IF, Family, Host, require_netns, text};
+
+    use crate::common::Fixture;
+
+    const STEP_MS: u64 = 10_000;
+
+    fn unix_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+
+    fn sleep_until(ms: u64) {
+        std::thread::sleep(Duration::from_millis(ms.saturating_sub(unix_ms())));
+    }
+
+    /// sesamed with skew 1 and `max_ahead_ms = 2000`, running.
+    fn narrow(tag: &str) -> Fixture {
+        let mut f = Fixture::new(tag);
+        f.spec.knock.step_seconds = (STEP_MS / 1000) as u32;
+        f.spec.knock.skew_steps = 1;
+        f.spec.knock.extra.push_str("max_ahead_ms = 2000\n");
+        f.start();
+        f
+    }
+
+    /// Early in a step k, the laptop (its clock 6 s ahead, `--no-bind`) knocks: its payload is
+    /// stamped in step k, more than `max_ahead_ms` ahead, and refused as `too_far_ahead`, while
+    /// the attacker captures it on the client's link (`ahead.pcap`). Returns the start of step
+    /// k (Unix ms). sesamed remembers the MAC until the end of step k + 1 (skew 1).
+    fn capture_a_refused_knock(f: &Fixture) -> u64 {
+        let cap = f.lab.capture(Host::Client, CLIENT_IF, "ahead", "udp");
+        let into_step = unix_ms() % STEP_MS;
+        if !(300..1500).contains(&into_step) {
+            std::thread::sleep(Duration::from_millis((STEP_MS + 300 - into_step) % STEP_MS));
+        }
+        let step_start = unix_ms() / STEP_MS * STEP_MS;
+        let mark = f.mark();
+        f.knock(&["--no-bind", "--time-offset", "6"]);
+        f.expect_reject(mark, f.lab.addr(Host::Client, Family::V4), "too_far_ahead");
+        let packets = cap.stop();
+        assert!(
+            packets
+                .iter()
+                .filter(|p| p.dst == f.server(Family::V4))
+                .count()
+                >= 4,
+            "3 knocks and a payload captured: {packets:#?}"
+        );
+        f.assert_no_grant(mark, "a knock stamped too far ahead");
+        step_start
+    }
+
+    /// The attacker replays `ahead.pcap` from its own address: `granted`, the reason of the
+    /// refusal, or `nothing` when sesamed logs neither within 3 s (the knock's step is outside
+    /// the window: its ports match nothing).
+    fn replay(f: &Fixture, when: &str) -> String {
+        let mark = f.mark();
+        let o = f.lab.netprobe(
+            Host::Attacker,
+            &[
+                "replay".to_owned(),
+                f.lab.path("ahead.pcap").to_string_lossy().into_owned(),
+                f.server(Family::V4).to_string(),
+            ],
+        );
+        assert!(o.status.success(), "replay {when}: {}", text(&o));
+        let source = format!("source={}", f.lab.addr(Host::Attacker, Family::V4));
+        let d = f.daemon();
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            if !d.matching(mark, &[" granted client=", &source]).is_empty() {
+                return "granted".to_owned();
+            }
+            if let Some(line) = d.matching(mark, &["rejected", &source]).first() {
+                return line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("reason="))
+                    .unwrap_or("?")
+                    .to_owned();
+            }
+            if std::time::Instant::now() >= deadline {
+                return "nothing".to_owned();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Asserts the attacker's replay opened nothing: no grant, and its TCP connection to the
+    /// protected port fails.
+    fn assert_refused(f: &Fixture, outcome: &str, when: &str) {
+        // After a grant, give the firewall element the moment it takes to appear.
+        let opened = if outcome == "granted" {
+            f.opens(Host::Attacker, Family::V4, 22)
+        } else {
+            f.connects(Host::Attacker, Family::V4, 22)
+        };
+        let tcp = if opened { "connected" } else { "failed" };
+        eprintln!(
+            "{}: the attacker's replay {when}: {outcome}; its TCP connection to tcp/22: {tcp}",
+            f.lab.tag
+        );
+        assert!(
+            outcome != "granted" && !opened,
+            "{when}: the attacker's replay of a knock sesamed had refused: {outcome}, its TCP connection to tcp/22: {tcp}; ruleset:\n{}",
+            f.lab.server_ruleset()
+        );
+    }
+
+    /// The fixture can open: a fresh knock from the laptop (its clock right) is granted and
+    /// lets it in, while the attacker stays out. The replays before it burnt nothing.
+    fn assert_a_fresh_knock_opens(f: &Fixture) {
+        let mark = f.mark();
+        f.knock(&[]);
+        f.expect_grant(mark, f.lab.addr(Host::Client, Family::V4));
+        assert!(f.opens(Host::Client, Family::V4, 22));
+        assert!(!f.connects(Host::Attacker, Family::V4, 22));
+    }
+
+    /// `skew_steps = 3` (`max_ahead_ms` unchanged) written to the config.
+    fn widen(f: &mut Fixture) {
+        f.spec.knock.skew_steps = 3;
+        f.write();
+    }
+
+    /// `sesamed reload`, and its log line.
+    fn reload(f: &Fixture) {
+        let mark = f.mark();
+        crate::operator::sesamed_ok(f, &["reload"]);
+        f.daemon()
+            .expect_after(mark, &["reloaded"], Duration::from_secs(6));
+    }
+
+    /// Step k + 2 (the MAC forgotten at its start, by the 500 ms tick); the attacker's replay
+    /// before the widening matches nothing (control: step k is outside k + 2 ± 1). A reload to
+    /// skew 3 (window k - 1 ..= k + 5): the replay in step k + 2 must stay refused. Before the
+    /// fix it was `granted` to the attacker's address.
+    #[test]
+    fn a_refused_knock_replayed_after_a_reload_widened_the_window_past_its_forgotten_mac_opens_nothing()
+     {
+        if !require_netns() {
+            return;
+        }
+        let mut f = narrow("s3-widen-reload");
+        let k = capture_a_refused_knock(&f);
+        sleep_until(k + 2 * STEP_MS + 1_000);
+        let before = replay(&f, "before the widening");
+        assert_refused(&f, &before, "before the widening (control)");
+        widen(&mut f);
+        reload(&f);
+        assert!(
+            unix_ms() < k + 4 * STEP_MS - 3_000,
+            "too slow: the widened window no longer admits step k"
+        );
+        let after = replay(&f, "after the widening reload");
+        assert_refused(&f, &after, "after a reload widened the window");
+        assert_a_fresh_knock_opens(&f);
+    }
+
+    /// As above with a clean restart (SIGTERM, the snapshot, a start with skew 3) instead of a
+    /// reload; the snapshot saves the forgotten step (`forgotten 10:<counter>`). Before the
+    /// fix the replay was `granted`.
+    #[test]
+    fn a_refused_knock_replayed_after_a_restart_widened_the_window_past_its_forgotten_mac_opens_nothing()
+     {
+        if !require_netns() {
+            return;
+        }
+        let mut f = narrow("s3-widen-restart");
+        let k = capture_a_refused_knock(&f);
+        sleep_until(k + 2 * STEP_MS + 1_000);
+        f.stop_daemon();
+        let snapshot = std::fs::read_to_string(f.lab.path("state/replay.state")).unwrap();
+        widen(&mut f);
+        f.daemon = Some(f.lab.start_sesamed(&f.config));
+        assert!(
+            unix_ms() < k + 4 * STEP_MS - 3_000,
+            "too slow: the widened window no longer admits step k"
+        );
+        let after = replay(&f, "after the widening restart");
+        assert_refused(&f, &after, "after a restart widened the window");
+        assert!(
+            snapshot.contains("\nforgotten 10:"),
+            "the clean stop saved the forgotten step: {snapshot}"
+        );
+        assert_a_fresh_knock_opens(&f);
+    }
+
+    /// Control: the same widening reload while sesamed still remembers the MAC (step k + 1)
+    /// keeps it, and the same replay in step k + 2 reaches the gate and is refused as a
+    /// `replay`: the widened window admits the captured knock's step, and its payload is the
+    /// one sesamed judged. With the reload a step later, only the fix keeps it refused.
+    #[test]
+    fn control_a_refused_knock_replayed_after_a_widening_reload_before_its_mac_expired_is_a_replay()
+    {
+        if !require_netns() {
+            return;
+        }
+        let mut f = narrow("s3-widen-control");
+        let k = capture_a_refused_knock(&f);
+        sleep_until(k + STEP_MS + 1_000);
+        widen(&mut f);
+        reload(&f);
+        assert!(
+            unix_ms() < k + 2 * STEP_MS,
+            "too slow: the reload came after the MAC's old expiry"
+        );
+        sleep_until(k + 2 * STEP_MS + 1_000);
+        let after = replay(&f, "after a widening reload in time");
+        assert_eq!(
+            after, "replay",
+            "the replay after a widening reload in time"
+        );
+        assert_refused(&f, &after, "after a widening reload in time");
+        assert_a_fresh_knock_opens(&f);
+    }
+}
