@@ -86,7 +86,30 @@ fn netbench_smoke_run_measures_every_system() {
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(o.status.success(), "sesame-netbench failed: {}", text(&o));
     let lines = std::fs::read_to_string(&json).expect("the JSON lines file");
+    // scripts/netbench-pool pools the runs' samples (BENCHMARKS.md, "The tail over many
+    // runs"): here one run, given twice.
+    let pool = Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/netbench-pool"),
+    )
+    .args(["--draws", "50"])
+    .arg(&json)
+    .arg(&json)
+    .output()
+    .expect("run scripts/netbench-pool");
     let _ = std::fs::remove_file(&json);
+    let pooled = String::from_utf8_lossy(&pool.stdout).into_owned();
+    assert!(
+        pool.status.success(),
+        "netbench-pool failed: {}",
+        text(&pool)
+    );
+    for system in ["sesame", "sesame-fence"] {
+        assert!(
+            pooled.contains(&format!("{system} - floor-netlink, p99: "))
+                && pooled.contains("(10 and 10 knocks;"),
+            "netbench-pool: no pooled gap of {system}:\n{pooled}"
+        );
+    }
     let records: Vec<Value> = lines
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
@@ -135,6 +158,26 @@ fn netbench_smoke_run_measures_every_system() {
     let b = of("breakdown", "sesame");
     assert_eq!(b.len(), 1, "no sesame breakdown: {lines}");
     assert_eq!(b[0]["matched"], 5, "breakdown: {}", b[0]);
+    // Every knock's stages, and the report's slowest knocks (at least 3) stage by stage.
+    let rows = b[0]["per_knock_ms"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 5, "per-knock stages: {}", b[0]);
+    for r in &rows {
+        let r = r.as_array().cloned().unwrap_or_default();
+        assert_eq!(r.len(), 6, "a per-knock row: {r:?}");
+        let (accepted, open) = (r[3].as_f64(), r[5].as_f64());
+        assert!(
+            accepted.is_some_and(|a| a > 0.0) && open.is_some_and(|o| o > 0.0),
+            "a per-knock row without its accepted knock or its opening: {r:?}"
+        );
+    }
+    let slowest = stdout
+        .split("The slowest 3 knocks (ms)")
+        .count()
+        .saturating_sub(1);
+    assert_eq!(
+        slowest, 4,
+        "the slowest knocks of floor, floor-netlink, sesame and sesame-fence:\n{stdout}"
+    );
 
     let mut flooded = vec!["sesame"];
     if missing.is_empty() {

@@ -27,6 +27,10 @@ pub(crate) struct Stages {
     /// received; sesamed: the payload opened and the knock accepted): the network, the
     /// server's capture and its work on the knock.
     pub(crate) last_sent_to_accepted: Vec<f64>,
+    /// Per knock (ms since the client's start): first and last datagram sent (None without
+    /// the tap), the three events, the connection completed; for finding what made a slow
+    /// knock slow.
+    pub(crate) rows: Vec<[Option<f64>; 6]>,
 }
 
 /// Wall times of three events per source: (sequence complete, accepted, granted) for sesamed;
@@ -75,11 +79,14 @@ pub(crate) fn stages(times: &EventTimes, knocks: &[Knock]) -> Stages {
             st.after_grant.push(ms(open) - g);
             st.open.push(ms(open));
             let sent = || k.sent_wall.iter().map(|&w| (w - k.started_wall) * 1000.0);
-            if let (Some(first), Some(last)) = (sent().reduce(f64::min), sent().reduce(f64::max)) {
+            let (first, last) = (sent().reduce(f64::min), sent().reduce(f64::max));
+            if let (Some(first), Some(last)) = (first, last) {
                 st.sent_first.push(first);
                 st.sent_last.push(last);
                 st.last_sent_to_accepted.push(a - last);
             }
+            st.rows
+                .push([first, last, Some(s), Some(a), Some(g), Some(ms(open))]);
         }
         if let Some(e) = k.client_exit {
             st.client_exit.push(ms(e));

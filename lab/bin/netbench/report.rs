@@ -7,6 +7,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
+use crate::breakdown::Stages;
 use crate::flood::{ALL_FLOOD_KINDS, generators_json};
 use crate::options::{Opts, System};
 use crate::run::{Phase, SystemResult};
@@ -114,6 +115,8 @@ pub(crate) fn emit_system(out: &mut Out, r: &SystemResult) {
             "client_last_sent": summary_json(&summarize(&st.sent_last, st.sent_last.len())),
             "last_sent_to_accepted": summary_json(&summarize(&st.last_sent_to_accepted, st.last_sent_to_accepted.len())),
             "open": summary_json(&summarize(&st.open, st.open.len())),
+            "per_knock_fields": ["first datagram sent", "last datagram sent", "event 1", "event 2", "event 3", "connection completed"],
+            "per_knock_ms": st.rows.iter().map(|r| r.map(|x| x.map(|x| (x * 1000.0).round() / 1000.0))).collect::<Vec<_>>(),
             "events": if matches!(r.system, System::Floor | System::FloorNetlink) {
                 ["first datagram received", "last datagram received", "nft exited"]
             } else {
@@ -418,9 +421,50 @@ pub(crate) fn report(
                 f2(x.p99)
             );
         }
+        slowest(&mut s, st, floor);
     }
     flood_table(&mut s, results);
     s
+}
+
+/// The slowest 1 % of a system's knocks (at least 3), one line each, split into the stages
+/// that add up to the knock's latency: what made the tail knocks slow.
+fn slowest(s: &mut String, st: &Stages, floor: bool) {
+    let mut rows: Vec<&[Option<f64>; 6]> = st.rows.iter().filter(|r| r[5].is_some()).collect();
+    if rows.is_empty() {
+        return;
+    }
+    rows.sort_by(|a, b| f64::total_cmp(&b[5].unwrap_or(0.0), &a[5].unwrap_or(0.0)));
+    let n = (rows.len() / 100).max(3).min(rows.len());
+    let (e2, e3) = if floor {
+        ("last datagram received", "nft exited")
+    } else {
+        ("accepted", "granted logged")
+    };
+    let _ = writeln!(
+        s,
+        "\nThe slowest {n} knocks (ms), stage by stage (each stage from the end of the one before; the last can be negative when the connection completed before {e3})\n"
+    );
+    let _ = writeln!(
+        s,
+        "| start → last sent | → {e2} | → {e3} | → connection | latency |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|");
+    let d = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => f2(b - a),
+        _ => "-".to_owned(),
+    };
+    for r in rows.into_iter().take(n) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            r[1].map_or("-".to_owned(), f2),
+            d(r[1], r[3]),
+            d(r[3], r[4]),
+            d(r[4], r[5]),
+            r[5].map_or("-".to_owned(), f2)
+        );
+    }
 }
 
 /// A rate in the table: `-` when not measured.
