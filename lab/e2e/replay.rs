@@ -279,7 +279,7 @@ fn a_refused_knock_replayed_after_a_clean_restart_with_a_larger_skew_opens_nothi
 mod widen {
     use std::time::Duration;
 
-    use sesame_tests::{CLIENT_IF, Family, Host, require_netns, text};
+    use sesame_tests::{CLIENT_IF, Family, Host, require_netns};
 
     use crate::common::Fixture;
 
@@ -336,36 +336,9 @@ mod widen {
     /// The attacker replays `ahead.pcap` from its own address: `granted`, the reason of the
     /// refusal, or `nothing` when sesamed logs neither within 3 s (the knock's step is outside
     /// the window: its ports match nothing).
-    fn replay(f: &Fixture, when: &str) -> String {
-        let mark = f.mark();
-        let o = f.lab.netprobe(
-            Host::Attacker,
-            &[
-                "replay".to_owned(),
-                f.lab.path("ahead.pcap").to_string_lossy().into_owned(),
-                f.server(Family::V4).to_string(),
-            ],
-        );
-        assert!(o.status.success(), "replay {when}: {}", text(&o));
-        let source = format!("source={}", f.lab.addr(Host::Attacker, Family::V4));
-        let d = f.daemon();
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        loop {
-            if !d.matching(mark, &[" granted client=", &source]).is_empty() {
-                return "granted".to_owned();
-            }
-            if let Some(line) = d.matching(mark, &["rejected", &source]).first() {
-                return line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("reason="))
-                    .unwrap_or("?")
-                    .to_owned();
-            }
-            if std::time::Instant::now() >= deadline {
-                return "nothing".to_owned();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    fn replay(f: &Fixture) -> String {
+        crate::fence::replay_within(f, Host::Attacker, "ahead.pcap", Duration::from_secs(3))
+            .unwrap_or_else(|| "nothing".to_owned())
     }
 
     /// Asserts the attacker's replay opened nothing: no grant, and its TCP connection to the
@@ -426,17 +399,23 @@ mod widen {
         let mut f = narrow("s3-widen-reload");
         let k = capture_a_refused_knock(&f);
         sleep_until(k + 2 * STEP_MS + 1_000);
-        let before = replay(&f, "before the widening");
+        let before = replay(&f);
         assert_refused(&f, &before, "before the widening (control)");
         widen(&mut f);
         reload(&f);
+        assert_widened_window_admits(k);
+        let after = replay(&f);
+        assert_refused(&f, &after, "after a reload widened the window");
+        assert_a_fresh_knock_opens(&f);
+    }
+
+    /// Fails when the machine was so slow that the widened window (skew 3) no longer admits
+    /// step `k`, whose knock was captured: the replay would then be refused for that reason.
+    fn assert_widened_window_admits(k: u64) {
         assert!(
             unix_ms() < k + 4 * STEP_MS - 3_000,
             "too slow: the widened window no longer admits step k"
         );
-        let after = replay(&f, "after the widening reload");
-        assert_refused(&f, &after, "after a reload widened the window");
-        assert_a_fresh_knock_opens(&f);
     }
 
     /// As above with a clean restart (SIGTERM, the snapshot, a start with skew 3) instead of a
@@ -455,11 +434,8 @@ mod widen {
         let snapshot = std::fs::read_to_string(f.lab.path("state/replay.state")).unwrap();
         widen(&mut f);
         f.daemon = Some(f.lab.start_sesamed(&f.config));
-        assert!(
-            unix_ms() < k + 4 * STEP_MS - 3_000,
-            "too slow: the widened window no longer admits step k"
-        );
-        let after = replay(&f, "after the widening restart");
+        assert_widened_window_admits(k);
+        let after = replay(&f);
         assert_refused(&f, &after, "after a restart widened the window");
         assert!(
             snapshot.contains("\nforgotten 10:"),
@@ -488,7 +464,7 @@ mod widen {
             "too slow: the reload came after the MAC's old expiry"
         );
         sleep_until(k + 2 * STEP_MS + 1_000);
-        let after = replay(&f, "after a widening reload in time");
+        let after = replay(&f);
         assert_eq!(
             after, "replay",
             "the replay after a widening reload in time"
