@@ -1510,6 +1510,17 @@ mod tests {
         std::env::temp_dir().join(format!("sesame-state-{tag}-{}", hex(&r)))
     }
 
+    /// Asserts that a snapshot holding each of `lines` (alone, after the header) is refused
+    /// with an error that starts with `prefix` (which names the line and what it expected).
+    fn assert_lines_refused<S: AsRef<str>>(lines: &[S], prefix: &str) {
+        for bad in lines {
+            let bad = bad.as_ref();
+            let file = sealed(format!("{HEADER}\n{bad}\n"));
+            let err = parse(file.as_bytes()).err().unwrap();
+            assert!(err.starts_with(prefix), "{bad}: {err}");
+        }
+    }
+
     #[test]
     fn round_trip_and_merge() {
         let dir = tmpdir("rt");
@@ -1698,16 +1709,15 @@ mod tests {
         let mut again = JournalStore::open(&dir).unwrap();
         assert_eq!(again.seen(), &seen[..]);
         // A damaged seen line is refused, naming its line.
-        for bad in [
-            format!("seen {mac7} {a} 30 123456"),
-            format!("seen {mac7} {a} x:4115 123456"),
-            format!("seen {mac7} {a} 30:4115 123456 9"),
-            format!("seen {mac7} {a}"),
-        ] {
-            let file = sealed(format!("{HEADER}\n{bad}\n"));
-            let err = parse(file.as_bytes()).err().unwrap();
-            assert!(err.starts_with("line 2: expected 'seen"), "{bad}: {err}");
-        }
+        assert_lines_refused(
+            &[
+                format!("seen {mac7} {a} 30 123456"),
+                format!("seen {mac7} {a} x:4115 123456"),
+                format!("seen {mac7} {a} 30:4115 123456 9"),
+                format!("seen {mac7} {a}"),
+            ],
+            "line 2: expected 'seen",
+        );
         assert!(!again.mark_running(&[]).unwrap(), "clean stop: no crash");
         // No mark_stopped: the next start sees a crash.
         let mut third = JournalStore::open(&dir).unwrap();
@@ -1745,11 +1755,10 @@ mod tests {
             Some(window)
         );
         // A damaged window line is refused, naming its line.
-        for bad in ["window 30 1", "window 0 1 5000", "window 30 x 5000"] {
-            let file = sealed(format!("{HEADER}\n{bad}\n"));
-            let err = parse(file.as_bytes()).err().unwrap();
-            assert!(err.starts_with("line 2: expected 'window"), "{bad}: {err}");
-        }
+        assert_lines_refused(
+            &["window 30 1", "window 0 1 5000", "window 30 x 5000"],
+            "line 2: expected 'window",
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1782,14 +1791,10 @@ mod tests {
         assert_eq!(JournalStore::open(&dir).unwrap().forgotten(), &steps[..]);
         let old = sealed(format!("{HEADER_V3}\nwindow 30 1 5000\n"));
         assert!(parse(old.as_bytes()).unwrap().forgotten.is_empty());
-        for bad in ["forgotten 30", "forgotten x:1", "forgotten 30:1 2"] {
-            let file = sealed(format!("{HEADER}\n{bad}\n"));
-            let err = parse(file.as_bytes()).err().unwrap();
-            assert!(
-                err.starts_with("line 2: expected 'forgotten"),
-                "{bad}: {err}"
-            );
-        }
+        assert_lines_refused(
+            &["forgotten 30", "forgotten x:1", "forgotten 30:1 2"],
+            "line 2: expected 'forgotten",
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1958,11 +1963,10 @@ mod tests {
         again.set_crash_floor(None);
         again.checkpoint().unwrap();
         assert_eq!(JournalStore::open(&dir).unwrap().crash_floor(), None);
-        for bad in ["after_crash", "after_crash x", "after_crash 5 6"] {
-            let file = sealed(format!("{HEADER}\n{bad}\n"));
-            let err = parse(file.as_bytes()).err().unwrap();
-            assert!(err.starts_with("line 2: expected"), "{bad}: {err}");
-        }
+        assert_lines_refused(
+            &["after_crash", "after_crash x", "after_crash 5 6"],
+            "line 2: expected",
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -2227,18 +2231,17 @@ mod tests {
         assert_eq!(old.seen().len(), 1);
         assert_eq!(old.get(&a).floor, Some(UnixMillis(77)));
         // A damaged gated line is refused like any other, naming its line.
-        for bad in [
+        let bad = [
             format!("gated {a} 30:5"),
             format!("gated {a} 30-5 9"),
             format!("gated {a} 30:x 9"),
             format!("gated {a} 30:5 9 extra"),
             "gated nokey 30:5 9".to_owned(),
-        ] {
-            assert!(parse_gated(&bad).is_none(), "{bad}");
-            let file = sealed(format!("{HEADER}\n{bad}\n"));
-            let err = parse(file.as_bytes()).err().unwrap();
-            assert!(err.starts_with("line 2: expected 'gated"), "{err}");
+        ];
+        for line in &bad {
+            assert!(parse_gated(line).is_none(), "{line}");
         }
+        assert_lines_refused(&bad, "line 2: expected 'gated");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
