@@ -15,11 +15,11 @@ mod common;
 
 use std::net::IpAddr;
 
-use common::{attacker, client, granted_to, knock, outcome, unbound};
+use common::{attacker, client, granted_to, knock, outcome, refused_request, unbound};
 use sesame_fixtures::{T0, client_key, server_key};
 use sesame_proto::params::PayloadMode;
 use sesame_proto::tracker::{ClientEntry, Policy, ReplayState};
-use sesame_proto::wire::{Request, WireNoise, build_payload};
+use sesame_proto::wire::{WireNoise, build_payload};
 use sesame_proto::{ClientKeys, Tracker, TrackerConfig, UnixMillis};
 
 /// The fixtures' client key `i` (1 is the laptop of `common`), allowed tcp/22.
@@ -97,14 +97,7 @@ fn reload(
 /// The laptop's payload for step `k`, bound to its address and refused (it asks for tcp/23).
 fn refused_payload(k: u64, address: IpAddr) -> Vec<u8> {
     let keys = ClientKeys::for_client(&client_key(1), &server_key().public_key(), None).unwrap();
-    let request = Request {
-        timestamp: T0.plus_millis(1_000),
-        random: [1; 16],
-        services: vec!["tcp/23".parse().unwrap()],
-        address: Some(address),
-        action: None,
-        flags: 0,
-    };
+    let request = refused_request(T0.plus_millis(1_000), 1, Some(address));
     build_payload(
         &keys,
         k,

@@ -12,11 +12,10 @@
 
 mod common;
 
-use common::{attacker, client, granted_to, knock, payload};
+use common::{attacker, client, granted_to, knock, payload, refused_request};
 use sesame_fixtures::{T0, client_key};
 use sesame_proto::params::PayloadMode;
 use sesame_proto::tracker::ReplayState;
-use sesame_proto::wire::Request;
 use sesame_proto::{Tracker, UnixMillis};
 
 /// `optional` mode, one step of skew, a 5 s payload timeout.
@@ -30,14 +29,7 @@ fn a_clean_restart_remembers_which_steps_had_a_payload() {
     let k = T0.counter(30);
     // The client's payload, bound to its address, refused (it asks for tcp/23, not allowed;
     // a payload burnt because a spoofed packet broke its sequence is gated the same way).
-    let request = Request {
-        timestamp: T0.plus_millis(1_000),
-        random: [1; 16],
-        services: vec!["tcp/23".parse().unwrap()],
-        address: Some(client),
-        action: None,
-        flags: 0,
-    };
+    let request = refused_request(T0.plus_millis(1_000), 1, Some(client));
     let d = payload(k, &request);
     for restart in [false, true] {
         let mut t = tracker(T0, Vec::new());

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{STEP, attacker, client, outcome, payload, send, tracker};
+use common::{STEP, attacker, client, outcome, payload, refused_request, send, tracker};
 use sesame_fixtures::T0;
 use sesame_proto::params::PayloadMode;
 use sesame_proto::tracker::SavedWindow;
@@ -106,14 +106,7 @@ fn gated_step_after_a_clean_restart(
     wait_ms: u64,
 ) {
     let k = T0.counter(STEP);
-    let request = Request {
-        timestamp: T0.plus_millis(1_000),
-        random: [1; 16],
-        services: vec!["tcp/23".parse().unwrap()],
-        address: Some(client()),
-        action: None,
-        flags: 0,
-    };
+    let request = refused_request(T0.plus_millis(1_000), 1, Some(client()));
     let d = payload(k, &request);
     for snapshot in [Snapshot::Neither, Snapshot::Window, Snapshot::Steps] {
         let mut old = tracker(config(1, 5_000, PayloadMode::Optional), T0, Vec::new());

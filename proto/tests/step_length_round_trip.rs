@@ -13,10 +13,9 @@
 
 mod common;
 
-use common::{STEP, attacker, client, outcome, payload, send, tracker, unbound};
+use common::{STEP, attacker, client, outcome, payload, refused_request, send, tracker, unbound};
 use sesame_fixtures::{T0, knock_params};
 use sesame_proto::params::{KnockProtocol, PayloadMode};
-use sesame_proto::wire::Request;
 use sesame_proto::{Tracker, TrackerConfig, UnixMillis};
 
 /// Step length `step`, `skew` steps either side, a payload at most `max_ahead_ms` ahead.
@@ -99,14 +98,7 @@ fn refused_mac_replayed(how: Change, detour: bool) -> String {
 /// replays the sequence alone at T0 + 100 s (step k is in the wide window until T0 + 120 s).
 fn gated_step_replayed(how: Change, detour: bool) -> String {
     let k = T0.counter(STEP);
-    let request = Request {
-        timestamp: T0.plus_millis(1_000),
-        random: [1; 16],
-        services: vec!["tcp/23".parse().unwrap()],
-        address: Some(client()),
-        action: None,
-        flags: 0,
-    };
+    let request = refused_request(T0.plus_millis(1_000), 1, Some(client()));
     let d = payload(k, &request);
     let mode = PayloadMode::Optional;
     let mut a = tracker(config(30, 1, 2_000, mode), T0, Vec::new());

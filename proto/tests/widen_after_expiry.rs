@@ -10,10 +10,9 @@
 
 mod common;
 
-use common::{STEP, attacker, client, outcome, payload, send, tracker, unbound};
+use common::{STEP, attacker, client, outcome, payload, refused_request, send, tracker, unbound};
 use sesame_fixtures::T0;
 use sesame_proto::params::PayloadMode;
-use sesame_proto::wire::Request;
 use sesame_proto::{Tracker, TrackerConfig, UnixMillis};
 
 fn config(skew: u32, mode: PayloadMode) -> TrackerConfig {
@@ -109,14 +108,7 @@ fn control_a_reload_before_the_expiry_keeps_the_mac() {
 #[test]
 fn optional_mode_a_gated_steps_sequence_stays_refused_when_a_reload_widens_after_expiry() {
     let k = T0.counter(STEP);
-    let request = Request {
-        timestamp: T0.plus_millis(1_000),
-        random: [3; 16],
-        services: vec!["tcp/23".parse().unwrap()],
-        address: None,
-        action: None,
-        flags: 0,
-    };
+    let request = refused_request(T0.plus_millis(1_000), 3, None);
     let d = payload(k, &request);
     let mut old = tracker(config(1, PayloadMode::Optional), T0, Vec::new());
     let now = T0.plus_millis(1_000);

@@ -158,3 +158,21 @@ pub(crate) fn knock(
 ) -> Vec<Event> {
     send(t, now, source, counter, datagram, now.plus_millis(6_000))
 }
+
+/// The laptop's request stamped `timestamp` (random bytes all `random`), bound to `address`,
+/// asking for tcp/23, which its policy does not allow: a payload of it is refused
+/// (`service_not_allowed`), and in `optional` mode its step is gated.
+pub(crate) fn refused_request(
+    timestamp: UnixMillis,
+    random: u8,
+    address: Option<IpAddr>,
+) -> Request {
+    Request {
+        timestamp,
+        random: [random; 16],
+        services: vec!["tcp/23".parse().unwrap()],
+        address,
+        action: None,
+        flags: 0,
+    }
+}
