@@ -337,7 +337,12 @@ mod widen {
     /// refusal, or `nothing` when sesamed logs neither within 3 s (the knock's step is outside
     /// the window: its ports match nothing).
     fn replay(f: &Fixture) -> String {
-        crate::fence::replay_within(f, Host::Attacker, "ahead.pcap", Duration::from_secs(3))
+        replay_capture(f, "ahead.pcap")
+    }
+
+    /// As [`replay`], for the capture `pcap`.
+    fn replay_capture(f: &Fixture, pcap: &str) -> String {
+        crate::fence::replay_within(f, Host::Attacker, pcap, Duration::from_secs(3))
             .unwrap_or_else(|| "nothing".to_owned())
     }
 
@@ -470,6 +475,48 @@ mod widen {
             "the replay after a widening reload in time"
         );
         assert_refused(&f, &after, "after a widening reload in time");
+        assert_a_fresh_knock_opens(&f);
+    }
+
+    /// `payload = "optional"` (the laptop may open tcp/22, not tcp/80; `timeout_ms = 1500`)
+    /// with skew 1. Early in a step k, the laptop knocks for tcp/80: its payload is refused
+    /// (`service_not_allowed`), which burns step k for a sequence-only grant (the gated step,
+    /// remembered until the end of step k + 1 plus `timeout_ms`), while the attacker captures
+    /// the sequence without the payload (`sequence.pcap`). Returns the start of step k.
+    fn capture_a_refused_payloads_sequence(f: &mut Fixture) -> u64 {
+        let into_step = unix_ms() % STEP_MS;
+        if !(300..1500).contains(&into_step) {
+            std::thread::sleep(Duration::from_millis((STEP_MS + 300 - into_step) % STEP_MS));
+        }
+        let step_start = unix_ms() / STEP_MS * STEP_MS;
+        super::capture_a_refused_sequence(f);
+        step_start
+    }
+
+    /// The `optional`-mode variant (review s22, finding 2): in step k + 2, 1.5 s after the
+    /// gated step's record expired (the end of step k + 1 plus `timeout_ms`), the attacker's
+    /// replay of the sequence alone matches nothing (control: step k is outside k + 2 ± 1). A
+    /// reload to skew 3 (window k - 1 ..= k + 5): the same replay must stay refused. Before
+    /// the fix the sequence got the sequence-only grant for the attacker's address.
+    #[test]
+    fn optional_mode_a_refused_payloads_sequence_replayed_after_a_reload_widened_the_window_past_its_forgotten_gated_step_opens_nothing()
+     {
+        if !require_netns() {
+            return;
+        }
+        let mut f = super::optional_fixture("s3-widen-optional");
+        f.spec.knock.step_seconds = (STEP_MS / 1000) as u32;
+        f.spec.knock.skew_steps = 1;
+        f.start();
+        let k = capture_a_refused_payloads_sequence(&mut f);
+        sleep_until(k + 2 * STEP_MS + f.spec.knock.timeout_ms + 1_500);
+        let before = replay_capture(&f, "sequence.pcap");
+        assert_refused(&f, &before, "before the widening (control)");
+        widen(&mut f);
+        reload(&f);
+        assert_widened_window_admits(k);
+        let after = replay_capture(&f, "sequence.pcap");
+        assert_refused(&f, &after, "after a reload widened the window");
         assert_a_fresh_knock_opens(&f);
     }
 }
