@@ -501,10 +501,23 @@ mod widen {
     #[test]
     fn optional_mode_a_refused_payloads_sequence_replayed_after_a_reload_widened_the_window_past_its_forgotten_gated_step_opens_nothing()
      {
+        optional_mode_widening("s3-widen-optional", false);
+    }
+
+    /// As above with a clean restart (SIGTERM, the snapshot with its `forgotten` line, a start
+    /// with skew 3) in place of the reload.
+    #[test]
+    fn optional_mode_a_refused_payloads_sequence_replayed_after_a_restart_widened_the_window_past_its_forgotten_gated_step_opens_nothing()
+     {
+        optional_mode_widening("s3-widen-optrestart", true);
+    }
+
+    /// The two tests above: the widening by a reload, or by a clean `restart`.
+    fn optional_mode_widening(tag: &str, restart: bool) {
         if !require_netns() {
             return;
         }
-        let mut f = super::optional_fixture("s3-widen-optional");
+        let mut f = super::optional_fixture(tag);
         f.spec.knock.step_seconds = (STEP_MS / 1000) as u32;
         f.spec.knock.skew_steps = 1;
         f.start();
@@ -512,11 +525,19 @@ mod widen {
         sleep_until(k + 2 * STEP_MS + f.spec.knock.timeout_ms + 1_500);
         let before = replay_capture(&f, "sequence.pcap");
         assert_refused(&f, &before, "before the widening (control)");
-        widen(&mut f);
-        reload(&f);
+        let how = if restart {
+            f.stop_daemon();
+            widen(&mut f);
+            f.daemon = Some(f.lab.start_sesamed(&f.config));
+            "after a restart widened the window"
+        } else {
+            widen(&mut f);
+            reload(&f);
+            "after a reload widened the window"
+        };
         assert_widened_window_admits(k);
         let after = replay_capture(&f, "sequence.pcap");
-        assert_refused(&f, &after, "after a reload widened the window");
+        assert_refused(&f, &after, how);
         assert_a_fresh_knock_opens(&f);
     }
 }
