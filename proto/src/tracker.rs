@@ -145,6 +145,22 @@ impl SavedWindow {
         self.step_seconds == other.step_seconds && self.skew_steps >= other.skew_steps
     }
 
+    /// The last step before this window at `now` (`None` before the first step, or for a step
+    /// length of 0: no window): a run with this window that stopped at `now` could have
+    /// forgotten the records of that step and older ones, never of a newer one.
+    pub fn step_before(&self, now: UnixMillis) -> Option<UsedStep> {
+        if self.step_seconds == 0 {
+            return None;
+        }
+        let counter = now
+            .counter(self.step_seconds)
+            .checked_sub(u64::from(self.skew_steps) + 1)?;
+        Some(UsedStep {
+            step_seconds: self.step_seconds,
+            counter,
+        })
+    }
+
     /// The end of the last step whose datagrams could have passed the gate of a run with this
     /// window that stopped at or before `start`: the step after the window at `start`
     /// (a payload for it is checked against its gate and burnt on arrival). `None` for a step
@@ -1216,9 +1232,8 @@ impl Tracker {
     /// [`Tracker::remember_forgotten`]; a reload carries them ([`Tracker::inherit_seen`]).
     pub fn forgotten_steps(&self, now: UnixMillis) -> Vec<UsedStep> {
         let mut floors = self.seen.floors().to_vec();
-        let start = *self.config.window().counters(now).start();
-        if let Some(before) = start.checked_sub(1) {
-            seen::raise(&mut floors, self.used_step(before));
+        if let Some(before) = self.config.saved_window().step_before(now) {
+            seen::raise(&mut floors, before);
         }
         floors
     }

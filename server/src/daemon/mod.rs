@@ -376,17 +376,11 @@ async fn run_local(config: Config, secrets: Secrets) -> Result<(), StartError> {
     // everything before that window at this start is refused (fail closed: the stopped run had
     // forgotten at most that much).
     tracker.remember_forgotten(store.forgotten());
-    if let Some(w) = store
-        .seen_window()
-        .filter(|w| w.step_seconds > 0 && store.forgotten().is_empty())
-    {
-        let start = system_now().counter(w.step_seconds);
-        if let Some(before) = start.checked_sub(u64::from(w.skew_steps) + 1) {
-            tracker.remember_forgotten(&[sesame_proto::tracker::UsedStep {
-                step_seconds: w.step_seconds,
-                counter: before,
-            }]);
-        }
+    if store.forgotten().is_empty() {
+        let before = store
+            .seen_window()
+            .and_then(|w| w.step_before(system_now()));
+        tracker.remember_forgotten(before.as_slice());
     }
     // A clean stop while the rules of a start after a crash held: they go on (what the crash
     // lost is still lost).

@@ -120,3 +120,33 @@ fn the_floor_of_forgotten_steps_rises_per_step_length() {
     assert_eq!(t.seen.floor(10), Some(5));
     assert_eq!(t.seen.floors().len(), 2);
 }
+
+/// The step before a saved window at `now`: what a snapshot of before the `forgotten` lines
+/// counts as forgotten at the start (sesamed), and the floor a clean stop saves for the
+/// running window ([`Tracker::forgotten_steps`]).
+#[test]
+fn the_step_before_a_saved_window() {
+    let w = SavedWindow {
+        step_seconds: 30,
+        skew_steps: 1,
+        timeout_ms: 5_000,
+    };
+    let now = UnixMillis::from_secs(30 * 100 + 7);
+    assert_eq!(
+        w.step_before(now),
+        Some(UsedStep {
+            step_seconds: 30,
+            counter: 98
+        })
+    );
+    let t = tracker_of(&[1], now);
+    assert_eq!(t.config.saved_window(), w);
+    assert_eq!(t.forgotten_steps(now), vec![w.step_before(now).unwrap()]);
+    // Before the window's first step, and without a step length: none.
+    assert_eq!(w.step_before(UnixMillis::from_secs(30 + 7)), None);
+    let none = SavedWindow {
+        step_seconds: 0,
+        ..w
+    };
+    assert_eq!(none.step_before(now), None);
+}
