@@ -104,6 +104,8 @@ const HEADER_V3: &str = "sesame-replay 3";
 /// The header of the snapshots written before the `seen` lines named their step: read, never
 /// written.
 const HEADER_V2: &str = "sesame-replay 2";
+/// The snapshot headers this sesamed reads (version 1's is ignored: [`HEADER_V1`]).
+const READ_HEADERS: [&str; 3] = [HEADER, HEADER_V3, HEADER_V2];
 /// What every snapshot header starts with; the version follows.
 const HEADER_PREFIX: &str = "sesame-replay ";
 const JOURNAL_HEADER: &str = "sesame-replay-journal 2";
@@ -239,14 +241,9 @@ const RUN_FILES: [&str; 5] = [
 /// the snapshot, the fence every few seconds under `state_sync = "fence"`, the crash marker
 /// at its start and at a reload, the leases when they change), as its clock set them. Read
 /// at start, before this start writes any of them. A start after a crash counts its rules
-/// from the later of this and its own clock ([`crash_start`]). (The fence's own time is not
-/// taken: it runs ahead of the clock, and would stretch the rules after every crash.)
-pub fn last_running(dir: &Path) -> Option<UnixMillis> {
-    newest_state_file(dir).map(|(_, t)| t)
-}
-
-/// The state file of [`last_running`] and its modification time: the newest of the files a
-/// running sesamed writes in `dir`, if any.
+/// from the later of this and its own clock ([`crash_anchor`], [`crash_start`]). (The fence's
+/// own time is not taken: it runs ahead of the clock, and would stretch the rules after every
+/// crash.) With the file that records it, for the error when that time is too far ahead.
 pub fn newest_state_file(dir: &Path) -> Option<(PathBuf, UnixMillis)> {
     RUN_FILES
         .iter()
@@ -286,7 +283,7 @@ pub fn crash_anchor(
 }
 
 /// Where the rules of a start after a crash count from (`Tracker::after_crash`): `now`, or
-/// `last_running` ([`last_running`]) if that is later. After a power loss sesamed can start
+/// `last_running` (the time of [`newest_state_file`]) if that is later. After a power loss sesamed can start
 /// before NTP with a clock that is behind (an RTC that drifted or was reset): the crashed run's
 /// gate admitted steps up to its own clock's, and rules counted from the behind clock would
 /// end before them once NTP steps the clock forward (review s21, finding 6).
@@ -1413,7 +1410,7 @@ fn unknown_version(bytes: &[u8]) -> Option<String> {
     let version = first.strip_prefix(HEADER_PREFIX)?;
     let number =
         !version.is_empty() && version.len() <= 9 && version.bytes().all(|b| b.is_ascii_digit());
-    let known = [HEADER, HEADER_V3, HEADER_V2, HEADER_V1].contains(&first);
+    let known = first == HEADER_V1 || READ_HEADERS.contains(&first);
     (number && !known).then(|| version.to_owned())
 }
 
@@ -1433,7 +1430,7 @@ fn parse(bytes: &[u8]) -> Result<Snapshot, String> {
     }
     let mut lines = body.lines();
     let header = lines.next();
-    if ![Some(HEADER), Some(HEADER_V3), Some(HEADER_V2)].contains(&header) {
+    if !header.is_some_and(|h| READ_HEADERS.contains(&h)) {
         return Err(format!(
             "first line is not '{HEADER}' (or '{HEADER_V3}', '{HEADER_V2}')"
         ));
@@ -1822,6 +1819,7 @@ mod tests {
         // grant 10 minutes later.
         let started = UnixMillis(1_764_000_000_000);
         let granted = started.plus_millis(600_000);
+        let last_running = |dir: &Path| newest_state_file(dir).map(|(_, t)| t);
         let set = |name: &str, t: UnixMillis| {
             let file = OpenOptions::new().write(true).open(dir.join(name)).unwrap();
             let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.0);

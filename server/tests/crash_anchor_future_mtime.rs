@@ -1,5 +1,5 @@
 //! Review s22, finding 4: the crash rule's anchor (the newest modification time of the state
-//! files, `state::last_running`) had no upper bound. One state file with a time far ahead (a
+//! files, `state::newest_state_file`) had no upper bound. One state file with a time far ahead (a
 //! run whose clock had jumped ahead and then crashed, a backup restored from a host with a
 //! wrong clock, an operator's `touch -d`) made the next start after a crash refuse every
 //! unbound payload and, in `optional` mode, every sequence alone, until that time plus one
