@@ -523,3 +523,65 @@ fn a_sigterm_right_after_ready_is_a_clean_stop() {
         "the crash marker is removed at a clean stop"
     );
 }
+
+/// Review s22, finding 4, end to end: after a crash, a state file whose time is two days
+/// ahead of the clock (restored from a host with a wrong clock, an operator's `touch -d`) made
+/// the start count the rules of a start after a crash from then, so every payload that names
+/// no address was refused for two days (and a clean stop kept that). The start now refuses
+/// to run with one line naming the file; once the file's time is corrected it starts, and a
+/// knock opens.
+#[test]
+fn fault_kill9_then_a_state_file_two_days_ahead_stops_the_start_naming_the_file() {
+    if !require_netns() {
+        return;
+    }
+    let mut f = Fixture::new("f-mtime");
+    f.start();
+    let client = f.lab.addr(Host::Client, Family::V4);
+    let mark = f.mark();
+    f.knock(&[]);
+    f.expect_grant(mark, client);
+    let mut daemon = f.daemon.take().unwrap();
+    daemon.kill9();
+    let journal = f.lab.path("state/replay.journal");
+    let set_time = |t: std::time::SystemTime| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&journal)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    };
+    set_time(std::time::SystemTime::now() + Duration::from_secs(2 * 24 * 3600));
+
+    let mut refused = f.lab.spawn(
+        Host::Server,
+        "sesamed-ahead",
+        bin("sesamed"),
+        &[
+            std::ffi::OsStr::new("run"),
+            std::ffi::OsStr::new("--config"),
+            f.config.as_os_str(),
+        ],
+        &[("RUST_LOG", "info"), ("NO_COLOR", "1")],
+    );
+    let status = refused.wait_exit(Duration::from_secs(15));
+    let out = refused.output();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "sesamed started on a state file two days ahead of the clock (exit {status:?}):\n{out}"
+    );
+    assert!(
+        out.contains(&journal.display().to_string()) && out.contains("ahead of the clock"),
+        "the refusal names the file and says why:\n{out}"
+    );
+    assert!(!out.contains("ready"), "{out}");
+
+    // The operator corrects the file's time: the start goes on, and the laptop's knock opens.
+    set_time(std::time::SystemTime::now());
+    f.daemon = Some(f.lab.start_sesamed(&f.config));
+    let mark = f.mark();
+    f.knock(&[]);
+    f.expect_grant(mark, client);
+    assert!(f.opens(Host::Client, Family::V4, 22));
+}
